@@ -1,0 +1,142 @@
+package bus
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Service names: the five stages and the operator CLI.
+const (
+	Planner      = "planner"
+	Provisioner  = "provisioner"
+	Bootstrapper = "bootstrapper"
+	Monitor      = "monitor"
+	Reaper       = "reaper"
+)
+
+// Event type names, one SNS topic each. They match the Type constants in pkg/events.
+const (
+	JobSubmitted      = "JobSubmitted"
+	FleetPlanned      = "FleetPlanned"
+	FleetLaunched     = "FleetLaunched"
+	FleetBootstrapped = "FleetBootstrapped"
+	TaskReported      = "TaskReported"
+	JobFinished       = "JobFinished"
+	FleetTerminated   = "FleetTerminated"
+)
+
+// EventTypes lists every event type in pipeline order.
+var EventTypes = []string{
+	JobSubmitted, FleetPlanned, FleetLaunched, FleetBootstrapped, TaskReported, JobFinished, FleetTerminated,
+}
+
+// Consumers maps each event type to the services that consume it; each pair gets its own
+// SQS queue subscribed to the type's topic. FleetTerminated has no service consumer: watchers
+// (the CLI, upstream callbacks) subscribe queues of their own.
+var Consumers = map[string][]string{
+	JobSubmitted:      {Planner},
+	FleetPlanned:      {Provisioner},
+	FleetLaunched:     {Bootstrapper},
+	FleetBootstrapped: {Monitor},
+	TaskReported:      {Monitor},
+	JobFinished:       {Reaper},
+}
+
+// TimerServices are the services that send themselves delayed messages (timers) on a
+// queue of their own.
+var TimerServices = []string{Monitor, Reaper}
+
+// MaxReceiveCount is the redrive policy's receive limit before a message goes to its DLQ.
+const MaxReceiveCount = 5
+
+var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,19}$`)
+
+// Topology names every SNS topic, SQS queue and DLQ of one Sortie stack. Prefix separates
+// stacks sharing an account (and tests sharing one emulator).
+type Topology struct {
+	Prefix string
+}
+
+// Validate reports a prefix that would make invalid or over-long resource names.
+func (t Topology) Validate() error {
+	if !prefixRE.MatchString(t.Prefix) {
+		return fmt.Errorf("topology prefix %q: want 1-20 characters of [a-z0-9-], starting with a letter", t.Prefix)
+	}
+	return nil
+}
+
+// kebab turns "FleetBootstrapped" into "fleet-bootstrapped".
+func kebab(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if r >= 'A' && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte('-')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// TopicName is the SNS topic of an event type, e.g. "sortie-job-submitted".
+func (t Topology) TopicName(eventType string) string {
+	return t.Prefix + "-" + kebab(eventType)
+}
+
+// QueueName is the SQS queue through which service consumes eventType,
+// e.g. "sortie-planner-job-submitted".
+func (t Topology) QueueName(service, eventType string) string {
+	return t.Prefix + "-" + service + "-" + kebab(eventType)
+}
+
+// TimerQueueName is the queue a service sends its own delayed messages to.
+func (t Topology) TimerQueueName(service string) string {
+	return t.Prefix + "-" + service + "-timers"
+}
+
+// DLQName is the dead-letter queue of a queue.
+func DLQName(queue string) string { return queue + "-dlq" }
+
+// BucketName is the log archive bucket.
+func (t Topology) BucketName() string { return t.Prefix + "-logs" }
+
+// Subscription is one (topic, consuming service) pair and its queue.
+type Subscription struct {
+	EventType string
+	Service   string
+	Topic     string
+	Queue     string
+	DLQ       string
+}
+
+// Subscriptions lists every topic→queue subscription of the stack in a stable order.
+func (t Topology) Subscriptions() []Subscription {
+	var out []Subscription
+	for _, et := range EventTypes {
+		for _, svc := range Consumers[et] {
+			q := t.QueueName(svc, et)
+			out = append(out, Subscription{EventType: et, Service: svc, Topic: t.TopicName(et), Queue: q, DLQ: DLQName(q)})
+		}
+	}
+	return out
+}
+
+// ServiceQueues lists the queues a service reads: one per consumed event type, plus its
+// timer queue when it has one.
+func (t Topology) ServiceQueues(service string) []string {
+	var out []string
+	for _, s := range t.Subscriptions() {
+		if s.Service == service {
+			out = append(out, s.Queue)
+		}
+	}
+	for _, ts := range TimerServices {
+		if ts == service {
+			out = append(out, t.TimerQueueName(service))
+		}
+	}
+	return out
+}
