@@ -1,0 +1,170 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"al.essio.dev/pkg/shellescape"
+	"golang.org/x/crypto/ssh"
+)
+
+// MaxOutput is how much of each of stdout and stderr Run keeps: the last MaxOutput bytes.
+const MaxOutput = 1 << 20
+
+// cancelWait bounds how long Run waits for the server to wind a session down
+// after ctx ends.
+const cancelWait = 2 * time.Second
+
+// Result is how a remote command ended.
+type Result struct {
+	ExitCode  int    // exit status; 128+N when killed by signal N (as a shell reports it)
+	Signal    string // the signal that killed the command ("TERM", "KILL"), if one did
+	Stdout    []byte // the last MaxOutput bytes of stdout
+	Stderr    []byte // the last MaxOutput bytes of stderr
+	Truncated bool   // Stdout or Stderr lost its beginning to the MaxOutput cap
+	Duration  time.Duration
+}
+
+// Run runs cmd through the remote user's shell with stdin (nil: empty) as its
+// standard input. A command that exits non-zero is a Result, not an error; the
+// error is for transport problems and for ctx ending, which closes the session
+// (the server hangs up on the command) and returns what was captured so far.
+// The command text is never put into errors: it may hold secrets.
+func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) (Result, error) {
+	start := time.Now()
+	sess, err := c.c.NewSession()
+	if err != nil {
+		return Result{}, fmt.Errorf("opening ssh session on %s: %w", c.addr, err)
+	}
+	defer sess.Close()
+	stdout, stderr := &tailBuffer{max: MaxOutput}, &tailBuffer{max: MaxOutput}
+	sess.Stdout, sess.Stderr, sess.Stdin = stdout, stderr, stdin
+	if err := sess.Start(cmd); err != nil {
+		return Result{}, fmt.Errorf("starting command on %s: %w", c.addr, err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- sess.Wait() }()
+
+	var waitErr, ctxErr error
+	select {
+	case waitErr = <-waited:
+	case <-ctx.Done():
+		ctxErr = context.Cause(ctx)
+		_ = sess.Close()
+		select {
+		case waitErr = <-waited:
+		case <-time.After(cancelWait):
+		}
+	}
+	res := Result{ExitCode: -1, Duration: time.Since(start)}
+	res.Stdout, res.Truncated = stdout.bytes()
+	var errTruncated bool
+	res.Stderr, errTruncated = stderr.bytes()
+	res.Truncated = res.Truncated || errTruncated
+
+	var exit *ssh.ExitError
+	switch {
+	case ctxErr != nil:
+		if errors.As(waitErr, &exit) && exit.Signal() == "" {
+			res.ExitCode = exit.ExitStatus() // finished just as ctx ended
+		}
+		return res, fmt.Errorf("running command on %s: %w", c.addr, ctxErr)
+	case waitErr == nil:
+		res.ExitCode = 0
+	case errors.As(waitErr, &exit):
+		res.ExitCode, res.Signal = exit.ExitStatus(), exit.Signal()
+	default:
+		return res, fmt.Errorf("running command on %s: %w", c.addr, waitErr)
+	}
+	return res, nil
+}
+
+// Upload streams r into the file at remotePath (relative paths are relative to
+// the login directory), creating missing parent directories (0700), and sets
+// mode's permission bits. Every path is shell-quoted; the file is never
+// readable by others while it is being written.
+func (c *Client) Upload(ctx context.Context, remotePath string, mode os.FileMode, r io.Reader) error {
+	if remotePath == "" || strings.HasSuffix(remotePath, "/") {
+		return fmt.Errorf("uploading to %s: path %q does not name a file", c.addr, remotePath)
+	}
+	p := remotePath
+	if strings.HasPrefix(p, "-") {
+		p = "./" + p // not an option to mkdir or chmod
+	}
+	q := shellescape.Quote
+	cmd := fmt.Sprintf("umask 077; mkdir -p %s && cat > %s && chmod %04o %s",
+		q(path.Dir(p)), q(p), uint32(mode.Perm()), q(p))
+	res, err := c.Run(ctx, cmd, r)
+	if err != nil {
+		return fmt.Errorf("uploading %s: %w", remotePath, err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("uploading %s to %s: exit status %d: %s",
+			remotePath, c.addr, res.ExitCode, strings.Join(Tail(res.Stderr, 5), "\n"))
+	}
+	return nil
+}
+
+// Tail returns the last n lines of b, without their line endings; a final
+// newline does not start an empty line.
+func Tail(b []byte, n int) []string {
+	if n <= 0 || len(b) == 0 {
+		return nil
+	}
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	start := len(b)
+	for range n {
+		i := bytes.LastIndexByte(b[:start], '\n')
+		if i < 0 {
+			return strings.Split(string(b), "\n")
+		}
+		start = i
+	}
+	return strings.Split(string(b[start+1:]), "\n")
+}
+
+// tailBuffer keeps the last max bytes written to it. It grows to at most
+// twice max before compacting, so appends stay amortised O(1).
+type tailBuffer struct {
+	mu        sync.Mutex
+	max       int
+	buf       []byte
+	truncated bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(p)
+	if len(p) >= t.max {
+		t.truncated = t.truncated || len(t.buf) > 0 || len(p) > t.max
+		t.buf = append(t.buf[:0], p[len(p)-t.max:]...)
+		return n, nil
+	}
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > 2*t.max {
+		t.buf = t.buf[:copy(t.buf, t.buf[len(t.buf)-t.max:])]
+		t.truncated = true
+	}
+	return n, nil
+}
+
+// bytes returns a copy of the last max bytes and whether anything was dropped.
+func (t *tailBuffer) bytes() ([]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b := t.buf
+	truncated := t.truncated
+	if len(b) > t.max {
+		b, truncated = b[len(b)-t.max:], true
+	}
+	return bytes.Clone(b), truncated
+}

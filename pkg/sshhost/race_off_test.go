@@ -1,0 +1,5 @@
+//go:build !race
+
+package sshhost_test
+
+const raceEnabled = false
