@@ -1,0 +1,317 @@
+// Package opsconfig loads the ops-owned YAML configuration: fleet templates, capacity profiles and recipes.
+package opsconfig
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sortie-fleet/sortie/pkg/sizing"
+)
+
+// DefaultUser is the SSH login user of a template that names none.
+const DefaultUser = "sortie"
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Config is the whole ops configuration. Jobs refer to its entries by name only.
+type Config struct {
+	Templates map[string]Template `yaml:"templates"`
+	Profiles  map[string]Profile  `yaml:"profiles"`
+	Recipes   map[string]Recipe   `yaml:"recipes"`
+}
+
+// Template is a fleet template: everything about the instances a job may not choose itself.
+type Template struct {
+	AMI             string   `yaml:"ami"`
+	InstanceTypes   []string `yaml:"instance_types"`
+	Subnets         []string `yaml:"subnets"`
+	SecurityGroups  []string `yaml:"security_groups"`
+	InstanceProfile string   `yaml:"instance_profile"`
+	KeyName         string   `yaml:"key_name"`
+	User            string   `yaml:"user"` // SSH login user, DefaultUser when empty in the file
+	MinInstances    int      `yaml:"min_instances"`
+	MaxInstances    int      `yaml:"max_instances"`
+	TTL             Duration `yaml:"ttl"`
+}
+
+// Profile maps an instance type to its capacity for one workload profile.
+type Profile map[string]Capacity
+
+// Capacity is what one instance of a type does for a workload profile.
+type Capacity struct {
+	ItemsPerMinute float64 `yaml:"items_per_minute"`
+	BootSeconds    float64 `yaml:"boot_seconds"`
+	HourlyPrice    float64 `yaml:"hourly_price"`
+}
+
+// Recipe is the ordered steps that bootstrap an instance, and the parameters a job may pass.
+type Recipe struct {
+	Params map[string]Param `yaml:"params"`
+	Steps  []Step           `yaml:"steps"`
+}
+
+// Param declares one recipe parameter. A value must match Pattern as a whole
+// (the pattern is anchored automatically) and be at most Limit() bytes.
+type Param struct {
+	Pattern  string `yaml:"pattern"`
+	Required bool   `yaml:"required"`
+	Default  string `yaml:"default"`
+	MaxLen   int    `yaml:"max_len"` // 0 means DefaultParamMaxLen
+}
+
+// Step is one recipe step; exactly one of Fetch, Upload, Run and Start is set.
+// Strings noted below may reference parameters as {{name}}.
+type Step struct {
+	Name   string  `yaml:"name"`
+	Fetch  *Fetch  `yaml:"fetch,omitempty"`
+	Upload *Upload `yaml:"upload,omitempty"`
+	Run    *Run    `yaml:"run,omitempty"`
+	Start  *Start  `yaml:"start,omitempty"`
+}
+
+// Step kinds, as Step.Kind returns them.
+const (
+	KindFetch  = "fetch"
+	KindUpload = "upload"
+	KindRun    = "run"
+	KindStart  = "start"
+)
+
+// Kind returns the step's kind, or "" unless exactly one kind is set.
+func (s Step) Kind() string {
+	var kinds []string
+	if s.Fetch != nil {
+		kinds = append(kinds, KindFetch)
+	}
+	if s.Upload != nil {
+		kinds = append(kinds, KindUpload)
+	}
+	if s.Run != nil {
+		kinds = append(kinds, KindRun)
+	}
+	if s.Start != nil {
+		kinds = append(kinds, KindStart)
+	}
+	if len(kinds) != 1 {
+		return ""
+	}
+	return kinds[0]
+}
+
+// Fetch downloads s3://Bucket/Key to Path on the instance (through a presigned URL).
+// Bucket, Key and Path may reference parameters.
+type Fetch struct {
+	Bucket string   `yaml:"bucket"`
+	Key    string   `yaml:"key"`
+	Path   string   `yaml:"path"`
+	Mode   FileMode `yaml:"mode"` // 0 means DefaultMode
+}
+
+// Upload writes Content to Path on the instance. Path and Content may reference parameters.
+type Upload struct {
+	Path    string   `yaml:"path"`
+	Content string   `yaml:"content"`
+	Mode    FileMode `yaml:"mode"` // 0 means DefaultMode
+}
+
+// Run runs Argv and waits for it. Every element may reference parameters.
+type Run struct {
+	Argv []string `yaml:"argv"`
+}
+
+// Start runs Argv detached, its stdout in Log. Argv elements and Log may reference parameters.
+type Start struct {
+	Argv []string `yaml:"argv"`
+	Log  string   `yaml:"log"` // empty: the recipe package's default under the step's state dir
+}
+
+// DefaultMode is the mode of uploaded and fetched files whose step names none.
+const DefaultMode FileMode = 0o600
+
+// FileMode is a file's permission bits, written in YAML as octal digits as for chmod
+// (0644, "0644", 0o644 or 644 all mean rw-r--r--).
+type FileMode uint32
+
+// UnmarshalYAML reads octal digits.
+func (m *FileMode) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: mode must be octal digits such as 0644", n.Line)
+	}
+	s := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o7777 {
+		return fmt.Errorf("line %d: mode %q must be octal digits ≤ 7777 such as 0644", n.Line, n.Value)
+	}
+	*m = FileMode(v)
+	return nil
+}
+
+// MarshalYAML writes octal digits.
+func (m FileMode) MarshalYAML() (any, error) { return m.String(), nil }
+
+// String returns the mode as chmod takes it, e.g. "0644".
+func (m FileMode) String() string { return fmt.Sprintf("%04o", uint32(m)) }
+
+// OrDefault returns m, or DefaultMode when m is 0.
+func (m FileMode) OrDefault() FileMode {
+	if m == 0 {
+		return DefaultMode
+	}
+	return m
+}
+
+// Duration is a time.Duration written in YAML as a Go duration string ("30m", "2h").
+type Duration time.Duration
+
+// UnmarshalYAML reads a duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: duration must be a string such as \"2h\"", n.Line)
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: duration %q must be a string such as \"2h\" or \"30m\"", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes a duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Std returns d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// UnknownNameError says a job named a template, profile or recipe the config lacks.
+// Its message is the reason a service puts on the dead-lettered job.
+type UnknownNameError struct {
+	Kind string // "template", "profile" or "recipe"
+	Name string
+}
+
+func (e *UnknownNameError) Error() string { return fmt.Sprintf("unknown %s %q", e.Kind, e.Name) }
+
+// Load reads and validates the config file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading ops config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("loading ops config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes one YAML document strictly (unknown fields are errors), applies defaults
+// and validates the result.
+func Parse(data []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("parsing ops config: empty document")
+		}
+		return nil, fmt.Errorf("parsing ops config: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("parsing ops config: more than one YAML document")
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Default returns the embedded configuration `sortie dev` runs with; each call returns a new copy.
+func Default() *Config {
+	c, err := Parse(defaultYAML)
+	if err != nil {
+		panic("opsconfig: embedded default.yaml is invalid: " + err.Error())
+	}
+	return c
+}
+
+// DefaultYAML returns the embedded default configuration's source.
+func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
+
+func (c *Config) applyDefaults() {
+	for name, t := range c.Templates {
+		if t.User == "" {
+			t.User = DefaultUser
+			c.Templates[name] = t
+		}
+	}
+}
+
+// Template returns the named template, or an *UnknownNameError.
+func (c *Config) Template(name string) (Template, error) {
+	t, ok := c.Templates[name]
+	if !ok {
+		return Template{}, &UnknownNameError{Kind: "template", Name: name}
+	}
+	return t, nil
+}
+
+// Profile returns the named capacity profile, or an *UnknownNameError.
+func (c *Config) Profile(name string) (Profile, error) {
+	p, ok := c.Profiles[name]
+	if !ok {
+		return nil, &UnknownNameError{Kind: "profile", Name: name}
+	}
+	return p, nil
+}
+
+// Recipe returns the named recipe, or an *UnknownNameError.
+func (c *Config) Recipe(name string) (Recipe, error) {
+	r, ok := c.Recipes[name]
+	if !ok {
+		return Recipe{}, &UnknownNameError{Kind: "recipe", Name: name}
+	}
+	return r, nil
+}
+
+// Candidates returns the sizing candidates for a job: the template's instance types, in the
+// template's order, that the profile has a capacity for.
+func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error) {
+	t, err := c.Template(template)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.Profile(profile)
+	if err != nil {
+		return nil, err
+	}
+	var out []sizing.Candidate
+	for _, it := range t.InstanceTypes {
+		cp, ok := p[it]
+		if !ok {
+			continue
+		}
+		out = append(out, sizing.Candidate{
+			InstanceType:   it,
+			ItemsPerMinute: cp.ItemsPerMinute,
+			BootSeconds:    cp.BootSeconds,
+			HourlyPrice:    cp.HourlyPrice,
+		})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("template %q and profile %q share no instance type (template: %s)",
+			template, profile, strings.Join(t.InstanceTypes, ", "))
+	}
+	return out, nil
+}

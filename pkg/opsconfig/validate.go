@@ -1,0 +1,256 @@
+package opsconfig
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/sortie-fleet/sortie/pkg/sizing"
+)
+
+// ErrInvalid is wrapped by every problem Validate reports.
+var ErrInvalid = errors.New("invalid ops config")
+
+// FieldError is one problem at one place in the config, e.g.
+// "templates.batch.max_instances: must be ≥ min_instances (2), got 1".
+type FieldError struct {
+	Path   string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Reason }
+
+// Unwrap makes errors.Is(err, ErrInvalid) hold.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+// MaxInstances is the largest max_instances a template may set.
+const MaxInstances = 1000
+
+var (
+	nameRe         = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	amiRe          = regexp.MustCompile(`^ami-[0-9a-f]{8,17}$`)
+	subnetRe       = regexp.MustCompile(`^subnet-[0-9a-f]{8,17}$`)
+	securityRe     = regexp.MustCompile(`^sg-[0-9a-f]{8,17}$`)
+	instanceTypeRe = regexp.MustCompile(`^[a-z][a-z0-9-]*\.[a-z0-9-]+$`)
+	userRe         = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	iamNameRe      = regexp.MustCompile(`^[\w+=,.@-]{1,128}$`)
+	keyNameRe      = regexp.MustCompile(`^[\w+=,.@ :/-]{1,255}$`)
+)
+
+type problems []error
+
+func (p *problems) add(path, format string, args ...any) {
+	*p = append(*p, &FieldError{Path: path, Reason: fmt.Sprintf(format, args...)})
+}
+
+// Validate reports every problem in c at once (errors.Join of *FieldError), or nil.
+func (c *Config) Validate() error {
+	var p problems
+	for _, name := range slices.Sorted(maps.Keys(c.Templates)) {
+		c.Templates[name].validate(&p, "templates."+name, name)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
+		c.Profiles[name].validate(&p, "profiles."+name, name)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Recipes)) {
+		c.Recipes[name].validate(&p, "recipes."+name, name)
+	}
+	return errors.Join(p...)
+}
+
+func checkName(p *problems, path, name string) {
+	if !nameRe.MatchString(name) {
+		p.add(path, "name %q must match %s", name, nameRe)
+	}
+}
+
+func (t Template) validate(p *problems, path, name string) {
+	checkName(p, path, name)
+	if !amiRe.MatchString(t.AMI) {
+		p.add(path+".ami", "must match %s, got %q", amiRe, t.AMI)
+	}
+	if len(t.InstanceTypes) == 0 {
+		p.add(path+".instance_types", "must list at least one instance type")
+	}
+	for i, it := range t.InstanceTypes {
+		if !instanceTypeRe.MatchString(it) {
+			p.add(fmt.Sprintf("%s.instance_types[%d]", path, i), "must be an instance type such as m3.medium, got %q", it)
+		}
+		if slices.Index(t.InstanceTypes, it) < i {
+			p.add(fmt.Sprintf("%s.instance_types[%d]", path, i), "duplicate %q", it)
+		}
+	}
+	checkList(p, path+".subnets", t.Subnets, subnetRe)
+	checkList(p, path+".security_groups", t.SecurityGroups, securityRe)
+	if !iamNameRe.MatchString(t.InstanceProfile) {
+		p.add(path+".instance_profile", "must be an instance profile name matching %s, got %q", iamNameRe, t.InstanceProfile)
+	}
+	if !keyNameRe.MatchString(t.KeyName) {
+		p.add(path+".key_name", "must be a key pair name matching %s, got %q", keyNameRe, t.KeyName)
+	}
+	if !userRe.MatchString(t.User) {
+		p.add(path+".user", "must be a login name matching %s, got %q", userRe, t.User)
+	}
+	if t.MinInstances < 1 {
+		p.add(path+".min_instances", "must be ≥ 1, got %d", t.MinInstances)
+	}
+	switch {
+	case t.MaxInstances < t.MinInstances:
+		p.add(path+".max_instances", "must be ≥ min_instances (%d), got %d", t.MinInstances, t.MaxInstances)
+	case t.MaxInstances < 1:
+		p.add(path+".max_instances", "must be ≥ 1, got %d", t.MaxInstances)
+	case t.MaxInstances > MaxInstances:
+		p.add(path+".max_instances", "must be ≤ %d, got %d", MaxInstances, t.MaxInstances)
+	}
+	if t.TTL <= 0 {
+		p.add(path+".ttl", "must be a positive duration such as \"2h\", got %s", t.TTL.Std())
+	}
+}
+
+func checkList(p *problems, path string, list []string, re *regexp.Regexp) {
+	if len(list) == 0 {
+		p.add(path, "must list at least one")
+	}
+	for i, v := range list {
+		if !re.MatchString(v) {
+			p.add(fmt.Sprintf("%s[%d]", path, i), "must match %s, got %q", re, v)
+		}
+	}
+}
+
+func (pr Profile) validate(p *problems, path, name string) {
+	checkName(p, path, name)
+	if len(pr) == 0 {
+		p.add(path, "must give the capacity of at least one instance type")
+	}
+	for _, it := range slices.Sorted(maps.Keys(pr)) {
+		c, ip := pr[it], path+"."+it
+		if !instanceTypeRe.MatchString(it) {
+			p.add(ip, "must be an instance type such as m3.medium, got %q", it)
+		}
+		if !(c.ItemsPerMinute >= sizing.MinItemsPerMinute && c.ItemsPerMinute <= sizing.MaxItemsPerMinute) {
+			p.add(ip+".items_per_minute", "must be within [%g, %g], got %v", sizing.MinItemsPerMinute, sizing.MaxItemsPerMinute, c.ItemsPerMinute)
+		}
+		if !(c.BootSeconds >= 0 && c.BootSeconds <= sizing.MaxBootSeconds) {
+			p.add(ip+".boot_seconds", "must be within [0, %g], got %v", sizing.MaxBootSeconds, c.BootSeconds)
+		}
+		if !(c.HourlyPrice >= 0 && c.HourlyPrice <= sizing.MaxHourlyPrice) {
+			p.add(ip+".hourly_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, c.HourlyPrice)
+		}
+	}
+}
+
+func (r Recipe) validate(p *problems, path, name string) {
+	checkName(p, path, name)
+	for _, pn := range slices.Sorted(maps.Keys(r.Params)) {
+		r.Params[pn].validate(p, path+".params."+pn, pn)
+	}
+	if len(r.Steps) == 0 {
+		p.add(path+".steps", "must list at least one step")
+	}
+	seen := map[string]int{}
+	for i, s := range r.Steps {
+		sp := fmt.Sprintf("%s.steps[%d]", path, i)
+		if !nameRe.MatchString(s.Name) {
+			p.add(sp+".name", "must match %s, got %q", nameRe, s.Name)
+		} else if j, dup := seen[s.Name]; dup {
+			p.add(sp+".name", "duplicate step name %q (also steps[%d])", s.Name, j)
+		} else {
+			seen[s.Name] = i
+		}
+		refs := func(field, v string) {
+			names, err := Refs(v)
+			if err != nil {
+				p.add(sp+"."+field, "%v", err)
+				return
+			}
+			for _, n := range names {
+				if _, ok := r.Params[n]; !ok {
+					p.add(sp+"."+field, "unknown parameter %q in %q", n, v)
+				}
+			}
+		}
+		filePath := func(field, v string) {
+			switch {
+			case v == "":
+				p.add(sp+"."+field, "must not be empty")
+			case strings.ContainsAny(v, "\x00\n\r"):
+				p.add(sp+"."+field, "must not contain NUL or line breaks")
+			case strings.HasPrefix(v, "~"):
+				p.add(sp+"."+field, "must not start with ~: paths are relative to the login directory, got %q", v)
+			}
+			refs(field, v)
+		}
+		argv := func(field string, argv []string) {
+			if len(argv) == 0 || argv[0] == "" {
+				p.add(sp+"."+field, "must name a program")
+			}
+			for j, a := range argv {
+				if strings.ContainsRune(a, 0) {
+					p.add(fmt.Sprintf("%s.%s[%d]", sp, field, j), "must not contain NUL")
+				}
+				refs(fmt.Sprintf("%s[%d]", field, j), a)
+			}
+		}
+		switch s.Kind() {
+		case KindFetch:
+			f := s.Fetch
+			if f.Bucket == "" {
+				p.add(sp+".fetch.bucket", "must not be empty")
+			}
+			refs("fetch.bucket", f.Bucket)
+			if f.Key == "" {
+				p.add(sp+".fetch.key", "must not be empty")
+			}
+			refs("fetch.key", f.Key)
+			filePath("fetch.path", f.Path)
+		case KindUpload:
+			filePath("upload.path", s.Upload.Path)
+			refs("upload.content", s.Upload.Content)
+		case KindRun:
+			argv("run.argv", s.Run.Argv)
+		case KindStart:
+			argv("start.argv", s.Start.Argv)
+			if s.Start.Log != "" {
+				filePath("start.log", s.Start.Log)
+			}
+		default:
+			p.add(sp, "must have exactly one of fetch, upload, run, start")
+		}
+	}
+}
+
+func (pa Param) validate(p *problems, path, name string) {
+	if !paramNameRe.MatchString(name) {
+		p.add(path, "parameter name %q must match %s", name, paramNameRe)
+	}
+	if pa.MaxLen < 0 {
+		p.add(path+".max_len", "must be ≥ 0, got %d", pa.MaxLen)
+	}
+	if pa.Pattern == "" {
+		p.add(path+".pattern", "must not be empty: every parameter states what values it accepts")
+		return
+	}
+	re, err := pa.Regexp()
+	if err != nil {
+		p.add(path+".pattern", "%v", err)
+		return
+	}
+	if pa.Required && pa.Default != "" {
+		p.add(path+".default", "a required parameter takes no default")
+	}
+	if pa.Default != "" {
+		if !re.MatchString(pa.Default) {
+			p.add(path+".default", "%q does not match pattern %s", pa.Default, pa.Pattern)
+		}
+		if len(pa.Default) > pa.Limit() {
+			p.add(path+".default", "longer than max_len %d", pa.Limit())
+		}
+		if strings.ContainsAny(pa.Default, "\x00\n\r") {
+			p.add(path+".default", "must not contain NUL or line breaks")
+		}
+	}
+}
