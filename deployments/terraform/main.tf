@@ -1,0 +1,214 @@
+# Sortie's messaging and log archive for production: one SNS topic per event type, one SQS
+# queue per (topic, consuming service) with its own dead-letter queue, the services' timer
+# queues, and the SSE-KMS log bucket. `sortie infra up` (pkg/infra) creates the same set on
+# LocalStack/kumo; pkg/infra's TestTerraformMatchesGenerators evaluates this file and
+# fails when the two disagree on a name, a queue setting or a policy statement.
+
+terraform {
+  required_version = ">= 1.5.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0, < 7.0"
+    }
+  }
+}
+
+provider "aws" {
+  region = var.region
+
+  default_tags {
+    tags = merge(var.tags, { "sortie:stack" = var.prefix })
+  }
+}
+
+locals {
+  # Event type => topic name suffix (pkg/bus EventTypes, TopicName).
+  topics = {
+    JobSubmitted      = "job-submitted"
+    FleetPlanned      = "fleet-planned"
+    FleetLaunched     = "fleet-launched"
+    FleetBootstrapped = "fleet-bootstrapped"
+    TaskReported      = "task-reported"
+    JobFinished       = "job-finished"
+    FleetTerminated   = "fleet-terminated"
+  }
+
+  # Queue name suffix "<service>-<topic suffix>" => the event type it consumes
+  # (pkg/bus Consumers, QueueName). FleetTerminated has no service consumer.
+  subscriptions = {
+    "planner-job-submitted"       = "JobSubmitted"
+    "provisioner-fleet-planned"   = "FleetPlanned"
+    "bootstrapper-fleet-launched" = "FleetLaunched"
+    "monitor-fleet-bootstrapped"  = "FleetBootstrapped"
+    "monitor-task-reported"       = "TaskReported"
+    "reaper-job-finished"         = "JobFinished"
+  }
+
+  # Services that send themselves delayed messages (pkg/bus TimerServices, TimerQueueName).
+  timer_queues = ["monitor-timers", "reaper-timers"]
+
+  # Every queue that gets a DLQ and a redrive policy: the consuming queues and the timer queues.
+  queues = merge(
+    { for q, event in local.subscriptions : q => event },
+    { for q in local.timer_queues : q => "" },
+  )
+
+  # pkg/bus MaxReceiveCount and pkg/infra's queue settings.
+  max_receive_count         = 5
+  visibility_timeout        = 60      # seconds
+  queue_retention_seconds   = 345600  # 4 days
+  dlq_retention_seconds     = 1209600 # 14 days, the maximum
+  receive_wait_time_seconds = 20      # long polling
+
+  bucket = "${var.prefix}-logs"
+}
+
+# --- SNS topics -----------------------------------------------------------------------------
+
+resource "aws_sns_topic" "event" {
+  for_each = local.topics
+
+  name = "${var.prefix}-${each.value}"
+}
+
+# --- SQS queues, DLQs, redrive ---------------------------------------------------------------
+
+resource "aws_sqs_queue" "dlq" {
+  for_each = local.queues
+
+  name                       = "${var.prefix}-${each.key}-dlq"
+  visibility_timeout_seconds = local.visibility_timeout
+  message_retention_seconds  = local.dlq_retention_seconds
+  receive_wait_time_seconds  = local.receive_wait_time_seconds
+  sqs_managed_sse_enabled    = true
+}
+
+resource "aws_sqs_queue" "queue" {
+  for_each = local.queues
+
+  name                       = "${var.prefix}-${each.key}"
+  visibility_timeout_seconds = local.visibility_timeout
+  message_retention_seconds  = local.queue_retention_seconds
+  receive_wait_time_seconds  = local.receive_wait_time_seconds
+  sqs_managed_sse_enabled    = true
+
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dlq[each.key].arn
+    maxReceiveCount     = local.max_receive_count
+  })
+}
+
+# --- Topic -> queue wiring --------------------------------------------------------------------
+
+resource "aws_sqs_queue_policy" "from_topic" {
+  for_each = local.subscriptions
+
+  queue_url = aws_sqs_queue.queue[each.key].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AllowTopicSendMessage"
+        Effect    = "Allow"
+        Principal = { Service = "sns.amazonaws.com" }
+        Action    = "sqs:SendMessage"
+        Resource  = aws_sqs_queue.queue[each.key].arn
+        Condition = { ArnEquals = { "aws:SourceArn" = aws_sns_topic.event[each.value].arn } }
+      },
+    ]
+  })
+}
+
+resource "aws_sns_topic_subscription" "queue" {
+  for_each = local.subscriptions
+
+  topic_arn            = aws_sns_topic.event[each.value].arn
+  protocol             = "sqs"
+  endpoint             = aws_sqs_queue.queue[each.key].arn
+  raw_message_delivery = true
+
+  # The queue must accept the topic's messages before the first one is sent.
+  depends_on = [aws_sqs_queue_policy.from_topic]
+}
+
+# --- Log bucket ----------------------------------------------------------------------------------
+
+resource "aws_kms_key" "logs" {
+  description             = "Sortie ${var.prefix} log archive (S3 SSE-KMS)"
+  enable_key_rotation     = true
+  deletion_window_in_days = var.kms_deletion_window_days
+}
+
+resource "aws_kms_alias" "logs" {
+  name          = "alias/${var.prefix}-logs"
+  target_key_id = aws_kms_key.logs.key_id
+}
+
+resource "aws_s3_bucket" "logs" {
+  bucket = local.bucket
+
+  # Archived logs are evidence: destroy fails on a non-empty bucket, as `sortie infra down`
+  # keeps one unless told --empty-bucket.
+  force_destroy = false
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
+  bucket = aws_s3_bucket.logs.id
+
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.logs.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "logs" {
+  bucket = aws_s3_bucket.logs.id
+
+  block_public_acls       = true
+  ignore_public_acls      = true
+  block_public_policy     = true
+  restrict_public_buckets = true
+}
+
+# Deny plain HTTP, and uploads that do not ask for SSE-KMS (wrong header, or none).
+# The statements and Sids are pkg/infra BucketPolicy's.
+resource "aws_s3_bucket_policy" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "DenyInsecureTransport"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:*"
+        Resource  = [aws_s3_bucket.logs.arn, "${aws_s3_bucket.logs.arn}/*"]
+        Condition = { Bool = { "aws:SecureTransport" = "false" } }
+      },
+      {
+        Sid       = "DenyIncorrectEncryptionHeader"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:PutObject"
+        Resource  = "${aws_s3_bucket.logs.arn}/*"
+        Condition = { StringNotEquals = { "s3:x-amz-server-side-encryption" = "aws:kms" } }
+      },
+      {
+        Sid       = "DenyUnencryptedObjectUploads"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:PutObject"
+        Resource  = "${aws_s3_bucket.logs.arn}/*"
+        Condition = { Null = { "s3:x-amz-server-side-encryption" = "true" } }
+      },
+    ]
+  })
+
+  # S3 rejects a bucket policy while the public access block is being changed.
+  depends_on = [aws_s3_bucket_public_access_block.logs]
+}

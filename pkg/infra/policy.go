@@ -1,0 +1,166 @@
+package infra
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+)
+
+// Statement ids of the generated policies. deployments/terraform/main.tf uses the same ones;
+// TestTerraformMatchesGenerators keeps the two in step.
+const (
+	SidDenyInsecureTransport         = "DenyInsecureTransport"
+	SidDenyIncorrectEncryptionHeader = "DenyIncorrectEncryptionHeader"
+	SidDenyUnencryptedObjectUploads  = "DenyUnencryptedObjectUploads"
+	SidAllowTopicSendMessage         = "AllowTopicSendMessage"
+)
+
+const policyVersion = "2012-10-17"
+
+// policyDocument is an IAM policy document; field order fixes the JSON's key order.
+type policyDocument struct {
+	Version   string      `json:"Version"`
+	Statement []statement `json:"Statement"`
+}
+
+type statement struct {
+	Sid       string                       `json:"Sid"`
+	Effect    string                       `json:"Effect"`
+	Principal any                          `json:"Principal"`
+	Action    string                       `json:"Action"`
+	Resource  stringOrList                 `json:"Resource"`
+	Condition map[string]map[string]string `json:"Condition"` // encoding/json sorts map keys
+}
+
+// stringOrList marshals one element as a plain string, several as a list, as IAM writes them.
+type stringOrList []string
+
+func (s stringOrList) MarshalJSON() ([]byte, error) {
+	if len(s) == 1 {
+		return json.Marshal(s[0])
+	}
+	return json.Marshal([]string(s))
+}
+
+// BucketPolicy is the log bucket's policy: deny every request that does not use TLS, and
+// every upload that does not ask for SSE-KMS (a wrong x-amz-server-side-encryption header,
+// or none). The output is deterministic, indented JSON.
+func BucketPolicy(bucket string) ([]byte, error) {
+	if bucket == "" {
+		return nil, errors.New("bucket policy: empty bucket name")
+	}
+	arn := "arn:aws:s3:::" + bucket
+	objects := arn + "/*"
+	return marshalPolicy(policyDocument{
+		Version: policyVersion,
+		Statement: []statement{
+			{
+				Sid:       SidDenyInsecureTransport,
+				Effect:    "Deny",
+				Principal: "*",
+				Action:    "s3:*",
+				Resource:  stringOrList{arn, objects},
+				Condition: map[string]map[string]string{"Bool": {"aws:SecureTransport": "false"}},
+			},
+			{
+				Sid:       SidDenyIncorrectEncryptionHeader,
+				Effect:    "Deny",
+				Principal: "*",
+				Action:    "s3:PutObject",
+				Resource:  stringOrList{objects},
+				Condition: map[string]map[string]string{"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+			},
+			{
+				Sid:       SidDenyUnencryptedObjectUploads,
+				Effect:    "Deny",
+				Principal: "*",
+				Action:    "s3:PutObject",
+				Resource:  stringOrList{objects},
+				Condition: map[string]map[string]string{"Null": {"s3:x-amz-server-side-encryption": "true"}},
+			},
+		},
+	})
+}
+
+// QueuePolicy lets the SNS topic topicARN, and nothing else, send to the queue queueARN.
+func QueuePolicy(queueARN, topicARN string) ([]byte, error) {
+	if queueARN == "" || topicARN == "" {
+		return nil, fmt.Errorf("queue policy: empty ARN (queue %q, topic %q)", queueARN, topicARN)
+	}
+	return marshalPolicy(policyDocument{
+		Version: policyVersion,
+		Statement: []statement{{
+			Sid:       SidAllowTopicSendMessage,
+			Effect:    "Allow",
+			Principal: map[string]string{"Service": "sns.amazonaws.com"},
+			Action:    "sqs:SendMessage",
+			Resource:  stringOrList{queueARN},
+			Condition: map[string]map[string]string{"ArnEquals": {"aws:SourceArn": topicARN}},
+		}},
+	})
+}
+
+// RedrivePolicy is a queue's RedrivePolicy attribute: after maxReceiveCount receives a
+// message moves to the dead-letter queue dlqARN.
+func RedrivePolicy(dlqARN string, maxReceiveCount int) ([]byte, error) {
+	if dlqARN == "" || maxReceiveCount < 1 {
+		return nil, fmt.Errorf("redrive policy: want a DLQ ARN and maxReceiveCount >= 1, got %q and %d", dlqARN, maxReceiveCount)
+	}
+	return json.Marshal(struct {
+		DeadLetterTargetArn string `json:"deadLetterTargetArn"`
+		MaxReceiveCount     int    `json:"maxReceiveCount"`
+	}{dlqARN, maxReceiveCount})
+}
+
+func marshalPolicy(doc policyDocument) ([]byte, error) {
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding policy: %w", err)
+	}
+	return b, nil
+}
+
+// sameJSON reports whether two JSON documents mean the same policy: whitespace, key order,
+// a one-element list versus its element, and 5 versus "5" do not matter (AWS may hand a
+// stored policy back reformatted). Invalid JSON is never the same as anything.
+func sameJSON(a, b string) bool {
+	na, errA := normalizeJSON(a)
+	nb, errB := normalizeJSON(b)
+	return errA == nil && errB == nil && reflect.DeepEqual(na, nb)
+}
+
+func normalizeJSON(s string) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader([]byte(strings.TrimSpace(s))))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return normalize(v), nil
+}
+
+func normalize(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			t[k] = normalize(e)
+		}
+		return t
+	case []any:
+		if len(t) == 1 {
+			return normalize(t[0])
+		}
+		for i, e := range t {
+			t[i] = normalize(e)
+		}
+		return t
+	case json.Number:
+		return t.String()
+	case bool:
+		return fmt.Sprint(t)
+	}
+	return v
+}
