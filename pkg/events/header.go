@@ -1,5 +1,3 @@
-// Package events is the only contract between Sortie's services: one type per event,
-// validation, schema version, JSON on the wire.
 package events
 
 import (
@@ -22,8 +20,24 @@ type Header struct {
 	Time          time.Time `json:"time"`
 }
 
+// NewHeader returns a header of the current schema version stamped with now in UTC
+// (without its monotonic clock reading, so it survives a round trip unchanged).
+func NewHeader(jobID, correlationID string, now time.Time) Header {
+	return Header{SchemaVersion: SchemaVersion, JobID: jobID, CorrelationID: correlationID, Time: now.UTC()}
+}
+
 // IDs returns the job and correlation ids every log line and message carries.
 func (h Header) IDs() (jobID, correlationID string) { return h.JobID, h.CorrelationID }
+
+// check validates the header fields.
+func (h Header) check(c *checker) {
+	if h.SchemaVersion != SchemaVersion {
+		c.fail("schema_version", "must be %d, got %d", SchemaVersion, h.SchemaVersion)
+	}
+	c.jobID("job_id", h.JobID)
+	c.correlationID("correlation_id", h.CorrelationID)
+	c.time("time", h.Time)
+}
 
 // Event is implemented by every event type.
 type Event interface {

@@ -1,0 +1,198 @@
+package events
+
+import "time"
+
+// FleetPlanned is the planner's sizing decision for a job. The provisioner consumes it.
+type FleetPlanned struct {
+	Header
+	FleetID      string `json:"fleet_id"`
+	PlanRevision int    `json:"plan_revision"` // 1, then +1 per replan: part of the launch's idempotency token
+
+	// Carried from JobSubmitted.
+	Template        string            `json:"template"`
+	Profile         string            `json:"profile"`
+	Recipe          string            `json:"recipe"`
+	Params          map[string]string `json:"params,omitempty"`
+	DeadlineSeconds int               `json:"deadline_seconds"`
+	SubmittedAt     time.Time         `json:"submitted_at"`
+
+	Items            int     `json:"items"` // work size as measured by the planner
+	InstanceType     string  `json:"instance_type"`
+	Count            int     `json:"count"`
+	EstimatedSeconds float64 `json:"estimated_seconds"` // boot plus processing, as planned
+	MeetsDeadline    bool    `json:"meets_deadline"`
+	Rationale        string  `json:"rationale"` // the arithmetic, for humans
+}
+
+var _ Event = FleetPlanned{}
+
+// EventType returns TypeFleetPlanned.
+func (FleetPlanned) EventType() string { return TypeFleetPlanned }
+
+// DeadlineAt returns the instant the job must be done by.
+func (e FleetPlanned) DeadlineAt() time.Time {
+	return e.SubmittedAt.Add(time.Duration(e.DeadlineSeconds) * time.Second)
+}
+
+// Validate reports every invalid field; the errors wrap ErrInvalid.
+func (e FleetPlanned) Validate() error {
+	var c checker
+	e.Header.check(&c)
+	c.fleetID("fleet_id", e.FleetID)
+	c.intRange("plan_revision", int64(e.PlanRevision), 1, MaxPlanRevision)
+	c.name("template", e.Template)
+	c.name("profile", e.Profile)
+	c.name("recipe", e.Recipe)
+	c.params("params", e.Params)
+	c.deadlineSeconds("deadline_seconds", e.DeadlineSeconds)
+	c.time("submitted_at", e.SubmittedAt)
+	c.intRange("items", int64(e.Items), 0, MaxItems)
+	c.instanceType("instance_type", e.InstanceType)
+	c.intRange("count", int64(e.Count), 1, MaxInstances)
+	c.seconds("estimated_seconds", e.EstimatedSeconds, MaxEstimatedSeconds)
+	c.text("rationale", e.Rationale, MaxTextBytes, true)
+	return c.err()
+}
+
+// FleetLaunched lists a fleet's running instances. The bootstrapper consumes it.
+type FleetLaunched struct {
+	Header
+	FleetID      string `json:"fleet_id"`
+	PlanRevision int    `json:"plan_revision"`
+
+	// Carried from FleetPlanned. Template is optional.
+	Template   string            `json:"template,omitempty"`
+	Recipe     string            `json:"recipe"`
+	Params     map[string]string `json:"params,omitempty"`
+	DeadlineAt time.Time         `json:"deadline_at"`
+
+	KeyName   string     `json:"key_name"` // the EC2 key pair the instances accept
+	HostKey   string     `json:"host_key"` // the fleet's pinned SSH host public key, authorized_keys format
+	Instances []Instance `json:"instances"`
+}
+
+// Instance is one launched instance.
+type Instance struct {
+	ID           string    `json:"id"`
+	InstanceType string    `json:"instance_type"`
+	PrivateIP    string    `json:"private_ip,omitempty"`
+	SSHEndpoint  string    `json:"ssh_endpoint"` // host:port
+	LaunchedAt   time.Time `json:"launched_at"`
+}
+
+var _ Event = FleetLaunched{}
+
+// EventType returns TypeFleetLaunched.
+func (FleetLaunched) EventType() string { return TypeFleetLaunched }
+
+// Validate reports every invalid field; the errors wrap ErrInvalid.
+func (e FleetLaunched) Validate() error {
+	var c checker
+	e.Header.check(&c)
+	c.fleetID("fleet_id", e.FleetID)
+	c.intRange("plan_revision", int64(e.PlanRevision), 1, MaxPlanRevision)
+	c.optionalName("template", e.Template)
+	c.name("recipe", e.Recipe)
+	c.params("params", e.Params)
+	c.time("deadline_at", e.DeadlineAt)
+	c.keyName("key_name", e.KeyName)
+	c.hostKey("host_key", e.HostKey)
+	if len(e.Instances) == 0 {
+		c.fail("instances", "must list at least one instance")
+	} else if c.count("instances", len(e.Instances), MaxInstances) {
+		for i, in := range e.Instances {
+			f := index("instances", i)
+			c.instanceID(f+".id", in.ID)
+			c.instanceType(f+".instance_type", in.InstanceType)
+			c.ip(f+".private_ip", in.PrivateIP)
+			c.endpoint(f+".ssh_endpoint", in.SSHEndpoint)
+			c.time(f+".launched_at", in.LaunchedAt)
+		}
+		c.uniqueIDs("instances", len(e.Instances), func(i int) string { return e.Instances[i].ID })
+	}
+	return c.err()
+}
+
+// FleetBootstrapped reports the recipe's result on every instance of a fleet. The monitor
+// consumes it.
+type FleetBootstrapped struct {
+	Header
+	FleetID string `json:"fleet_id"`
+
+	// Carried from FleetLaunched. Template is optional.
+	Template   string    `json:"template,omitempty"`
+	Recipe     string    `json:"recipe"`
+	DeadlineAt time.Time `json:"deadline_at"`
+	HostKey    string    `json:"host_key"`
+	KeyName    string    `json:"key_name"`
+
+	Instances []InstanceResult `json:"instances"`
+}
+
+// InstanceResult is the recipe's result on one instance. OK is true when every step
+// succeeded and the workload started; otherwise Error says why.
+type InstanceResult struct {
+	ID          string       `json:"id"`
+	SSHEndpoint string       `json:"ssh_endpoint"`
+	OK          bool         `json:"ok"`
+	Error       string       `json:"error,omitempty"`
+	Steps       []StepResult `json:"steps,omitempty"`
+}
+
+// StepResult is one recipe step on one instance. ExitCode is -1 when the step did not
+// exit normally (not run, killed by a signal, connection lost).
+type StepResult struct {
+	Name       string   `json:"name"`
+	ExitCode   int      `json:"exit_code"`
+	DurationMS int64    `json:"duration_ms"`
+	OutputTail []string `json:"output_tail,omitempty"` // last lines of output, oldest first
+}
+
+var _ Event = FleetBootstrapped{}
+
+// EventType returns TypeFleetBootstrapped.
+func (FleetBootstrapped) EventType() string { return TypeFleetBootstrapped }
+
+// Validate reports every invalid field; the errors wrap ErrInvalid.
+func (e FleetBootstrapped) Validate() error {
+	var c checker
+	e.Header.check(&c)
+	c.fleetID("fleet_id", e.FleetID)
+	c.optionalName("template", e.Template)
+	c.name("recipe", e.Recipe)
+	c.time("deadline_at", e.DeadlineAt)
+	c.hostKey("host_key", e.HostKey)
+	c.keyName("key_name", e.KeyName)
+	if len(e.Instances) == 0 {
+		c.fail("instances", "must list at least one instance")
+	} else if c.count("instances", len(e.Instances), MaxInstances) {
+		for i, in := range e.Instances {
+			in.check(&c, index("instances", i))
+		}
+		c.uniqueIDs("instances", len(e.Instances), func(i int) string { return e.Instances[i].ID })
+	}
+	return c.err()
+}
+
+func (r InstanceResult) check(c *checker, field string) {
+	c.instanceID(field+".id", r.ID)
+	c.endpoint(field+".ssh_endpoint", r.SSHEndpoint)
+	switch {
+	case r.OK && r.Error != "":
+		c.fail(field+".error", "must be empty when ok is true, got %s", quote(r.Error))
+	case !r.OK && r.Error == "":
+		c.fail(field+".error", "must say why when ok is false")
+	default:
+		c.text(field+".error", r.Error, MaxTextBytes, false)
+	}
+	if !c.count(field+".steps", len(r.Steps), MaxSteps) {
+		return
+	}
+	for i, s := range r.Steps {
+		f := index(field+".steps", i)
+		c.printableText(f+".name", s.Name, MaxStepNameBytes)
+		c.intRange(f+".exit_code", int64(s.ExitCode), -1, 255)
+		c.durationMS(f+".duration_ms", s.DurationMS)
+		c.lines(f+".output_tail", s.OutputTail)
+	}
+}

@@ -1,0 +1,148 @@
+package events
+
+// TaskReported is one task's result, reported from an instance. The monitor consumes it.
+type TaskReported struct {
+	Header
+	FleetID    string `json:"fleet_id"`
+	InstanceID string `json:"instance_id"`
+	TaskID     string `json:"task_id"` // the workload's own name for the item
+	Outcome    string `json:"outcome"` // OutcomeSucceeded or OutcomeFailed
+	DurationMS int64  `json:"duration_ms"`
+	Detail     string `json:"detail,omitempty"`
+}
+
+var _ Event = TaskReported{}
+
+// EventType returns TypeTaskReported.
+func (TaskReported) EventType() string { return TypeTaskReported }
+
+// Validate reports every invalid field; the errors wrap ErrInvalid.
+func (e TaskReported) Validate() error {
+	var c checker
+	e.Header.check(&c)
+	c.fleetID("fleet_id", e.FleetID)
+	c.instanceID("instance_id", e.InstanceID)
+	c.printableText("task_id", e.TaskID, MaxTaskIDBytes)
+	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed)
+	c.durationMS("duration_ms", e.DurationMS)
+	c.text("detail", e.Detail, MaxTextBytes, false)
+	return c.err()
+}
+
+// JobFinished is the monitor's verdict on a job. The reaper consumes it: it archives the
+// logs of Instances (over SSH, with HostKey and KeyName) and terminates them.
+type JobFinished struct {
+	Header
+	FleetID  string `json:"fleet_id"`
+	Template string `json:"template,omitempty"` // carried, optional
+	Outcome  string `json:"outcome"`            // OutcomeSucceeded, OutcomeFailed or OutcomeTimedOut
+	// Reason explains the outcome; required unless the job succeeded.
+	Reason          string        `json:"reason,omitempty"`
+	FailingInstance string        `json:"failing_instance,omitempty"` // one of Instances
+	LogTail         []string      `json:"log_tail,omitempty"`         // the failing log's last lines, oldest first
+	Instances       []InstanceRef `json:"instances,omitempty"`        // every instance to archive and terminate
+	HostKey         string        `json:"host_key,omitempty"`         // required when Instances is not empty
+	KeyName         string        `json:"key_name,omitempty"`         // required when Instances is not empty
+	TasksSucceeded  int           `json:"tasks_succeeded"`
+	TasksFailed     int           `json:"tasks_failed"`
+}
+
+// InstanceRef is how to reach one instance.
+type InstanceRef struct {
+	ID          string `json:"id"`
+	SSHEndpoint string `json:"ssh_endpoint"`
+}
+
+var _ Event = JobFinished{}
+
+// EventType returns TypeJobFinished.
+func (JobFinished) EventType() string { return TypeJobFinished }
+
+// Validate reports every invalid field; the errors wrap ErrInvalid.
+func (e JobFinished) Validate() error {
+	var c checker
+	e.Header.check(&c)
+	c.fleetID("fleet_id", e.FleetID)
+	c.optionalName("template", e.Template)
+	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut)
+	c.text("reason", e.Reason, MaxTextBytes, e.Outcome != OutcomeSucceeded)
+	c.lines("log_tail", e.LogTail)
+	if c.count("instances", len(e.Instances), MaxInstances) {
+		for i, in := range e.Instances {
+			f := index("instances", i)
+			c.instanceID(f+".id", in.ID)
+			c.endpoint(f+".ssh_endpoint", in.SSHEndpoint)
+		}
+		c.uniqueIDs("instances", len(e.Instances), func(i int) string { return e.Instances[i].ID })
+	}
+	if e.FailingInstance != "" {
+		found := false
+		for _, in := range e.Instances {
+			found = found || in.ID == e.FailingInstance
+		}
+		if !found {
+			c.fail("failing_instance", "must be one of instances, got %s", quote(e.FailingInstance))
+		}
+	}
+	if len(e.Instances) > 0 {
+		c.hostKey("host_key", e.HostKey)
+		c.keyName("key_name", e.KeyName)
+	} else {
+		c.text("host_key", e.HostKey, MaxHostKeyBytes, false)
+		c.text("key_name", e.KeyName, MaxKeyNameBytes, false)
+	}
+	c.intRange("tasks_succeeded", int64(e.TasksSucceeded), 0, MaxItems)
+	c.intRange("tasks_failed", int64(e.TasksFailed), 0, MaxItems)
+	return c.err()
+}
+
+// FleetTerminated closes a job: its logs are archived and its instances are gone. No
+// service consumes it; watchers (the CLI, upstream callbacks) do.
+type FleetTerminated struct {
+	Header
+	FleetID               string    `json:"fleet_id"`
+	Outcome               string    `json:"outcome"`          // the job's, as in JobFinished
+	Reason                string    `json:"reason,omitempty"` // the job's, as in JobFinished
+	Archives              []Archive `json:"archives,omitempty"`
+	TerminatedInstanceIDs []string  `json:"terminated_instance_ids,omitempty"`
+	InstanceSeconds       float64   `json:"instance_seconds"` // summed lifetime of the fleet's instances
+}
+
+// Archive is one instance's logs, uploaded to S3.
+type Archive struct {
+	InstanceID string `json:"instance_id"`
+	Bucket     string `json:"bucket"`
+	Key        string `json:"key"`
+	SizeBytes  int64  `json:"size_bytes"`
+}
+
+var _ Event = FleetTerminated{}
+
+// EventType returns TypeFleetTerminated.
+func (FleetTerminated) EventType() string { return TypeFleetTerminated }
+
+// Validate reports every invalid field; the errors wrap ErrInvalid.
+func (e FleetTerminated) Validate() error {
+	var c checker
+	e.Header.check(&c)
+	c.fleetID("fleet_id", e.FleetID)
+	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut)
+	c.text("reason", e.Reason, MaxTextBytes, false)
+	if c.count("archives", len(e.Archives), MaxInstances) {
+		for i, a := range e.Archives {
+			f := index("archives", i)
+			c.instanceID(f+".instance_id", a.InstanceID)
+			c.bucket(f+".bucket", a.Bucket)
+			c.text(f+".key", a.Key, MaxS3KeyBytes, true)
+			c.intRange(f+".size_bytes", a.SizeBytes, 0, MaxArchiveBytes)
+		}
+	}
+	if c.count("terminated_instance_ids", len(e.TerminatedInstanceIDs), MaxInstances) {
+		for i, id := range e.TerminatedInstanceIDs {
+			c.instanceID(index("terminated_instance_ids", i), id)
+		}
+		c.uniqueIDs("terminated_instance_ids", len(e.TerminatedInstanceIDs), func(i int) string { return e.TerminatedInstanceIDs[i] })
+	}
+	c.seconds("instance_seconds", e.InstanceSeconds, MaxInstanceSeconds)
+	return c.err()
+}
