@@ -1,0 +1,14 @@
+package bus
+
+import "time"
+
+// SetMaxTimerDelay shortens SQS's 15-minute delay limit for p and r (either may be nil),
+// so tests can exercise timer chaining in seconds.
+func SetMaxTimerDelay(p *Publisher, r *Router, d time.Duration) {
+	if p != nil {
+		p.timers.maxDelay = d
+	}
+	if r != nil {
+		r.timers.maxDelay = d
+	}
+}

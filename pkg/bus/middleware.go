@@ -1,0 +1,271 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmsqs "github.com/ThreeDotsLabs/watermill-aws/sqs"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/cenkalti/backoff/v5"
+)
+
+// stack builds the one middleware stack every service runs, outermost first:
+//
+//	correlation id → poison (DLQ for permanent errors) → retry with backoff → recoverer
+//
+// then, for the timer queue, re-deferral of chained timers that are not yet due, and
+// finally the handler.
+func (r *Router) stack(rt route) message.NoPublishHandlerFunc {
+	dlq := DLQName(rt.queue)
+	poison, err := middleware.PoisonQueueWithFilter(r.dlq, dlq, IsPermanent)
+	if err != nil {
+		panic(err) // only for an empty topic name, which DLQName never returns
+	}
+	h := invoke(rt)
+	if rt.timer {
+		h = r.deferUntilDue(rt)(h)
+	}
+	h = recoverer(h)
+	h = permanentStopsRetry(h)
+	h = r.retry().Middleware(h)
+	h = logPermanent(dlq)(h)
+	h = poison(h)
+	h = r.correlate(rt)(h)
+	return func(msg *message.Message) error {
+		if _, err := h(msg); err != nil {
+			// correlate has logged it with the job's ids. Nacking here rather than
+			// returning it keeps watermill's router from logging it again without them;
+			// the router's Ack after a Nack is a no-op.
+			msg.Nack()
+		}
+		return nil
+	}
+}
+
+// correlate takes the job and correlation ids from the message attributes (or the
+// event's header), generates a correlation id when there is none, and puts both, with a
+// logger that logs them, into the message's context.
+func (r *Router) correlate(rt route) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			jobID := msg.Metadata.Get(AttrJobID)
+			correlationID := msg.Metadata.Get(AttrCorrelationID)
+			if jobID == "" || correlationID == "" {
+				hj, hc := headerIDs(msg.Payload)
+				jobID = cmpOr(jobID, hj)
+				correlationID = cmpOr(correlationID, hc)
+			}
+			if correlationID == "" {
+				correlationID = watermill.NewUUID()
+			}
+			// Written back so that a dead-lettered copy carries them too.
+			msg.Metadata.Set(AttrCorrelationID, correlationID)
+			if jobID != "" {
+				msg.Metadata.Set(AttrJobID, jobID)
+			}
+			d := deliveryFrom(msg.Context())
+			attrs := []any{"job_id", jobID, "correlation_id", correlationID, "queue", rt.queue, "message_uuid", msg.UUID, "receive_count", d.receiveCount}
+			if et := cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType); et != "" {
+				attrs = append(attrs, "event_type", et)
+			}
+			logger := r.cfg.Logger.With(attrs...)
+			ctx := WithLogger(WithIDs(msg.Context(), jobID, correlationID), logger)
+			msg.SetContext(ctx)
+
+			logger.Debug("handling message")
+			out, err := h(msg)
+			switch {
+			case err == nil:
+				logger.Debug("message handled")
+			case d.receiveCount >= MaxReceiveCount:
+				logger.Error("message not handled; SQS will move it to the DLQ", "error", err)
+			default:
+				logger.Warn("message not handled; SQS will redeliver it", "error", err)
+			}
+			return out, err
+		}
+	}
+}
+
+// logPermanent logs the permanent errors the poison middleware is about to dead-letter.
+func logPermanent(dlq string) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			out, err := h(msg)
+			if err != nil && IsPermanent(err) {
+				Logger(msg.Context()).Warn("permanent error: sending the message to its DLQ", "dlq", dlq, "error", err)
+			}
+			return out, err
+		}
+	}
+}
+
+// retry is watermill's retry middleware with the configured policy. Permanent errors
+// stop it through permanentStopsRetry rather than its ShouldRetry hook, which advances
+// the backoff once more per attempt and would double the configured intervals.
+func (r *Router) retry() middleware.Retry {
+	p := r.cfg.Retry
+	return middleware.Retry{
+		MaxRetries:          p.MaxRetries,
+		InitialInterval:     p.InitialInterval,
+		MaxInterval:         p.MaxInterval,
+		Multiplier:          p.Multiplier,
+		ResetContextOnRetry: true,
+	}
+}
+
+// permanentStopsRetry marks permanent errors for the backoff library, so the retry
+// middleware returns them after the first attempt.
+func permanentStopsRetry(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err != nil && IsPermanent(err) {
+			return out, backoff.Permanent(err)
+		}
+		if err != nil {
+			Logger(msg.Context()).Info("handler failed; retrying if attempts remain", "error", err)
+		}
+		return out, err
+	}
+}
+
+// recoverer turns a panic into a transient error (so it is retried) and logs it with the
+// stack, using watermill's recoverer.
+func recoverer(h message.HandlerFunc) message.HandlerFunc {
+	rec := middleware.Recoverer(h)
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := rec(msg)
+		var p middleware.RecoveredPanicError
+		if errors.As(err, &p) {
+			Logger(msg.Context()).Error("handler panicked", "panic", fmt.Sprint(p.V), "stack", p.Stacktrace)
+			return out, fmt.Errorf("handler panicked: %v", p.V)
+		}
+		return out, err
+	}
+}
+
+// deferUntilDue re-sends a chained timer that is not due yet (see Publisher.After)
+// instead of handing it to the handler.
+func (r *Router) deferUntilDue(rt route) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			raw := msg.Metadata.Get(AttrDue)
+			if raw == "" {
+				return h(msg)
+			}
+			due, err := time.Parse(time.RFC3339Nano, raw)
+			if err != nil {
+				return nil, Permanent(fmt.Errorf("timer on %s: attribute %s %q: %w", rt.queue, AttrDue, raw, err))
+			}
+			if !time.Now().Before(due) {
+				return h(msg)
+			}
+			if err := r.timers.send(msg.Context(), rt.queue, due, msg.Payload, maps.Clone(msg.Metadata)); err != nil {
+				return nil, fmt.Errorf("re-deferring timer due %s: %w", raw, err)
+			}
+			Logger(msg.Context()).Debug("timer not due yet: deferred", "due", raw)
+			return nil, nil
+		}
+	}
+}
+
+// invoke calls the registered handler with the message as a *Message.
+func invoke(rt route) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context()
+		attrs := maps.Clone(map[string]string(msg.Metadata))
+		if attrs == nil {
+			attrs = map[string]string{}
+		}
+		eventType := attrs[AttrEventType]
+		if rt.eventType != "" {
+			if eventType != "" && eventType != rt.eventType {
+				return nil, Permanent(fmt.Errorf("a %s message on %s, the queue of %s", eventType, rt.queue, rt.eventType))
+			}
+			eventType = rt.eventType
+		}
+		m := &Message{
+			UUID:          msg.UUID,
+			EventType:     eventType,
+			JobID:         JobID(ctx),
+			CorrelationID: CorrelationID(ctx),
+			Payload:       bytes.Clone(msg.Payload),
+			Attributes:    attrs,
+			Queue:         rt.queue,
+			ReceiveCount:  deliveryFrom(ctx).receiveCount,
+		}
+		return nil, rt.h(ctx, m)
+	}
+}
+
+// headerIDs reads the job and correlation ids from an event body's header, if it has one.
+func headerIDs(payload []byte) (jobID, correlationID string) {
+	var h struct {
+		JobID         string `json:"job_id"`
+		CorrelationID string `json:"correlation_id"`
+	}
+	if json.Unmarshal(payload, &h) != nil {
+		return "", ""
+	}
+	return h.JobID, h.CorrelationID
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// maxReasonBytes bounds the sortie_error attribute of a dead-lettered message.
+const maxReasonBytes = 1024
+
+// dlqMarshaler writes a dead-lettered message as watermill-aws writes any message (body
+// unchanged, metadata as attributes, the watermill uuid), replacing the poison
+// middleware's metadata with sortie_error and sortie_source_queue. Empty attributes,
+// which SQS rejects, are dropped.
+type dlqMarshaler struct{}
+
+var _ wmsqs.Marshaler = dlqMarshaler{}
+
+func (dlqMarshaler) Marshal(msg *message.Message) (*sqstypes.Message, error) {
+	out, err := wmsqs.DefaultMarshalerUnmarshaler{}.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	attrs := out.MessageAttributes
+	for _, k := range []string{middleware.ReasonForPoisonedKey, middleware.PoisonedTopicKey, middleware.PoisonedHandlerKey, middleware.PoisonedSubscriberKey} {
+		delete(attrs, k)
+	}
+	for k, v := range attrs {
+		if v.StringValue != nil && *v.StringValue == "" {
+			delete(attrs, k)
+		}
+	}
+	attrs[AttrError] = stringAttr(truncate(cmpOr(msg.Metadata.Get(middleware.ReasonForPoisonedKey), "unknown"), maxReasonBytes))
+	if src := msg.Metadata.Get(middleware.PoisonedTopicKey); src != "" {
+		attrs[AttrSourceQueue] = stringAttr(src)
+	}
+	return out, nil
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	cut := n - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
+}

@@ -1,0 +1,282 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmsqs "github.com/ThreeDotsLabs/watermill-aws/sqs"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+)
+
+// RetryPolicy is the in-process retry of a handler's transient errors: up to MaxRetries
+// more attempts, waiting InitialInterval, then multiplying the wait by Multiplier up to
+// MaxInterval. Keep the total well under the queues' visibility timeout (60 s), or
+// another replica receives the message while it is still being retried.
+type RetryPolicy struct {
+	MaxRetries      int
+	InitialInterval time.Duration
+	Multiplier      float64
+	MaxInterval     time.Duration
+}
+
+// DefaultRetry is used when Config.Retry is the zero value: 4 attempts over about 1.5 s.
+var DefaultRetry = RetryPolicy{MaxRetries: 3, InitialInterval: 200 * time.Millisecond, Multiplier: 2, MaxInterval: 2 * time.Second}
+
+// Defaults of Config's zero fields.
+const (
+	DefaultConcurrency  = 4
+	DefaultCloseTimeout = 30 * time.Second
+	DefaultWaitTime     = 20 * time.Second
+)
+
+var serviceRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
+
+// Config configures a Router. Zero fields take the defaults above.
+type Config struct {
+	Topology Topology
+	// Service is the consuming service (Planner, Monitor, ...): it selects the queues.
+	Service string
+	// AWS is the service's config (awsx.Load in main, awsx.ForEndpoint in tests).
+	AWS    aws.Config
+	Logger *slog.Logger // nil: slog.Default()
+	// Concurrency is the number of messages handled at once per queue.
+	Concurrency int
+	// CloseTimeout bounds the shutdown: how long in-flight handlers may run on after the
+	// context passed to Run is cancelled.
+	CloseTimeout time.Duration
+	Retry        RetryPolicy
+	// WaitTime is the SQS long-poll duration, 1-20 s (whole seconds).
+	WaitTime time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
+	if c.Retry == (RetryPolicy{}) {
+		c.Retry = DefaultRetry
+	}
+	if c.WaitTime == 0 {
+		c.WaitTime = DefaultWaitTime
+	}
+	return c
+}
+
+// Validate reports every problem with the configuration at once, joined with errors.Join.
+// Zero fields that have defaults are valid.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	errs := []error{c.Topology.Validate(), validateAWS(c.AWS)}
+	if !serviceRE.MatchString(c.Service) {
+		errs = append(errs, fmt.Errorf("service %q: want a name like %q", c.Service, Planner))
+	}
+	if c.Concurrency < 1 || c.Concurrency > 100 {
+		errs = append(errs, fmt.Errorf("concurrency %d: want 1-100", c.Concurrency))
+	}
+	if c.CloseTimeout < 0 {
+		errs = append(errs, fmt.Errorf("close timeout %s: want > 0", c.CloseTimeout))
+	}
+	if c.WaitTime < time.Second || c.WaitTime > 20*time.Second || c.WaitTime%time.Second != 0 {
+		errs = append(errs, fmt.Errorf("wait time %s: want whole seconds, 1s-20s", c.WaitTime))
+	}
+	r := c.Retry
+	if r.MaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("retry: max retries %d: want >= 0", r.MaxRetries))
+	}
+	if r.MaxRetries > 0 {
+		if r.InitialInterval <= 0 {
+			errs = append(errs, fmt.Errorf("retry: initial interval %s: want > 0", r.InitialInterval))
+		}
+		if r.Multiplier < 1 {
+			errs = append(errs, fmt.Errorf("retry: multiplier %g: want >= 1", r.Multiplier))
+		}
+		if r.MaxInterval < r.InitialInterval {
+			errs = append(errs, fmt.Errorf("retry: max interval %s: want >= initial interval %s", r.MaxInterval, r.InitialInterval))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// routerAPI is every SQS call the router and its subscriber make.
+type routerAPI interface {
+	receiveAPI
+	timerAPI
+}
+
+// route is one registered handler: a queue and what handles it.
+type route struct {
+	queue     string
+	eventType string // "" for the timer queue
+	timer     bool
+	h         HandlerFunc
+}
+
+// Router consumes a service's queues: it runs every message through the shared
+// middleware stack (correlation id → DLQ for permanent errors → retry with backoff →
+// panic recovery) to the handler registered for the queue.
+type Router struct {
+	cfg    Config
+	api    routerAPI
+	queues *queueResolver
+	timers *timerSender
+	wmLog  watermill.LoggerAdapter
+	dlq    message.Publisher
+
+	routes []route
+	errs   []error
+}
+
+// NewRouter returns a router for cfg.Service. Register handlers with Handle and
+// HandleTimers, then call Run.
+func NewRouter(cfg Config) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("router config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	client := sqs.NewFromConfig(cfg.AWS)
+	queues := newQueueResolver(client)
+	wmLog := watermillLogger(cfg.Logger)
+	dlq, err := wmsqs.NewPublisher(wmsqs.PublisherConfig{
+		AWSConfig:                   cfg.AWS,
+		DoNotCreateQueueIfNotExists: true,
+		QueueUrlResolver:            queues,
+		Marshaler:                   dlqMarshaler{},
+	}, wmLog)
+	if err != nil {
+		return nil, fmt.Errorf("creating dlq publisher: %w", err)
+	}
+	return &Router{
+		cfg:    cfg,
+		api:    client,
+		queues: queues,
+		timers: newTimerSender(client, queues),
+		wmLog:  wmLog,
+		dlq:    dlq,
+	}, nil
+}
+
+// Handle registers h for the events of eventType, read from the service's queue for
+// that type. A type the service does not consume, or one registered twice, makes Run fail.
+func (r *Router) Handle(eventType string, h HandlerFunc) {
+	switch {
+	case h == nil:
+		r.errs = append(r.errs, fmt.Errorf("handler for %s is nil", eventType))
+	case !slices.Contains(Consumers[eventType], r.cfg.Service):
+		r.errs = append(r.errs, fmt.Errorf("service %s does not consume %q (see bus.Consumers)", r.cfg.Service, eventType))
+	default:
+		r.add(route{queue: r.cfg.Topology.QueueName(r.cfg.Service, eventType), eventType: eventType, h: h})
+	}
+}
+
+// HandleTimers registers h for the service's own timer queue (see Publisher.After).
+// Chained timers reach h once, when they are due.
+func (r *Router) HandleTimers(h HandlerFunc) {
+	switch {
+	case h == nil:
+		r.errs = append(r.errs, errors.New("timer handler is nil"))
+	case !slices.Contains(TimerServices, r.cfg.Service):
+		r.errs = append(r.errs, fmt.Errorf("service %s has no timer queue (see bus.TimerServices)", r.cfg.Service))
+	default:
+		r.add(route{queue: r.cfg.Topology.TimerQueueName(r.cfg.Service), timer: true, h: h})
+	}
+}
+
+func (r *Router) add(rt route) {
+	for _, have := range r.routes {
+		if have.queue == rt.queue {
+			r.errs = append(r.errs, fmt.Errorf("queue %s has two handlers", rt.queue))
+			return
+		}
+	}
+	r.routes = append(r.routes, rt)
+}
+
+// Run checks that every queue and DLQ it needs exists, then consumes until ctx is
+// cancelled. Then it shuts down gracefully: it stops receiving, lets the handlers in
+// flight finish (for up to CloseTimeout; after that their contexts are cancelled and Run
+// returns an error), deletes the messages they acknowledged, and returns nil. Run is
+// called once per Router.
+//
+// Long polls in progress are cancelled at shutdown; a message SQS hands to one at that
+// very moment is not lost but stays in flight until its visibility timeout, as on any
+// interrupted ReceiveMessage. Messages received but not yet handed to a handler are
+// made visible again at once.
+func (r *Router) Run(ctx context.Context) error {
+	if len(r.routes) == 0 && len(r.errs) == 0 {
+		r.errs = append(r.errs, errors.New("no handlers registered"))
+	}
+	if len(r.errs) > 0 {
+		return fmt.Errorf("router for %s: %w", r.cfg.Service, errors.Join(r.errs...))
+	}
+	if err := r.preflight(ctx); err != nil {
+		return fmt.Errorf("router for %s: %w", r.cfg.Service, err)
+	}
+
+	sub := newSubscriber(r.api, r.queues, r.cfg.Concurrency, r.cfg.WaitTime, r.cfg.CloseTimeout, r.cfg.Logger)
+	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.CloseTimeout}, r.wmLog)
+	if err != nil {
+		return fmt.Errorf("creating router: %w", err)
+	}
+	for _, rt := range r.routes {
+		wm.AddConsumerHandler(rt.queue, rt.queue, sub, r.stack(rt))
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() {
+		<-runCtx.Done()
+		closed <- wm.Close()
+	}()
+	queues := make([]string, len(r.routes))
+	for i, rt := range r.routes {
+		queues[i] = rt.queue
+	}
+	r.cfg.Logger.Info("consuming", "queues", queues, "concurrency", r.cfg.Concurrency)
+	runErr := wm.Run(runCtx)
+	cancel()
+	wmCloseErr := <-closed
+	subErr := sub.Close()
+	switch {
+	case runErr != nil:
+		return fmt.Errorf("running router for %s: %w", r.cfg.Service, errors.Join(runErr, subErr))
+	case subErr != nil:
+		return subErr
+	case wmCloseErr != nil:
+		return fmt.Errorf("shutdown: %w", wmCloseErr)
+	}
+	r.cfg.Logger.Info("stopped: every message in flight was handled")
+	return nil
+}
+
+// preflight resolves every queue and DLQ the routes use, reporting all the missing ones.
+func (r *Router) preflight(ctx context.Context) error {
+	var errs []error
+	for _, rt := range r.routes {
+		for _, q := range []string{rt.queue, DLQName(rt.queue)} {
+			if _, err := r.queues.url(ctx, q); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// watermillLogger adapts logger for watermill, whose chatty Info lines become Debug.
+func watermillLogger(logger *slog.Logger) watermill.LoggerAdapter {
+	return watermill.NewSlogLoggerWithLevelMapping(logger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+}
