@@ -1,0 +1,87 @@
+package localcloud
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// ec2Handler answers one EC2 action; it returns the response document or an error.
+type ec2Handler func(c *Cloud, requestID string, form url.Values) (any, *apiError)
+
+// handlers lists the EC2 actions the local cloud implements; other EC2 actions (VPCs,
+// subnets, security groups, …) go to kumo.
+var handlers = map[string]ec2Handler{
+	"RunInstances":       (*Cloud).runInstances,
+	"DescribeInstances":  (*Cloud).describeInstances,
+	"TerminateInstances": (*Cloud).terminateInstances,
+	"CreateTags":         (*Cloud).createTags,
+	"DeleteTags":         (*Cloud).deleteTags,
+	"CreateKeyPair":      (*Cloud).createKeyPair,
+	"ImportKeyPair":      (*Cloud).importKeyPair,
+	"DescribeKeyPairs":   (*Cloud).describeKeyPairs,
+	"DeleteKeyPair":      (*Cloud).deleteKeyPair,
+	"GetConsoleOutput":   (*Cloud).getConsoleOutput,
+}
+
+// foreignTagRequest reports whether a CreateTags/DeleteTags call names only resources the
+// local cloud does not own (security groups, subnets, … live in kumo).
+func (c *Cloud) foreignTagRequest(action string, form url.Values) bool {
+	if action != "CreateTags" && action != "DeleteTags" {
+		return false
+	}
+	ids := list(form, "ResourceId")
+	if len(ids) == 0 {
+		return false
+	}
+	for _, id := range ids {
+		if ownedResource(id) {
+			return false
+		}
+	}
+	return true
+}
+
+func ownedResource(id string) bool {
+	return strings.HasPrefix(id, "i-") || strings.HasPrefix(id, "key-")
+}
+
+func (c *Cloud) serveEC2(w http.ResponseWriter, action string, form url.Values, h ec2Handler) {
+	requestID := uuid.NewString()
+	if err := c.admit(); err != nil {
+		c.log.Info("ec2 request refused", "action", action, "code", err.Code)
+		writeError(w, requestID, err)
+		return
+	}
+	if form.Get("DryRun") == "true" {
+		writeError(w, requestID, &apiError{
+			Status:  http.StatusPreconditionFailed,
+			Code:    "DryRunOperation",
+			Message: "Request would have succeeded, but DryRun flag is set.",
+		})
+		return
+	}
+	resp, err := h(c, requestID, form)
+	if err != nil {
+		c.log.Info("ec2 request failed", "action", action, "code", err.Code, "message", err.Message)
+		writeError(w, requestID, err)
+		return
+	}
+	c.log.Debug("ec2 request", "action", action)
+	writeXML(w, resp)
+}
+
+// admit applies the injected throttling and refuses requests once the cloud is closing.
+func (c *Cloud) admit() *apiError {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return &apiError{Status: http.StatusServiceUnavailable, Code: "Unavailable", Message: "The local cloud is shutting down."}
+	}
+	if c.throttle.hit() {
+		return &apiError{Status: http.StatusServiceUnavailable, Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package localcloud
+
+import (
+	"net/url"
+	"strings"
+)
+
+// validateTag applies EC2's tag rules (length, the reserved aws: prefix).
+func validateTag(key, value string) *apiError {
+	switch {
+	case key == "":
+		return invalidParameter("Tag key must not be empty.")
+	case len(key) > 128:
+		return invalidParameter("Tag key exceeds the maximum length of 128 characters.")
+	case len(value) > 256:
+		return invalidParameter("Tag value exceeds the maximum length of 256 characters.")
+	case strings.HasPrefix(strings.ToLower(key), "aws:"):
+		return invalidParameter("Tag keys starting with 'aws:' are reserved for internal use.")
+	}
+	return nil
+}
+
+func (c *Cloud) createTags(requestID string, form url.Values) (any, *apiError) {
+	ids := list(form, "ResourceId")
+	if len(ids) == 0 {
+		return nil, missingParameter("ResourceId")
+	}
+	newTags := tags(form, "Tag")
+	if len(newTags) == 0 {
+		return nil, missingParameter("Tag")
+	}
+	for _, t := range newTags {
+		if err := validateTag(t.Key, t.Value); err != nil {
+			return nil, err
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	targets, err := c.taggablesLocked(ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range targets {
+		added := 0
+		for _, t := range newTags {
+			if _, ok := m[t.Key]; !ok {
+				added++
+			}
+		}
+		if len(m)+added > 50 {
+			return nil, clientError("TagLimitExceeded", "The maximum number of Tags for a resource has been reached.")
+		}
+	}
+	for _, m := range targets {
+		for _, t := range newTags {
+			m[t.Key] = t.Value
+		}
+	}
+	return returnResponse{XMLName: xmlName("CreateTagsResponse"), responseMeta: meta(requestID), Return: true}, nil
+}
+
+func (c *Cloud) deleteTags(requestID string, form url.Values) (any, *apiError) {
+	ids := list(form, "ResourceId")
+	if len(ids) == 0 {
+		return nil, missingParameter("ResourceId")
+	}
+	del := tags(form, "Tag")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	targets, err := c.taggablesLocked(ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range targets {
+		if len(del) == 0 { // no Tag.N: every tag goes
+			clear(m)
+			continue
+		}
+		for _, t := range del {
+			if v, ok := m[t.Key]; ok && (!t.HasValue || v == t.Value) {
+				delete(m, t.Key)
+			}
+		}
+	}
+	return returnResponse{XMLName: xmlName("DeleteTagsResponse"), responseMeta: meta(requestID), Return: true}, nil
+}
+
+// taggablesLocked returns the tag maps of instances and key pairs by id.
+func (c *Cloud) taggablesLocked(ids []string) ([]map[string]string, *apiError) {
+	out := make([]map[string]string, 0, len(ids))
+	for _, id := range ids {
+		switch {
+		case strings.HasPrefix(id, "i-"):
+			insts, err := c.lookupInstancesLocked([]string{id})
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, insts[0].tags)
+		case strings.HasPrefix(id, "key-"):
+			kp := c.keyPairByIDLocked(id)
+			if kp == nil {
+				return nil, clientError("InvalidKeyPair.NotFound", "The key pair '%s' does not exist", id)
+			}
+			out = append(out, kp.tags)
+		default:
+			return nil, clientError("InvalidID", "The ID '%s' is not valid", id)
+		}
+	}
+	return out, nil
+}
