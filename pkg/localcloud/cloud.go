@@ -63,6 +63,9 @@ type Options struct {
 	// as a PATH holding the tools an AMI would ship. The cloud's own variables
 	// (AWS_ENDPOINT_URL, credentials, SORTIE_INSTANCE_ID) come after and win.
 	InstanceEnv []string
+	// OnExec, when set, is called with every command an SSH client runs on an instance,
+	// exactly as sent (an audit hook; tests assert on it).
+	OnExec func(instanceID, command string)
 }
 
 // roleAssumer is the STS call that gives instances their credentials.

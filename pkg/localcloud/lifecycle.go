@@ -142,6 +142,7 @@ func (c *Cloud) startHost(inst *instance) (*sshhost.Host, ssh.PublicKey, error) 
 			"SORTIE_INSTANCE_ID="+inst.id,
 		),
 		Logger: c.log.With("instance", inst.id),
+		OnExec: c.onExec(inst.id),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("starting ssh host: %w", err)
@@ -170,4 +171,12 @@ func (c *Cloud) instanceCredentials(inst *instance) (*types.Credentials, error) 
 		return nil, fmt.Errorf("assuming role %s: no credentials returned", role)
 	}
 	return out.Credentials, nil
+}
+
+// onExec adapts Options.OnExec to one instance's SSH host.
+func (c *Cloud) onExec(id string) func(string) {
+	if c.opts.OnExec == nil {
+		return nil
+	}
+	return func(command string) { c.opts.OnExec(id, command) }
 }

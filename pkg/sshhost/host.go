@@ -24,6 +24,10 @@ type Config struct {
 	Env            []string        // extra environment for every command ("K=V"), e.g. AWS_ENDPOINT_URL and temporary credentials
 	Addr           string          // listen address, default "127.0.0.1:0"
 	Logger         *slog.Logger    // optional
+	// OnExec, when set, is called with every exec request's command exactly as received,
+	// before it runs: an audit hook (sshd logs the same at LogLevel VERBOSE), and how
+	// tests assert on the exact command a client sent.
+	OnExec func(command string)
 }
 
 const (
@@ -47,6 +51,7 @@ type Host struct {
 	ln         net.Listener
 	srv        *ssh.ServerConfig
 	log        *slog.Logger
+	onExec     func(command string)
 
 	mu     sync.Mutex
 	closed bool
@@ -98,10 +103,11 @@ func Start(cfg Config) (*Host, error) {
 	}
 
 	h := &Host{
-		dir:   dir,
-		env:   append([]string(nil), cfg.Env...),
-		log:   log,
-		conns: map[net.Conn]struct{}{},
+		dir:    dir,
+		env:    append([]string(nil), cfg.Env...),
+		log:    log,
+		onExec: cfg.OnExec,
+		conns:  map[net.Conn]struct{}{},
 	}
 	for _, k := range cfg.AuthorizedKeys {
 		if k != nil {

@@ -74,6 +74,9 @@ func (s *session) serve(reqs <-chan *ssh.Request) {
 		case "exec":
 			var p struct{ Command string }
 			if err := ssh.Unmarshal(req.Payload, &p); err == nil {
+				if s.h.onExec != nil && !s.started {
+					s.h.onExec(p.Command)
+				}
 				run, err = s.start([]string{"/bin/sh", "-c", p.Command})
 				ok = err == nil
 			}
