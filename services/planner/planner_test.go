@@ -1,0 +1,197 @@
+package planner
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/service"
+)
+
+// TestPlannerOnLocalCloud runs the planner against the local cloud: real SNS/SQS messages
+// in, a real FleetPlanned (or a DLQ entry) out, with work measured from a real queue and
+// a real bucket.
+func TestPlannerOnLocalCloud(t *testing.T) {
+	s := newStack(t, localcloud.Options{})
+	ctx := t.Context()
+
+	// The demo's work: 202 objects under a prefix and 202 messages in a work queue.
+	bucket := s.topo.Prefix + "-demo"
+	work := s.topo.Prefix + "-work"
+	seedWork(t, s, bucket, "files/", work, 202)
+
+	plans := s.subscribe(t, bus.FleetPlanned)
+	s.run(t, func(ctx context.Context) error {
+		return Run(ctx, Config{Base: service.Base{Prefix: s.topo.Prefix}}, service.Deps{
+			AWS: s.aws, Ops: opsconfig.Default(), Publisher: s.pub, Logger: slog.New(slog.DiscardHandler),
+		})
+	})
+
+	job := func(id string, f func(*events.JobSubmitted)) events.JobSubmitted {
+		j := demoJob()
+		j.Header = events.NewHeader(id, "corr-"+id, time.Now())
+		j.Params = map[string]string{"bucket": bucket, "queue": work}
+		if f != nil {
+			f(&j)
+		}
+		return j
+	}
+	publish := func(j events.JobSubmitted) {
+		t.Helper()
+		if err := s.pub.Publish(ctx, j); err != nil {
+			t.Fatalf("publishing %s: %v", j.JobID, err)
+		}
+	}
+	publishRaw := func(id, body string) {
+		t.Helper()
+		if err := s.pub.PublishBody(ctx, events.JobSubmitted{Header: events.Header{JobID: id}}, []byte(body)); err != nil {
+			t.Fatalf("publishing %s: %v", id, err)
+		}
+	}
+
+	t.Run("the demo job is planned: 3 × m3.medium", func(t *testing.T) {
+		publish(job("demo-count", nil))
+		publish(job("demo-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: work} }))
+		publish(job("demo-s3", func(j *events.JobSubmitted) {
+			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: bucket, Prefix: "files/"}}
+		}))
+		want := []string{"demo-count", "demo-queue", "demo-s3"}
+		got := s.collect(t, plans, 20*time.Second, hasAll(1, want...))
+		for _, id := range want {
+			ms, ok := got[id]
+			if !ok {
+				t.Errorf("no FleetPlanned for %s (got %v)", id, keysOf(got))
+				continue
+			}
+			m := ms[0]
+			if len(ms) != 1 {
+				t.Errorf("%s: %d FleetPlanned, want 1", id, len(ms))
+			}
+			plan, err := events.DecodeFleetPlanned([]byte(aws.ToString(m.Body)))
+			if err != nil {
+				t.Fatalf("%s: %v", id, err)
+			}
+			if plan.Items != 202 || plan.Count != 3 || plan.InstanceType != "m3.medium" || !plan.MeetsDeadline {
+				t.Errorf("%s: planned %d × %s for %d items (meets %t): %s", id, plan.Count, plan.InstanceType, plan.Items, plan.MeetsDeadline, plan.Rationale)
+			}
+			if plan.FleetID != id || plan.PlanRevision != 1 || plan.CorrelationID != "corr-"+id {
+				t.Errorf("%s: fleet %q revision %d correlation %q", id, plan.FleetID, plan.PlanRevision, plan.CorrelationID)
+			}
+			if attr(m, bus.AttrEventType) != bus.FleetPlanned {
+				t.Errorf("%s: event_type attribute %q", id, attr(m, bus.AttrEventType))
+			}
+		}
+	})
+
+	t.Run("bad jobs go to the DLQ with their reason and plan nothing", func(t *testing.T) {
+		valid := string(mustEncode(t, job("bad-raw", nil)))
+		bad := map[string]string{ // job id → the reason the DLQ entry must give
+			"bad-template": `unknown template "x"`,
+			"bad-hostile":  `parameter "bucket": value "\"; rm -rf ~\"" does not match`,
+			"bad-queue":    fmt.Sprintf(`work queue %q does not exist`, s.topo.Prefix+"-nope"),
+			"bad-bucket":   fmt.Sprintf(`work bucket %q (s3://%s/files/) does not exist`, s.topo.Prefix+"-nope", s.topo.Prefix+"-nope"),
+			"bad-empty":    fmt.Sprintf(`nothing to do: s3://%s/none/ holds no work items`, bucket),
+			"bad-count0":   "work: must set exactly one of count, queue, s3, got none",
+			"bad-deadline": "deadline_seconds: must be",
+			"bad-json":     "malformed JSON",
+		}
+		publish(job("bad-template", func(j *events.JobSubmitted) { j.Template = "x" }))
+		publish(job("bad-hostile", func(j *events.JobSubmitted) { j.Params["bucket"] = `"; rm -rf ~"` }))
+		publish(job("bad-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: s.topo.Prefix + "-nope"} }))
+		publish(job("bad-bucket", func(j *events.JobSubmitted) {
+			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: s.topo.Prefix + "-nope", Prefix: "files/"}}
+		}))
+		publish(job("bad-empty", func(j *events.JobSubmitted) {
+			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: bucket, Prefix: "none/"}}
+		}))
+		publishRaw("bad-count0", strings.Replace(strings.Replace(valid, `"count":202`, `"count":0`, 1), "bad-raw", "bad-count0", 1))
+		publishRaw("bad-deadline", strings.Replace(strings.Replace(valid, `"deadline_seconds":10`, `"deadline_seconds":-10`, 1), "bad-raw", "bad-deadline", 1))
+		publishRaw("bad-json", `{"job_id": "bad-json", `)
+
+		dlq := s.queueURL(t, bus.DLQName(s.topo.QueueName(bus.Planner, bus.JobSubmitted)))
+		ids := keysOfStrings(bad)
+		got := s.collect(t, dlq, 20*time.Second, hasAll(1, ids...))
+		for id, reason := range bad {
+			ms, ok := got[id]
+			if !ok {
+				t.Errorf("%s is not in the DLQ (got %v)", id, keysOf(got))
+				continue
+			}
+			if len(ms) != 1 {
+				t.Errorf("%s: in the DLQ %d times, want once", id, len(ms))
+			}
+			if r := attr(ms[0], bus.AttrError); !strings.Contains(r, reason) {
+				t.Errorf("%s: %s = %q, want it to contain %q", id, bus.AttrError, r, reason)
+			}
+		}
+		// Every bad job was dead-lettered after its handler returned, so a FleetPlanned for
+		// one of them would already be queued.
+		leaked := s.collect(t, plans, time.Second, never)
+		for id := range leaked {
+			if _, isBad := bad[id]; isBad {
+				t.Errorf("FleetPlanned published for bad job %s", id)
+			}
+		}
+	})
+}
+
+func mustEncode(t *testing.T, e events.Event) []byte {
+	t.Helper()
+	b, err := events.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func keysOfStrings(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// seedWork puts n objects under prefix in a new bucket and n messages in a new queue.
+func seedWork(t *testing.T, s *stack, bucket, prefix, queue string, n int) {
+	t.Helper()
+	ctx := t.Context()
+	client := s3.NewFromConfig(s.aws, awsx.S3Options(s.aws))
+	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if _, err := client.PutObject(ctx, &s3.PutObjectInput{
+			Bucket: aws.String(bucket), Key: aws.String(fmt.Sprintf("%s%04d.txt", prefix, i)), Body: strings.NewReader("line\n"),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := s.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(queue)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i += 10 {
+		var entries []sqstypes.SendMessageBatchRequestEntry
+		for j := i; j < min(i+10, n); j++ {
+			entries = append(entries, sqstypes.SendMessageBatchRequestEntry{Id: aws.String(fmt.Sprint(j)), MessageBody: aws.String(fmt.Sprintf("%s%04d.txt", prefix, j))})
+		}
+		out, err := s.sqs.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: q.QueueUrl, Entries: entries})
+		if err != nil || len(out.Failed) > 0 {
+			t.Fatalf("seeding the work queue: %v %v", err, out)
+		}
+	}
+}

@@ -1,0 +1,388 @@
+package provisioner
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+)
+
+// Instance tags (see the issue 3 notes): EC2 tags are the state of a fleet.
+const (
+	tagName          = "Name"
+	tagJobID         = "sortie:job-id"
+	tagFleet         = "sortie:fleet"
+	tagLeaseExpires  = "sortie:lease-expires"
+	tagStage         = "sortie:stage"
+	tagCorrelationID = "sortie:correlation-id"
+	tagSSHEndpoint   = "sortie:ssh-endpoint" // set by the local cloud, not by Sortie
+
+	stageLaunched = "launched"
+)
+
+// EC2API is the EC2 calls the provisioner makes; the running waiter uses DescribeInstances.
+type EC2API interface {
+	RunInstances(ctx context.Context, params *ec2.RunInstancesInput, optFns ...func(*ec2.Options)) (*ec2.RunInstancesOutput, error)
+	DescribeInstances(ctx context.Context, params *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+	TerminateInstances(ctx context.Context, params *ec2.TerminateInstancesInput, optFns ...func(*ec2.Options)) (*ec2.TerminateInstancesOutput, error)
+}
+
+var _ EC2API = (*ec2.Client)(nil)
+
+// errFleetEnded says the fleet of this plan revision was launched before and its
+// instances are all gone (terminated by the reaper, or after a failed launch): a late
+// duplicate FleetPlanned, with nothing left to do.
+var errFleetEnded = errors.New("the fleet of this plan revision was launched before and has ended")
+
+// launcher turns a FleetPlanned into running instances.
+type launcher struct {
+	ec2    EC2API
+	ops    *opsconfig.Config
+	secret []byte
+	now    func() time.Time
+
+	waiterMinDelay, waiterMaxDelay, timeout time.Duration
+}
+
+// launch launches the planned fleet, or finds it when a delivery of the same FleetPlanned
+// already did, waits for it to be running and returns the FleetLaunched to publish.
+func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
+	t, err := l.ops.Template(fp.Template)
+	if err != nil {
+		return events.FleetLaunched{}, bus.Permanent(err)
+	}
+	if !slices.Contains(t.InstanceTypes, fp.InstanceType) {
+		return events.FleetLaunched{}, bus.Permanent(fmt.Errorf("instance type %q is not one of template %q's (%s)",
+			fp.InstanceType, fp.Template, strings.Join(t.InstanceTypes, ", ")))
+	}
+	priv, _, err := hostkey.Derive(l.secret, fp.FleetID, fp.PlanRevision)
+	if err != nil {
+		return events.FleetLaunched{}, err
+	}
+	userData, err := hostkey.CloudConfig(priv)
+	if err != nil {
+		return events.FleetLaunched{}, err
+	}
+	hostKey, err := hostkey.AuthorizedKey(priv)
+	if err != nil {
+		return events.FleetLaunched{}, err
+	}
+
+	atts := attempts(t, fp)
+	ids, err := l.find(ctx, fp.FleetID, tokens(atts))
+	if err != nil {
+		return events.FleetLaunched{}, err
+	}
+	if len(ids) > 0 {
+		bus.Logger(ctx).Info("fleet already launched: reusing its instances", "instances", ids)
+	} else if ids, err = l.run(ctx, fp, t, atts, userData); err != nil {
+		return events.FleetLaunched{}, err
+	}
+	if len(ids) != fp.Count {
+		bus.Logger(ctx).Warn("the fleet's live instances differ from the plan", "planned", fp.Count, "live", len(ids))
+	}
+
+	out, err := l.wait(ctx, ids)
+	if err != nil {
+		return events.FleetLaunched{}, err
+	}
+	instances, err := fleetInstances(out, ids, l.now())
+	if err != nil {
+		return events.FleetLaunched{}, err
+	}
+	return events.FleetLaunched{
+		Header:       events.NewHeader(fp.JobID, fp.CorrelationID, l.now()),
+		FleetID:      fp.FleetID,
+		PlanRevision: fp.PlanRevision,
+		Template:     fp.Template,
+		Recipe:       fp.Recipe,
+		Params:       fp.Params,
+		DeadlineAt:   fp.DeadlineAt(),
+		KeyName:      t.KeyName,
+		HostKey:      hostKey,
+		Instances:    instances,
+	}, nil
+}
+
+// attempt is one RunInstances of the capacity fallback.
+type attempt struct {
+	InstanceType string
+	Subnet       string
+	Token        string
+}
+
+// clientToken is RunInstances' idempotency token: hex(sha256(parts joined by "/")), the
+// 64 characters EC2 allows.
+func clientToken(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "/")))
+	return hex.EncodeToString(sum[:])
+}
+
+// attempts lists the launches to try, in order: the planned type, then the template's
+// other types in its order, in the first subnet; then the same in the next subnet. The
+// first attempt's token is hex(sha256(job_id + "/" + plan_revision)); each fallback has
+// its own (type and subnet appended), because EC2 refuses a token reused with other
+// parameters (IdempotentParameterMismatch).
+func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
+	types := []string{fp.InstanceType}
+	for _, it := range t.InstanceTypes {
+		if it != fp.InstanceType {
+			types = append(types, it)
+		}
+	}
+	subnets := t.Subnets
+	if len(subnets) == 0 {
+		subnets = []string{""} // the account's default subnet
+	}
+	rev := strconv.Itoa(fp.PlanRevision)
+	var out []attempt
+	for _, subnet := range subnets {
+		for _, it := range types {
+			token := clientToken(fp.JobID, rev)
+			if len(out) > 0 {
+				token = clientToken(fp.JobID, rev, it, subnet)
+			}
+			out = append(out, attempt{InstanceType: it, Subnet: subnet, Token: token})
+		}
+	}
+	return out
+}
+
+func tokens(atts []attempt) []string {
+	out := make([]string, len(atts))
+	for i, a := range atts {
+		out[i] = a.Token
+	}
+	return out
+}
+
+// runInput is the RunInstances request of one attempt. MinCount = MaxCount = Count: a
+// fleet smaller than planned is never accepted silently; short of capacity, the launch
+// fails and falls back instead.
+func runInput(fp events.FleetPlanned, t opsconfig.Template, a attempt, userData string, now time.Time) *ec2.RunInstancesInput {
+	in := &ec2.RunInstancesInput{
+		ImageId:          aws.String(t.AMI),
+		InstanceType:     types.InstanceType(a.InstanceType),
+		MinCount:         aws.Int32(int32(fp.Count)),
+		MaxCount:         aws.Int32(int32(fp.Count)),
+		KeyName:          aws.String(t.KeyName),
+		SecurityGroupIds: t.SecurityGroups,
+		UserData:         aws.String(base64.StdEncoding.EncodeToString([]byte(userData))),
+		ClientToken:      aws.String(a.Token),
+		TagSpecifications: []types.TagSpecification{{
+			ResourceType: types.ResourceTypeInstance,
+			Tags:         fleetTags(fp, now.Add(t.TTL.Std())),
+		}},
+	}
+	if a.Subnet != "" {
+		in.SubnetId = aws.String(a.Subnet)
+	}
+	if p := t.InstanceProfile; strings.HasPrefix(p, "arn:") {
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Arn: aws.String(p)}
+	} else if p != "" {
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String(p)}
+	}
+	return in
+}
+
+// fleetTags are the tags every instance of the fleet is launched with.
+func fleetTags(fp events.FleetPlanned, leaseExpires time.Time) []types.Tag {
+	tag := func(k, v string) types.Tag { return types.Tag{Key: aws.String(k), Value: aws.String(v)} }
+	return []types.Tag{
+		tag(tagName, "sortie-"+fp.FleetID),
+		tag(tagJobID, fp.JobID),
+		tag(tagFleet, fp.FleetID),
+		tag(tagLeaseExpires, leaseExpires.UTC().Format(time.RFC3339)),
+		tag(tagStage, stageLaunched),
+		tag(tagCorrelationID, fp.CorrelationID),
+	}
+}
+
+func live(s *types.InstanceState) bool {
+	return s != nil && (s.Name == types.InstanceStateNamePending || s.Name == types.InstanceStateNameRunning)
+}
+
+// find returns the live (pending or running) instances of the fleet launched with one of
+// tokens, the tokens of this plan revision. errFleetEnded: there were some, none is live.
+func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) ([]string, error) {
+	pages := ec2.NewDescribeInstancesPaginator(l.ec2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("tag:" + tagFleet), Values: []string{fleetID}},
+		{Name: aws.String("client-token"), Values: tokens},
+	}})
+	var ids []string
+	ended := 0
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, classify(fmt.Sprintf("looking for fleet %s", fleetID), err)
+		}
+		for _, r := range page.Reservations {
+			for _, in := range r.Instances {
+				if live(in.State) {
+					ids = append(ids, aws.ToString(in.InstanceId))
+				} else {
+					ended++
+				}
+			}
+		}
+	}
+	if len(ids) == 0 && ended > 0 {
+		return nil, errFleetEnded
+	}
+	return ids, nil
+}
+
+// run launches the fleet with the first attempt that has capacity.
+func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, userData string) ([]string, error) {
+	var short []error
+	for _, a := range atts {
+		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", fp.Count)
+		out, err := l.ec2.RunInstances(ctx, runInput(fp, t, a, userData, l.now()))
+		switch {
+		case err == nil:
+			ids := make([]string, 0, len(out.Instances))
+			for _, in := range out.Instances {
+				if live(in.State) {
+					ids = append(ids, aws.ToString(in.InstanceId))
+				}
+			}
+			if len(ids) == 0 { // the token's earlier launch, long gone
+				return nil, errFleetEnded
+			}
+			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
+			return ids, nil
+		case awsx.IsCapacity(err):
+			log.Warn("no capacity: falling back", "error", err)
+			short = append(short, fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err)))
+		case awsx.ErrorCode(err) == "IdempotentParameterMismatch":
+			// Another delivery of this FleetPlanned launched with this token between our
+			// look-up and now (with, say, another lease time): its instances are ours.
+			ids, ferr := l.find(ctx, fp.FleetID, []string{a.Token})
+			if ferr != nil {
+				return nil, ferr
+			}
+			if len(ids) == 0 {
+				return nil, bus.Permanent(fmt.Errorf("launching fleet %s: client token %s is taken, but no instance carries it: %w", fp.FleetID, a.Token, err))
+			}
+			log.Info("fleet launched by a concurrent delivery: reusing its instances", "instances", ids)
+			return ids, nil
+		default:
+			return nil, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, fp.Count, a.InstanceType), err)
+		}
+	}
+	return nil, bus.Permanent(fmt.Errorf("launching fleet %s: no capacity for %d instances of any type in any subnet of template %q: %w",
+		fp.FleetID, fp.Count, fp.Template, errors.Join(short...)))
+}
+
+// wait waits for every instance to be running and returns the last DescribeInstances
+// output, which lists them all running. An API error (throttling, say) is returned for a
+// retry, which finds the instances again; but when the fleet does not reach running in
+// time, or an instance fails on the way, the instances are terminated (nothing leaks)
+// and the launch fails for good: the retry's RunInstances would return the same,
+// terminated, instances.
+func (l *launcher) wait(ctx context.Context, ids []string) (*ec2.DescribeInstancesOutput, error) {
+	w := ec2.NewInstanceRunningWaiter(l.ec2, func(o *ec2.InstanceRunningWaiterOptions) {
+		o.MinDelay, o.MaxDelay = l.waiterMinDelay, l.waiterMaxDelay
+	})
+	out, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: ids}, l.timeout)
+	if err == nil {
+		return out, nil
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("waiting for instances %v: %w", ids, err)
+	}
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		return nil, classify(fmt.Sprintf("waiting for instances %v", ids), err)
+	}
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if _, terr := l.ec2.TerminateInstances(cleanup, &ec2.TerminateInstancesInput{InstanceIds: ids}); terr != nil {
+		return nil, fmt.Errorf("instances %v did not reach running (%v), and terminating them failed: %w", ids, err, terr)
+	}
+	bus.Logger(ctx).Warn("instances did not reach running: terminated them", "instances", ids, "error", err)
+	return nil, bus.Permanent(fmt.Errorf("instances %v did not reach running within %s (%w): terminated them", ids, l.timeout, err))
+}
+
+// fleetInstances lists ids, in order, as FleetLaunched describes them: the SSH endpoint
+// is the local cloud's sortie:ssh-endpoint tag when present, else the private IP, port 22.
+func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Time) ([]events.Instance, error) {
+	byID := map[string]types.Instance{}
+	for _, r := range out.Reservations {
+		for _, in := range r.Instances {
+			byID[aws.ToString(in.InstanceId)] = in
+		}
+	}
+	res := make([]events.Instance, 0, len(ids))
+	for _, id := range ids {
+		in, ok := byID[id]
+		if !ok {
+			return nil, fmt.Errorf("describing instances: %s missing", id)
+		}
+		ip := aws.ToString(in.PrivateIpAddress)
+		endpoint := tagValue(in.Tags, tagSSHEndpoint)
+		if endpoint == "" {
+			if ip == "" {
+				return nil, fmt.Errorf("instance %s has neither a %s tag nor a private IP", id, tagSSHEndpoint)
+			}
+			endpoint = net.JoinHostPort(ip, "22")
+		}
+		launched := now
+		if in.LaunchTime != nil {
+			launched = in.LaunchTime.UTC()
+		}
+		res = append(res, events.Instance{
+			ID:           id,
+			InstanceType: string(in.InstanceType),
+			PrivateIP:    ip,
+			SSHEndpoint:  endpoint,
+			LaunchedAt:   launched,
+		})
+	}
+	return res, nil
+}
+
+func tagValue(tags []types.Tag, key string) string {
+	for _, t := range tags {
+		if aws.ToString(t.Key) == key {
+			return aws.ToString(t.Value)
+		}
+	}
+	return ""
+}
+
+// classify wraps an EC2 error: a request that can never succeed (invalid, not allowed, a
+// template naming an AMI, subnet or key pair that does not exist) is permanent;
+// throttling and server errors are retried.
+func classify(what string, err error) error {
+	err = fmt.Errorf("%s: %w", what, err)
+	if awsx.IsPermanent(err) || awsx.IsNotFound(err) {
+		return bus.Permanent(err)
+	}
+	return err
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

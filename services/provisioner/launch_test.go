@@ -1,0 +1,586 @@
+package provisioner
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+)
+
+var (
+	testSecret = []byte("0123456789abcdef0123456789abcdef")
+	submitted  = time.Date(2025, 3, 14, 9, 26, 53, 0, time.UTC)
+	now        = submitted.Add(3 * time.Second)
+)
+
+// plan is the demo job's plan: 3 × m3.medium of the demo template.
+func plan() events.FleetPlanned {
+	return events.FleetPlanned{
+		Header:           events.NewHeader("job-42", "corr-42", submitted.Add(time.Second)),
+		FleetID:          "job-42",
+		PlanRevision:     1,
+		Template:         "demo",
+		Profile:          "demo-fast",
+		Recipe:           "demo-worker",
+		Params:           map[string]string{"bucket": "demo", "queue": "work"},
+		DeadlineSeconds:  10,
+		SubmittedAt:      submitted,
+		Items:            202,
+		InstanceType:     "m3.medium",
+		Count:            3,
+		EstimatedSeconds: 7.7,
+		MeetsDeadline:    true,
+		Rationale:        "202 items, 600/min per m3.medium, 1 s boot, 10 s deadline → 3 instances",
+	}
+}
+
+// Known answers: hex(sha256("job-42/1")) and hex(sha256("job-42/1/c5.large/subnet-0123456789abcdef0")).
+const (
+	baseToken     = "a2a3483f28e5abf6c31d541de27a2051d5236f7c4202d7d4980caf2e6be91048"
+	fallbackToken = "55502020bc6ebbefdf84378d86f410103770e24eb3631991136017b595ecfe00"
+)
+
+// twoSubnets is the default ops config with a second subnet in the demo template.
+func twoSubnets() *opsconfig.Config {
+	ops := opsconfig.Default()
+	t := ops.Templates["demo"]
+	t.Subnets = append(t.Subnets, "subnet-0123456789abcdef1")
+	ops.Templates["demo"] = t
+	return ops
+}
+
+func TestAttempts(t *testing.T) {
+	tests := []struct {
+		name    string
+		ops     *opsconfig.Config
+		planned string
+		want    []string // type@subnet
+	}{
+		{"planned type first", opsconfig.Default(), "m3.medium", []string{"m3.medium@subnet-0123456789abcdef0", "c5.large@subnet-0123456789abcdef0"}},
+		{"planned type first even when listed second", opsconfig.Default(), "c5.large", []string{"c5.large@subnet-0123456789abcdef0", "m3.medium@subnet-0123456789abcdef0"}},
+		{"types, then subnets", twoSubnets(), "m3.medium", []string{
+			"m3.medium@subnet-0123456789abcdef0", "c5.large@subnet-0123456789abcdef0",
+			"m3.medium@subnet-0123456789abcdef1", "c5.large@subnet-0123456789abcdef1",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fp := plan()
+			fp.InstanceType = tt.planned
+			atts := attempts(tt.ops.Templates["demo"], fp)
+			var got []string
+			seen := map[string]bool{}
+			for _, a := range atts {
+				got = append(got, a.InstanceType+"@"+a.Subnet)
+				if len(a.Token) != 64 || seen[a.Token] {
+					t.Errorf("token %q: want 64 characters, unique per attempt", a.Token)
+				}
+				seen[a.Token] = true
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("attempts %v, want %v", got, tt.want)
+			}
+			if atts[0].Token != baseToken {
+				t.Errorf("first token %s, want hex(sha256(job_id/plan_revision)) = %s", atts[0].Token, baseToken)
+			}
+			again := attempts(tt.ops.Templates["demo"], fp)
+			if !slices.Equal(tokens(atts), tokens(again)) {
+				t.Error("tokens are not deterministic")
+			}
+		})
+	}
+	if got := attempts(opsconfig.Default().Templates["demo"], plan())[1].Token; got != fallbackToken {
+		t.Errorf("fallback token %s, want %s", got, fallbackToken)
+	}
+	fp := plan()
+	fp.PlanRevision = 2
+	if attempts(opsconfig.Default().Templates["demo"], fp)[0].Token == baseToken {
+		t.Error("revision 2 reuses revision 1's token")
+	}
+}
+
+func TestRunInput(t *testing.T) {
+	tmpl := opsconfig.Default().Templates["demo"]
+	a := attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}
+	in := runInput(plan(), tmpl, a, "#cloud-config\n", now)
+
+	if aws.ToString(in.ImageId) != "ami-0123456789abcdef0" || in.InstanceType != "c5.large" ||
+		aws.ToInt32(in.MinCount) != 3 || aws.ToInt32(in.MaxCount) != 3 ||
+		aws.ToString(in.KeyName) != "sortie-dev" || aws.ToString(in.SubnetId) != a.Subnet ||
+		!slices.Equal(in.SecurityGroupIds, []string{"sg-0123456789abcdef0"}) ||
+		in.IamInstanceProfile == nil || aws.ToString(in.IamInstanceProfile.Name) != "sortie-worker" ||
+		aws.ToString(in.ClientToken) != fallbackToken {
+		t.Errorf("request: %+v", in)
+	}
+	if ud, err := base64.StdEncoding.DecodeString(aws.ToString(in.UserData)); err != nil || string(ud) != "#cloud-config\n" {
+		t.Errorf("user data %q (%v): want the cloud-config, base64", ud, err)
+	}
+	if len(in.TagSpecifications) != 1 || in.TagSpecifications[0].ResourceType != types.ResourceTypeInstance {
+		t.Fatalf("tag specifications %+v", in.TagSpecifications)
+	}
+	got := map[string]string{}
+	for _, tag := range in.TagSpecifications[0].Tags {
+		got[aws.ToString(tag.Key)] = aws.ToString(tag.Value)
+	}
+	want := map[string]string{
+		"Name":                  "sortie-job-42",
+		"sortie:job-id":         "job-42",
+		"sortie:fleet":          "job-42",
+		"sortie:lease-expires":  "2025-03-14T09:56:56Z", // now + the template's 30 min TTL
+		"sortie:stage":          "launched",
+		"sortie:correlation-id": "corr-42",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("tags %v, want %v", got, want)
+	}
+
+	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
+	tmpl.Subnets = nil
+	in = runInput(plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, "", now)
+	if in.IamInstanceProfile.Name != nil || aws.ToString(in.IamInstanceProfile.Arn) != tmpl.InstanceProfile || in.SubnetId != nil {
+		t.Errorf("profile by ARN, no subnet: %+v %+v", in.IamInstanceProfile, in.SubnetId)
+	}
+}
+
+func apiError(code string) error {
+	return &smithy.GenericAPIError{Code: code, Message: code + " (test)"}
+}
+
+// fakeEC2 is an in-memory EC2 with AWS's idempotency semantics: enough to drive every
+// branch of the launcher. The service test runs the same flows on the local cloud.
+type fakeEC2 struct {
+	mu        sync.Mutex
+	instances []*types.Instance
+	tokens    map[string]string // client token → request fingerprint
+
+	noCapacity  map[string]bool // instance types that are out of capacity
+	runErrs     []error         // returned by the next RunInstances calls, in order
+	onRun       func(f *fakeEC2, in *ec2.RunInstancesInput)
+	noTag       bool  // launch without the sortie:ssh-endpoint tag
+	bootPolls   int   // DescribeInstances by id before pending turns running; < 0: never
+	failBoot    bool  // instances go to terminated instead of running
+	describeErr error // returned by DescribeInstances by id
+
+	runs       []*ec2.RunInstancesInput
+	polls      int
+	terminated []string
+}
+
+func (f *fakeEC2) add(token, fleet, state string, n int) {
+	for range n {
+		id := fmt.Sprintf("i-%017x", len(f.instances)+1)
+		f.instances = append(f.instances, &types.Instance{
+			InstanceId:       aws.String(id),
+			InstanceType:     "m3.medium",
+			ClientToken:      aws.String(token),
+			State:            &types.InstanceState{Name: types.InstanceStateName(state)},
+			PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", len(f.instances)+10)),
+			LaunchTime:       aws.Time(now),
+			Tags:             []types.Tag{{Key: aws.String(tagFleet), Value: aws.String(fleet)}, {Key: aws.String(tagSSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+len(f.instances)))}},
+		})
+	}
+}
+
+func (f *fakeEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ ...func(*ec2.Options)) (*ec2.RunInstancesOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runs = append(f.runs, in)
+	if f.onRun != nil {
+		f.onRun(f, in)
+	}
+	if len(f.runErrs) > 0 {
+		err := f.runErrs[0]
+		f.runErrs = f.runErrs[1:]
+		return nil, err
+	}
+	if f.noCapacity[string(in.InstanceType)] {
+		return nil, apiError("InsufficientInstanceCapacity")
+	}
+	token := aws.ToString(in.ClientToken)
+	fingerprint := fmt.Sprintf("%s %s %d %v %s", in.InstanceType, aws.ToString(in.SubnetId), aws.ToInt32(in.MinCount), in.TagSpecifications, aws.ToString(in.UserData))
+	if have, ok := f.tokens[token]; ok {
+		if have != fingerprint {
+			return nil, apiError("IdempotentParameterMismatch")
+		}
+		out := &ec2.RunInstancesOutput{}
+		for _, i := range f.instances {
+			if aws.ToString(i.ClientToken) == token {
+				out.Instances = append(out.Instances, *i)
+			}
+		}
+		return out, nil
+	}
+	if f.tokens == nil {
+		f.tokens = map[string]string{}
+	}
+	f.tokens[token] = fingerprint
+	out := &ec2.RunInstancesOutput{ReservationId: aws.String("r-1")}
+	for range aws.ToInt32(in.MaxCount) {
+		n := len(f.instances) + 1
+		tags := slices.Clone(in.TagSpecifications[0].Tags)
+		if !f.noTag {
+			tags = append(tags, types.Tag{Key: aws.String(tagSSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+n))})
+		}
+		i := &types.Instance{
+			InstanceId:       aws.String(fmt.Sprintf("i-%017x", n)),
+			InstanceType:     in.InstanceType,
+			ClientToken:      in.ClientToken,
+			State:            &types.InstanceState{Name: types.InstanceStateNamePending},
+			PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", n+10)),
+			LaunchTime:       aws.Time(now),
+			Tags:             tags,
+		}
+		f.instances = append(f.instances, i)
+		out.Instances = append(out.Instances, *i)
+	}
+	return out, nil
+}
+
+func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstancesInput, _ ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(in.InstanceIds) > 0 {
+		if f.describeErr != nil {
+			return nil, f.describeErr
+		}
+		f.polls++
+		if f.bootPolls >= 0 && f.polls > f.bootPolls {
+			for _, i := range f.instances {
+				if i.State.Name == types.InstanceStateNamePending {
+					i.State = &types.InstanceState{Name: types.InstanceStateNameRunning}
+					if f.failBoot {
+						i.State = &types.InstanceState{Name: types.InstanceStateNameTerminated}
+					}
+				}
+			}
+		}
+	}
+	var r types.Reservation
+	for _, i := range f.instances {
+		if len(in.InstanceIds) > 0 && !slices.Contains(in.InstanceIds, aws.ToString(i.InstanceId)) {
+			continue
+		}
+		if !matches(i, in.Filters) {
+			continue
+		}
+		r.Instances = append(r.Instances, *i)
+	}
+	return &ec2.DescribeInstancesOutput{Reservations: []types.Reservation{r}}, nil
+}
+
+func matches(i *types.Instance, filters []types.Filter) bool {
+	for _, flt := range filters {
+		var v string
+		switch name := aws.ToString(flt.Name); {
+		case name == "client-token":
+			v = aws.ToString(i.ClientToken)
+		case strings.HasPrefix(name, "tag:"):
+			v = tagValue(i.Tags, strings.TrimPrefix(name, "tag:"))
+		default:
+			panic("fake: filter " + name)
+		}
+		if !slices.Contains(flt.Values, v) {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fakeEC2) TerminateInstances(_ context.Context, in *ec2.TerminateInstancesInput, _ ...func(*ec2.Options)) (*ec2.TerminateInstancesOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.terminated = append(f.terminated, in.InstanceIds...)
+	for _, i := range f.instances {
+		if slices.Contains(in.InstanceIds, aws.ToString(i.InstanceId)) {
+			i.State = &types.InstanceState{Name: types.InstanceStateNameShuttingDown}
+		}
+	}
+	return &ec2.TerminateInstancesOutput{}, nil
+}
+
+var _ EC2API = (*fakeEC2)(nil)
+
+func TestLaunch(t *testing.T) {
+	tests := []struct {
+		name      string
+		ops       *opsconfig.Config
+		fp        func(*events.FleetPlanned)
+		ec2       *fakeEC2
+		wantRuns  []string // type@token-prefix of each RunInstances
+		wantType  string   // of the launched instances
+		wantIDs   []string
+		wantEnd   []string // endpoints
+		wantErr   string
+		permanent bool
+		ended     bool
+		wantTerm  int // instances terminated
+	}{
+		{
+			name: "fresh launch: one RunInstances with the plan's token", ec2: &fakeEC2{bootPolls: 1},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantType: "m3.medium",
+			wantIDs: []string{"i-00000000000000001", "i-00000000000000002", "i-00000000000000003"},
+			wantEnd: []string{"127.0.0.1:2201", "127.0.0.1:2202", "127.0.0.1:2203"},
+		},
+		{
+			name: "no endpoint tag: private IP, port 22", ec2: &fakeEC2{noTag: true},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantType: "m3.medium",
+			wantEnd: []string{"10.0.0.11:22", "10.0.0.12:22", "10.0.0.13:22"},
+		},
+		{
+			name: "already launched: reuses the live instances, launches nothing",
+			ec2: func() *fakeEC2 {
+				f := &fakeEC2{}
+				f.add(baseToken, "job-42", "running", 2)
+				f.add(baseToken, "job-42", "pending", 1)
+				f.add(baseToken, "job-41", "running", 1) // another fleet
+				f.add("other", "job-42", "running", 1)   // another revision
+				return f
+			}(),
+			wantType: "m3.medium", wantIDs: []string{"i-00000000000000001", "i-00000000000000002", "i-00000000000000003"},
+		},
+		{
+			name: "launched with a fallback token before: reused too",
+			ec2: func() *fakeEC2 {
+				f := &fakeEC2{}
+				f.add(fallbackToken, "job-42", "running", 3)
+				return f
+			}(),
+			wantType: "m3.medium", wantIDs: []string{"i-00000000000000001", "i-00000000000000002", "i-00000000000000003"},
+		},
+		{
+			name: "fleet ended: nothing to do",
+			ec2: func() *fakeEC2 {
+				f := &fakeEC2{}
+				f.add(baseToken, "job-42", "terminated", 3)
+				return f
+			}(),
+			ended: true,
+		},
+		{
+			name:     "no capacity for the planned type: falls back to the next with its own token",
+			ec2:      &fakeEC2{noCapacity: map[string]bool{"m3.medium": true}},
+			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large",
+		},
+		{
+			name: "no capacity anywhere: every type in every subnet, then a permanent failure", ops: twoSubnets(),
+			ec2:       &fakeEC2{noCapacity: map[string]bool{"m3.medium": true, "c5.large": true}},
+			wantRuns:  []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8], "m3.medium@", "c5.large@"},
+			wantErr:   "no capacity for 3 instances of any type in any subnet of template \"demo\": m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity",
+			permanent: true,
+		},
+		{
+			name: "throttled: retried later", ec2: &fakeEC2{runErrs: []error{apiError("RequestLimitExceeded")}},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantErr: "RequestLimitExceeded",
+		},
+		{
+			name: "template names a missing AMI: permanent", ec2: &fakeEC2{runErrs: []error{apiError("InvalidAMIID.NotFound")}},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantErr: "InvalidAMIID.NotFound", permanent: true,
+		},
+		{
+			name: "a concurrent delivery launched first: its instances are reused",
+			ec2: &fakeEC2{
+				runErrs: []error{apiError("IdempotentParameterMismatch")},
+				onRun:   func(f *fakeEC2, _ *ec2.RunInstancesInput) { f.add(baseToken, "job-42", "pending", 3) },
+			},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantType: "m3.medium",
+			wantIDs: []string{"i-00000000000000001", "i-00000000000000002", "i-00000000000000003"},
+		},
+		{
+			name: "token taken but no instance carries it: permanent", ec2: &fakeEC2{runErrs: []error{apiError("IdempotentParameterMismatch")}},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantErr: "is taken, but no instance carries it", permanent: true,
+		},
+		{
+			name: "never running: terminated, permanent", ec2: &fakeEC2{bootPolls: -1},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantErr: "did not reach running within", permanent: true, wantTerm: 3,
+		},
+		{
+			name: "an instance fails to boot: the fleet is terminated, permanent", ec2: &fakeEC2{failBoot: true},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantErr: "did not reach running", permanent: true, wantTerm: 3,
+		},
+		{
+			name: "describe throttled while waiting: retried, instances kept", ec2: &fakeEC2{describeErr: apiError("RequestLimitExceeded")},
+			wantRuns: []string{"m3.medium@" + baseToken[:8]}, wantErr: "RequestLimitExceeded",
+		},
+		{
+			name: "unknown template: permanent, no EC2 call", fp: func(fp *events.FleetPlanned) { fp.Template = "x" }, ec2: &fakeEC2{},
+			wantErr: `unknown template "x"`, permanent: true,
+		},
+		{
+			name: "type outside the template: permanent", fp: func(fp *events.FleetPlanned) { fp.InstanceType = "p4d.24xlarge" }, ec2: &fakeEC2{},
+			wantErr: `instance type "p4d.24xlarge" is not one of template "demo"'s (m3.medium, c5.large)`, permanent: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ops := tt.ops
+			if ops == nil {
+				ops = opsconfig.Default()
+			}
+			fp := plan()
+			if tt.fp != nil {
+				tt.fp(&fp)
+			}
+			l := &launcher{
+				ec2: tt.ec2, ops: ops, secret: testSecret, now: func() time.Time { return now },
+				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: 300 * time.Millisecond,
+			}
+			got, err := l.launch(context.Background(), fp)
+
+			var runs []string
+			for _, r := range tt.ec2.runs {
+				runs = append(runs, string(r.InstanceType)+"@"+aws.ToString(r.ClientToken)[:8])
+			}
+			for i, w := range tt.wantRuns {
+				if i >= len(runs) || !strings.HasPrefix(runs[i], w) {
+					t.Errorf("RunInstances calls %v, want %v", runs, tt.wantRuns)
+					break
+				}
+			}
+			if len(runs) != len(tt.wantRuns) {
+				t.Errorf("%d RunInstances calls (%v), want %d", len(runs), runs, len(tt.wantRuns))
+			}
+			if len(tt.ec2.terminated) != tt.wantTerm {
+				t.Errorf("terminated %v, want %d instances", tt.ec2.terminated, tt.wantTerm)
+			}
+			switch {
+			case tt.ended:
+				if !errors.Is(err, errFleetEnded) {
+					t.Fatalf("error %v, want errFleetEnded", err)
+				}
+				return
+			case tt.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				if bus.IsPermanent(err) != tt.permanent {
+					t.Errorf("permanent = %t, want %t (%v)", bus.IsPermanent(err), tt.permanent, err)
+				}
+				return
+			case err != nil:
+				t.Fatal(err)
+			}
+
+			if _, err := events.Encode(got); err != nil {
+				t.Fatalf("FleetLaunched does not validate: %v", err)
+			}
+			priv, _, _ := hostkey.Derive(testSecret, "job-42", 1)
+			wantKey, _ := hostkey.AuthorizedKey(priv)
+			if got.HostKey != wantKey || got.KeyName != "sortie-dev" || got.FleetID != "job-42" || got.PlanRevision != 1 ||
+				got.Recipe != "demo-worker" || got.Template != "demo" || fmt.Sprint(got.Params) != fmt.Sprint(fp.Params) ||
+				!got.DeadlineAt.Equal(submitted.Add(10*time.Second)) || got.CorrelationID != "corr-42" || !got.Time.Equal(now) {
+				t.Errorf("FleetLaunched %+v", got)
+			}
+			var ids, endpoints []string
+			for _, in := range got.Instances {
+				ids = append(ids, in.ID)
+				endpoints = append(endpoints, in.SSHEndpoint)
+				if in.InstanceType != tt.wantType || !in.LaunchedAt.Equal(now) || in.PrivateIP == "" {
+					t.Errorf("instance %+v, want type %s launched at %s", in, tt.wantType, now)
+				}
+			}
+			if len(ids) != 3 {
+				t.Errorf("instances %v, want 3", ids)
+			}
+			if tt.wantIDs != nil && !slices.Equal(ids, tt.wantIDs) {
+				t.Errorf("instances %v, want %v", ids, tt.wantIDs)
+			}
+			if tt.wantEnd != nil && !slices.Equal(endpoints, tt.wantEnd) {
+				t.Errorf("endpoints %v, want %v", endpoints, tt.wantEnd)
+			}
+		})
+	}
+}
+
+func TestLaunchIsIdempotent(t *testing.T) {
+	f := &fakeEC2{}
+	l := &launcher{
+		ec2: f, ops: opsconfig.Default(), secret: testSecret, now: func() time.Time { return now },
+		waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
+	}
+	first, err := l.launch(context.Background(), plan())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := l.launch(context.Background(), plan())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.runs) != 1 || len(f.instances) != 3 {
+		t.Errorf("%d RunInstances, %d instances: want 1 and 3", len(f.runs), len(f.instances))
+	}
+	if fmt.Sprint(first.Instances) != fmt.Sprint(second.Instances) || first.HostKey != second.HostKey {
+		t.Error("the second delivery describes another fleet")
+	}
+}
+
+// fakePublisher records what the handler publishes.
+type fakePublisher struct {
+	published []events.Event
+	err       error
+}
+
+func (f *fakePublisher) Publish(_ context.Context, e events.Event) error {
+	if f.err != nil {
+		return f.err
+	}
+	f.published = append(f.published, e)
+	return nil
+}
+
+func TestHandle(t *testing.T) {
+	body, err := events.Encode(plan())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := &fakeEC2{}
+	ended.add(baseToken, "job-42", "terminated", 3)
+	tests := []struct {
+		name      string
+		payload   []byte
+		ec2       *fakeEC2
+		pubErr    error
+		wantErr   string
+		permanent bool
+		wantPub   int
+	}{
+		{name: "launched and published", payload: body, ec2: &fakeEC2{}, wantPub: 1},
+		{name: "invalid body", payload: []byte(`{"schema_version":1}`), ec2: &fakeEC2{}, wantErr: "fleet_id", permanent: true},
+		{name: "ended fleet: acknowledged, nothing published", payload: body, ec2: ended},
+		{name: "publish fails: retried", payload: body, ec2: &fakeEC2{}, pubErr: errors.New("sns down"), wantErr: "sns down"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pub := &fakePublisher{err: tt.pubErr}
+			h := handler{launcher: &launcher{
+				ec2: tt.ec2, ops: opsconfig.Default(), secret: testSecret, now: time.Now,
+				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
+			}, pub: pub}
+			err := h.handle(context.Background(), &bus.Message{Payload: tt.payload})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || bus.IsPermanent(err) != tt.permanent {
+					t.Fatalf("error %v, want one containing %q (permanent %t)", err, tt.wantErr, tt.permanent)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if len(pub.published) != tt.wantPub {
+				t.Errorf("published %d events, want %d", len(pub.published), tt.wantPub)
+			}
+		})
+	}
+}

@@ -1,0 +1,410 @@
+package provisioner
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/service"
+)
+
+// TestProvisionerOnLocalCloud runs the provisioner against the local cloud: a real
+// FleetPlanned in, real instances (each a real SSH host) and a real FleetLaunched out.
+func TestProvisionerOnLocalCloud(t *testing.T) {
+	s := newStack(t, localcloud.Options{})
+	ctx := t.Context()
+	client := ec2.NewFromConfig(s.aws)
+
+	// The demo template's key pair, with a private key the test holds.
+	_, loginKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	login, err := ssh.NewSignerFromKey(loginKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.ImportKeyPair(ctx, &ec2.ImportKeyPairInput{
+		KeyName: aws.String("sortie-dev"), PublicKeyMaterial: ssh.MarshalAuthorizedKey(login.PublicKey()),
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	launchedQ := s.subscribe(t, bus.FleetLaunched)
+	s.run(t, func(ctx context.Context) error {
+		return Run(ctx, Config{
+			Base:           service.Base{Prefix: s.topo.Prefix},
+			HostKeySecret:  testSecret,
+			WaiterMinDelay: 100 * time.Millisecond,
+			WaiterMaxDelay: 100 * time.Millisecond,
+			LaunchTimeout:  20 * time.Second,
+		}, service.Deps{AWS: s.aws, Ops: opsconfig.Default(), Publisher: s.pub, Logger: slog.New(slog.DiscardHandler)})
+	})
+
+	fleet := func(id string) events.FleetPlanned {
+		fp := plan()
+		fp.Header = events.NewHeader(id, "corr-"+id, time.Now())
+		fp.FleetID = id
+		fp.SubmittedAt = time.Now().UTC().Truncate(time.Second)
+		return fp
+	}
+	publish := func(fp events.FleetPlanned) {
+		t.Helper()
+		if err := s.pub.Publish(ctx, fp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// launchedEvents waits for n FleetLaunched of a fleet.
+	launchedEvents := func(t *testing.T, id string, n int) []events.FleetLaunched {
+		t.Helper()
+		got := s.collect(t, launchedQ, 30*time.Second, hasAll(n, id))
+		if len(got[id]) != n {
+			t.Fatalf("%d FleetLaunched for %s, want %d (got %v)", len(got[id]), id, n, keysOf(got))
+		}
+		var out []events.FleetLaunched
+		for _, m := range got[id] {
+			fl, err := events.DecodeFleetLaunched([]byte(aws.ToString(m.Body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fl)
+		}
+		return out
+	}
+	// tagged lists every instance, in any state, tagged with the fleet.
+	tagged := func(t *testing.T, id string) map[string]types.Instance {
+		t.Helper()
+		out, err := client.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+			{Name: aws.String("tag:sortie:fleet"), Values: []string{id}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]types.Instance{}
+		for _, r := range out.Reservations {
+			for _, in := range r.Instances {
+				m[aws.ToString(in.InstanceId)] = in
+			}
+		}
+		return m
+	}
+	idsOf := func(fl events.FleetLaunched) []string {
+		var ids []string
+		for _, in := range fl.Instances {
+			ids = append(ids, in.ID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	hostKeyOf := func(t *testing.T, id string) ssh.PublicKey {
+		t.Helper()
+		_, signer, err := hostkey.Derive(testSecret, id, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return signer.PublicKey()
+	}
+
+	t.Run("launches 3 tagged instances whose host key is pinned", func(t *testing.T) {
+		before := time.Now().UTC().Truncate(time.Second)
+		publish(fleet("fleet-a"))
+		fl := launchedEvents(t, "fleet-a", 1)[0]
+		after := time.Now().UTC()
+
+		pinned := hostKeyOf(t, "fleet-a")
+		if fl.HostKey != strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pinned))) {
+			t.Errorf("FleetLaunched.HostKey %q is not the derived key", fl.HostKey)
+		}
+		if fl.KeyName != "sortie-dev" || fl.Recipe != "demo-worker" || fl.PlanRevision != 1 || len(fl.Instances) != 3 {
+			t.Fatalf("FleetLaunched %+v", fl)
+		}
+		instances := tagged(t, "fleet-a")
+		if !slices.Equal(slices.Sorted(func(yield func(string) bool) {
+			for id := range instances {
+				if !yield(id) {
+					return
+				}
+			}
+		}), idsOf(fl)) {
+			t.Fatalf("tagged instances %v, FleetLaunched lists %v", instances, idsOf(fl))
+		}
+		for _, in := range fl.Instances {
+			got := instances[in.ID]
+			tags := map[string]string{}
+			for _, tag := range got.Tags {
+				tags[aws.ToString(tag.Key)] = aws.ToString(tag.Value)
+			}
+			lease, err := time.Parse(time.RFC3339, tags["sortie:lease-expires"])
+			if err != nil || lease.Before(before.Add(30*time.Minute)) || lease.After(after.Add(30*time.Minute)) {
+				t.Errorf("%s: lease %q (%v), want now + 30 min", in.ID, tags["sortie:lease-expires"], err)
+			}
+			delete(tags, "sortie:lease-expires")
+			want := map[string]string{
+				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched",
+				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint,
+			}
+			if len(tags) != len(want) {
+				t.Errorf("%s: tags %v, want %v and a lease", in.ID, tags, want)
+			}
+			for k, v := range want {
+				if tags[k] != v {
+					t.Errorf("%s: tag %s = %q, want %q", in.ID, k, tags[k], v)
+				}
+			}
+			if got.State.Name != types.InstanceStateNameRunning || got.InstanceType != "m3.medium" || in.InstanceType != "m3.medium" ||
+				aws.ToString(got.ImageId) != "ami-0123456789abcdef0" || aws.ToString(got.SubnetId) != "subnet-0123456789abcdef0" ||
+				aws.ToString(got.KeyName) != "sortie-dev" || aws.ToString(got.ClientToken) != clientToken("fleet-a", "1") ||
+				aws.ToString(got.PrivateIpAddress) != in.PrivateIP {
+				t.Errorf("%s: %+v", in.ID, got)
+			}
+
+			// The pinned key is the one the instance's SSH server presents.
+			out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo pinned")
+			if out != "pinned\n" {
+				t.Errorf("%s: ssh echo printed %q", in.ID, out)
+			}
+		}
+		// And pinning is real: another key is refused.
+		other, _, _ := ed25519.GenerateKey(rand.Reader)
+		otherKey, _ := ssh.NewPublicKey(other)
+		if _, err := sshDial(fl.Instances[0].SSHEndpoint, login, ssh.FixedHostKey(otherKey)); err == nil || !strings.Contains(err.Error(), "host key mismatch") {
+			t.Errorf("dial pinned to another key: %v, want a host key mismatch", err)
+		}
+	})
+
+	t.Run("the same FleetPlanned again launches nothing new", func(t *testing.T) {
+		publish(fleet("fleet-a")) // another delivery of the plan above (a fresh header time: also a new lease)
+		fl := launchedEvents(t, "fleet-a", 1)[0]
+		instances := tagged(t, "fleet-a")
+		if len(instances) != 3 || len(fl.Instances) != 3 {
+			t.Fatalf("%d instances tagged, FleetLaunched lists %v: want the same 3", len(instances), idsOf(fl))
+		}
+		for _, in := range fl.Instances {
+			if _, ok := instances[in.ID]; !ok {
+				t.Errorf("FleetLaunched lists %s, not one of the fleet's", in.ID)
+			}
+		}
+
+		// Two deliveries at once, racing each other.
+		fp := fleet("fleet-b")
+		publish(fp)
+		publish(fp)
+		two := launchedEvents(t, "fleet-b", 2)
+		if a, b := idsOf(two[0]), idsOf(two[1]); !slices.Equal(a, b) || len(a) != 3 {
+			t.Errorf("racing deliveries launched %v and %v: want the same 3", a, b)
+		}
+		if n := len(tagged(t, "fleet-b")); n != 3 {
+			t.Errorf("%d instances tagged fleet-b, want 3", n)
+		}
+	})
+
+	t.Run("no capacity for the planned type: falls back to the next", func(t *testing.T) {
+		s.cloud.SetCapacityFault("m3.medium", true)
+		defer s.cloud.SetCapacityFault("m3.medium", false)
+		publish(fleet("fleet-c"))
+		fl := launchedEvents(t, "fleet-c", 1)[0]
+		instances := tagged(t, "fleet-c")
+		if len(instances) != 3 {
+			t.Fatalf("%d instances tagged fleet-c, want 3", len(instances))
+		}
+		for _, in := range fl.Instances {
+			got := instances[in.ID]
+			if in.InstanceType != "c5.large" || got.InstanceType != "c5.large" {
+				t.Errorf("%s: %s in the event, %s in EC2; want c5.large", in.ID, in.InstanceType, got.InstanceType)
+			}
+			if want := clientToken("fleet-c", "1", "c5.large", "subnet-0123456789abcdef0"); aws.ToString(got.ClientToken) != want {
+				t.Errorf("%s: client token %s, want the fallback's %s", in.ID, aws.ToString(got.ClientToken), want)
+			}
+			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(hostKeyOf(t, "fleet-c")), "echo ok"); out != "ok\n" {
+				t.Errorf("%s: ssh printed %q", in.ID, out)
+			}
+		}
+	})
+
+	t.Run("an unknown template goes to the DLQ and launches nothing", func(t *testing.T) {
+		fp := fleet("fleet-d")
+		fp.Template = "x"
+		publish(fp)
+		dlq := s.queueURL(t, bus.DLQName(s.topo.QueueName(bus.Provisioner, bus.FleetPlanned)))
+		got := s.collect(t, dlq, 20*time.Second, hasAll(1, "fleet-d"))
+		if len(got["fleet-d"]) != 1 {
+			t.Fatalf("DLQ holds %v, want fleet-d once", keysOf(got))
+		}
+		if r := attr(got["fleet-d"][0], bus.AttrError); !strings.Contains(r, `unknown template "x"`) {
+			t.Errorf("%s = %q", bus.AttrError, r)
+		}
+		if n := len(tagged(t, "fleet-d")); n != 0 {
+			t.Errorf("%d instances launched for fleet-d", n)
+		}
+		for id := range got {
+			if id != "fleet-d" {
+				t.Errorf("%s is in the DLQ too", id)
+			}
+		}
+	})
+}
+
+func sshDial(endpoint string, login ssh.Signer, hostKey ssh.HostKeyCallback) (*ssh.Client, error) {
+	return ssh.Dial("tcp", endpoint, &ssh.ClientConfig{
+		User:            "sortie",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(login)},
+		HostKeyCallback: hostKey,
+		Timeout:         5 * time.Second,
+	})
+}
+
+// sshRun runs cmd on the instance at endpoint and returns its output.
+func sshRun(t *testing.T, endpoint string, login ssh.Signer, hostKey ssh.HostKeyCallback, cmd string) string {
+	t.Helper()
+	c, err := sshDial(endpoint, login, hostKey)
+	if err != nil {
+		t.Fatalf("ssh %s: %v", endpoint, err)
+	}
+	defer c.Close()
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	out, err := sess.Output(cmd)
+	if err != nil {
+		t.Fatalf("ssh %s %q: %v", endpoint, cmd, err)
+	}
+	return string(out)
+}
+
+// TestProvisionerTerminatesFleetThatDoesNotRun: instances that take longer to boot than
+// the launch timeout are terminated (nothing leaks), and the plan is dead-lettered with
+// the reason.
+func TestProvisionerTerminatesFleetThatDoesNotRun(t *testing.T) {
+	s := newStack(t, localcloud.Options{BootDelay: 5 * time.Second})
+	ctx := t.Context()
+	client := ec2.NewFromConfig(s.aws)
+	if _, err := client.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String("sortie-dev")}); err != nil {
+		t.Fatal(err)
+	}
+	s.run(t, func(ctx context.Context) error {
+		return Run(ctx, Config{
+			Base:           service.Base{Prefix: s.topo.Prefix},
+			HostKeySecret:  testSecret,
+			WaiterMinDelay: 100 * time.Millisecond,
+			WaiterMaxDelay: 100 * time.Millisecond,
+			LaunchTimeout:  500 * time.Millisecond,
+		}, service.Deps{AWS: s.aws, Ops: opsconfig.Default(), Publisher: s.pub, Logger: slog.New(slog.DiscardHandler)})
+	})
+	fp := plan()
+	fp.Header = events.NewHeader("slow", "corr-slow", time.Now())
+	fp.FleetID = "slow"
+	if err := s.pub.Publish(ctx, fp); err != nil {
+		t.Fatal(err)
+	}
+
+	dlq := s.queueURL(t, bus.DLQName(s.topo.QueueName(bus.Provisioner, bus.FleetPlanned)))
+	got := s.collect(t, dlq, 20*time.Second, hasAll(1, "slow"))
+	if len(got["slow"]) != 1 {
+		t.Fatalf("DLQ holds %v, want the slow fleet's plan", keysOf(got))
+	}
+	if r := attr(got["slow"][0], bus.AttrError); !strings.Contains(r, "did not reach running within 500ms") {
+		t.Errorf("%s = %q", bus.AttrError, r)
+	}
+	out, err := client.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("tag:sortie:fleet"), Values: []string{"slow"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range out.Reservations {
+		for _, in := range r.Instances {
+			n++
+			if live(in.State) {
+				t.Errorf("%s is still %s", aws.ToString(in.InstanceId), in.State.Name)
+			}
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d instances tagged slow, want the 3 launched (and terminated)", n)
+	}
+}
+
+// TestConcurrentLaunchesConverge races two launches of the same plan on the local cloud,
+// their clocks a second apart so their requests differ (the lease tag): whichever loses
+// the race (IdempotentParameterMismatch, or a look-up that finds the winner's instances)
+// ends up with the winner's instances.
+func TestConcurrentLaunchesConverge(t *testing.T) {
+	s := newStack(t, localcloud.Options{})
+	client := NewEC2Client(s.aws)
+	if _, err := client.CreateKeyPair(t.Context(), &ec2.CreateKeyPairInput{KeyName: aws.String("sortie-dev")}); err != nil {
+		t.Fatal(err)
+	}
+	newLauncher := func(skew time.Duration) *launcher {
+		return &launcher{
+			ec2: client, ops: opsconfig.Default(), secret: testSecret,
+			now:            func() time.Time { return time.Now().Add(skew) },
+			waiterMinDelay: 20 * time.Millisecond, waiterMaxDelay: 50 * time.Millisecond, timeout: 10 * time.Second,
+		}
+	}
+	a, b := newLauncher(0), newLauncher(time.Second)
+	ctx := bus.WithLogger(t.Context(), slog.New(slog.DiscardHandler))
+	for i := range 5 {
+		fp := plan()
+		fp.FleetID = fmt.Sprintf("race-%d", i)
+		fp.JobID = fp.FleetID
+		results := make(chan events.FleetLaunched, 2)
+		errs := make(chan error, 2)
+		start := make(chan struct{})
+		for _, l := range []*launcher{a, b} {
+			go func() {
+				<-start
+				fl, err := l.launch(ctx, fp)
+				results <- fl
+				errs <- err
+			}()
+		}
+		close(start)
+		var ids [][]string
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatalf("%s: %v", fp.FleetID, err)
+			}
+			var got []string
+			for _, in := range (<-results).Instances {
+				got = append(got, in.ID)
+			}
+			slices.Sort(got)
+			ids = append(ids, got)
+		}
+		if !slices.Equal(ids[0], ids[1]) || len(ids[0]) != 3 {
+			t.Errorf("%s: the two launches returned %v and %v, want the same 3 instances", fp.FleetID, ids[0], ids[1])
+		}
+		out, err := client.DescribeInstances(t.Context(), &ec2.DescribeInstancesInput{Filters: []types.Filter{
+			{Name: aws.String("tag:sortie:fleet"), Values: []string{fp.FleetID}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range out.Reservations {
+			n += len(r.Instances)
+		}
+		if n != 3 {
+			t.Errorf("%s: %d instances launched, want 3", fp.FleetID, n)
+		}
+	}
+}
