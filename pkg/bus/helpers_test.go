@@ -18,10 +18,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
-	"github.com/sivchari/kumo"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 )
 
 // env is one test's AWS: an in-process kumo and a topology with a prefix of its own
@@ -45,16 +45,21 @@ func uniquePrefix() string {
 	return fmt.Sprintf("b%s-%d", b, prefixSeq.Add(1))
 }
 
-// kumoURL is the one in-process kumo the package's tests share. kumo's state is global
-// to the process anyway, and concurrent kumo.NewServer calls race on it (seen with
+// kumoURL is the one local cloud the package's tests share: the bus runs on it exactly as
+// the services do (SNS, SQS reach kumo through the local cloud's proxy). kumo's state is
+// global to the process anyway, and concurrent kumo.NewServer calls race on it (seen with
 // -race in v0.33.1), so parallel tests must not each start their own.
 var kumoURL string
 
 func TestMain(m *testing.M) {
-	srv := kumo.NewServer()
-	kumoURL = srv.URL
+	cloud, err := localcloud.New(localcloud.Options{Addr: "127.0.0.1:0"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting the local cloud:", err)
+		os.Exit(1)
+	}
+	kumoURL = cloud.URL()
 	code := m.Run()
-	srv.Close()
+	cloud.Close()
 	os.Exit(code)
 }
 
