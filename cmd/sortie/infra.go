@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/infra"
+)
+
+// InfraCmd groups infra up and down.
+type InfraCmd struct {
+	Up   InfraUpCmd   `cmd:"" help:"Create every topic, queue, DLQ, subscription and the log bucket with its policy (idempotent)."`
+	Down InfraDownCmd `cmd:"" help:"Remove exactly what up created; a non-empty log bucket is kept unless --empty-bucket."`
+}
+
+// InfraUpCmd is `sortie infra up`.
+type InfraUpCmd struct{}
+
+// Run creates the stack and prints what it did.
+func (c *InfraUpCmd) Run(ctx context.Context, g *Globals) error {
+	topo := bus.Topology{Prefix: g.Prefix}
+	if err := topo.Validate(); err != nil {
+		return err
+	}
+	cfg, err := awsx.Load(ctx, "cli")
+	if err != nil {
+		return err
+	}
+	report, err := infra.Up(ctx, infra.NewClients(cfg), topo)
+	fmt.Fprint(g.Stdout, report.String())
+	if err != nil {
+		return fmt.Errorf("infra up: %w", err)
+	}
+	return nil
+}
+
+// InfraDownCmd is `sortie infra down`.
+type InfraDownCmd struct {
+	EmptyBucket bool `help:"Delete the archived logs in the bucket so it can be removed too."`
+}
+
+// Run removes the stack and prints what it did.
+func (c *InfraDownCmd) Run(ctx context.Context, g *Globals) error {
+	topo := bus.Topology{Prefix: g.Prefix}
+	if err := topo.Validate(); err != nil {
+		return err
+	}
+	cfg, err := awsx.Load(ctx, "cli")
+	if err != nil {
+		return err
+	}
+	report, err := infra.Down(ctx, infra.NewClients(cfg), topo, infra.DownOptions{EmptyBucket: c.EmptyBucket})
+	fmt.Fprint(g.Stdout, report.String())
+	if err != nil {
+		return fmt.Errorf("infra down: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
+)
+
+// LocalcloudCmd is `sortie localcloud`: the local cloud served standalone, like LocalStack.
+type LocalcloudCmd struct {
+	Addr          string        `help:"Listen address." default:"127.0.0.1:4566" env:"SORTIE_LOCALCLOUD_ADDR"`
+	BootDelay     time.Duration `help:"How long an instance stays pending before it runs." default:"200ms"`
+	ShutdownDelay time.Duration `help:"How long an instance stays shutting-down before it is terminated." default:"100ms"`
+	DataDir       string        `help:"Directory holding every instance's home directory (default: a new temporary directory)." type:"path"`
+}
+
+// Run serves until interrupted, then terminates every instance.
+func (c *LocalcloudCmd) Run(ctx context.Context, g *Globals) error {
+	logger := slog.New(slog.NewJSONHandler(g.Stderr, nil))
+	cloud, err := localcloud.New(localcloud.Options{
+		Addr:          c.Addr,
+		BootDelay:     c.BootDelay,
+		ShutdownDelay: c.ShutdownDelay,
+		DataDir:       c.DataDir,
+		Logger:        logger,
+	})
+	if err != nil {
+		return fmt.Errorf("starting local cloud: %w", err)
+	}
+	fmt.Fprintf(g.Stdout, "local cloud serving on %s\n  export AWS_ENDPOINT_URL=%s AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test\n", cloud.URL(), cloud.URL())
+	<-ctx.Done()
+	fmt.Fprintln(g.Stdout, "local cloud stopping: terminating every instance")
+	return cloud.Close()
+}

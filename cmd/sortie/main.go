@@ -1,0 +1,62 @@
+// Command sortie is Sortie's operator CLI: infra up|down, localcloud, and (with the
+// services) dev, submit and status.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// CLI is the command tree, parsed by kong.
+type CLI struct {
+	Prefix string `help:"Name prefix of this Sortie stack's topics, queues and bucket." env:"SORTIE_PREFIX" default:"sortie"`
+
+	Dev        DevCmd        `cmd:"" help:"Run Sortie end to end in one process on the local cloud: the demo job from message to terminated fleet."`
+	Infra      InfraCmd      `cmd:"" help:"Create or remove the stack's topics, queues, DLQs, subscriptions and log bucket."`
+	Localcloud LocalcloudCmd `cmd:"" help:"Serve the local cloud: Sortie's EC2 endpoint with SSH-reachable instances, and kumo for every other AWS service."`
+	Worker     WorkerCmd     `cmd:"" help:"Run the demo workload on an instance (installed there as sortie-worker)."`
+	Submit     SubmitCmd     `cmd:"" help:"Submit a job (from a JSON file or flags); --watch follows it until its fleet is terminated."`
+}
+
+// Globals are handed to every command's Run.
+type Globals struct {
+	Stdout io.Writer
+	Stderr io.Writer
+	Prefix string
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sortie:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args and runs the chosen command; tests call it directly.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cli CLI
+	parser, err := kong.New(&cli,
+		kong.Name("sortie"),
+		kong.Description("Sortie turns job messages into short-lived EC2 worker fleets."),
+		kong.Writers(stdout, stderr),
+		kong.BindTo(ctx, (*context.Context)(nil)),
+		kong.UsageOnError(),
+	)
+	if err != nil {
+		return err
+	}
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		return err
+	}
+	return kctx.Run(&Globals{Stdout: stdout, Stderr: stderr, Prefix: cli.Prefix})
+}

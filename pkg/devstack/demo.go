@@ -1,0 +1,182 @@
+package devstack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/watch"
+	"github.com/sortie-fleet/sortie/pkg/worker"
+)
+
+// DemoFiles is the seed's work size: 202 files.
+const DemoFiles = 202
+
+// Demo is the seeded demo input: files in a bucket and one work item per file in a queue.
+type Demo struct {
+	Bucket string
+	Queue  string
+	Keys   []string
+}
+
+// SeedDemo puts n small text files under input/ in <prefix>-demo and one work item per
+// file on the queue <prefix>-demo-work.
+func (s *Stack) SeedDemo(ctx context.Context, n int) (Demo, error) {
+	d := Demo{Bucket: s.Topology.Prefix + "-demo", Queue: s.Topology.Prefix + "-demo-work"}
+	if _, err := s.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(d.Bucket)}); err != nil {
+		return d, fmt.Errorf("creating demo bucket: %w", err)
+	}
+	q, err := s.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(d.Queue),
+		Attributes: map[string]string{"VisibilityTimeout": "30"}})
+	if err != nil {
+		return d, fmt.Errorf("creating work queue: %w", err)
+	}
+	var batch []sqstypes.SendMessageBatchRequestEntry
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		out, err := s.SQS.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: q.QueueUrl, Entries: batch})
+		if err == nil && len(out.Failed) > 0 {
+			err = fmt.Errorf("%d work items not queued: %s", len(out.Failed), aws.ToString(out.Failed[0].Message))
+		}
+		batch = batch[:0]
+		return err
+	}
+	for i := range n {
+		key := fmt.Sprintf("input/file-%03d.txt", i)
+		var b strings.Builder
+		for l := 0; l <= i%7; l++ {
+			fmt.Fprintf(&b, "file %d line %d\n", i, l)
+		}
+		if _, err := s.S3.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(d.Bucket), Key: aws.String(key),
+			Body: strings.NewReader(b.String()), ServerSideEncryption: s3types.ServerSideEncryptionAwsKms}); err != nil {
+			return d, fmt.Errorf("seeding %s: %w", key, err)
+		}
+		body, err := worker.WorkItem{Key: key}.Encode()
+		if err != nil {
+			return d, err
+		}
+		batch = append(batch, sqstypes.SendMessageBatchRequestEntry{Id: aws.String(fmt.Sprint(i)), MessageBody: aws.String(body)})
+		if len(batch) == 10 {
+			if err := flush(); err != nil {
+				return d, err
+			}
+		}
+		d.Keys = append(d.Keys, key)
+	}
+	return d, flush()
+}
+
+// DemoJob is the job `sortie dev` submits: the demo template, the time-scaled profile, the
+// demo worker recipe, work sized by the work queue's depth, a 10-second deadline.
+func DemoJob(d Demo, jobID, correlationID string, now time.Time) events.JobSubmitted {
+	return events.JobSubmitted{
+		Header:          events.NewHeader(jobID, correlationID, now),
+		Template:        "demo",
+		Profile:         "demo-fast",
+		Recipe:          "demo-worker",
+		Work:            events.WorkSource{Queue: d.Queue},
+		DeadlineSeconds: 10,
+		Params:          map[string]string{"bucket": d.Bucket, "queue": d.Queue},
+	}
+}
+
+// Trace is what a watcher saw of one job, stage by stage.
+type Trace struct {
+	Planned      *events.FleetPlanned
+	Launched     *events.FleetLaunched
+	Bootstrapped *events.FleetBootstrapped
+	Finished     *events.JobFinished
+	Terminated   *events.FleetTerminated
+	Tasks        int // TaskReported events seen
+}
+
+// Follow watches jobID until its fleet is terminated, recording each stage and writing a
+// line per event (TaskReported summarised) to out.
+func Follow(ctx context.Context, w *watch.Watcher, jobID string, out io.Writer) (Trace, error) {
+	var t Trace
+	start := time.Now()
+	_, err := w.Follow(ctx, jobID, func(ev events.Event) {
+		switch e := ev.(type) {
+		case events.FleetPlanned:
+			t.Planned = &e
+		case events.FleetLaunched:
+			t.Launched = &e
+		case events.FleetBootstrapped:
+			t.Bootstrapped = &e
+		case events.JobFinished:
+			t.Finished = &e
+		case events.FleetTerminated:
+			t.Terminated = &e
+		case events.TaskReported:
+			t.Tasks++
+			if t.Tasks%50 != 0 {
+				return
+			}
+			fmt.Fprintf(out, "%6.1fs  TaskReported       %d tasks reported so far\n", time.Since(start).Seconds(), t.Tasks)
+			return
+		}
+		fmt.Fprintf(out, "%6.1fs  %s\n", time.Since(start).Seconds(), watch.Describe(ev))
+	})
+	return t, err
+}
+
+// PrintSummary writes the job's plan, instances, task totals (from CloudWatch), archives
+// and instance-seconds.
+func (s *Stack) PrintSummary(ctx context.Context, out io.Writer, t Trace, submitted time.Time) error {
+	if t.Planned != nil {
+		fmt.Fprintf(out, "\nplan:        %s\n", t.Planned.Rationale)
+	}
+	if t.Launched != nil {
+		fmt.Fprintf(out, "instances:   ")
+		for i, in := range t.Launched.Instances {
+			if i > 0 {
+				fmt.Fprint(out, ", ")
+			}
+			fmt.Fprintf(out, "%s (%s)", in.ID, in.InstanceType)
+		}
+		fmt.Fprintln(out)
+	}
+	jobID := ""
+	if t.Terminated != nil {
+		jobID = t.Terminated.JobID
+	}
+	totals, err := metrics.JobTotals(ctx, s.CW, jobID, submitted.Add(-time.Minute), time.Now().Add(time.Minute))
+	if err != nil {
+		return fmt.Errorf("reading task metrics: %w", err)
+	}
+	fmt.Fprintf(out, "tasks:       %d succeeded, %d failed (CloudWatch %s/%s, %s)\n", totals.Succeeded, totals.Failed,
+		metrics.Namespace, metrics.TasksSucceeded, metrics.TasksFailed)
+	if t.Finished != nil {
+		fmt.Fprintf(out, "outcome:     %s", t.Finished.Outcome)
+		if t.Finished.Reason != "" {
+			fmt.Fprintf(out, " (%s)", t.Finished.Reason)
+		}
+		fmt.Fprintln(out)
+		if len(t.Finished.LogTail) > 0 {
+			fmt.Fprintf(out, "failing log (%s, last %d lines):\n  %s\n", t.Finished.FailingInstance, len(t.Finished.LogTail), strings.Join(t.Finished.LogTail, "\n  "))
+		}
+	}
+	if t.Terminated != nil {
+		keys := make([]string, 0, len(t.Terminated.Archives))
+		for _, a := range t.Terminated.Archives {
+			keys = append(keys, fmt.Sprintf("s3://%s/%s (%d bytes)", a.Bucket, a.Key, a.SizeBytes))
+		}
+		sort.Strings(keys)
+		fmt.Fprintf(out, "archives:    %s\n", strings.Join(keys, "\n             "))
+		fmt.Fprintf(out, "terminated:  %d instances, %.1f instance-seconds\n", len(t.Terminated.TerminatedInstanceIDs), t.Terminated.InstanceSeconds)
+	}
+	return nil
+}

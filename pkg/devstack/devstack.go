@@ -1,0 +1,273 @@
+// Package devstack runs the whole of Sortie in one process on the local cloud: the local
+// cloud, `infra up`, the five services, and the demo job. `sortie dev` and the end-to-end
+// tests start it.
+package devstack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"al.essio.dev/pkg/shellescape"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/infra"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/watch"
+	"github.com/sortie-fleet/sortie/services/bootstrapper"
+	"github.com/sortie-fleet/sortie/services/monitor"
+	"github.com/sortie-fleet/sortie/services/planner"
+	"github.com/sortie-fleet/sortie/services/provisioner"
+	"github.com/sortie-fleet/sortie/services/reaper"
+)
+
+// Options configure a Stack. Zero values suit `sortie dev`.
+type Options struct {
+	// Addr is the local cloud's listen address (default 127.0.0.1:0: a free port).
+	Addr string
+	// Prefix names the stack's resources (default "sortie").
+	Prefix string
+	// Ops is the ops configuration (default: the embedded one).
+	Ops *opsconfig.Config
+	// WorkerCommand is the argv that runs the demo worker (`sortie worker`); instances
+	// get it on their PATH as `sortie-worker`. Required for the demo recipe.
+	WorkerCommand []string
+	// WorkerEnv is extra environment for everything running on the instances.
+	WorkerEnv []string
+	// Logger receives the services' JSON logs (default: discarded).
+	Logger *slog.Logger
+	// DataDir holds the instances' directories (default: a temporary directory).
+	DataDir string
+	// MonitorInterval is the time between two checks of a fleet (default 1 s).
+	MonitorInterval time.Duration
+	// OnExec sees every command run on an instance (the local cloud's audit hook).
+	OnExec func(instanceID, command string)
+}
+
+// Stack is a running Sortie on the local cloud.
+type Stack struct {
+	Cloud     *localcloud.Cloud
+	AWS       aws.Config
+	Topology  bus.Topology
+	Ops       *opsconfig.Config
+	EC2       *ec2.Client
+	S3        *s3.Client
+	SQS       *sqs.Client
+	SNS       *sns.Client
+	CW        *cloudwatch.Client
+	Publisher *bus.Publisher
+	// SSHKey is where the services read the instances' login key: s3://<prefix>-secrets/keys/<name>.pem.
+	SSHKey string
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	errs    []error
+	binDir  string
+	closers []func() error
+}
+
+// Start brings the stack up: local cloud, infra, login key, the five services.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1:0"
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "sortie"
+	}
+	if opts.Ops == nil {
+		opts.Ops = opsconfig.Default()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MonitorInterval == 0 {
+		opts.MonitorInterval = time.Second
+	}
+	s := &Stack{Topology: bus.Topology{Prefix: opts.Prefix}, Ops: opts.Ops}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	// The instances' PATH gets a directory holding sortie-worker, as an AMI would.
+	if s.binDir, err = os.MkdirTemp("", "sortie-bin-"); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() error { return os.RemoveAll(s.binDir) })
+	if len(opts.WorkerCommand) > 0 {
+		script := "#!/bin/sh\nexec " + shellescape.QuoteCommand(opts.WorkerCommand) + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(s.binDir, "sortie-worker"), []byte(script), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	env := append([]string{"PATH=" + s.binDir + ":/usr/local/bin:/usr/bin:/bin"}, opts.WorkerEnv...)
+
+	s.Cloud, err = localcloud.New(localcloud.Options{
+		Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
+		BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting local cloud: %w", err)
+	}
+	s.closers = append(s.closers, s.Cloud.Close)
+	s.AWS = awsx.ForEndpoint(s.Cloud.URL())
+	s.EC2 = ec2.NewFromConfig(s.AWS)
+	s.S3 = s3.NewFromConfig(s.AWS, awsx.S3Options(s.AWS))
+	s.SQS = sqs.NewFromConfig(s.AWS)
+	s.SNS = sns.NewFromConfig(s.AWS)
+	s.CW = cloudwatch.NewFromConfig(s.AWS)
+
+	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), s.Topology); err != nil {
+		return nil, fmt.Errorf("infra up: %w", err)
+	}
+	if err := s.createLoginKeys(ctx); err != nil {
+		return nil, err
+	}
+	if s.Publisher, err = bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: opts.Logger}); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.Publisher.Close)
+	return s, s.startServices(opts)
+}
+
+// createLoginKeys creates every template's key pair and keeps the private keys in the
+// secrets bucket (SSE-KMS), where the services read them.
+func (s *Stack) createLoginKeys(ctx context.Context) error {
+	bucket := s.Topology.Prefix + "-secrets"
+	if _, err := s.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil && awsx.ErrorCode(err) != "BucketAlreadyOwnedByYou" {
+		return fmt.Errorf("creating secrets bucket: %w", err)
+	}
+	names := map[string]bool{}
+	for _, t := range s.Ops.Templates {
+		names[t.KeyName] = true
+	}
+	if len(names) != 1 {
+		return fmt.Errorf("dev stack: want every template to use one key pair, got %d", len(names))
+	}
+	for name := range names {
+		out, err := s.EC2.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String(name), KeyType: "ed25519"})
+		if err != nil {
+			return fmt.Errorf("creating key pair %s: %w", name, err)
+		}
+		key := "keys/" + name + ".pem"
+		if _, err := s.S3.PutObject(ctx, &s3.PutObjectInput{
+			Bucket: aws.String(bucket), Key: aws.String(key), Body: strings.NewReader(aws.ToString(out.KeyMaterial)),
+			ServerSideEncryption: s3types.ServerSideEncryptionAwsKms,
+		}); err != nil {
+			return fmt.Errorf("storing key pair %s: %w", name, err)
+		}
+		s.SSHKey = "s3://" + bucket + "/" + key
+	}
+	return nil
+}
+
+// startServices runs the five services, each with its own publisher, as separate
+// processes would.
+func (s *Stack) startServices(opts Options) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	base := service.Base{Prefix: s.Topology.Prefix}
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+	fast := 100 * time.Millisecond
+
+	type svc struct {
+		name string
+		run  func(ctx context.Context, deps service.Deps) error
+	}
+	services := []svc{
+		{bus.Planner, func(ctx context.Context, d service.Deps) error {
+			return planner.Run(ctx, planner.Config{Base: base}, d)
+		}},
+		{bus.Provisioner, func(ctx context.Context, d service.Deps) error {
+			return provisioner.Run(ctx, provisioner.Config{Base: base, HostKeySecret: secret,
+				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, LaunchTimeout: time.Minute}, d)
+		}},
+		{bus.Bootstrapper, func(ctx context.Context, d service.Deps) error {
+			return bootstrapper.Run(ctx, bootstrapper.Config{Base: base, SSHKey: s.SSHKey, DialTimeout: 30 * time.Second}, d)
+		}},
+		{bus.Monitor, func(ctx context.Context, d service.Deps) error {
+			return monitor.Run(ctx, monitor.Config{Base: base, SSHKey: s.SSHKey, Interval: opts.MonitorInterval,
+				PollWait: time.Second, MetricsFlush: 500 * time.Millisecond}, d)
+		}},
+		{bus.Reaper, func(ctx context.Context, d service.Deps) error {
+			return reaper.Run(ctx, reaper.Config{Base: base, SSHKey: s.SSHKey, ArchiveTimeout: 30 * time.Second,
+				WaiterMinDelay: fast, WaiterMaxDelay: time.Second}, d)
+		}},
+	}
+	for _, sv := range services {
+		logger := opts.Logger.With("service", sv.name)
+		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
+		if err != nil {
+			return err
+		}
+		s.closers = append(s.closers, pub.Close)
+		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
+				s.mu.Lock()
+				s.errs = append(s.errs, fmt.Errorf("%s: %w", sv.name, err))
+				s.mu.Unlock()
+				logger.Error("service stopped", "error", err.Error())
+			}
+		}()
+	}
+	return nil
+}
+
+// Err reports services that stopped on their own (nil while all run).
+func (s *Stack) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.errs...)
+}
+
+// Close stops the services (letting in-flight handlers finish), then the local cloud,
+// which terminates every instance still running.
+func (s *Stack) Close() error {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
+
+// Watch opens a watcher on every event of the stack.
+func (s *Stack) Watch(ctx context.Context) (*watch.Watcher, error) {
+	return watch.Open(ctx, s.SNS, s.SQS, s.Topology, "dev-"+randomHex(4))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,600 @@
+package devstack
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/watch"
+	"github.com/sortie-fleet/sortie/pkg/worker"
+)
+
+// The test binary doubles as the demo worker on the instances (as `sortie worker` does for
+// `sortie dev`): the stack's sortie-worker wrapper runs it with this variable set.
+const workerEnv = "SORTIE_DEVSTACK_TEST_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" {
+		os.Exit(workerMain(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func workerMain(args []string) int {
+	fs := flag.NewFlagSet("sortie-worker", flag.ContinueOnError)
+	bucket := fs.String("bucket", "", "")
+	queue := fs.String("queue", "", "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	home, _ := os.UserHomeDir()
+	env, err := worker.LoadJobEnv(home)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx := context.Background()
+	cfg, err := awsx.Load(ctx, "worker")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	wc := worker.Config{Bucket: *bucket, Queue: *queue, AWS: cfg, Out: os.Stdout}
+	env.Apply(&wc)
+	if err := worker.Run(ctx, wc); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+const hostile = `"; rm -rf ~"`
+
+// e2eOps is the embedded configuration plus the recipes the scenarios need.
+func e2eOps(t *testing.T) *opsconfig.Config {
+	t.Helper()
+	ops := opsconfig.Default()
+	// fail-one: every instance writes 80 log lines; the first to take a lock shared by the
+	// instances (their directories are siblings) fails with exit 3.
+	ops.Recipes["fail-one"] = opsconfig.Recipe{Steps: []opsconfig.Step{{
+		Name: "work",
+		Start: &opsconfig.Start{Argv: []string{"sh", "-c",
+			`i=0; while [ $i -lt 80 ]; do echo "log line $i"; i=$((i+1)); done; if mkdir ../fail-lock 2>/dev/null; then echo "this instance fails"; exit 3; fi`}},
+	}}}
+	// quick: a workload that succeeds at once.
+	ops.Recipes["quick"] = opsconfig.Recipe{Steps: []opsconfig.Step{{
+		Name: "work", Start: &opsconfig.Start{Argv: []string{"sh", "-c", "echo done"}},
+	}}}
+	// echo: hands a free-form parameter to a shell command, quoted.
+	ops.Recipes["echo"] = opsconfig.Recipe{
+		Params: map[string]opsconfig.Param{"message": {Pattern: `[^\x00\n]*`, Required: true}},
+		Steps: []opsconfig.Step{
+			{Name: "canary", Run: &opsconfig.Run{Argv: []string{"touch", "canary"}}},
+			{Name: "say", Run: &opsconfig.Run{Argv: []string{"sh", "-c", `printf %s "$1" > message.txt`, "sh", "{{message}}"}}},
+			{Name: "work", Start: &opsconfig.Start{Argv: []string{"true"}}},
+		},
+	}
+	if err := ops.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return ops
+}
+
+type e2e struct {
+	*Stack
+	t     *testing.T
+	w     *watch.Watcher
+	mu    sync.Mutex
+	execs []string // every command run on any instance: "<id> <command>"
+}
+
+func startE2E(t *testing.T) *e2e {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end: starts the whole stack")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &e2e{t: t}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := Start(ctx, Options{
+		Prefix:        "e2e",
+		Ops:           e2eOps(t),
+		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
+		OnExec: func(id, cmd string) {
+			e.mu.Lock()
+			e.execs = append(e.execs, id+" "+cmd)
+			e.mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("closing the stack: %v", err)
+		}
+	})
+	e.Stack = st
+	if e.w, err = st.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.w.Close(context.Background()) })
+	return e
+}
+
+// run submits job and follows it to FleetTerminated.
+func (e *e2e) run(job events.JobSubmitted, copies int) Trace {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for range copies {
+		if err := e.Publisher.Publish(ctx, job); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	var log bytes.Buffer
+	tr, err := Follow(ctx, e.w, job.JobID, &log)
+	if err != nil {
+		e.t.Fatalf("following %s: %v (services: %v)\n%s", job.JobID, err, e.Err(), log.String())
+	}
+	e.t.Logf("job %s:\n%s", job.JobID, log.String())
+	return tr
+}
+
+func (e *e2e) instances(jobID string) []ec2types.Instance {
+	e.t.Helper()
+	out, err := e.EC2.DescribeInstances(context.Background(), &ec2.DescribeInstancesInput{
+		Filters: []ec2types.Filter{{Name: aws.String("tag:sortie:job-id"), Values: []string{jobID}}},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var all []ec2types.Instance
+	for _, r := range out.Reservations {
+		all = append(all, r.Instances...)
+	}
+	return all
+}
+
+func tag(in ec2types.Instance, key string) string {
+	for _, t := range in.Tags {
+		if aws.ToString(t.Key) == key {
+			return aws.ToString(t.Value)
+		}
+	}
+	return ""
+}
+
+// waitTerminated polls until every instance of the job is terminated.
+func (e *e2e) waitTerminated(jobID string, want int) []ec2types.Instance {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		insts := e.instances(jobID)
+		done := len(insts) == want
+		for _, in := range insts {
+			if in.State.Name != ec2types.InstanceStateNameTerminated {
+				done = false
+			}
+		}
+		if done {
+			return insts
+		}
+		if time.Now().After(deadline) {
+			states := []string{}
+			for _, in := range insts {
+				states = append(states, aws.ToString(in.InstanceId)+"="+string(in.State.Name))
+			}
+			e.t.Fatalf("job %s: want %d terminated instances, have %v", jobID, want, states)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// archive downloads one archive and returns its files.
+func (e *e2e) archive(a events.Archive) map[string]string {
+	e.t.Helper()
+	obj, err := e.S3.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(a.Bucket), Key: aws.String(a.Key)})
+	if err != nil {
+		e.t.Fatalf("archive %s: %v", a.Key, err)
+	}
+	defer obj.Body.Close()
+	if obj.ServerSideEncryption != "aws:kms" {
+		e.t.Errorf("archive %s: SSE %q, want aws:kms", a.Key, obj.ServerSideEncryption)
+	}
+	zr, err := gzip.NewReader(obj.Body)
+	if err != nil {
+		e.t.Fatalf("archive %s is not gzip: %v", a.Key, err)
+	}
+	files := map[string]string{}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			e.t.Fatalf("archive %s is not a valid tar: %v", a.Key, err)
+		}
+		b, _ := io.ReadAll(tr)
+		files[h.Name] = string(b)
+	}
+	return files
+}
+
+func (e *e2e) dlqDepths() map[string]int {
+	e.t.Helper()
+	ctx := context.Background()
+	var queues []string
+	for _, s := range e.Topology.Subscriptions() {
+		queues = append(queues, s.DLQ)
+	}
+	for _, svc := range bus.TimerServices {
+		queues = append(queues, bus.DLQName(e.Topology.TimerQueueName(svc)))
+	}
+	depths := map[string]int{}
+	for _, q := range queues {
+		u, err := e.SQS.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(q)})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		a, err := e.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: u.QueueUrl,
+			AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages, sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible}})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var n, m int
+		fmt.Sscan(a.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)], &n)
+		fmt.Sscan(a.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible)], &m)
+		depths[q] = n + m
+	}
+	return depths
+}
+
+func TestEndToEnd(t *testing.T) {
+	e := startE2E(t)
+
+	t.Run("demo job", func(t *testing.T) {
+		e.t = t
+		ctx := context.Background()
+		demo, err := e.SeedDemo(ctx, DemoFiles)
+		if err != nil {
+			t.Fatal(err)
+		}
+		submitted := time.Now()
+		job := DemoJob(demo, "e2e-demo", "corr-demo", submitted)
+		tr := e.run(job, 1)
+
+		if tr.Planned == nil || tr.Planned.Count != 3 || tr.Planned.InstanceType != "m3.medium" {
+			t.Fatalf("plan = %+v, want 3 m3.medium", tr.Planned)
+		}
+		if tr.Bootstrapped == nil || len(tr.Bootstrapped.Instances) != 3 {
+			t.Fatalf("bootstrapped = %+v", tr.Bootstrapped)
+		}
+		for _, in := range tr.Bootstrapped.Instances {
+			if !in.OK || len(in.Steps) == 0 {
+				t.Errorf("instance %s not bootstrapped: %+v", in.ID, in)
+			}
+			for _, s := range in.Steps {
+				if s.ExitCode != 0 {
+					t.Errorf("instance %s step %s exit %d", in.ID, s.Name, s.ExitCode)
+				}
+			}
+		}
+		if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeSucceeded {
+			t.Fatalf("finished = %+v", tr.Finished)
+		}
+		if tr.Finished.TasksSucceeded != DemoFiles || tr.Finished.TasksFailed != 0 {
+			t.Errorf("JobFinished tasks = %d/%d, want %d/0", tr.Finished.TasksSucceeded, tr.Finished.TasksFailed, DemoFiles)
+		}
+
+		insts := e.waitTerminated(job.JobID, 3)
+		for _, in := range insts {
+			id := aws.ToString(in.InstanceId)
+			if got := tag(in, "sortie:fleet"); got != job.JobID {
+				t.Errorf("%s sortie:fleet = %q", id, got)
+			}
+			if got := tag(in, "Name"); got != "sortie-"+job.JobID {
+				t.Errorf("%s Name = %q", id, got)
+			}
+			if _, err := time.Parse(time.RFC3339, tag(in, "sortie:lease-expires")); err != nil {
+				t.Errorf("%s sortie:lease-expires: %v", id, err)
+			}
+			if in.InstanceType != "m3.medium" {
+				t.Errorf("%s type %s", id, in.InstanceType)
+			}
+		}
+
+		res, err := e.S3.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(demo.Bucket), Prefix: aws.String("results/" + job.JobID + "/")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Contents) != DemoFiles {
+			t.Errorf("%d results in S3, want %d", len(res.Contents), DemoFiles)
+		}
+		totals, err := metrics.JobTotals(ctx, e.CW, job.JobID, submitted.Add(-time.Minute), time.Now().Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if totals.Succeeded != DemoFiles || totals.Failed != 0 {
+			t.Errorf("CloudWatch totals = %+v, want %d succeeded", totals, DemoFiles)
+		}
+
+		if tr.Terminated.Outcome != events.OutcomeSucceeded || len(tr.Terminated.Archives) != 3 || len(tr.Terminated.TerminatedInstanceIDs) != 3 {
+			t.Fatalf("terminated = %+v", tr.Terminated)
+		}
+		if tr.Terminated.InstanceSeconds <= 0 {
+			t.Errorf("instance-seconds = %v", tr.Terminated.InstanceSeconds)
+		}
+		for _, a := range tr.Terminated.Archives {
+			if a.Key != "logs/"+job.JobID+"/"+a.InstanceID+".tar.gz" {
+				t.Errorf("archive key %s", a.Key)
+			}
+			files := e.archive(a)
+			var log string
+			for name, body := range files {
+				if strings.HasSuffix(name, "worker.log") {
+					log = body
+				}
+			}
+			if !strings.Contains(log, "input/file-") {
+				t.Errorf("archive %s: worker log missing or empty (files %v)", a.Key, slices.Sorted(mapsKeys(files)))
+			}
+		}
+		for q, n := range e.dlqDepths() {
+			if n != 0 {
+				t.Errorf("DLQ %s holds %d messages", q, n)
+			}
+		}
+	})
+
+	t.Run("workload fails on one instance", func(t *testing.T) {
+		e.t = t
+		job := events.JobSubmitted{Header: events.NewHeader("e2e-fail", "corr-fail", time.Now()),
+			Template: "demo", Profile: "demo-fast", Recipe: "fail-one", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
+		tr := e.run(job, 1)
+		if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeFailed {
+			t.Fatalf("finished = %+v", tr.Finished)
+		}
+		want := []string{}
+		for i := 31; i < 80; i++ {
+			want = append(want, fmt.Sprintf("log line %d", i))
+		}
+		want = append(want, "this instance fails")
+		if !slices.Equal(tr.Finished.LogTail, want) {
+			t.Errorf("failing tail = %q\nwant the last 50 lines %q", tr.Finished.LogTail, want)
+		}
+		if tr.Finished.FailingInstance == "" {
+			t.Error("no failing instance named")
+		}
+		e.waitTerminated(job.JobID, 3)
+		if len(tr.Terminated.Archives) != 3 {
+			t.Errorf("%d archives, want 3 (logs are archived on failure too)", len(tr.Terminated.Archives))
+		}
+		for _, a := range tr.Terminated.Archives {
+			if a.InstanceID != tr.Finished.FailingInstance {
+				continue
+			}
+			found := false
+			for name, body := range e.archive(a) {
+				if strings.Contains(body, "this instance fails") {
+					found = true
+					t.Logf("failing log archived as %s", name)
+				}
+			}
+			if !found {
+				t.Errorf("the failing instance's archive lacks its log")
+			}
+		}
+	})
+
+	t.Run("the same job delivered twice makes one fleet", func(t *testing.T) {
+		e.t = t
+		job := events.JobSubmitted{Header: events.NewHeader("e2e-twice", "corr-twice", time.Now()),
+			Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
+		tr := e.run(job, 2)
+		if tr.Terminated.Outcome != events.OutcomeSucceeded {
+			t.Fatalf("terminated = %+v", tr.Terminated)
+		}
+		// Let the duplicate run through every stage before counting.
+		time.Sleep(3 * time.Second)
+		if insts := e.waitTerminated(job.JobID, 3); len(insts) != 3 {
+			t.Errorf("%d instances for the job, want 3", len(insts))
+		}
+	})
+
+	t.Run("hostile parameter is quoted, never spliced", func(t *testing.T) {
+		e.t = t
+		job := events.JobSubmitted{Header: events.NewHeader("e2e-quote", "corr-quote", time.Now()),
+			Template: "demo", Profile: "demo-fast", Recipe: "echo", Work: events.WorkSource{Count: 1}, DeadlineSeconds: 10,
+			Params: map[string]string{"message": hostile}}
+		tr := e.run(job, 1)
+		if tr.Terminated.Outcome != events.OutcomeSucceeded || len(tr.Launched.Instances) != 1 {
+			t.Fatalf("terminated = %+v", tr.Terminated)
+		}
+		id := tr.Launched.Instances[0].ID
+		steps, err := recipe.Render(e.Ops.Recipes["echo"], job.Params, recipe.RenderEnv{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var say string
+		for _, s := range steps {
+			if s.Name == "say" {
+				say = s.Command
+			}
+		}
+		e.mu.Lock()
+		sent := slices.Clone(e.execs)
+		e.mu.Unlock()
+		if !slices.Contains(sent, id+" "+say) {
+			t.Errorf("the exact rendered command was not sent to %s:\nwant %q\nsent %q", id, say, sent)
+		}
+		if !strings.Contains(say, `'"; rm -rf ~"'`) {
+			t.Errorf("command %q does not hold the value single-quoted", say)
+		}
+		for _, c := range sent {
+			if strings.Contains(c, hostile) && !strings.Contains(c, `'`+hostile+`'`) {
+				t.Errorf("the hostile value reached a shell unquoted: %q", c)
+			}
+		}
+		dir := e.Cloud.InstanceDir(id)
+		got, err := os.ReadFile(filepath.Join(dir, "message.txt"))
+		if err != nil || string(got) != hostile {
+			t.Errorf("message.txt = %q, %v; want the value literally", got, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "canary")); err != nil {
+			t.Errorf("canary gone (the instance's home was wiped?): %v", err)
+		}
+	})
+
+	t.Run("bad job messages go to the DLQ", func(t *testing.T) {
+		e.t = t
+		ctx := context.Background()
+		before := len(e.allInstances())
+		dlq := bus.DLQName(e.Topology.QueueName(bus.Planner, bus.JobSubmitted))
+		valid := func(id string) events.JobSubmitted {
+			return events.JobSubmitted{Header: events.NewHeader(id, "corr-"+id, time.Now()),
+				Template: "demo", Profile: "demo-fast", Recipe: "demo-worker", Work: events.WorkSource{Count: 5}, DeadlineSeconds: 60,
+				Params: map[string]string{"bucket": "e2e-demo", "queue": "e2e-demo-work"}}
+		}
+		unknown := valid("bad-template")
+		unknown.Template = "no-such-template"
+		hostileJob := valid("bad-param")
+		hostileJob.Params["queue"] = hostile
+		cases := []struct {
+			jobID, body, reason string
+		}{
+			{"bad-json", `{"schema_version":1,"job_id":"bad-json",`, "invalid"},
+			{"bad-template", mustJSON(t, unknown), `unknown template "no-such-template"`},
+			{"bad-count", strings.Replace(mustJSON(t, valid("bad-count")), `"count":5`, `"count":0`, 1), "work"},
+			{"bad-deadline", strings.Replace(mustJSON(t, valid("bad-deadline")), `"deadline_seconds":60`, `"deadline_seconds":-5`, 1), "deadline_seconds"},
+			{"bad-param", mustJSON(t, hostileJob), "queue"},
+		}
+		for _, c := range cases {
+			if err := e.Publisher.PublishBody(ctx, rawEvent{c.jobID}, []byte(c.body)); err != nil {
+				t.Fatalf("%s: %v", c.jobID, err)
+			}
+		}
+		got := e.drain(dlq, len(cases))
+		for _, c := range cases {
+			m, ok := got[c.jobID]
+			if !ok {
+				t.Errorf("%s: not in the DLQ", c.jobID)
+				continue
+			}
+			if !strings.Contains(m.reason, c.reason) {
+				t.Errorf("%s: DLQ reason %q does not mention %q", c.jobID, m.reason, c.reason)
+			}
+			if m.body != c.body {
+				t.Errorf("%s: DLQ body changed", c.jobID)
+			}
+		}
+		time.Sleep(time.Second)
+		if after := len(e.allInstances()); after != before {
+			t.Errorf("bad jobs launched %d instances", after-before)
+		}
+		for _, c := range e.execs {
+			if strings.Contains(c, "rm -rf") && !strings.Contains(c, "e2e-quote") && strings.Contains(c, "bad-param") {
+				t.Errorf("the hostile job reached an instance: %q", c)
+			}
+		}
+	})
+}
+
+type rawEvent struct{ jobID string }
+
+func (r rawEvent) EventType() string                  { return bus.JobSubmitted }
+func (r rawEvent) IDs() (jobID, correlationID string) { return r.jobID, "corr-" + r.jobID }
+
+func mustJSON(t *testing.T, e events.Event) string {
+	t.Helper()
+	b, err := events.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+type dead struct{ body, reason string }
+
+// drain reads n messages from a DLQ, keyed by job id.
+func (e *e2e) drain(queue string, n int) map[string]dead {
+	e.t.Helper()
+	ctx := context.Background()
+	u, err := e.SQS.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(queue)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	got := map[string]dead{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(got) < n && time.Now().Before(deadline) {
+		out, err := e.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: u.QueueUrl, MaxNumberOfMessages: 10,
+			WaitTimeSeconds: 1, MessageAttributeNames: []string{"All"}})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, m := range out.Messages {
+			attr := func(k string) string {
+				if a, ok := m.MessageAttributes[k]; ok {
+					return aws.ToString(a.StringValue)
+				}
+				return ""
+			}
+			got[attr(bus.AttrJobID)] = dead{body: aws.ToString(m.Body), reason: attr(bus.AttrError)}
+			e.SQS.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: u.QueueUrl, ReceiptHandle: m.ReceiptHandle})
+		}
+	}
+	return got
+}
+
+func (e *e2e) allInstances() []ec2types.Instance {
+	e.t.Helper()
+	out, err := e.EC2.DescribeInstances(context.Background(), &ec2.DescribeInstancesInput{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var all []ec2types.Instance
+	for _, r := range out.Reservations {
+		all = append(all, r.Instances...)
+	}
+	return all
+}
+
+func mapsKeys(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
