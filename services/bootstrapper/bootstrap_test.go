@@ -1,0 +1,482 @@
+package bootstrapper
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/remote"
+)
+
+const testHostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+func testOps(t *testing.T) *opsconfig.Config {
+	t.Helper()
+	ops, err := opsconfig.Load("testdata/ops.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ops
+}
+
+func testEvent() events.FleetLaunched {
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	return events.FleetLaunched{
+		Header:       events.NewHeader("job-42", "corr-7", now),
+		FleetID:      "job-42",
+		PlanRevision: 1,
+		Template:     "test",
+		Recipe:       "test",
+		Params:       map[string]string{"bucket": "tools"},
+		DeadlineAt:   now.Add(time.Hour),
+		KeyName:      "sortie-test",
+		HostKey:      testHostKey,
+		Instances: []events.Instance{
+			{ID: "i-0123456789abcdef0", InstanceType: "t3.micro", SSHEndpoint: "127.0.0.1:2201", LaunchedAt: now},
+		},
+	}
+}
+
+func TestPlanFleet(t *testing.T) {
+	ops := testOps(t)
+	tests := []struct {
+		name     string
+		edit     func(*events.FleetLaunched)
+		wantUser string
+		wantErr  []string
+	}{
+		{name: "template user", wantUser: "worker"},
+		{name: "no template: default user", edit: func(e *events.FleetLaunched) { e.Template = "" }, wantUser: opsconfig.DefaultUser},
+		{name: "unknown recipe", edit: func(e *events.FleetLaunched) { e.Recipe = "nope" }, wantErr: []string{`unknown recipe "nope"`}},
+		{name: "unknown template", edit: func(e *events.FleetLaunched) { e.Template = "nope" }, wantErr: []string{`unknown template "nope"`}},
+		{name: "bad host key", edit: func(e *events.FleetLaunched) { e.HostKey = "ssh-ed25519 !!!" }, wantErr: []string{"host_key"}},
+		{name: "two host keys", edit: func(e *events.FleetLaunched) { e.HostKey = testHostKey + "\n" + testHostKey }, wantErr: []string{"more than one key"}},
+		{
+			name:    "every problem at once",
+			edit:    func(e *events.FleetLaunched) { e.Recipe, e.Template, e.HostKey = "r", "t", "x" },
+			wantErr: []string{`unknown recipe "r"`, `unknown template "t"`, "host_key"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := testEvent()
+			if tt.edit != nil {
+				tt.edit(&ev)
+			}
+			p, err := planFleet(ev, ops)
+			if tt.wantErr != nil {
+				if err == nil || !bus.IsPermanent(err) {
+					t.Fatalf("planFleet error = %v, want a permanent error", err)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("planFleet: %v", err)
+			}
+			if p.user != tt.wantUser {
+				t.Errorf("user = %q, want %q", p.user, tt.wantUser)
+			}
+			want, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(testHostKey))
+			if !bytes.Equal(p.hostKey.Marshal(), want.Marshal()) {
+				t.Error("host key not the event's")
+			}
+			if len(p.recipe.Steps) != 5 {
+				t.Errorf("recipe has %d steps, want 5", len(p.recipe.Steps))
+			}
+		})
+	}
+}
+
+func TestJobEnv(t *testing.T) {
+	got := JobEnv(testEvent(), "i-0123456789abcdef0", "sortie-test")
+	want, err := os.ReadFile("testdata/job.env.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("job.env:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestRedactAndClip(t *testing.T) {
+	secret := "http://127.0.0.1:4566/tools/tool.sh?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=test%2F20250102&X-Amz-Signature=abc123"
+	other := "curl: (22) https://bucket.s3.amazonaws.com/k?X-Amz-Signature=deadbeef&X-Amz-Expires=300 returned 403"
+	tests := []struct {
+		name, in, want string
+	}{
+		{name: "exact secret", in: "GET " + secret + " failed", want: "GET <presigned URL> failed"},
+		{name: "any presigned URL", in: other, want: "curl: (22) <presigned URL> returned 403"},
+		{name: "plain URL kept", in: "see https://example.com/docs", want: "see https://example.com/docs"},
+		{name: "invalid UTF-8", in: "a\xffb", want: "a\uFFFDb"},
+		{name: "NUL dropped", in: "a\x00b", want: "ab"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := clipText(redact(tt.in, []string{secret})); got != tt.want {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+	t.Run("long line clipped at a rune boundary", func(t *testing.T) {
+		long := strings.Repeat("é", events.MaxTextBytes) // 2 bytes each
+		got := clipText(long)
+		if len(got) > events.MaxTextBytes || !strings.HasSuffix(got, "…") || !strings.HasPrefix(got, "éé") {
+			t.Fatalf("clipped to %d bytes, suffix %q", len(got), got[len(got)-8:])
+		}
+		if !bytes.Equal([]byte(strings.ToValidUTF8(got, "?")), []byte(got)) {
+			t.Fatal("clipped text is not valid UTF-8")
+		}
+	})
+}
+
+func TestOutputTail(t *testing.T) {
+	var stdout strings.Builder
+	for i := 1; i <= 80; i++ {
+		fmt.Fprintf(&stdout, "%d\n", i)
+	}
+	tests := []struct {
+		name           string
+		stdout, stderr string
+		want           []string
+	}{
+		{name: "stdout then stderr", stdout: "a\nb\n", stderr: "c\n", want: []string{"a", "b", "c"}},
+		{name: "no final newline", stdout: "a", stderr: "b", want: []string{"a", "b"}},
+		{name: "stderr only", stderr: "boom\n", want: []string{"boom"}},
+		{name: "nothing", want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := outputTail(remote.Result{Stdout: []byte(tt.stdout), Stderr: []byte(tt.stderr)}, TailLines, nil)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("tail = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	t.Run("last 50 lines", func(t *testing.T) {
+		got := outputTail(remote.Result{Stdout: []byte(stdout.String()), Stderr: []byte("boom\n")}, TailLines, nil)
+		if len(got) != 50 || got[0] != "32" || got[48] != "80" || got[49] != "boom" {
+			t.Fatalf("tail = %q", got)
+		}
+	})
+}
+
+// fakeSession records what the runner does on an instance.
+type fakeSession struct {
+	mu      sync.Mutex
+	calls   []string
+	uploads map[string]string
+	stdins  map[string]string
+	marker  bool
+	results map[string]remote.Result // by command; default exit 0
+	runErr  map[string]error
+	upErr   map[string]error
+	closed  bool
+}
+
+func newFake() *fakeSession {
+	return &fakeSession{uploads: map[string]string{}, stdins: map[string]string{}, results: map[string]remote.Result{}, runErr: map[string]error{}, upErr: map[string]error{}}
+}
+
+func (f *fakeSession) Run(_ context.Context, cmd string, stdin io.Reader) (remote.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "run "+cmd)
+	if stdin != nil {
+		b, _ := io.ReadAll(stdin)
+		f.stdins[cmd] = string(b)
+	}
+	if cmd == "test -f "+MarkerPath {
+		if f.marker {
+			return remote.Result{}, nil
+		}
+		return remote.Result{ExitCode: 1}, nil
+	}
+	if err := f.runErr[cmd]; err != nil {
+		return remote.Result{ExitCode: -1, Stdout: []byte("partial\n")}, err
+	}
+	return f.results[cmd], nil
+}
+
+func (f *fakeSession) Upload(_ context.Context, p string, mode os.FileMode, r io.Reader) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("upload %s %04o", p, mode))
+	if err := f.upErr[p]; err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(r)
+	f.uploads[p] = string(b)
+	return nil
+}
+
+func (f *fakeSession) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+var testSteps = []recipe.Step{
+	{Name: "a", Kind: "run", Command: "cmd-a", Redacted: "cmd-a"},
+	{Name: "b", Kind: "upload", Command: "cmd-b", Stdin: []byte("content-b"), Redacted: "cmd-b"},
+	{Name: "c", Kind: "start", Command: "cmd-c", Redacted: "cmd-c"},
+}
+
+const secretURL = "http://127.0.0.1:1/b/k?X-Amz-Signature=s3cr3t"
+
+func staticRender(ctx context.Context) ([]recipe.Step, []string, error) {
+	return testSteps, []string{secretURL}, nil
+}
+
+func testRunner(dial dialFunc) *runner {
+	return &runner{
+		dial: dial, dialTimeout: time.Second, stepTimeout: time.Second,
+		concurrency: 4, prefix: "sortie-test", now: time.Now,
+	}
+}
+
+func TestBootstrapInstance(t *testing.T) {
+	lines := strings.Repeat("line\n", 79) + "fetching " + secretURL + "\n"
+	tests := []struct {
+		name      string
+		setup     func(f *fakeSession)
+		dialErr   error
+		wantOK    bool
+		wantCalls []string
+		wantSteps []string // name:exit
+		wantErr   string
+		check     func(t *testing.T, f *fakeSession, r events.InstanceResult)
+	}{
+		{
+			name:   "every step succeeds",
+			wantOK: true,
+			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600",
+				"run cmd-a", "run cmd-b", "run cmd-c", "upload .sortie/bootstrapped 0600"},
+			wantSteps: []string{"a:0", "b:0", "c:0"},
+			check: func(t *testing.T, f *fakeSession, r events.InstanceResult) {
+				if f.uploads[JobEnvPath] != string(JobEnv(testEvent(), "i-0123456789abcdef0", "sortie-test")) {
+					t.Errorf("job.env = %q", f.uploads[JobEnvPath])
+				}
+				if f.stdins["cmd-b"] != "content-b" {
+					t.Errorf("step b stdin = %q, want its content", f.stdins["cmd-b"])
+				}
+				if !strings.Contains(f.uploads[MarkerPath], "job=job-42") {
+					t.Errorf("marker = %q", f.uploads[MarkerPath])
+				}
+			},
+		},
+		{
+			name:      "already bootstrapped: runs nothing",
+			setup:     func(f *fakeSession) { f.marker = true },
+			wantOK:    true,
+			wantCalls: []string{"run test -f .sortie/bootstrapped"},
+			wantSteps: []string{AlreadyBootstrapped + ":0"},
+		},
+		{
+			name: "a failing step stops the instance with its tail",
+			setup: func(f *fakeSession) {
+				f.results["cmd-b"] = remote.Result{ExitCode: 3, Stdout: []byte(lines), Stderr: []byte("boom\n")}
+			},
+			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600", "run cmd-a", "run cmd-b"},
+			wantSteps: []string{"a:0", "b:3"},
+			wantErr:   "step b exited with status 3",
+			check: func(t *testing.T, f *fakeSession, r events.InstanceResult) {
+				tail := r.Steps[1].OutputTail
+				if len(tail) != TailLines || tail[49] != "boom" || tail[48] != "fetching <presigned URL>" {
+					t.Errorf("tail = %q", tail)
+				}
+				if r.Steps[0].OutputTail != nil {
+					t.Errorf("successful step has a tail: %q", r.Steps[0].OutputTail)
+				}
+			},
+		},
+		{
+			name:      "connection lost during a step",
+			setup:     func(f *fakeSession) { f.runErr["cmd-a"] = errors.New("running command on x: EOF") },
+			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600", "run cmd-a"},
+			wantSteps: []string{"a:-1"},
+			wantErr:   "step a: running command on x: EOF",
+		},
+		{
+			name:      "host key mismatch",
+			dialErr:   fmt.Errorf("dialing ssh worker@127.0.0.1:2201 (1 attempts in 2ms): %w: server presented ...", remote.ErrHostKeyMismatch),
+			wantErr:   "connecting: dialing ssh worker@127.0.0.1:2201 (1 attempts in 2ms): ssh host key mismatch",
+			wantCalls: nil,
+		},
+		{
+			name:      "job.env upload fails",
+			setup:     func(f *fakeSession) { f.upErr[JobEnvPath] = errors.New("disk full") },
+			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600"},
+			wantErr:   "uploading .sortie/job.env: disk full",
+		},
+		{
+			name:      "marker write fails: still bootstrapped",
+			setup:     func(f *fakeSession) { f.upErr[MarkerPath] = errors.New("EOF") },
+			wantOK:    true,
+			wantSteps: []string{"a:0", "b:0", "c:0"},
+			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600",
+				"run cmd-a", "run cmd-b", "run cmd-c", "upload .sortie/bootstrapped 0600"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake()
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			var dialed remote.DialConfig
+			r := testRunner(func(_ context.Context, cfg remote.DialConfig) (session, error) {
+				dialed = cfg
+				if tt.dialErr != nil {
+					return nil, tt.dialErr
+				}
+				return f, nil
+			})
+			p, err := planFleet(testEvent(), testOps(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], staticRender)
+
+			if dialed.Addr != "127.0.0.1:2201" || dialed.User != "worker" || dialed.HostKey == nil {
+				t.Errorf("dialed %+v, want the instance's endpoint as worker with the pinned key", dialed)
+			}
+			if res.OK != tt.wantOK {
+				t.Errorf("OK = %v (error %q), want %v", res.OK, res.Error, tt.wantOK)
+			}
+			if tt.wantErr != "" && !strings.HasPrefix(res.Error, tt.wantErr) {
+				t.Errorf("error = %q, want prefix %q", res.Error, tt.wantErr)
+			}
+			if tt.wantErr == "" && res.Error != "" {
+				t.Errorf("error = %q, want none", res.Error)
+			}
+			if fmt.Sprint(f.calls) != fmt.Sprint(tt.wantCalls) {
+				t.Errorf("calls:\n %q\nwant:\n %q", f.calls, tt.wantCalls)
+			}
+			var steps []string
+			for _, s := range res.Steps {
+				steps = append(steps, fmt.Sprintf("%s:%d", s.Name, s.ExitCode))
+			}
+			if fmt.Sprint(steps) != fmt.Sprint(tt.wantSteps) {
+				t.Errorf("steps = %v, want %v", steps, tt.wantSteps)
+			}
+			if tt.dialErr == nil && !f.closed {
+				t.Error("connection not closed")
+			}
+			if b, _ := json.Marshal(res); bytes.Contains(b, []byte("s3cr3t")) {
+				t.Errorf("result leaks the presigned URL: %s", b)
+			}
+			if tt.check != nil {
+				tt.check(t, f, res)
+			}
+		})
+	}
+}
+
+func TestBootstrapAllBoundsConcurrency(t *testing.T) {
+	var inFlight, maxSeen atomic.Int32
+	var fakes sync.Map
+	r := testRunner(func(_ context.Context, cfg remote.DialConfig) (session, error) {
+		n := inFlight.Add(1)
+		for {
+			m := maxSeen.Load()
+			if n <= m || maxSeen.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		inFlight.Add(-1)
+		if cfg.Addr == "127.0.0.1:2205" {
+			return nil, errors.New("unreachable")
+		}
+		f := newFake()
+		fakes.Store(cfg.Addr, f)
+		return f, nil
+	})
+	r.concurrency = 3
+	ev := testEvent()
+	ev.Instances = nil
+	for i := range 10 {
+		ev.Instances = append(ev.Instances, events.Instance{
+			ID: fmt.Sprintf("i-%017x", i), InstanceType: "t3.micro", SSHEndpoint: fmt.Sprintf("127.0.0.1:%d", 2200+i), LaunchedAt: ev.Time,
+		})
+	}
+	p, err := planFleet(ev, testOps(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := r.bootstrapAll(context.Background(), slog.New(slog.DiscardHandler), p, staticRender)
+	if got := maxSeen.Load(); got > 3 || got < 2 {
+		t.Errorf("max concurrent dials = %d, want 2-3 (limit 3)", got)
+	}
+	for i, res := range results {
+		if res.ID != ev.Instances[i].ID {
+			t.Fatalf("result %d is %s, want %s: order lost", i, res.ID, ev.Instances[i].ID)
+		}
+		if wantOK := i != 5; res.OK != wantOK {
+			t.Errorf("instance %d OK = %v (%s), want %v: one failure must not affect the others", i, res.OK, res.Error, wantOK)
+		}
+	}
+}
+
+func TestFitShrinksLargeFleets(t *testing.T) {
+	ev := events.FleetBootstrapped{
+		Header: events.NewHeader("job-42", "corr-7", time.Now()), FleetID: "job-42", Recipe: "test",
+		DeadlineAt: time.Now().Add(time.Hour), HostKey: testHostKey, KeyName: "k",
+	}
+	long := strings.Repeat("x", 1000)
+	for i := range 200 {
+		var tail []string
+		for range TailLines {
+			tail = append(tail, long)
+		}
+		ev.Instances = append(ev.Instances, events.InstanceResult{
+			ID: fmt.Sprintf("i-%017x", i), SSHEndpoint: "127.0.0.1:22", Error: "step s exited with status 1",
+			Steps: []events.StepResult{{Name: "s", ExitCode: 1, OutputTail: tail}},
+		})
+	}
+	if _, err := events.Encode(ev); err == nil {
+		t.Fatal("test event fits already; make it larger")
+	}
+	got := fit(ev)
+	b, err := events.Encode(got)
+	if err != nil {
+		t.Fatalf("fitted event does not encode: %v", err)
+	}
+	if len(b) > events.MaxBodyBytes {
+		t.Fatalf("fitted event is %d bytes", len(b))
+	}
+	if len(got.Instances[0].Steps[0].OutputTail) == 0 {
+		t.Error("fit dropped every tail, where shorter tails would have fitted")
+	}
+	if len(ev.Instances[0].Steps[0].OutputTail[0]) != 1000 {
+		t.Error("fit modified its input")
+	}
+
+	small := ev
+	small.Instances = ev.Instances[:2]
+	if got := fit(small); len(got.Instances[1].Steps[0].OutputTail) != TailLines || len(got.Instances[1].Steps[0].OutputTail[0]) != 1000 {
+		t.Error("fit shortened an event that fits")
+	}
+}

@@ -1,0 +1,196 @@
+// Package bootstrapper is the bootstrap stage: on FleetLaunched it runs the job's recipe on
+// every instance over SSH (host key pinned) and publishes FleetBootstrapped.
+package bootstrapper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/sshkey"
+)
+
+// TagAPI is the EC2 call the bootstrapper makes.
+type TagAPI interface {
+	CreateTags(ctx context.Context, params *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+}
+
+// PresignAPI is the S3 presigning call fetch steps need.
+type PresignAPI interface {
+	PresignGetObject(ctx context.Context, params *s3.GetObjectInput, optFns ...func(*s3.PresignOptions)) (*v4.PresignedHTTPRequest, error)
+}
+
+var (
+	_ TagAPI     = (*ec2.Client)(nil)
+	_ PresignAPI = (*s3.PresignClient)(nil)
+)
+
+// Run bootstraps the fleets of the FleetLaunched events it consumes until ctx is
+// cancelled. It loads the SSH login key once, at start.
+func Run(ctx context.Context, cfg Config, deps service.Deps) error {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("bootstrapper config: %w", err)
+	}
+	deps = deps.WithDefaults()
+	if deps.Ops == nil || deps.Publisher == nil {
+		return errors.New("bootstrapper: deps need Ops and Publisher")
+	}
+	s3c := s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS))
+	signer, err := sshkey.Load(ctx, s3c, cfg.SSHKey)
+	if err != nil {
+		return fmt.Errorf("bootstrapper: %w", err)
+	}
+	st := &stage{
+		deps:    deps,
+		fetcher: cfg.Fetcher,
+		ec2:     ec2.NewFromConfig(deps.AWS),
+		presign: s3.NewPresignClient(s3c),
+		runner: &runner{
+			dial:        dialRemote,
+			signer:      signer,
+			dialTimeout: cfg.DialTimeout,
+			stepTimeout: cfg.StepTimeout,
+			concurrency: cfg.Concurrency,
+			prefix:      cfg.Prefix,
+			now:         deps.Now,
+		},
+	}
+	router, err := bus.NewRouter(bus.Config{
+		Topology: cfg.Topology(), Service: bus.Bootstrapper, AWS: deps.AWS, Logger: deps.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("bootstrapper: %w", err)
+	}
+	router.Handle(bus.FleetLaunched, st.handle)
+	return router.Run(ctx)
+}
+
+// stage holds what the handler needs.
+type stage struct {
+	deps    service.Deps
+	fetcher string
+	ec2     TagAPI
+	presign PresignAPI
+	runner  *runner
+}
+
+// handle: FleetLaunched → bootstrap every instance → FleetBootstrapped.
+func (s *stage) handle(ctx context.Context, m *bus.Message) error {
+	ev, err := events.DecodeFleetLaunched(m.Payload)
+	if err != nil {
+		return err // wraps events.ErrInvalid: dead-lettered at once
+	}
+	out, err := s.bootstrapFleet(ctx, ev)
+	if err != nil {
+		return err
+	}
+	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	return nil
+}
+
+// bootstrapFleet runs the recipe on every instance of ev and returns the event that
+// reports it. Its errors are permanent (the event names an unknown recipe, template or
+// bad parameters); instance failures are results, not errors.
+func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (events.FleetBootstrapped, error) {
+	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
+	p, err := planFleet(ev, s.deps.Ops)
+	if err != nil {
+		return events.FleetBootstrapped{}, err
+	}
+	render := s.renderer(p)
+	// Render once up front, so bad parameters fail the message before any connection.
+	if _, _, err := render(ctx); err != nil {
+		if errors.As(err, new(*presignError)) {
+			return events.FleetBootstrapped{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		}
+		return events.FleetBootstrapped{}, bus.Permanent(fmt.Errorf("fleet %s: recipe %s: %w", ev.FleetID, ev.Recipe, err))
+	}
+	log.Info("bootstrapping fleet", "instances", len(ev.Instances), "recipe", ev.Recipe, "user", p.user)
+	results := s.runner.bootstrapAll(ctx, log, p, render)
+	s.tagBootstrapped(ctx, log, results)
+
+	out := events.FleetBootstrapped{
+		Header:     events.NewHeader(ev.JobID, ev.CorrelationID, s.deps.Now()),
+		FleetID:    ev.FleetID,
+		Template:   ev.Template,
+		Recipe:     ev.Recipe,
+		DeadlineAt: ev.DeadlineAt,
+		HostKey:    ev.HostKey,
+		KeyName:    ev.KeyName,
+		Instances:  results,
+	}
+	ok := 0
+	for _, r := range results {
+		if r.OK {
+			ok++
+		}
+	}
+	log.Info("fleet bootstrapped", "instances", len(results), "ok", ok, "failed", len(results)-ok)
+	return fit(out), nil
+}
+
+// presignError marks a presigning failure: transient (credentials), unlike the recipe's
+// other rendering errors.
+type presignError struct{ err error }
+
+func (e *presignError) Error() string { return e.err.Error() }
+func (e *presignError) Unwrap() error { return e.err }
+
+// renderer renders the plan's recipe, presigning every fetch step's object for
+// recipe.PresignExpiry at each call.
+func (s *stage) renderer(p fleetPlan) renderFunc {
+	return func(ctx context.Context) ([]recipe.Step, []string, error) {
+		var secrets []string
+		presign := func(bucket, key string) (string, error) {
+			req, err := s.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)},
+				s3.WithPresignExpires(recipe.PresignExpiry))
+			if err != nil {
+				return "", &presignError{err}
+			}
+			secrets = append(secrets, req.URL)
+			return req.URL, nil
+		}
+		steps, err := recipe.Render(p.recipe, p.ev.Params, recipe.RenderEnv{Presign: presign, Fetcher: s.fetcher})
+		if err != nil {
+			return nil, nil, err
+		}
+		return steps, secrets, nil
+	}
+}
+
+// tagBootstrapped tags the instances that were bootstrapped; best effort.
+func (s *stage) tagBootstrapped(ctx context.Context, log *slog.Logger, results []events.InstanceResult) {
+	var ids []string
+	for _, r := range results {
+		if r.OK {
+			ids = append(ids, r.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	slices.Sort(ids)
+	_, err := s.ec2.CreateTags(ctx, &ec2.CreateTagsInput{
+		Resources: ids,
+		Tags:      []ec2types.Tag{{Key: aws.String(TagStage), Value: aws.String(StageBootstrapped)}},
+	})
+	if err != nil {
+		log.Warn("tagging instances bootstrapped", "instances", ids, "error", err.Error())
+	}
+}

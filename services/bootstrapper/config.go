@@ -1,0 +1,118 @@
+package bootstrapper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/sshkey"
+)
+
+// Defaults of the bootstrapper's settings.
+const (
+	DefaultConcurrency = 16
+	DefaultDialTimeout = 2 * time.Minute
+	DefaultStepTimeout = 10 * time.Minute
+	MaxConcurrency     = 256
+)
+
+// Config is the bootstrapper's configuration, read from the environment.
+type Config struct {
+	service.Base
+	// SSHKey is where the instances' login key is read from once at start: a file path or
+	// s3://bucket/key (SORTIE_SSH_KEY, required).
+	SSHKey string
+	// Concurrency bounds the instances bootstrapped at once per fleet
+	// (SORTIE_BOOTSTRAP_CONCURRENCY, default 16).
+	Concurrency int
+	// DialTimeout is how long an instance may stay unreachable before it is reported
+	// failed (SORTIE_BOOTSTRAP_DIAL_TIMEOUT, default 2m).
+	DialTimeout time.Duration
+	// StepTimeout bounds one recipe step (SORTIE_BOOTSTRAP_STEP_TIMEOUT, default 10m).
+	StepTimeout time.Duration
+	// Fetcher is the download tool fetch steps run on the instances: curl or wget
+	// (SORTIE_BOOTSTRAP_FETCHER, default curl).
+	Fetcher string
+}
+
+// ConfigFromEnv reads the configuration from SORTIE_* variables, with defaults, and
+// validates it.
+func ConfigFromEnv() (Config, error) {
+	cfg := Config{
+		Base:    service.BaseFromEnv(),
+		SSHKey:  os.Getenv("SORTIE_SSH_KEY"),
+		Fetcher: service.Getenv("SORTIE_BOOTSTRAP_FETCHER", recipe.FetcherCurl),
+	}
+	var errs []error
+	var err error
+	if cfg.Concurrency, err = intEnv("SORTIE_BOOTSTRAP_CONCURRENCY", DefaultConcurrency); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.DialTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", DefaultDialTimeout); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.StepTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", DefaultStepTimeout); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	errs := []error{c.Base.Validate()}
+	if _, err := sshkey.ParseSource(c.SSHKey); err != nil {
+		errs = append(errs, fmt.Errorf("SORTIE_SSH_KEY: %w", err))
+	}
+	if c.Concurrency < 1 || c.Concurrency > MaxConcurrency {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_CONCURRENCY: %d: want 1-%d", c.Concurrency, MaxConcurrency))
+	}
+	if c.DialTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_DIAL_TIMEOUT: %s: want > 0", c.DialTimeout))
+	}
+	if c.StepTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_STEP_TIMEOUT: %s: want > 0", c.StepTimeout))
+	}
+	if c.Fetcher != recipe.FetcherCurl && c.Fetcher != recipe.FetcherWget {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_FETCHER: %q: want %s or %s", c.Fetcher, recipe.FetcherCurl, recipe.FetcherWget))
+	}
+	return errors.Join(errs...)
+}
+
+// WithDefaults fills the zero fields of a Config built in code (by `sortie dev`, tests).
+func (c Config) WithDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = "sortie"
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.StepTimeout == 0 {
+		c.StepTimeout = DefaultStepTimeout
+	}
+	if c.Fetcher == "" {
+		c.Fetcher = recipe.FetcherCurl
+	}
+	return c
+}
+
+func intEnv(key string, def int) (int, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %q is not an integer", key, v)
+	}
+	return n, nil
+}

@@ -1,0 +1,64 @@
+package bootstrapper
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Run("defaults", func(t *testing.T) {
+		t.Setenv("SORTIE_SSH_KEY", "/etc/sortie/id")
+		t.Setenv("SORTIE_PREFIX", "")
+		cfg, err := ConfigFromEnv()
+		if err != nil {
+			t.Fatalf("ConfigFromEnv: %v", err)
+		}
+		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 16, DialTimeout: 2 * time.Minute, StepTimeout: 10 * time.Minute, Fetcher: "curl"}
+		want.Prefix = "sortie"
+		if cfg != want {
+			t.Fatalf("config = %+v, want %+v", cfg, want)
+		}
+	})
+	t.Run("set", func(t *testing.T) {
+		t.Setenv("SORTIE_SSH_KEY", "s3://keys/sortie-dev.pem")
+		t.Setenv("SORTIE_PREFIX", "stack-a")
+		t.Setenv("SORTIE_BOOTSTRAP_CONCURRENCY", "4")
+		t.Setenv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "30s")
+		t.Setenv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", "1m")
+		t.Setenv("SORTIE_BOOTSTRAP_FETCHER", "wget")
+		cfg, err := ConfigFromEnv()
+		if err != nil {
+			t.Fatalf("ConfigFromEnv: %v", err)
+		}
+		if cfg.Prefix != "stack-a" || cfg.Concurrency != 4 || cfg.DialTimeout != 30*time.Second || cfg.StepTimeout != time.Minute || cfg.Fetcher != "wget" {
+			t.Fatalf("config = %+v", cfg)
+		}
+	})
+	t.Run("every problem at once", func(t *testing.T) {
+		t.Setenv("SORTIE_SSH_KEY", "")
+		t.Setenv("SORTIE_PREFIX", "Bad Prefix")
+		t.Setenv("SORTIE_BOOTSTRAP_CONCURRENCY", "0")
+		t.Setenv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "-1s")
+		t.Setenv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", "")
+		t.Setenv("SORTIE_BOOTSTRAP_FETCHER", "scp")
+		_, err := ConfigFromEnv()
+		if err == nil {
+			t.Fatal("ConfigFromEnv accepted a bad configuration")
+		}
+		for _, want := range []string{"SORTIE_SSH_KEY", "SORTIE_PREFIX", "SORTIE_BOOTSTRAP_CONCURRENCY", "SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "SORTIE_BOOTSTRAP_FETCHER"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %s", err, want)
+			}
+		}
+	})
+	t.Run("unparsable values", func(t *testing.T) {
+		t.Setenv("SORTIE_SSH_KEY", "/k")
+		t.Setenv("SORTIE_BOOTSTRAP_CONCURRENCY", "many")
+		t.Setenv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "soon")
+		_, err := ConfigFromEnv()
+		if err == nil || !strings.Contains(err.Error(), "SORTIE_BOOTSTRAP_CONCURRENCY") || !strings.Contains(err.Error(), "SORTIE_BOOTSTRAP_DIAL_TIMEOUT") {
+			t.Fatalf("error = %v, want both variables named", err)
+		}
+	})
+}

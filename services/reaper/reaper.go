@@ -1,0 +1,369 @@
+// Package reaper is the last stage: on JobFinished it archives every instance's logs to S3
+// (SSE-KMS, verified) and terminates the fleet (FleetTerminated); a sweep on a timer
+// terminates Sortie's instances whose lease has expired.
+package reaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/sshkey"
+)
+
+// FallbackTTL is the TTL of an instance without a usable lease tag when the ops config has
+// no template to take one from.
+const FallbackTTL = time.Hour
+
+// Run reaps the fleets of the JobFinished events it consumes and sweeps for expired
+// instances on its timer until ctx is cancelled. It loads the SSH login key once, at start,
+// and arms this replica's sweep timer.
+func Run(ctx context.Context, cfg Config, deps service.Deps) error {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("reaper config: %w", err)
+	}
+	deps = deps.WithDefaults()
+	if deps.Ops == nil || deps.Publisher == nil {
+		return errors.New("reaper: deps need Ops and Publisher")
+	}
+	s3c := s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS))
+	signer, err := sshkey.Load(ctx, s3c, cfg.SSHKey)
+	if err != nil {
+		return fmt.Errorf("reaper: %w", err)
+	}
+	ec2c := ec2.NewFromConfig(deps.AWS)
+	st := &stage{
+		cfg:  cfg,
+		deps: deps,
+		ec2:  ec2c,
+		arch: &archiver{
+			dial:     dialRemote,
+			signer:   signer,
+			store:    store{api: s3c, bucket: cfg.Topology().BucketName(), kmsKeyID: cfg.KMSKeyID},
+			maxBytes: cfg.ArchiveMaxBytes,
+		},
+		term:  terminator{api: ec2c, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
+		chain: &sweepChain{},
+	}
+	router, err := bus.NewRouter(bus.Config{
+		Topology: cfg.Topology(), Service: bus.Reaper, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
+	})
+	if err != nil {
+		return fmt.Errorf("reaper: %w", err)
+	}
+	router.Handle(bus.JobFinished, st.handleJobFinished)
+	router.HandleTimers(st.handleTimer)
+	if err := st.armSweep(ctx); err != nil {
+		return fmt.Errorf("reaper: %w", err)
+	}
+	return router.Run(ctx)
+}
+
+// stage holds what the handlers need.
+type stage struct {
+	cfg   Config
+	deps  service.Deps
+	ec2   EC2API
+	arch  *archiver
+	term  terminator
+	chain *sweepChain
+}
+
+// handleJobFinished: JobFinished → archive every instance's logs → terminate → FleetTerminated.
+func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
+	ev, err := events.DecodeJobFinished(m.Payload)
+	if err != nil {
+		return err // wraps events.ErrInvalid: dead-lettered at once (the sweep still reaps the fleet)
+	}
+	out, err := s.reap(ctx, ev)
+	if err != nil {
+		return err
+	}
+	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	return nil
+}
+
+// reap archives the logs of the fleet's instances and terminates them. An instance whose
+// logs cannot be archived is terminated all the same: nothing is leaked for a log. Its
+// errors (EC2 calls that failed) are transient; running it again is safe.
+func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTerminated, error) {
+	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
+	var fleetKey ssh.PublicKey
+	if ev.HostKey != "" {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(ev.HostKey))
+		if err != nil {
+			log.Error("fleet host key does not parse: the event's instances' keys are read from their console", "error", err.Error())
+		}
+		fleetKey = k
+	}
+	endpoints := map[string]string{}
+	var ids []string
+	for _, in := range ev.Instances {
+		endpoints[in.ID] = in.SSHEndpoint
+		ids = append(ids, in.ID)
+	}
+	described, err := describeFleet(ctx, s.ec2, ev.FleetID, ids)
+	if err != nil {
+		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	all := slices.Clone(described)
+	for _, id := range ids {
+		if !slices.ContainsFunc(described, func(in ec2types.Instance) bool { return aws.ToString(in.InstanceId) == id }) {
+			all = append(all, ec2types.Instance{InstanceId: aws.String(id)}) // unknown to EC2 (long gone)
+		}
+	}
+	log.Info("reaping fleet", "instances", len(all), "outcome", ev.Outcome)
+
+	archives := make([]*events.Archive, len(all))
+	var g errgroup.Group
+	g.SetLimit(s.cfg.Concurrency)
+	for i, in := range all {
+		g.Go(func() error {
+			id := aws.ToString(in.InstanceId)
+			var key ssh.PublicKey
+			if _, listed := endpoints[id]; listed {
+				key = fleetKey
+			}
+			archives[i] = s.archiveInstance(ctx, log.With("instance", id), ev.JobID, ev.Template, in, endpoints[id], key)
+			return nil
+		})
+	}
+	_ = g.Wait()
+
+	var live []string
+	final := map[string]ec2types.Instance{}
+	for _, in := range described {
+		id := aws.ToString(in.InstanceId)
+		final[id] = in
+		if stateOf(in) != ec2types.InstanceStateNameTerminated {
+			live = append(live, id)
+		}
+	}
+	done, err := s.term.terminate(ctx, live, true)
+	if err != nil {
+		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	for _, in := range done {
+		final[aws.ToString(in.InstanceId)] = in
+	}
+	now := s.deps.Now()
+	out := events.FleetTerminated{
+		Header:  events.NewHeader(ev.JobID, ev.CorrelationID, now),
+		FleetID: ev.FleetID,
+		Outcome: ev.Outcome,
+		Reason:  ev.Reason,
+	}
+	var insts []ec2types.Instance
+	for _, id := range slices.Sorted(maps.Keys(final)) {
+		insts = append(insts, final[id])
+		out.TerminatedInstanceIDs = append(out.TerminatedInstanceIDs, id)
+	}
+	out.InstanceSeconds = InstanceSeconds(insts, now)
+	for _, a := range archives {
+		if a != nil {
+			out.Archives = append(out.Archives, *a)
+		}
+	}
+	slices.SortFunc(out.Archives, func(a, b events.Archive) int { return strings.Compare(a.InstanceID, b.InstanceID) })
+	log.Info("fleet terminated", "terminated", len(out.TerminatedInstanceIDs), "archives", len(out.Archives),
+		"instance_seconds", out.InstanceSeconds, "newly_terminated", len(live))
+	return out, nil
+}
+
+// archiveInstance archives one instance's logs if it is still running, else finds the
+// archive an earlier delivery made. It returns nil, having logged why, when the instance's
+// logs are not archived.
+func (s *stage) archiveInstance(ctx context.Context, log *slog.Logger, jobID, template string, in ec2types.Instance, endpoint string, key ssh.PublicKey) *events.Archive {
+	id := aws.ToString(in.InstanceId)
+	objKey := ArchiveKey(jobID, id)
+	state := stateOf(in)
+	var archErr error
+	if state == ec2types.InstanceStateNameRunning || state == ec2types.InstanceStateNamePending {
+		t := s.target(ctx, log, in, jobID, template, endpoint, key)
+		arch, err := s.arch.archive(ctx, t, s.cfg.ArchiveTimeout)
+		if err == nil {
+			log.Info("logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+			return &arch
+		}
+		archErr = err
+	} else {
+		archErr = fmt.Errorf("instance is %s", orUnknown(string(state)))
+	}
+	// A previous delivery of this JobFinished may have archived the logs already.
+	if arch, err := s.arch.store.verify(ctx, objKey, -1); err == nil {
+		arch.InstanceID = id
+		log.Info("logs archived earlier", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes, "archive_error", archErr.Error())
+		return &arch
+	}
+	log.Error("logs not archived; terminating the instance anyway", "error", archErr.Error())
+	return nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown to EC2"
+	}
+	return s
+}
+
+// target says how to reach an instance: the event's endpoint, else its sortie:ssh-endpoint
+// tag, else its private IP on port 22; the fleet's pinned host key, else the one its
+// console output shows.
+func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instance, jobID, template, endpoint string, key ssh.PublicKey) target {
+	tags := tagMap(in.Tags)
+	id := aws.ToString(in.InstanceId)
+	if jobID == "" {
+		jobID = tags[TagJobID]
+	}
+	if template == "" {
+		template = tags[TagTemplate]
+	}
+	t := target{InstanceID: id, JobID: jobID, Addr: endpoint, User: s.userFor(template), HostKey: key}
+	if t.Addr == "" {
+		t.Addr = tags[TagSSHEndpoint]
+	}
+	if t.Addr == "" && aws.ToString(in.PrivateIpAddress) != "" {
+		t.Addr = net.JoinHostPort(aws.ToString(in.PrivateIpAddress), "22")
+	}
+	if t.HostKey == nil {
+		k, err := consoleHostKey(ctx, s.ec2, id)
+		if err != nil {
+			log.Warn("host key unknown", "error", err.Error())
+		}
+		t.HostKey = k
+	}
+	return t
+}
+
+// userFor is the login user of a template, opsconfig.DefaultUser for an unknown one (the
+// reaper reaps whatever it is told: an unknown name must not keep instances alive).
+func (s *stage) userFor(template string) string {
+	if t, err := s.deps.Ops.Template(template); err == nil && t.User != "" {
+		return t.User
+	}
+	return opsconfig.DefaultUser
+}
+
+// ttlFor is the TTL of an instance without a usable lease: its template's, else the
+// longest of any template (the sweep errs on the side of keeping an instance).
+func (s *stage) ttlFor(tags map[string]string) time.Duration {
+	if t, err := s.deps.Ops.Template(tags[TagTemplate]); err == nil && t.TTL > 0 {
+		return t.TTL.Std()
+	}
+	var longest time.Duration
+	for _, t := range s.deps.Ops.Templates {
+		longest = max(longest, t.TTL.Std())
+	}
+	if longest == 0 {
+		return FallbackTTL
+	}
+	return longest
+}
+
+// armSweep sends this replica's next sweep timer.
+func (s *stage) armSweep(ctx context.Context) error {
+	due := s.deps.Now().Add(s.cfg.SweepInterval).UTC()
+	attrs := map[string]string{AttrTimer: TimerSweep, AttrSweepDue: due.Format(time.RFC3339Nano)}
+	if err := s.deps.Publisher.After(ctx, bus.Reaper, s.cfg.SweepInterval, []byte("{}"), attrs); err != nil {
+		return fmt.Errorf("arming sweep: %w", err)
+	}
+	s.chain.armed(due)
+	return nil
+}
+
+// handleTimer runs a sweep, having armed the next one (only from the latest timer, so
+// chains do not multiply). A sweep's failures are logged, never returned: a retry would
+// arm another timer.
+func (s *stage) handleTimer(ctx context.Context, m *bus.Message) error {
+	if kind := m.Attributes[AttrTimer]; kind != TimerSweep {
+		return bus.Permanent(fmt.Errorf("unknown timer %q (want %s=%s)", kind, AttrTimer, TimerSweep))
+	}
+	log := bus.Logger(ctx)
+	due, _ := time.Parse(time.RFC3339Nano, m.Attributes[AttrSweepDue])
+	if s.chain.shouldRearm(due) {
+		if err := s.armSweep(ctx); err != nil {
+			return err
+		}
+	} else {
+		log.Debug("a later sweep is armed: this timer's chain ends", "due", due)
+	}
+	s.sweep(ctx, log)
+	return nil
+}
+
+// sweep terminates, after a best-effort archive, every Sortie instance whose lease has
+// expired, and none whose lease is live: leases are checked again just before terminating.
+func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
+	insts, err := describe(ctx, s.ec2, sweepFilters())
+	if err != nil {
+		log.Error("sweep", "error", err.Error())
+		return
+	}
+	expired := SelectExpired(insts, s.deps.Now(), s.ttlFor)
+	log.Debug("sweep", "instances", len(insts), "expired", len(expired))
+	if len(expired) == 0 {
+		return
+	}
+	var g errgroup.Group
+	g.SetLimit(s.cfg.Concurrency)
+	for _, x := range expired {
+		g.Go(func() error {
+			l := log.With("instance", aws.ToString(x.Instance.InstanceId), "job_id", tagMap(x.Instance.Tags)[TagJobID])
+			l.Warn("sweeping instance", "reason", x.Reason)
+			t := s.target(ctx, l, x.Instance, "", "", "", nil)
+			if arch, err := s.arch.archive(ctx, t, s.cfg.SweepArchiveTimeout); err != nil {
+				l.Warn("sweep: logs not archived", "error", err.Error())
+			} else {
+				l.Info("sweep: logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+
+	var ids []string
+	for _, x := range expired {
+		ids = append(ids, aws.ToString(x.Instance.InstanceId))
+	}
+	var fresh []ec2types.Instance
+	for chunk := range slices.Chunk(ids, maxFilterValues) {
+		more, err := describe(ctx, s.ec2, append(sweepFilters(), ec2types.Filter{Name: aws.String("instance-id"), Values: chunk}))
+		if err != nil {
+			log.Error("sweep: checking leases again", "error", err.Error())
+			return
+		}
+		fresh = append(fresh, more...)
+	}
+	var doomed []string
+	for _, x := range SelectExpired(fresh, s.deps.Now(), s.ttlFor) {
+		doomed = append(doomed, aws.ToString(x.Instance.InstanceId))
+	}
+	if _, err := s.term.terminate(ctx, doomed, false); err != nil {
+		log.Error("sweep", "error", err.Error())
+		return
+	}
+	if len(doomed) > 0 {
+		log.Warn("sweep terminated instances with expired leases", "instances", doomed)
+	}
+}

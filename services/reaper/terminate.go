@@ -1,0 +1,160 @@
+package reaper
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+)
+
+// Instance tags the reaper reads.
+const (
+	TagJobID        = "sortie:job-id"
+	TagFleet        = "sortie:fleet"
+	TagLeaseExpires = "sortie:lease-expires"
+	TagTemplate     = "sortie:template" // optional: the fleet template, for its user and TTL
+	TagSSHEndpoint  = "sortie:ssh-endpoint"
+)
+
+// EC2API is the EC2 calls the reaper makes.
+type EC2API interface {
+	DescribeInstances(ctx context.Context, params *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+	TerminateInstances(ctx context.Context, params *ec2.TerminateInstancesInput, optFns ...func(*ec2.Options)) (*ec2.TerminateInstancesOutput, error)
+	GetConsoleOutput(ctx context.Context, params *ec2.GetConsoleOutputInput, optFns ...func(*ec2.Options)) (*ec2.GetConsoleOutputOutput, error)
+}
+
+var _ EC2API = (*ec2.Client)(nil)
+
+// maxFilterValues is EC2's limit on the values of one filter.
+const maxFilterValues = 200
+
+// describe returns every instance matching the filters, across pages.
+func describe(ctx context.Context, api EC2API, filters []ec2types.Filter) ([]ec2types.Instance, error) {
+	var out []ec2types.Instance
+	p := ec2.NewDescribeInstancesPaginator(api, &ec2.DescribeInstancesInput{Filters: filters, MaxResults: aws.Int32(1000)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describing instances: %w", err)
+		}
+		for _, r := range page.Reservations {
+			out = append(out, r.Instances...)
+		}
+	}
+	return out, nil
+}
+
+// describeFleet returns the fleet's instances, in every state: those tagged with the fleet
+// id and those the event names (found by filter, so an id EC2 no longer knows is no error).
+func describeFleet(ctx context.Context, api EC2API, fleetID string, ids []string) ([]ec2types.Instance, error) {
+	found, err := describe(ctx, api, []ec2types.Filter{{Name: aws.String("tag:" + TagFleet), Values: []string{fleetID}}})
+	if err != nil {
+		return nil, err
+	}
+	for chunk := range slices.Chunk(ids, maxFilterValues) {
+		more, err := describe(ctx, api, []ec2types.Filter{{Name: aws.String("instance-id"), Values: chunk}})
+		if err != nil {
+			return nil, err
+		}
+		found = append(found, more...)
+	}
+	seen := map[string]bool{}
+	var out []ec2types.Instance
+	for _, in := range found {
+		id := aws.ToString(in.InstanceId)
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, in)
+		}
+	}
+	slices.SortFunc(out, compareIDs)
+	return out, nil
+}
+
+func compareIDs(a, b ec2types.Instance) int {
+	return strings.Compare(aws.ToString(a.InstanceId), aws.ToString(b.InstanceId))
+}
+
+func stateOf(in ec2types.Instance) ec2types.InstanceStateName {
+	if in.State == nil {
+		return ""
+	}
+	return in.State.Name
+}
+
+// terminator terminates instances and waits for them.
+type terminator struct {
+	api                EC2API
+	minDelay, maxDelay time.Duration
+	timeout            time.Duration
+}
+
+// terminate terminates the instances (TerminateInstances is idempotent) and, when wait is
+// set, waits until every one is terminated; it returns their last descriptions.
+func (t terminator) terminate(ctx context.Context, ids []string, wait bool) ([]ec2types.Instance, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	for chunk := range slices.Chunk(ids, 1000) {
+		if _, err := t.api.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: chunk}); err != nil {
+			return nil, fmt.Errorf("terminating %d instances: %w", len(chunk), err)
+		}
+	}
+	if !wait {
+		return nil, nil
+	}
+	w := ec2.NewInstanceTerminatedWaiter(t.api, func(o *ec2.InstanceTerminatedWaiterOptions) {
+		o.MinDelay, o.MaxDelay = t.minDelay, t.maxDelay
+	})
+	var out []ec2types.Instance
+	for chunk := range slices.Chunk(ids, 1000) {
+		desc, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: chunk}, t.timeout)
+		if err != nil {
+			return nil, fmt.Errorf("waiting for %d instances to terminate: %w", len(chunk), err)
+		}
+		for _, r := range desc.Reservations {
+			out = append(out, r.Instances...)
+		}
+	}
+	slices.SortFunc(out, compareIDs)
+	return out, nil
+}
+
+// transitionTime finds the time EC2 writes into a terminated instance's
+// StateTransitionReason: "User initiated (2025-01-02 03:04:05 GMT)".
+var transitionTime = regexp.MustCompile(`\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (GMT|UTC)\)`)
+
+// terminatedAt is when a terminated instance stopped running: from its state transition
+// reason (so a repeated reap computes the same figure), else now; never before its launch.
+func terminatedAt(in ec2types.Instance, now time.Time) time.Time {
+	at := now
+	if m := transitionTime.FindStringSubmatch(aws.ToString(in.StateTransitionReason)); m != nil {
+		if t, err := time.Parse(time.DateTime, m[1]); err == nil {
+			at = t
+		}
+	}
+	if launch := aws.ToTime(in.LaunchTime); !launch.IsZero() && at.Before(launch) {
+		at = launch
+	}
+	return at
+}
+
+// InstanceSeconds sums the lifetimes (termination − launch) of instances; instances
+// without a launch time count nothing.
+func InstanceSeconds(insts []ec2types.Instance, now time.Time) float64 {
+	var total float64
+	for _, in := range insts {
+		launch := aws.ToTime(in.LaunchTime)
+		if launch.IsZero() {
+			continue
+		}
+		total += terminatedAt(in, now).Sub(launch).Seconds()
+	}
+	return total
+}
