@@ -212,7 +212,7 @@ func (s *Stack) startServices(opts Options) error {
 		}},
 		{bus.Reaper, func(ctx context.Context, d service.Deps) error {
 			return reaper.Run(ctx, reaper.Config{Base: base, SSHKey: s.SSHKey, ArchiveTimeout: 30 * time.Second,
-				WaiterMinDelay: fast, WaiterMaxDelay: time.Second}, d)
+				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, PollWait: time.Second, SweepInterval: 10 * time.Second}, d)
 		}},
 	}
 	for _, sv := range services {

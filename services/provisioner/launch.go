@@ -33,6 +33,7 @@ const (
 	tagLeaseExpires  = "sortie:lease-expires"
 	tagStage         = "sortie:stage"
 	tagCorrelationID = "sortie:correlation-id"
+	tagTemplate      = "sortie:template"     // the reaper's sweep reads the template's user and TTL
 	tagSSHEndpoint   = "sortie:ssh-endpoint" // set by the local cloud, not by Sortie
 
 	stageLaunched = "launched"
@@ -213,6 +214,7 @@ func fleetTags(fp events.FleetPlanned, leaseExpires time.Time) []types.Tag {
 		tag(tagLeaseExpires, leaseExpires.UTC().Format(time.RFC3339)),
 		tag(tagStage, stageLaunched),
 		tag(tagCorrelationID, fp.CorrelationID),
+		tag(tagTemplate, fp.Template),
 	}
 }
 

@@ -143,6 +143,7 @@ func TestRunInput(t *testing.T) {
 		"sortie:fleet":          "job-42",
 		"sortie:lease-expires":  "2025-03-14T09:56:56Z", // now + the template's 30 min TTL
 		"sortie:stage":          "launched",
+		"sortie:template":       "demo",
 		"sortie:correlation-id": "corr-42",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {

@@ -156,7 +156,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			}
 			delete(tags, "sortie:lease-expires")
 			want := map[string]string{
-				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched",
+				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint,
 			}
 			if len(tags) != len(want) {
