@@ -76,7 +76,7 @@ func workerMain(args []string) int {
 const hostile = `"; rm -rf ~"`
 
 // e2eOps is the embedded configuration plus the recipes the scenarios need.
-func e2eOps(t *testing.T) *opsconfig.Config {
+func e2eOps(t testing.TB) *opsconfig.Config {
 	t.Helper()
 	ops := opsconfig.Default()
 	// fail-one: every instance writes 80 log lines; the first to take a lock shared by the
@@ -107,13 +107,13 @@ func e2eOps(t *testing.T) *opsconfig.Config {
 
 type e2e struct {
 	*Stack
-	t     *testing.T
+	t     testing.TB
 	w     *watch.Watcher
 	mu    sync.Mutex
 	execs []string // every command run on any instance: "<id> <command>"
 }
 
-func startE2E(t *testing.T) *e2e {
+func startE2E(t testing.TB) *e2e {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
