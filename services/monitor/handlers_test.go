@@ -1,0 +1,365 @@
+package monitor
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+)
+
+// Fakes of the monitor's dependencies, for its handlers' decisions.
+
+type timer struct {
+	delay time.Duration
+	body  []byte
+	attrs map[string]string
+}
+
+type fakePub struct {
+	published []events.JobFinished
+	timers    []timer
+}
+
+func (f *fakePub) PublishBody(_ context.Context, e bus.Event, body []byte) error {
+	jf, err := events.DecodeJobFinished(body)
+	if err != nil {
+		return err
+	}
+	f.published = append(f.published, jf)
+	return nil
+}
+
+func (f *fakePub) After(_ context.Context, service string, delay time.Duration, body []byte, attrs map[string]string) error {
+	if service != bus.Monitor {
+		return errors.New("timer for " + service)
+	}
+	f.timers = append(f.timers, timer{delay, body, attrs})
+	return nil
+}
+
+type fakeEC2 struct {
+	states map[string]ec2types.InstanceStateName
+	stage  string
+	tags   []*ec2.CreateTagsInput
+}
+
+func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstancesInput, _ ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	var r ec2types.Reservation
+	for _, id := range in.InstanceIds {
+		st := f.states[id]
+		if st == "" {
+			st = ec2types.InstanceStateNameRunning
+		}
+		inst := ec2types.Instance{InstanceId: aws.String(id), State: &ec2types.InstanceState{Name: st}}
+		if f.stage != "" {
+			inst.Tags = []ec2types.Tag{{Key: aws.String(TagStage), Value: aws.String(f.stage)}}
+		}
+		r.Instances = append(r.Instances, inst)
+	}
+	return &ec2.DescribeInstancesOutput{Reservations: []ec2types.Reservation{r}}, nil
+}
+
+func (f *fakeEC2) CreateTags(_ context.Context, in *ec2.CreateTagsInput, _ ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error) {
+	f.tags = append(f.tags, in)
+	return &ec2.CreateTagsOutput{}, nil
+}
+
+type fakeStats struct {
+	sums map[string]float64
+	err  error
+}
+
+func (f *fakeStats) GetMetricStatistics(_ context.Context, in *cloudwatch.GetMetricStatisticsInput, _ ...func(*cloudwatch.Options)) (*cloudwatch.GetMetricStatisticsOutput, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &cloudwatch.GetMetricStatisticsOutput{Datapoints: []cwtypes.Datapoint{{Sum: aws.Float64(f.sums[aws.ToString(in.MetricName)])}}}, nil
+}
+
+type fakeSink struct {
+	mu      sync.Mutex
+	data    []metrics.Datum
+	flushes int
+}
+
+func (f *fakeSink) Add(d metrics.Datum) { f.mu.Lock(); f.data = append(f.data, d); f.mu.Unlock() }
+func (f *fakeSink) Flush(context.Context) error {
+	f.mu.Lock()
+	f.flushes++
+	f.mu.Unlock()
+	return nil
+}
+
+type fakeProber map[string]instanceCheck
+
+func (f fakeProber) probe(_ context.Context, t target, _ []recipe.Workload, _ bool) instanceCheck {
+	return f[t.ID]
+}
+
+var (
+	_ publisher             = (*fakePub)(nil)
+	_ ec2API                = (*fakeEC2)(nil)
+	_ metrics.StatisticsAPI = (*fakeStats)(nil)
+	_ metricsSink           = (*fakeSink)(nil)
+	_ prober                = fakeProber(nil)
+)
+
+var clock = time.Date(2025, 3, 14, 9, 35, 0, 0, time.UTC)
+
+type fakes struct {
+	m     *monitor
+	pub   *fakePub
+	ec2   *fakeEC2
+	stats *fakeStats
+	sink  *fakeSink
+}
+
+func newFakes(t *testing.T, probes fakeProber) fakes {
+	t.Helper()
+	ops, err := opsconfig.Load("testdata/ops.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fakes{pub: &fakePub{}, ec2: &fakeEC2{}, stats: &fakeStats{sums: map[string]float64{}}, sink: &fakeSink{}}
+	f.m = &monitor{
+		cfg:     Config{Interval: 30 * time.Second, Grace: time.Minute, Lease: 10 * time.Minute, MaxMisses: 3, Parallel: 4, Settle: 2 * time.Second}.WithDefaults(),
+		ops:     ops,
+		pub:     f.pub,
+		ec2:     f.ec2,
+		stats:   f.stats,
+		metrics: f.sink,
+		prober:  probes,
+		now:     func() time.Time { return clock },
+	}
+	return f
+}
+
+func fleetEvent() events.FleetBootstrapped {
+	e := bootstrapped(okInstance("i-0000000000000000a", "127.0.0.1:2201"), okInstance("i-0000000000000000b", "127.0.0.1:2202"))
+	e.DeadlineAt = clock.Add(5 * time.Minute)
+	return e
+}
+
+func body(t *testing.T, e events.Event) []byte {
+	t.Helper()
+	b, err := events.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestCheckStillRunning(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, fakeProber{
+		"i-0000000000000000a": {ID: "i-0000000000000000a", Steps: steps(running(), exited(0), exited(0))},
+		"i-0000000000000000b": {ID: "i-0000000000000000b", Err: errors.New("connection refused")},
+	})
+	e := fleetEvent()
+	b := body(t, e)
+	if err := f.m.check(context.Background(), e, b, map[string]int{"i-0000000000000000b": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.published) != 0 || len(f.pub.timers) != 1 {
+		t.Fatalf("published %d, timers %d: want the next check only", len(f.pub.published), len(f.pub.timers))
+	}
+	next := f.pub.timers[0]
+	if next.delay != 30*time.Second || string(next.body) != string(b) || next.attrs[AttrTimer] != TimerCheck ||
+		next.attrs[AttrMisses] != "i-0000000000000000b=2" {
+		t.Errorf("next check %v %+v, want 30s, the same body, misses b=2", next.delay, next.attrs)
+	}
+	if len(f.ec2.tags) != 1 {
+		t.Fatalf("%d CreateTags, want the lease refresh", len(f.ec2.tags))
+	}
+	tag := f.ec2.tags[0]
+	if len(tag.Resources) != 2 || aws.ToString(tag.Tags[0].Key) != TagLeaseExpires || aws.ToString(tag.Tags[0].Value) != "2025-03-14T09:45:00Z" {
+		t.Errorf("lease refresh %v %s=%s, want both instances until now + 10m", tag.Resources, aws.ToString(tag.Tags[0].Key), aws.ToString(tag.Tags[0].Value))
+	}
+	if len(f.sink.data) != 1 || f.sink.data[0].Name != metrics.FleetInstancesAlive || f.sink.data[0].Value != 1 {
+		t.Errorf("metrics %+v, want FleetInstancesAlive 1", f.sink.data)
+	}
+}
+
+func TestCheckVerdictSettles(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, fakeProber{
+		"i-0000000000000000a": {ID: "i-0000000000000000a", Steps: steps(exited(0))},
+		"i-0000000000000000b": {ID: "i-0000000000000000b", Steps: steps(exited(2))},
+	})
+	e := fleetEvent()
+	if err := f.m.check(context.Background(), e, body(t, e), nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.published) != 0 || len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerSettle || f.pub.timers[0].delay != 2*time.Second {
+		t.Fatalf("published %d, timers %+v: want one settle timer", len(f.pub.published), f.pub.timers)
+	}
+	if len(f.ec2.tags) != 0 {
+		t.Errorf("leases refreshed for a finished job")
+	}
+	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != "i-0000000000000000b" || jf.LogTail[0] != "tail of s0" {
+		t.Errorf("settled verdict %+v", jf)
+	}
+
+	// The settle timer: totals read after a flush, then JobFinished and the finished stage.
+	f.stats.sums[metrics.TasksSucceeded], f.stats.sums[metrics.TasksFailed] = 40, 2
+	msg := &bus.Message{Payload: f.pub.timers[0].body, Attributes: map[string]string{AttrTimer: TimerSettle}, ReceiveCount: 1}
+	if err := f.m.handleTimer(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if f.sink.flushes != 1 || len(f.pub.published) != 1 {
+		t.Fatalf("flushes %d, published %d", f.sink.flushes, len(f.pub.published))
+	}
+	got := f.pub.published[0]
+	if got.TasksSucceeded != 40 || got.TasksFailed != 2 || got.Outcome != events.OutcomeFailed || !got.Time.Equal(clock) {
+		t.Errorf("JobFinished %+v", got)
+	}
+	last := f.ec2.tags[len(f.ec2.tags)-1]
+	if aws.ToString(last.Tags[0].Key) != TagStage || aws.ToString(last.Tags[0].Value) != StageFinished || len(last.Resources) != 2 {
+		t.Errorf("last tags %+v, want stage finished on both", last)
+	}
+}
+
+func TestCheckTerminatedInstance(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil) // no SSH: the probe must not run
+	f.ec2.states = map[string]ec2types.InstanceStateName{"i-0000000000000000b": ec2types.InstanceStateNameTerminated}
+	e := fleetEvent()
+	if err := f.m.check(context.Background(), e, body(t, e), nil); err != nil {
+		t.Fatal(err)
+	}
+	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != "i-0000000000000000b" || !strings.Contains(jf.Reason, "is terminated") {
+		t.Errorf("verdict %+v", jf)
+	}
+}
+
+func TestCheckStopsWhenFinished(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	f.ec2.stage = StageFinished
+	e := fleetEvent()
+	if err := f.m.check(context.Background(), e, body(t, e), nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.timers)+len(f.pub.published)+len(f.ec2.tags) != 0 {
+		t.Errorf("a finished job was checked on: %+v %+v", f.pub, f.ec2.tags)
+	}
+}
+
+func TestFinishWhenTotalsAreUnreadable(t *testing.T) {
+	t.Parallel()
+	e := fleetEvent()
+	jf := jobFinished(e, verdict{Done: true, Outcome: events.OutcomeSucceeded}, clock)
+	for _, tc := range []struct {
+		receiveCount int
+		wantErr      bool
+	}{{1, true}, {bus.MaxReceiveCount - 1, false}} {
+		f := newFakes(t, nil)
+		f.stats.err = &smithy.GenericAPIError{Code: "ServiceUnavailable"}
+		err := f.m.finish(context.Background(), jf, tc.receiveCount)
+		if (err != nil) != tc.wantErr {
+			t.Errorf("delivery %d: finish = %v, want error %v", tc.receiveCount, err, tc.wantErr)
+		}
+		if published := len(f.pub.published) == 1; published == tc.wantErr {
+			t.Errorf("delivery %d: published %d JobFinished", tc.receiveCount, len(f.pub.published))
+		}
+	}
+}
+
+func TestFinishOnce(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	f.ec2.stage = StageFinished
+	jf := jobFinished(fleetEvent(), verdict{Done: true, Outcome: events.OutcomeSucceeded}, clock)
+	if err := f.m.finish(context.Background(), jf, 1); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.published) != 0 {
+		t.Error("JobFinished published again for a finished job")
+	}
+}
+
+func TestHandleBootstrapped(t *testing.T) {
+	t.Parallel()
+	t.Run("arms the first check", func(t *testing.T) {
+		f := newFakes(t, nil)
+		b := body(t, fleetEvent())
+		if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: b}); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.pub.timers) != 1 || string(f.pub.timers[0].body) != string(b) || f.pub.timers[0].attrs[AttrTimer] != TimerCheck {
+			t.Errorf("timers %+v", f.pub.timers)
+		}
+	})
+	t.Run("unknown recipe finishes the job", func(t *testing.T) {
+		f := newFakes(t, nil)
+		e := fleetEvent()
+		e.Recipe = "gone"
+		if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: body(t, e), ReceiveCount: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.pub.published) != 1 || f.pub.published[0].Outcome != events.OutcomeFailed ||
+			!strings.Contains(f.pub.published[0].Reason, `unknown recipe "gone"`) || len(f.pub.published[0].Instances) != 2 {
+			t.Errorf("published %+v", f.pub.published)
+		}
+	})
+	t.Run("invalid event is permanent", func(t *testing.T) {
+		f := newFakes(t, nil)
+		err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: []byte(`{"schema_version":1}`)})
+		if !bus.IsPermanent(err) {
+			t.Errorf("error %v is not permanent", err)
+		}
+	})
+}
+
+func TestHandleTaskReported(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	tr := events.TaskReported{Header: events.NewHeader("job-1", "c", clock), FleetID: "job-1", InstanceID: "i-0000000000000000a",
+		TaskID: "a.txt", Outcome: events.OutcomeFailed, DurationMS: 12, Detail: "boom"}
+	if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: body(t, tr)}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.sink.data) != 2 || f.sink.data[0].Name != metrics.TasksFailed || !f.sink.data[0].Counter ||
+		f.sink.data[1].Name != metrics.TaskDuration || f.sink.data[1].Value != 12 {
+		t.Errorf("metrics %+v", f.sink.data)
+	}
+	if f.sink.data[0].Dimensions[metrics.DimJobID] != "job-1" || f.sink.data[0].Dimensions[metrics.DimTask] != metrics.DefaultTask {
+		t.Errorf("dimensions %v", f.sink.data[0].Dimensions)
+	}
+	err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: []byte(`{"outcome":"maybe"}`)})
+	if !bus.IsPermanent(err) || len(f.sink.data) != 2 {
+		t.Errorf("invalid report: error %v (permanent %v), %d metrics", err, bus.IsPermanent(err), len(f.sink.data))
+	}
+}
+
+func TestUnknownTimer(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	err := f.m.handleTimer(context.Background(), &bus.Message{Payload: []byte(`{}`), Attributes: map[string]string{AttrTimer: "nap"}})
+	if !bus.IsPermanent(err) || !strings.Contains(err.Error(), `"nap"`) {
+		t.Errorf("unknown timer: %v", err)
+	}
+}

@@ -1,0 +1,409 @@
+// Package monitor is the monitor stage: it watches a bootstrapped fleet's workloads over SSH on a timer, turns TaskReported into CloudWatch metrics, refreshes leases and decides JobFinished.
+package monitor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/sshkey"
+)
+
+// Timer attributes. A check timer's body is the fleet's FleetBootstrapped; a settle
+// timer's body is the JobFinished waiting for its task totals.
+const (
+	AttrTimer   = "sortie_timer"  // the timer's kind: TimerCheck or TimerSettle
+	AttrMisses  = "sortie_misses" // consecutive SSH misses per instance: "i-0abc=2,i-0def=1"
+	TimerCheck  = "check"
+	TimerSettle = "settle"
+)
+
+// Instance tags the monitor reads and writes.
+const (
+	TagLeaseExpires = "sortie:lease-expires"
+	TagStage        = "sortie:stage"
+	StageFinished   = "finished" // set once JobFinished is published
+)
+
+// Run consumes FleetBootstrapped, TaskReported and the monitor's timers until ctx is
+// cancelled, then flushes the metrics it holds.
+func Run(ctx context.Context, cfg Config, deps service.Deps) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	deps = deps.WithDefaults()
+	if deps.Ops == nil || deps.Publisher == nil {
+		return errors.New("monitor: deps need an ops config and a publisher")
+	}
+	signer, err := sshkey.Load(ctx, s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)), cfg.SSHKey)
+	if err != nil {
+		return fmt.Errorf("monitor: %w", err)
+	}
+	cw := metrics.NewClient(deps.AWS)
+	batcher, err := metrics.NewBatcher(metrics.Config{API: cw, FlushInterval: cfg.MetricsFlush, Logger: deps.Logger})
+	if err != nil {
+		return fmt.Errorf("monitor: %w", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := batcher.Close(ctx); err != nil {
+			deps.Logger.Error("flushing metrics at shutdown", "error", err.Error())
+		}
+	}()
+	router, err := bus.NewRouter(bus.Config{
+		Topology: cfg.Topology(),
+		Service:  bus.Monitor,
+		AWS:      deps.AWS,
+		Logger:   deps.Logger,
+		WaitTime: cfg.PollWait,
+	})
+	if err != nil {
+		return fmt.Errorf("monitor: %w", err)
+	}
+	m := &monitor{
+		cfg:     cfg,
+		ops:     deps.Ops,
+		pub:     deps.Publisher,
+		ec2:     ec2.NewFromConfig(deps.AWS),
+		stats:   cw,
+		metrics: batcher,
+		prober:  sshProber{signer: signer, timeout: cfg.SSHTimeout},
+		now:     deps.Now,
+	}
+	router.Handle(bus.FleetBootstrapped, m.handleBootstrapped)
+	router.Handle(bus.TaskReported, m.handleTaskReported)
+	router.HandleTimers(m.handleTimer)
+	return router.Run(ctx)
+}
+
+// The calls the monitor makes, with the SDK's signatures.
+type (
+	publisher interface {
+		PublishBody(ctx context.Context, e bus.Event, body []byte) error
+		After(ctx context.Context, service string, delay time.Duration, body []byte, attrs map[string]string) error
+	}
+	ec2API interface {
+		DescribeInstances(ctx context.Context, params *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+		CreateTags(ctx context.Context, params *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+	}
+	metricsSink interface {
+		Add(d metrics.Datum)
+		Flush(ctx context.Context) error
+	}
+)
+
+var (
+	_ publisher   = (*bus.Publisher)(nil)
+	_ ec2API      = (*ec2.Client)(nil)
+	_ metricsSink = (*metrics.Batcher)(nil)
+)
+
+type monitor struct {
+	cfg     Config
+	ops     *opsconfig.Config
+	pub     publisher
+	ec2     ec2API
+	stats   metrics.StatisticsAPI
+	metrics metricsSink
+	prober  prober
+	now     func() time.Time
+}
+
+// handleTaskReported turns a task's report into metrics. Sending them is batched.
+func (m *monitor) handleTaskReported(ctx context.Context, msg *bus.Message) error {
+	e, err := events.DecodeTaskReported(msg.Payload)
+	if err != nil {
+		return err // wraps events.ErrInvalid: dead-lettered with the reason
+	}
+	for _, d := range metrics.TaskData(e) {
+		m.metrics.Add(d)
+	}
+	return nil
+}
+
+// handleBootstrapped fails the job at once when the recipe failed on any instance, and
+// otherwise arms the fleet's first check.
+func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) error {
+	e, err := events.DecodeFleetBootstrapped(msg.Payload)
+	if err != nil {
+		return err
+	}
+	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
+	if v, failed := bootstrapVerdict(e); failed {
+		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
+		return m.finish(ctx, jobFinished(e, v, m.now()), msg.ReceiveCount)
+	}
+	if _, err := m.workloadsOf(e); err != nil {
+		// The instances exist: finish the job so that the reaper archives and terminates
+		// them, rather than dead-lettering the event and leaving them to their lease.
+		v := verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + err.Error()}
+		log.Error("cannot watch fleet: finishing the job", "error", err.Error())
+		return m.finish(ctx, jobFinished(e, v, m.now()), msg.ReceiveCount)
+	}
+	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
+		return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
+	}
+	log.Info("watching fleet", "instances", len(e.Instances), "deadline", e.DeadlineAt, "interval", m.cfg.Interval)
+	return nil
+}
+
+func (m *monitor) workloadsOf(e events.FleetBootstrapped) ([]recipe.Workload, error) {
+	r, err := m.ops.Recipe(e.Recipe)
+	if err != nil {
+		return nil, err
+	}
+	return workloads(r)
+}
+
+// handleTimer runs a check or a settled finish.
+func (m *monitor) handleTimer(ctx context.Context, msg *bus.Message) error {
+	switch kind := msg.Attributes[AttrTimer]; kind {
+	case TimerCheck:
+		e, err := events.DecodeFleetBootstrapped(msg.Payload)
+		if err != nil {
+			return err
+		}
+		misses, err := decodeMisses(msg.Attributes[AttrMisses])
+		if err != nil {
+			return bus.Permanent(err)
+		}
+		return m.check(ctx, e, msg.Payload, misses)
+	case TimerSettle:
+		jf, err := events.DecodeJobFinished(msg.Payload)
+		if err != nil {
+			return err
+		}
+		return m.finish(ctx, jf, msg.ReceiveCount)
+	default:
+		return bus.Permanent(fmt.Errorf("unknown monitor timer %s=%q", AttrTimer, kind))
+	}
+}
+
+// check looks at every instance of a fleet once, then settles the job's verdict or arms
+// the next check.
+func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []byte, misses map[string]int) error {
+	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
+	now := m.now()
+	ids := instanceIDs(e)
+	states, err := m.describe(ctx, ids)
+	if err != nil && !awsx.IsNotFound(err) {
+		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
+	}
+	var v verdict
+	switch gone := goneInstance(states, ids); {
+	case err != nil:
+		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: fmt.Sprintf("instances of fleet %s not found: %v", e.FleetID, err)}
+	case finished(states):
+		log.Info("job already finished: stopping the checks")
+		return nil
+	case gone != "":
+		v = verdict{Done: true, Outcome: events.OutcomeFailed, FailingInstance: gone,
+			Reason: fmt.Sprintf("instance %s is %s before its workloads finished", gone, states[gone].state)}
+	default:
+		wl, err := m.workloadsOf(e)
+		if err != nil {
+			v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + err.Error()}
+			break
+		}
+		pastDeadline := now.After(e.DeadlineAt.Add(m.cfg.Grace))
+		checks := probeAll(ctx, m.prober, m.targets(e), wl, pastDeadline, m.cfg.Parallel)
+		for _, c := range checks {
+			if c.Err != nil {
+				log.Warn("instance unreachable", "instance_id", c.ID, "misses", misses[c.ID]+1, "max_misses", m.cfg.MaxMisses, "error", c.Err.Error())
+			}
+		}
+		v, misses = decide(checks, checkState{Misses: misses, MaxMisses: m.cfg.MaxMisses, Deadline: e.DeadlineAt, Grace: m.cfg.Grace, PastDeadline: pastDeadline})
+		m.metrics.Add(metrics.FleetAlive(e.JobID, e.FleetID, v.Alive))
+	}
+
+	if v.Done {
+		jf := jobFinished(e, v, now)
+		settled, err := encodeFinished(jf)
+		if err != nil {
+			return fmt.Errorf("settling fleet %s: %w", e.FleetID, err)
+		}
+		if err := m.pub.After(ctx, bus.Monitor, m.cfg.Settle, settled, map[string]string{AttrTimer: TimerSettle}); err != nil {
+			return fmt.Errorf("settling fleet %s: %w", e.FleetID, err)
+		}
+		log.Info("verdict reached: waiting for the last task reports", "outcome", v.Outcome, "reason", v.Reason, "settle", m.cfg.Settle)
+		return nil
+	}
+
+	expires := now.Add(m.cfg.Lease).UTC().Format(time.RFC3339)
+	if err := m.tag(ctx, ids, TagLeaseExpires, expires); err != nil {
+		log.Warn("refreshing leases; retrying at the next check", "error", err.Error())
+	}
+	attrs := map[string]string{AttrTimer: TimerCheck, AttrMisses: encodeMisses(misses)}
+	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, body, attrs); err != nil {
+		return fmt.Errorf("arming the next check of fleet %s: %w", e.FleetID, err)
+	}
+	log.Debug("fleet checked", "alive", v.Alive, "lease_expires", expires)
+	return nil
+}
+
+func (m *monitor) targets(e events.FleetBootstrapped) []target {
+	user := opsconfig.DefaultUser
+	if e.Template != "" {
+		if t, err := m.ops.Template(e.Template); err == nil && t.User != "" {
+			user = t.User
+		}
+	}
+	// Validate checked the host key's format.
+	hostKey, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(e.HostKey))
+	out := make([]target, len(e.Instances))
+	for i, in := range e.Instances {
+		out[i] = target{ID: in.ID, Endpoint: in.SSHEndpoint, User: user, HostKey: hostKey}
+	}
+	return out
+}
+
+// finish reads the job's task totals (after flushing this replica's metrics) and
+// publishes JobFinished, once: a job whose instances are already tagged finished is left
+// alone. When CloudWatch stays unreadable until the message's last delivery, JobFinished
+// goes out with zero totals rather than never, so that the fleet is still reaped.
+func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCount int) error {
+	log := bus.Logger(ctx).With("fleet_id", jf.FleetID)
+	ids := make([]string, len(jf.Instances))
+	for i, in := range jf.Instances {
+		ids[i] = in.ID
+	}
+	if len(ids) > 0 {
+		states, err := m.describe(ctx, ids)
+		if err != nil && !awsx.IsNotFound(err) {
+			return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+		}
+		if finished(states) {
+			log.Info("job already finished: not publishing JobFinished again")
+			return nil
+		}
+	}
+	lastTry := receiveCount >= bus.MaxReceiveCount-1
+	if err := m.metrics.Flush(ctx); err != nil {
+		log.Warn("flushing metrics before reading the totals", "error", err.Error())
+	}
+	now := m.now()
+	start := now.Add(-(events.MaxDeadline + m.cfg.Grace + m.cfg.Interval + m.cfg.Settle + time.Hour))
+	totals, err := metrics.JobTotals(ctx, m.stats, jf.JobID, start, now.Add(time.Minute))
+	if err != nil {
+		if !lastTry {
+			return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+		}
+		log.Error("task totals unreadable; publishing JobFinished without them", "error", err.Error())
+	}
+	jf.TasksSucceeded = min(totals.Succeeded, events.MaxItems)
+	jf.TasksFailed = min(totals.Failed, events.MaxItems)
+	jf.Header.Time = now.UTC()
+	body, err := encodeFinished(jf)
+	if err != nil {
+		return bus.Permanent(fmt.Errorf("finishing job %s: %w", jf.JobID, err))
+	}
+	if err := m.pub.PublishBody(ctx, jf, body); err != nil {
+		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+	}
+	log.Info("job finished", "outcome", jf.Outcome, "reason", jf.Reason, "failing_instance", jf.FailingInstance,
+		"tasks_succeeded", jf.TasksSucceeded, "tasks_failed", jf.TasksFailed)
+	if err := m.tag(ctx, ids, TagStage, StageFinished); err != nil {
+		log.Warn("tagging instances finished", "error", err.Error())
+	}
+	return nil
+}
+
+// instanceState is what EC2 says of one instance.
+type instanceState struct {
+	state ec2types.InstanceStateName
+	stage string
+}
+
+// describe returns the state and stage tag of the instances EC2 knows.
+func (m *monitor) describe(ctx context.Context, ids []string) (map[string]instanceState, error) {
+	out := map[string]instanceState{}
+	p := ec2.NewDescribeInstancesPaginator(m.ec2, &ec2.DescribeInstancesInput{InstanceIds: ids})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return out, fmt.Errorf("describing instances: %w", err)
+		}
+		for _, r := range page.Reservations {
+			for _, in := range r.Instances {
+				st := instanceState{}
+				if in.State != nil {
+					st.state = in.State.Name
+				}
+				for _, t := range in.Tags {
+					if aws.ToString(t.Key) == TagStage {
+						st.stage = aws.ToString(t.Value)
+					}
+				}
+				out[aws.ToString(in.InstanceId)] = st
+			}
+		}
+	}
+	return out, nil
+}
+
+// finished reports whether any instance carries the finished stage: JobFinished is out.
+func finished(states map[string]instanceState) bool {
+	for _, s := range states {
+		if s.stage == StageFinished {
+			return true
+		}
+	}
+	return false
+}
+
+// goneInstance returns the first instance (in fleet order) that is shutting down,
+// stopped or terminated, or missing from EC2's answer.
+func goneInstance(states map[string]instanceState, ids []string) string {
+	for _, id := range ids {
+		s, ok := states[id]
+		if !ok {
+			continue
+		}
+		switch s.state {
+		case ec2types.InstanceStateNameShuttingDown, ec2types.InstanceStateNameTerminated,
+			ec2types.InstanceStateNameStopping, ec2types.InstanceStateNameStopped:
+			return id
+		}
+	}
+	return ""
+}
+
+// maxTagResources is how many resources one CreateTags call takes.
+const maxTagResources = 1000
+
+func (m *monitor) tag(ctx context.Context, ids []string, key, value string) error {
+	for i := 0; i < len(ids); i += maxTagResources {
+		_, err := m.ec2.CreateTags(ctx, &ec2.CreateTagsInput{
+			Resources: ids[i:min(i+maxTagResources, len(ids))],
+			Tags:      []ec2types.Tag{{Key: aws.String(key), Value: aws.String(value)}},
+		})
+		if err != nil {
+			return fmt.Errorf("tagging %s=%s: %w", key, value, err)
+		}
+	}
+	return nil
+}
+
+func instanceIDs(e events.FleetBootstrapped) []string {
+	ids := make([]string, len(e.Instances))
+	for i, in := range e.Instances {
+		ids[i] = in.ID
+	}
+	return ids
+}

@@ -1,0 +1,148 @@
+package monitor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/remote"
+)
+
+// workloads returns a recipe's start steps with their log paths. FleetBootstrapped does
+// not carry the job's parameters, so a log path that references one cannot be known here:
+// its Log is left empty and only the workload's stderr is tailed.
+func workloads(r opsconfig.Recipe) ([]recipe.Workload, error) {
+	var out []recipe.Workload
+	for _, s := range r.Steps {
+		if s.Kind() != opsconfig.KindStart {
+			continue
+		}
+		log := s.Start.Log
+		refs, err := opsconfig.Refs(log)
+		if err != nil {
+			return nil, fmt.Errorf("step %s: log path: %w", s.Name, err)
+		}
+		if len(refs) > 0 {
+			log = ""
+		}
+		// A stand-in step with the same name and log path and no parameters renders the
+		// paths exactly as the bootstrapper's rendering did.
+		stub := opsconfig.Recipe{Steps: []opsconfig.Step{{Name: s.Name, Start: &opsconfig.Start{Argv: []string{"true"}, Log: log}}}}
+		w, err := recipe.Workloads(stub, nil)
+		if err != nil {
+			return nil, fmt.Errorf("step %s: %w", s.Name, err)
+		}
+		if len(refs) > 0 {
+			w[0].Log = ""
+		}
+		out = append(out, w[0])
+	}
+	return out, nil
+}
+
+// target is one instance to check and how to log in.
+type target struct {
+	ID, Endpoint, User string
+	HostKey            ssh.PublicKey
+}
+
+// prober checks one instance's workloads. tailLive asks for the tails of live workloads
+// too (the job is past its deadline).
+type prober interface {
+	probe(ctx context.Context, t target, wl []recipe.Workload, tailLive bool) instanceCheck
+}
+
+// sshProber checks instances over SSH with the pinned host key.
+type sshProber struct {
+	signer  ssh.Signer
+	timeout time.Duration // per instance: connect, status and tail commands
+}
+
+var _ prober = sshProber{}
+
+func (p sshProber) probe(ctx context.Context, t target, wl []recipe.Workload, tailLive bool) instanceCheck {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	c := instanceCheck{ID: t.ID}
+	conn, err := remote.Dial(ctx, remote.DialConfig{
+		Addr:           t.Endpoint,
+		User:           t.User,
+		Signer:         p.signer,
+		HostKey:        t.HostKey,
+		ConnectTimeout: min(p.timeout, 5*time.Second),
+	})
+	if err != nil {
+		c.Err = err
+		return c
+	}
+	defer conn.Close()
+	for _, w := range wl {
+		res, err := conn.Run(ctx, recipe.StatusCommand(w.Step), nil)
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("status of %s exited %d: %s", w.Step, res.ExitCode, strings.Join(remote.Tail(res.Stderr, 3), " / "))
+		}
+		var st recipe.Status
+		if err == nil {
+			st, err = recipe.ParseStatus(string(res.Stdout))
+		}
+		if err != nil {
+			c.Err, c.Steps = fmt.Errorf("checking %s on %s: %w", w.Step, t.ID, err), nil
+			return c
+		}
+		s := stepCheck{Step: w.Step, Status: st}
+		if s.failed() || (tailLive && s.live()) {
+			s.Tail = tail(ctx, conn, w)
+		}
+		c.Steps = append(c.Steps, s)
+	}
+	return c
+}
+
+// tail returns the last lines of the workload's log, or of its stderr when the log is
+// empty or unknown. A tail that cannot be read is reported as such, in one line.
+func tail(ctx context.Context, conn *remote.Client, w recipe.Workload) []string {
+	var problems []string
+	for _, p := range []string{w.Log, w.Stderr} {
+		if p == "" {
+			continue
+		}
+		res, err := conn.Run(ctx, recipe.TailCommand(p, events.MaxTailLines), nil)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("reading %s: %v", p, err))
+			continue
+		}
+		if lines := remote.Tail(res.Stdout, events.MaxTailLines); len(lines) > 0 {
+			return lines
+		}
+		if res.ExitCode != 0 {
+			problems = append(problems, fmt.Sprintf("reading %s: %s", p, strings.Join(remote.Tail(res.Stderr, 1), "")))
+		}
+	}
+	if len(problems) > 0 {
+		return []string{"sortie monitor: no output: " + strings.Join(problems, "; ")}
+	}
+	return nil
+}
+
+// probeAll checks every instance, at most parallel at once, and returns the checks in
+// the order of targets.
+func probeAll(ctx context.Context, p prober, targets []target, wl []recipe.Workload, tailLive bool, parallel int) []instanceCheck {
+	out := make([]instanceCheck, len(targets))
+	var g errgroup.Group
+	g.SetLimit(parallel)
+	for i, t := range targets {
+		g.Go(func() error {
+			out[i] = p.probe(ctx, t, wl, tailLive)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return out
+}
