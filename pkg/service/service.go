@@ -45,6 +45,9 @@ func (b Base) Validate() error {
 	return errors.Join(errs...)
 }
 
+// base lets Serve reach the Base every stage's Config embeds.
+func (b Base) base() Base { return b }
+
 // Topology is the stack's resource naming.
 func (b Base) Topology() bus.Topology { return bus.Topology{Prefix: b.Prefix} }
 
@@ -128,4 +131,26 @@ func Main(name string, run func(ctx context.Context, awsCfg aws.Config, logger *
 		stop()
 		os.Exit(1)
 	}
+}
+
+// Config is what Serve needs of a stage's configuration: the embedded Base.
+type Config interface{ base() Base }
+
+// Serve is the whole main() of a stage's binary: Main, then the stage's configuration from
+// the environment (every problem reported at once), its dependencies, and run.
+//
+//	func main() { service.Serve("planner", planner.ConfigFromEnv, planner.Run) }
+func Serve[C Config](name string, fromEnv func() (C, error), run func(context.Context, C, Deps) error) {
+	Main(name, func(ctx context.Context, awsCfg aws.Config, logger *slog.Logger) error {
+		cfg, err := fromEnv()
+		if err != nil {
+			return err
+		}
+		deps, err := NewDeps(awsCfg, cfg.base(), logger)
+		if err != nil {
+			return err
+		}
+		defer deps.Publisher.Close()
+		return run(ctx, cfg, deps)
+	})
 }
