@@ -467,6 +467,9 @@ func TestConfigValidate(t *testing.T) {
 			c.Retry = bus.RetryPolicy{MaxRetries: 2, Multiplier: 0.5, MaxInterval: -1}
 		}, []string{"initial interval", "multiplier 0.5", "max interval"}},
 		{"negativeRetries", func(c *bus.Config) { c.Retry = bus.RetryPolicy{MaxRetries: -1} }, []string{"max retries -1"}},
+		{"maxHandleTooShort", func(c *bus.Config) { c.MaxHandle = 500 * time.Millisecond }, []string{"max handle 500ms"}},
+		{"maxHandleTooLong", func(c *bus.Config) { c.MaxHandle = 13 * time.Hour }, []string{"max handle 13h0m0s", "12h"}},
+		{"maxHandleNegative", func(c *bus.Config) { c.MaxHandle = -time.Minute }, []string{"max handle -1m0s"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

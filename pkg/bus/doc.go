@@ -27,6 +27,16 @@
 // recovery. A message still failing after the retries is left to SQS, which redelivers
 // it and, after MaxReceiveCount deliveries, dead-letters it.
 //
+// While a message is being handled, from its receipt until it is acknowledged or
+// nacked, a heartbeat keeps it hidden from the other replicas: every third of the
+// queue's VisibilityTimeout (read from the queue at start-up) it resets the message's
+// visibility timeout with ChangeMessageVisibility, so handlers may outlast the timeout
+// without SQS delivering the message again. The heartbeat stops on ack (the message is
+// then deleted), on nack (SQS redelivers the message once what is left of its visibility
+// timeout has passed) and on a shutdown's hard stop, and after Config.MaxHandle (15 min)
+// since the receipt: a stuck handler is logged with its job and correlation ids and
+// its message is delivered again.
+//
 // Nothing here creates a topic or queue: `sortie infra up` (pkg/infra) or the IaC in
 // deployments/ does. A missing one is reported as a *MissingError naming it.
 package bus

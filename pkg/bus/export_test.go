@@ -12,3 +12,6 @@ func SetMaxTimerDelay(p *Publisher, r *Router, d time.Duration) {
 		r.timers.maxDelay = d
 	}
 }
+
+// Heartbeats returns how many messages r's heartbeats are keeping hidden right now.
+func Heartbeats(r *Router) int64 { return r.heartbeats.Load() }

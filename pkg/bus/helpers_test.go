@@ -334,3 +334,69 @@ func (c *calls) get(i int) (*bus.Message, time.Time) {
 	defer c.mu.Unlock()
 	return c.msgs[i], c.at[i]
 }
+
+// received is a message another consumer received, and when.
+type received struct {
+	msg sqstypes.Message
+	at  time.Time
+}
+
+// queueWatcher receives from a queue as another replica would, never deleting.
+type queueWatcher struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu  sync.Mutex
+	got []received
+}
+
+// watchQueue receives from queue every 100 ms with short polls (kumo's long polls do not
+// wake when an in-flight message becomes visible again) until the watcher is stopped.
+func (e *env) watchQueue(queue string) *queueWatcher {
+	e.t.Helper()
+	url := e.queueURL(queue)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &queueWatcher{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for ctx.Err() == nil {
+			out, err := e.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+				QueueUrl:                    aws.String(url),
+				MaxNumberOfMessages:         10,
+				WaitTimeSeconds:             0,
+				MessageAttributeNames:       []string{"All"},
+				MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameAll},
+			})
+			if err != nil && ctx.Err() == nil {
+				e.t.Errorf("watching %s: %v", queue, err)
+				return
+			}
+			if err == nil {
+				w.mu.Lock()
+				for _, m := range out.Messages {
+					w.got = append(w.got, received{msg: m, at: time.Now()})
+				}
+				w.mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	e.t.Cleanup(w.stop)
+	return w
+}
+
+// received returns what the watcher has received so far.
+func (w *queueWatcher) received() []received {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]received(nil), w.got...)
+}
+
+// stop stops polling and waits for the last poll to end; it may be called more than once.
+func (w *queueWatcher) stop() {
+	w.cancel()
+	<-w.done
+}

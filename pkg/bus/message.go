@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 )
 
 // Message attributes (SNS/SQS message attributes, watermill metadata) that Sortie sets.
@@ -44,10 +45,11 @@ type Message struct {
 // left for SQS to redeliver (and, after MaxReceiveCount deliveries, to dead-letter).
 //
 // ctx carries the job and correlation ids and a logger with both (Logger(ctx)); it is
-// cancelled only when a shutdown outlasts the router's CloseTimeout. A handler, retries
-// included, should finish within the queue's visibility timeout (60 s): after that SQS
-// lets another replica receive the message too. Handlers are idempotent anyway, since SQS
-// delivers at least once.
+// cancelled only when a shutdown outlasts the router's CloseTimeout. While the handler
+// runs, retries included, the router keeps the message hidden from other replicas by
+// extending its visibility timeout, for up to Config.MaxHandle (15 min) after it was
+// received; a handler still running then is warned about in the log and SQS delivers the
+// message again. Handlers are idempotent anyway, since SQS delivers at least once.
 type HandlerFunc func(ctx context.Context, m *Message) error
 
 type ctxKey int
@@ -97,6 +99,9 @@ func Logger(ctx context.Context) *slog.Logger {
 type delivery struct {
 	queue        string
 	receiveCount int
+	// logger is what the subscriber logs the message's heartbeat and deletion with; the
+	// router stores the message's own logger (with its ids) there.
+	logger *atomic.Pointer[slog.Logger]
 }
 
 func deliveryFrom(ctx context.Context) delivery {

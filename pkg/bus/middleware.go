@@ -79,6 +79,9 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 			logger := r.cfg.Logger.With(attrs...)
 			ctx := WithLogger(WithIDs(msg.Context(), jobID, correlationID), logger)
 			msg.SetContext(ctx)
+			if d.logger != nil {
+				d.logger.Store(logger) // the heartbeat's lines carry the ids too
+			}
 
 			logger.Debug("handling message")
 			out, err := h(msg)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"regexp"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -18,8 +19,8 @@ import (
 
 // RetryPolicy is the in-process retry of a handler's transient errors: up to MaxRetries
 // more attempts, waiting InitialInterval, then multiplying the wait by Multiplier up to
-// MaxInterval. Keep the total well under the queues' visibility timeout (60 s), or
-// another replica receives the message while it is still being retried.
+// MaxInterval. The message stays hidden from other replicas while it is retried, but
+// only for up to Config.MaxHandle in all.
 type RetryPolicy struct {
 	MaxRetries      int
 	InitialInterval time.Duration
@@ -35,6 +36,7 @@ const (
 	DefaultConcurrency  = 4
 	DefaultCloseTimeout = 30 * time.Second
 	DefaultWaitTime     = 20 * time.Second
+	DefaultMaxHandle    = 15 * time.Minute
 )
 
 var serviceRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
@@ -55,6 +57,14 @@ type Config struct {
 	Retry        RetryPolicy
 	// WaitTime is the SQS long-poll duration, 1-20 s (whole seconds).
 	WaitTime time.Duration
+	// MaxHandle bounds how long a message is kept hidden while it is handled, counted
+	// from its receipt, 1s-12h: every VisibilityTimeout/3 (the queue's, read at start-up)
+	// the router sets the message's visibility timeout to the queue's again, until the
+	// handler returns or MaxHandle has passed (the last extension is cut to end about
+	// then; a MaxHandle shorter than the queue's VisibilityTimeout does not shorten that).
+	// After that it logs a warning and SQS delivers the message again, so a stuck handler
+	// cannot hold it forever.
+	MaxHandle time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -72,6 +82,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.WaitTime == 0 {
 		c.WaitTime = DefaultWaitTime
+	}
+	if c.MaxHandle == 0 {
+		c.MaxHandle = DefaultMaxHandle
 	}
 	return c
 }
@@ -92,6 +105,9 @@ func (c Config) Validate() error {
 	}
 	if c.WaitTime < time.Second || c.WaitTime > 20*time.Second || c.WaitTime%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("wait time %s: want whole seconds, 1s-20s", c.WaitTime))
+	}
+	if c.MaxHandle < time.Second || c.MaxHandle > maxVisibility {
+		errs = append(errs, fmt.Errorf("max handle %s: want 1s-12h (SQS hides a message at most 12h)", c.MaxHandle))
 	}
 	r := c.Retry
 	if r.MaxRetries < 0 {
@@ -115,6 +131,7 @@ func (c Config) Validate() error {
 type routerAPI interface {
 	receiveAPI
 	timerAPI
+	queueAttributesAPI
 }
 
 // route is one registered handler: a queue and what handles it.
@@ -138,6 +155,8 @@ type Router struct {
 
 	routes []route
 	errs   []error
+
+	heartbeats atomic.Int64 // messages being kept hidden right now
 }
 
 // NewRouter returns a router for cfg.Service. Register handlers with Handle and
@@ -205,11 +224,13 @@ func (r *Router) add(rt route) {
 	r.routes = append(r.routes, rt)
 }
 
-// Run checks that every queue and DLQ it needs exists, then consumes until ctx is
-// cancelled. Then it shuts down gracefully: it stops receiving, lets the handlers in
-// flight finish (for up to CloseTimeout; after that their contexts are cancelled and Run
-// returns an error), deletes the messages they acknowledged, and returns nil. Run is
-// called once per Router.
+// Run checks that every queue and DLQ it needs exists and reads the queues' visibility
+// timeouts, then consumes until ctx is cancelled. Then it shuts down gracefully: it stops
+// receiving, lets the handlers in flight finish (for up to CloseTimeout; after that their
+// contexts are cancelled and Run returns an error), deletes the messages they
+// acknowledged, and returns nil. The messages being handled stay hidden while they drain;
+// when Run returns, no heartbeat extends any message any more. Run is called once per
+// Router.
 //
 // Long polls in progress are cancelled at shutdown; a message SQS hands to one at that
 // very moment is not lost but stays in flight until its visibility timeout, as on any
@@ -222,11 +243,20 @@ func (r *Router) Run(ctx context.Context) error {
 	if len(r.errs) > 0 {
 		return fmt.Errorf("router for %s: %w", r.cfg.Service, errors.Join(r.errs...))
 	}
-	if err := r.preflight(ctx); err != nil {
+	visibility, err := r.preflight(ctx)
+	if err != nil {
 		return fmt.Errorf("router for %s: %w", r.cfg.Service, err)
 	}
 
-	sub := newSubscriber(r.api, r.queues, r.cfg.Concurrency, r.cfg.WaitTime, r.cfg.CloseTimeout, r.cfg.Logger)
+	sub := newSubscriber(r.api, r.queues, subscriberConfig{
+		workers:      r.cfg.Concurrency,
+		wait:         r.cfg.WaitTime,
+		closeTimeout: r.cfg.CloseTimeout,
+		logger:       r.cfg.Logger,
+		visibility:   visibility,
+		maxHandle:    r.cfg.MaxHandle,
+		heartbeats:   &r.heartbeats,
+	})
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.CloseTimeout}, r.wmLog)
 	if err != nil {
 		return fmt.Errorf("creating router: %w", err)
@@ -246,7 +276,7 @@ func (r *Router) Run(ctx context.Context) error {
 	for i, rt := range r.routes {
 		queues[i] = rt.queue
 	}
-	r.cfg.Logger.Info("consuming", "queues", queues, "concurrency", r.cfg.Concurrency)
+	r.cfg.Logger.Info("consuming", "queues", queues, "concurrency", r.cfg.Concurrency, "max_handle", r.cfg.MaxHandle.String())
 	runErr := wm.Run(runCtx)
 	cancel()
 	wmCloseErr := <-closed
@@ -263,17 +293,33 @@ func (r *Router) Run(ctx context.Context) error {
 	return nil
 }
 
-// preflight resolves every queue and DLQ the routes use, reporting all the missing ones.
-func (r *Router) preflight(ctx context.Context) error {
+// preflight resolves every queue and DLQ the routes use, reporting all the missing ones,
+// and reads the visibility timeout of each queue read from.
+func (r *Router) preflight(ctx context.Context) (map[string]time.Duration, error) {
 	var errs []error
+	visibility := map[string]time.Duration{}
 	for _, rt := range r.routes {
 		for _, q := range []string{rt.queue, DLQName(rt.queue)} {
-			if _, err := r.queues.url(ctx, q); err != nil {
+			url, err := r.queues.url(ctx, q)
+			if err != nil {
 				errs = append(errs, err)
+				continue
 			}
+			if q != rt.queue {
+				continue
+			}
+			v, err := queueVisibility(ctx, r.api, q, url)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if v == 0 {
+				r.cfg.Logger.Warn("queue has no visibility timeout: other consumers may receive its messages while they are handled", "queue", q)
+			}
+			visibility[q] = v
 		}
 	}
-	return errors.Join(errs...)
+	return visibility, errors.Join(errs...)
 }
 
 // watermillLogger adapts logger for watermill, whose chatty Info lines become Debug.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	wmsqs "github.com/ThreeDotsLabs/watermill-aws/sqs"
@@ -32,6 +33,8 @@ type receiveAPI interface {
 // soon as it starts closing. Here, a shutdown (Close, or cancellation of the Subscribe
 // context) stops receiving, lets every handed-out message be acked or nacked, deletes the
 // acked ones, and only cancels the messages' contexts if that outlasts closeTimeout.
+// While a message is being handled, a heartbeat keeps it hidden from other consumers
+// (see heartbeat), draining included, up to maxHandle after it was received.
 // Messages are decoded with watermill-aws's unmarshaler, so attributes and the uuid
 // round-trip exactly as its publishers write them.
 type subscriber struct {
@@ -41,6 +44,9 @@ type subscriber struct {
 	waitSeconds  int32
 	closeTimeout time.Duration
 	logger       *slog.Logger
+	visibility   map[string]time.Duration // queue name → VisibilityTimeout; 0 or absent: no heartbeat
+	maxHandle    time.Duration
+	heartbeats   *atomic.Int64 // running heartbeats; may be nil
 
 	msgCtx   context.Context // parent of every message's context
 	hardStop context.CancelFunc
@@ -54,15 +60,29 @@ type subscriber struct {
 
 var _ message.Subscriber = (*subscriber)(nil)
 
-func newSubscriber(api receiveAPI, queues *queueResolver, workers int, wait, closeTimeout time.Duration, logger *slog.Logger) *subscriber {
+// subscriberConfig configures a subscriber.
+type subscriberConfig struct {
+	workers      int           // messages handled at once per queue
+	wait         time.Duration // long-poll duration, whole seconds
+	closeTimeout time.Duration
+	logger       *slog.Logger
+	visibility   map[string]time.Duration // each queue's VisibilityTimeout
+	maxHandle    time.Duration            // how long a heartbeat may keep a message hidden
+	heartbeats   *atomic.Int64            // counts running heartbeats; may be nil
+}
+
+func newSubscriber(api receiveAPI, queues *queueResolver, c subscriberConfig) *subscriber {
 	msgCtx, hardStop := context.WithCancel(context.Background())
 	return &subscriber{
 		api:          api,
 		queues:       queues,
-		workers:      workers,
-		waitSeconds:  int32(wait / time.Second),
-		closeTimeout: closeTimeout,
-		logger:       logger,
+		workers:      c.workers,
+		waitSeconds:  int32(c.wait / time.Second),
+		closeTimeout: c.closeTimeout,
+		logger:       c.logger,
+		visibility:   c.visibility,
+		maxHandle:    c.maxHandle,
+		heartbeats:   c.heartbeats,
 		msgCtx:       msgCtx,
 		hardStop:     hardStop,
 		closing:      make(chan struct{}),
@@ -135,9 +155,10 @@ func (s *subscriber) receive(ctx context.Context, queue, url string, out chan<- 
 			backoff = min(2*backoff, 10*time.Second)
 			continue
 		}
+		received := time.Now() // SQS started the messages' visibility timeouts just before
 		backoff = 100 * time.Millisecond
 		for i, m := range res.Messages {
-			if !s.deliver(ctx, queue, url, m, out) {
+			if !s.deliver(ctx, queue, url, m, received, out) {
 				// Shutting down: release what was received but not handed out.
 				for _, rest := range res.Messages[i+1:] {
 					s.release(url, rest)
@@ -148,9 +169,9 @@ func (s *subscriber) receive(ctx context.Context, queue, url string, out chan<- 
 	}
 }
 
-// deliver hands m to the router and waits for its outcome. It returns false when the
-// subscriber stopped before m could be handed out.
-func (s *subscriber) deliver(ctx context.Context, queue, url string, m sqstypes.Message, out chan<- *message.Message) bool {
+// deliver hands m to the router and waits for its outcome, keeping m hidden meanwhile.
+// It returns false when the subscriber stopped before m could be handed out.
+func (s *subscriber) deliver(ctx context.Context, queue, url string, m sqstypes.Message, received time.Time, out chan<- *message.Message) bool {
 	msg, err := wmsqs.DefaultMarshalerUnmarshaler{}.Unmarshal(&m)
 	if err != nil {
 		// The default unmarshaler never fails; if it ever does, let SQS redeliver and
@@ -159,11 +180,17 @@ func (s *subscriber) deliver(ctx context.Context, queue, url string, m sqstypes.
 		return true
 	}
 	count, _ := strconv.Atoi(m.Attributes[string(sqstypes.MessageSystemAttributeNameApproximateReceiveCount)])
-	msg.SetContext(context.WithValue(s.msgCtx, deliveryKey, delivery{queue: queue, receiveCount: count}))
+	logger := &atomic.Pointer[slog.Logger]{}
+	logger.Store(s.logger.With("queue", queue, "message_uuid", msg.UUID, "receive_count", count))
+	msg.SetContext(context.WithValue(s.msgCtx, deliveryKey, delivery{queue: queue, receiveCount: count, logger: logger}))
+
+	hb := s.heartbeat(queue, url, m, received, logger)
+	defer hb.stop()
 
 	select {
 	case out <- msg:
 	case <-ctx.Done():
+		hb.stop()
 		s.release(url, m)
 		return false
 	}
@@ -171,18 +198,44 @@ func (s *subscriber) deliver(ctx context.Context, queue, url string, m sqstypes.
 	select {
 	case <-msg.Acked():
 		// Delete even when shutting down: the work is done.
+		hb.stop()
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(s.msgCtx), 10*time.Second)
 		defer cancel()
 		if _, err := s.api.DeleteMessage(dctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(url), ReceiptHandle: m.ReceiptHandle}); err != nil {
-			s.logger.Error("deleting handled message; it will be redelivered", "queue", queue, "message_uuid", msg.UUID, "error", err)
+			logger.Load().Error("deleting handled message; it will be redelivered", "error", err)
 		}
 	case <-msg.Nacked():
-		// Left in flight: SQS redelivers it after the visibility timeout, and its redrive
-		// policy dead-letters it after MaxReceiveCount deliveries.
+		// Left in flight, no longer extended: SQS redelivers it once what is left of its
+		// visibility timeout (at most the queue's) has passed, and its redrive policy
+		// dead-letters it after MaxReceiveCount deliveries.
 	case <-s.msgCtx.Done():
-		// Hard stop after closeTimeout: the handler did not finish; SQS redelivers.
+		// Hard stop after closeTimeout: the handler did not finish; the heartbeat stops
+		// with msgCtx and SQS redelivers the message after its visibility timeout.
 	}
 	return true
+}
+
+// heartbeat starts keeping m hidden while it is handled; nil when its queue has no
+// visibility timeout to extend.
+func (s *subscriber) heartbeat(queue, url string, m sqstypes.Message, received time.Time, logger *atomic.Pointer[slog.Logger]) *heartbeat {
+	v := s.visibility[queue]
+	if v <= 0 {
+		return nil
+	}
+	hb := &heartbeat{
+		api:        s.api,
+		url:        url,
+		receipt:    m.ReceiptHandle,
+		visibility: v,
+		every:      v / 3,
+		maxHandle:  s.maxHandle,
+		received:   received,
+		logger:     logger,
+		live:       s.heartbeats,
+	}
+	// A child of msgCtx: a hard stop ends it even if the handler never returns.
+	hb.start(s.msgCtx)
+	return hb
 }
 
 // release makes a received message visible again at once, so another consumer can take
