@@ -15,16 +15,22 @@ type LocalcloudCmd struct {
 	BootDelay     time.Duration `help:"How long an instance stays pending before it runs." default:"200ms"`
 	ShutdownDelay time.Duration `help:"How long an instance stays shutting-down before it is terminated." default:"100ms"`
 	DataDir       string        `help:"Directory holding every instance's home directory (default: a new temporary directory)." type:"path"`
+	InstancePath  []string      `help:"Directory prepended to the PATH of every command on the instances, as an AMI would ship tools (e.g. a bin/ holding sortie-worker); repeatable or a colon-separated list." sep:":" placeholder:"DIR" env:"SORTIE_INSTANCE_PATH"`
 }
 
 // Run serves until interrupted, then terminates every instance.
 func (c *LocalcloudCmd) Run(ctx context.Context, g *Globals) error {
 	logger := slog.New(slog.NewJSONHandler(g.Stderr, nil))
+	env, err := instanceEnv(c.InstancePath)
+	if err != nil {
+		return err
+	}
 	cloud, err := localcloud.New(localcloud.Options{
 		Addr:          c.Addr,
 		BootDelay:     c.BootDelay,
 		ShutdownDelay: c.ShutdownDelay,
 		DataDir:       c.DataDir,
+		InstanceEnv:   env,
 		Logger:        logger,
 	})
 	if err != nil {

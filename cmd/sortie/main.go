@@ -22,6 +22,7 @@ type CLI struct {
 	Localcloud LocalcloudCmd `cmd:"" help:"Serve the local cloud: Sortie's EC2 endpoint with SSH-reachable instances, and kumo for every other AWS service."`
 	Worker     WorkerCmd     `cmd:"" help:"Run the demo workload on an instance (installed there as sortie-worker)."`
 	Submit     SubmitCmd     `cmd:"" help:"Submit a job (from a JSON file or flags); --watch follows it until its fleet is terminated."`
+	Demo       DemoCmd       `cmd:"" help:"Prepare and submit the demo job against services run separately (task up)."`
 }
 
 // Globals are handed to every command's Run.
@@ -33,7 +34,7 @@ type Globals struct {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	err := run(ctx, cliArgs(os.Args), os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sortie:", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
+	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/watch"
@@ -30,24 +31,57 @@ type Demo struct {
 	Keys   []string
 }
 
-// SeedDemo puts n small text files under input/ in <prefix>-demo and one work item per
-// file on the queue <prefix>-demo-work.
+// DemoS3API is the S3 calls seeding the demo and storing the login key make.
+type DemoS3API interface {
+	CreateBucket(ctx context.Context, params *s3.CreateBucketInput, optFns ...func(*s3.Options)) (*s3.CreateBucketOutput, error)
+	PutObject(ctx context.Context, params *s3.PutObjectInput, optFns ...func(*s3.Options)) (*s3.PutObjectOutput, error)
+	HeadObject(ctx context.Context, params *s3.HeadObjectInput, optFns ...func(*s3.Options)) (*s3.HeadObjectOutput, error)
+}
+
+// DemoSQSAPI is the SQS calls seeding the demo's work queue makes.
+type DemoSQSAPI interface {
+	CreateQueue(ctx context.Context, params *sqs.CreateQueueInput, optFns ...func(*sqs.Options)) (*sqs.CreateQueueOutput, error)
+	PurgeQueue(ctx context.Context, params *sqs.PurgeQueueInput, optFns ...func(*sqs.Options)) (*sqs.PurgeQueueOutput, error)
+	SendMessageBatch(ctx context.Context, params *sqs.SendMessageBatchInput, optFns ...func(*sqs.Options)) (*sqs.SendMessageBatchOutput, error)
+}
+
+var (
+	_ DemoS3API  = (*s3.Client)(nil)
+	_ DemoSQSAPI = (*sqs.Client)(nil)
+)
+
+// DemoFor names the demo's bucket (<prefix>-demo) and work queue (<prefix>-demo-work).
+func DemoFor(prefix string) Demo {
+	return Demo{Bucket: prefix + "-demo", Queue: prefix + "-demo-work"}
+}
+
+// SeedDemo is SeedDemo on the stack's clients.
 func (s *Stack) SeedDemo(ctx context.Context, n int) (Demo, error) {
-	d := Demo{Bucket: s.Topology.Prefix + "-demo", Queue: s.Topology.Prefix + "-demo-work"}
-	if _, err := s.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(d.Bucket)}); err != nil {
+	return SeedDemo(ctx, s.S3, s.SQS, s.Topology.Prefix, n)
+}
+
+// SeedDemo puts n small text files under input/ in <prefix>-demo and one work item per
+// file on the queue <prefix>-demo-work. It can run again: the bucket is reused, the files
+// are rewritten and the work queue is emptied first, so it holds exactly n items.
+func SeedDemo(ctx context.Context, s3c DemoS3API, sqsc DemoSQSAPI, prefix string, n int) (Demo, error) {
+	d := DemoFor(prefix)
+	if err := createBucket(ctx, s3c, d.Bucket); err != nil {
 		return d, fmt.Errorf("creating demo bucket: %w", err)
 	}
-	q, err := s.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(d.Queue),
+	q, err := sqsc.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(d.Queue),
 		Attributes: map[string]string{"VisibilityTimeout": "30"}})
 	if err != nil {
 		return d, fmt.Errorf("creating work queue: %w", err)
+	}
+	if _, err := sqsc.PurgeQueue(ctx, &sqs.PurgeQueueInput{QueueUrl: q.QueueUrl}); err != nil {
+		return d, fmt.Errorf("emptying work queue %s: %w", d.Queue, err)
 	}
 	var batch []sqstypes.SendMessageBatchRequestEntry
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		out, err := s.SQS.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: q.QueueUrl, Entries: batch})
+		out, err := sqsc.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: q.QueueUrl, Entries: batch})
 		if err == nil && len(out.Failed) > 0 {
 			err = fmt.Errorf("%d work items not queued: %s", len(out.Failed), aws.ToString(out.Failed[0].Message))
 		}
@@ -60,7 +94,7 @@ func (s *Stack) SeedDemo(ctx context.Context, n int) (Demo, error) {
 		for l := 0; l <= i%7; l++ {
 			fmt.Fprintf(&b, "file %d line %d\n", i, l)
 		}
-		if _, err := s.S3.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(d.Bucket), Key: aws.String(key),
+		if _, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(d.Bucket), Key: aws.String(key),
 			Body: strings.NewReader(b.String()), ServerSideEncryption: s3types.ServerSideEncryptionAwsKms}); err != nil {
 			return d, fmt.Errorf("seeding %s: %w", key, err)
 		}
@@ -77,6 +111,15 @@ func (s *Stack) SeedDemo(ctx context.Context, n int) (Demo, error) {
 		d.Keys = append(d.Keys, key)
 	}
 	return d, flush()
+}
+
+// createBucket creates a bucket, or keeps it when this account already owns it.
+func createBucket(ctx context.Context, s3c DemoS3API, bucket string) error {
+	_, err := s3c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)})
+	if err != nil && awsx.ErrorCode(err) != "BucketAlreadyOwnedByYou" {
+		return err
+	}
+	return nil
 }
 
 // DemoJob is the job `sortie dev` submits: the demo template, the time-scaled profile, the
@@ -133,9 +176,14 @@ func Follow(ctx context.Context, w *watch.Watcher, jobID string, out io.Writer) 
 	return t, err
 }
 
-// PrintSummary writes the job's plan, instances, task totals (from CloudWatch), archives
-// and instance-seconds.
+// PrintSummary is PrintSummary with the stack's CloudWatch client.
 func (s *Stack) PrintSummary(ctx context.Context, out io.Writer, t Trace, submitted time.Time) error {
+	return PrintSummary(ctx, s.CW, out, t, submitted)
+}
+
+// PrintSummary writes the job's plan, instances, task totals (read from CloudWatch through
+// cw), archives and instance-seconds.
+func PrintSummary(ctx context.Context, cw metrics.StatisticsAPI, out io.Writer, t Trace, submitted time.Time) error {
 	if t.Planned != nil {
 		fmt.Fprintf(out, "\nplan:        %s\n", t.Planned.Rationale)
 	}
@@ -153,7 +201,7 @@ func (s *Stack) PrintSummary(ctx context.Context, out io.Writer, t Trace, submit
 	if t.Terminated != nil {
 		jobID = t.Terminated.JobID
 	}
-	totals, err := metrics.JobTotals(ctx, s.CW, jobID, submitted.Add(-time.Minute), time.Now().Add(time.Minute))
+	totals, err := metrics.JobTotals(ctx, cw, jobID, submitted.Add(-time.Minute), time.Now().Add(time.Minute))
 	if err != nil {
 		return fmt.Errorf("reading task metrics: %w", err)
 	}

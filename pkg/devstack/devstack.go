@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +20,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
@@ -140,45 +138,14 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), s.Topology); err != nil {
 		return nil, fmt.Errorf("infra up: %w", err)
 	}
-	if err := s.createLoginKeys(ctx); err != nil {
-		return nil, err
+	if s.SSHKey, err = CreateLoginKeys(ctx, s.EC2, s.S3, s.Topology.Prefix, s.Ops); err != nil {
+		return nil, fmt.Errorf("dev stack: %w", err)
 	}
 	if s.Publisher, err = bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: opts.Logger}); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.Publisher.Close)
 	return s, s.startServices(opts)
-}
-
-// createLoginKeys creates every template's key pair and keeps the private keys in the
-// secrets bucket (SSE-KMS), where the services read them.
-func (s *Stack) createLoginKeys(ctx context.Context) error {
-	bucket := s.Topology.Prefix + "-secrets"
-	if _, err := s.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil && awsx.ErrorCode(err) != "BucketAlreadyOwnedByYou" {
-		return fmt.Errorf("creating secrets bucket: %w", err)
-	}
-	names := map[string]bool{}
-	for _, t := range s.Ops.Templates {
-		names[t.KeyName] = true
-	}
-	if len(names) != 1 {
-		return fmt.Errorf("dev stack: want every template to use one key pair, got %d", len(names))
-	}
-	for name := range names {
-		out, err := s.EC2.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String(name), KeyType: "ed25519"})
-		if err != nil {
-			return fmt.Errorf("creating key pair %s: %w", name, err)
-		}
-		key := "keys/" + name + ".pem"
-		if _, err := s.S3.PutObject(ctx, &s3.PutObjectInput{
-			Bucket: aws.String(bucket), Key: aws.String(key), Body: strings.NewReader(aws.ToString(out.KeyMaterial)),
-			ServerSideEncryption: s3types.ServerSideEncryptionAwsKms,
-		}); err != nil {
-			return fmt.Errorf("storing key pair %s: %w", name, err)
-		}
-		s.SSHKey = "s3://" + bucket + "/" + key
-	}
-	return nil
 }
 
 // startServices runs the five services, each with its own publisher, as separate

@@ -1,0 +1,68 @@
+package devstack
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+)
+
+// KeyPairAPI is the EC2 call creating the templates' login key pair makes.
+type KeyPairAPI interface {
+	CreateKeyPair(ctx context.Context, params *ec2.CreateKeyPairInput, optFns ...func(*ec2.Options)) (*ec2.CreateKeyPairOutput, error)
+}
+
+var _ KeyPairAPI = (*ec2.Client)(nil)
+
+// SecretsBucket is the bucket holding the stack's login keys: <prefix>-secrets.
+func SecretsBucket(prefix string) string { return prefix + "-secrets" }
+
+// CreateLoginKeys creates the key pair the ops templates log in with and keeps its private
+// key in s3://<prefix>-secrets/keys/<name>.pem (SSE-KMS), where the services read it. It
+// returns that location, the services' SORTIE_SSH_KEY. It can run again: a key pair that
+// already exists is kept when its private key is in the bucket (EC2 hands out a private
+// key only once, so without the stored copy nothing could log in, and it says so).
+func CreateLoginKeys(ctx context.Context, ec2c KeyPairAPI, s3c DemoS3API, prefix string, ops *opsconfig.Config) (string, error) {
+	bucket := SecretsBucket(prefix)
+	var names []string
+	for _, t := range ops.Templates {
+		names = append(names, t.KeyName)
+	}
+	sort.Strings(names)
+	names = slices.Compact(names)
+	if len(names) != 1 {
+		return "", fmt.Errorf("want every template to use one key pair (the services read one SORTIE_SSH_KEY), got %d: %v", len(names), names)
+	}
+	name := names[0]
+	if err := createBucket(ctx, s3c, bucket); err != nil {
+		return "", fmt.Errorf("creating secrets bucket: %w", err)
+	}
+	key := "keys/" + name + ".pem"
+	loc := "s3://" + bucket + "/" + key
+	out, err := ec2c.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String(name), KeyType: "ed25519"})
+	if awsx.ErrorCode(err) == "InvalidKeyPair.Duplicate" {
+		if _, herr := s3c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)}); herr != nil {
+			return "", fmt.Errorf("key pair %s exists but its private key is not at %s (%v): delete the key pair or start a fresh local cloud", name, loc, herr)
+		}
+		return loc, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("creating key pair %s: %w", name, err)
+	}
+	if _, err := s3c.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(bucket), Key: aws.String(key), Body: strings.NewReader(aws.ToString(out.KeyMaterial)),
+		ServerSideEncryption: s3types.ServerSideEncryptionAwsKms,
+	}); err != nil {
+		return "", fmt.Errorf("storing key pair %s: %w", name, err)
+	}
+	return loc, nil
+}
