@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -33,6 +34,8 @@ type SQSAPI interface {
 	DeleteMessage(ctx context.Context, in *sqs.DeleteMessageInput, optFns ...func(*sqs.Options)) (*sqs.DeleteMessageOutput, error)
 	DeleteQueue(ctx context.Context, in *sqs.DeleteQueueInput, optFns ...func(*sqs.Options)) (*sqs.DeleteQueueOutput, error)
 	SetQueueAttributes(ctx context.Context, in *sqs.SetQueueAttributesInput, optFns ...func(*sqs.Options)) (*sqs.SetQueueAttributesOutput, error)
+	GetQueueUrl(ctx context.Context, in *sqs.GetQueueUrlInput, optFns ...func(*sqs.Options)) (*sqs.GetQueueUrlOutput, error)
+	ChangeMessageVisibility(ctx context.Context, in *sqs.ChangeMessageVisibilityInput, optFns ...func(*sqs.Options)) (*sqs.ChangeMessageVisibilityOutput, error)
 }
 
 // Watcher receives every event of a stack on a queue of its own.
@@ -42,10 +45,12 @@ type Watcher struct {
 	queueURL string
 	subs     []string
 	pending  []events.Event
+	dlqs     map[string]string         // name → URL, peeked at by fill
+	rejected map[string]*RejectedError // by job id
 }
 
 // Open creates the queue <prefix>-watch-<name> and subscribes it, with raw delivery, to
-// the topic of every event type. The topics must exist (`sortie infra up`). Close removes
+// the topic of every event type, and watches the stack's dead-letter queues. The topics must exist (`sortie infra up`). Close removes
 // the queue and the subscriptions.
 func Open(ctx context.Context, snsc SNSAPI, sqsc SQSAPI, topo bus.Topology, name string) (*Watcher, error) {
 	w := &Watcher{sns: snsc, sqs: sqsc}
@@ -96,6 +101,10 @@ func Open(ctx context.Context, snsc SNSAPI, sqsc SQSAPI, topo bus.Topology, name
 		}
 		w.subs = append(w.subs, aws.ToString(sub.SubscriptionArn))
 	}
+	if err := w.watchDeadLetters(ctx, topo); err != nil {
+		w.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -120,36 +129,132 @@ func queuePolicy(queueARN string, topicARNs []string) (string, error) {
 // valid event is skipped (and deleted) with its error returned alongside nil.
 func (w *Watcher) Next(ctx context.Context) (events.Event, error) {
 	for len(w.pending) == 0 {
-		if err := ctx.Err(); err != nil {
+		if err := w.fill(ctx); err != nil {
 			return nil, err
 		}
-		out, err := w.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
-			QueueUrl: aws.String(w.queueURL), MaxNumberOfMessages: 10, WaitTimeSeconds: 1,
-			MessageAttributeNames: []string{"All"},
+	}
+	return w.pop(), nil
+}
+
+func (w *Watcher) pop() events.Event {
+	ev := w.pending[0]
+	w.pending = w.pending[1:]
+	return ev
+}
+
+// fill makes one receive (waiting up to a second) on the watch queue, and peeks at the
+// dead-letter queues being watched.
+func (w *Watcher) fill(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	out, err := w.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+		QueueUrl: aws.String(w.queueURL), MaxNumberOfMessages: 10, WaitTimeSeconds: 1,
+		MessageAttributeNames: []string{"All"},
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("receiving events: %w", err)
+	}
+	var bad []error
+	for _, m := range out.Messages {
+		ev, err := decode(m)
+		if err != nil {
+			bad = append(bad, err)
+		} else {
+			w.pending = append(w.pending, ev)
+		}
+		_, _ = w.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(w.queueURL), ReceiptHandle: m.ReceiptHandle})
+	}
+	if err := w.peekDeadLetters(ctx); err != nil {
+		return err
+	}
+	if len(bad) > 0 && len(w.pending) == 0 {
+		return errors.Join(bad...)
+	}
+	return nil
+}
+
+// RejectedError says a followed job's event was dead-lettered: the pipeline will not
+// take it further.
+type RejectedError struct {
+	JobID, Queue, EventType, Reason string
+}
+
+func (e *RejectedError) Error() string {
+	return fmt.Sprintf("job %s: %s dead-lettered in %s: %s", e.JobID, e.EventType, e.Queue, e.Reason)
+}
+
+// watchDeadLetters makes Follow end with a *RejectedError as soon as one of the stack's
+// dead-letter queues holds a message of the followed job (a job the planner rejected
+// would otherwise be waited for until the timeout). The DLQs are only peeked at: their
+// messages stay for operators. Only the first ten messages of a DLQ are seen.
+func (w *Watcher) watchDeadLetters(ctx context.Context, topo bus.Topology) error {
+	var names []string
+	for _, s := range topo.Subscriptions() {
+		names = append(names, s.DLQ)
+	}
+	for _, svc := range bus.TimerServices {
+		names = append(names, bus.DLQName(topo.TimerQueueName(svc)))
+	}
+	w.dlqs = map[string]string{}
+	for _, n := range names {
+		out, err := w.sqs.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(n)})
+		if err != nil {
+			return fmt.Errorf("resolving dead-letter queue %s: %w", n, err)
+		}
+		w.dlqs[n] = aws.ToString(out.QueueUrl)
+	}
+	w.rejected = map[string]*RejectedError{}
+	return nil
+}
+
+func (w *Watcher) peekDeadLetters(ctx context.Context) error {
+	for name, url := range w.dlqs {
+		// Dead-letter queues are almost always empty: ask for the count, which answers at
+		// once, and receive only when there is something (a receive would long-poll for
+		// the queue's default wait: the SDK does not send a zero WaitTimeSeconds).
+		attrs, err := w.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+			QueueUrl: aws.String(url), AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages},
 		})
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return ctx.Err()
 			}
-			return nil, fmt.Errorf("receiving events: %w", err)
+			return fmt.Errorf("peeking at %s: %w", name, err)
 		}
-		var bad []error
+		if n := attrs.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)]; n == "" || n == "0" {
+			continue
+		}
+		out, err := w.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+			QueueUrl: aws.String(url), MaxNumberOfMessages: 10, WaitTimeSeconds: 1, MessageAttributeNames: []string{"All"},
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("peeking at %s: %w", name, err)
+		}
 		for _, m := range out.Messages {
-			ev, err := decode(m)
-			if err != nil {
-				bad = append(bad, err)
-			} else {
-				w.pending = append(w.pending, ev)
+			attr := func(k string) string {
+				if a, ok := m.MessageAttributes[k]; ok {
+					return aws.ToString(a.StringValue)
+				}
+				return ""
 			}
-			_, _ = w.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(w.queueURL), ReceiptHandle: m.ReceiptHandle})
-		}
-		if len(bad) > 0 && len(w.pending) == 0 {
-			return nil, errors.Join(bad...)
+			// Put it back at once: the message stays for operators. (A zero
+			// VisibilityTimeout on the receive is not sent by the SDK.)
+			_, _ = w.sqs.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
+				QueueUrl: aws.String(url), ReceiptHandle: m.ReceiptHandle, VisibilityTimeout: 0,
+			})
+			if id := attr(bus.AttrJobID); id != "" && w.rejected[id] == nil {
+				w.rejected[id] = &RejectedError{JobID: id, Queue: name, EventType: attr(bus.AttrEventType), Reason: attr(bus.AttrError)}
+			}
 		}
 	}
-	ev := w.pending[0]
-	w.pending = w.pending[1:]
-	return ev, nil
+	return nil
 }
 
 func decode(m sqstypes.Message) (events.Event, error) {
@@ -175,16 +280,28 @@ func decode(m sqstypes.Message) (events.Event, error) {
 }
 
 // Follow calls fn with every event of jobID until the job's FleetTerminated arrives, which
-// it returns. Events of other jobs are ignored.
+// it returns. Events of other jobs are ignored. A dead-lettered event of the job ends it
+// with a *RejectedError.
 func (w *Watcher) Follow(ctx context.Context, jobID string, fn func(events.Event)) (events.FleetTerminated, error) {
 	for {
-		ev, err := w.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return events.FleetTerminated{}, fmt.Errorf("following job %s: %w", jobID, ctx.Err())
-			}
-			continue // an undecodable message: not this job's business
+		if r := w.rejected[jobID]; r != nil {
+			return events.FleetTerminated{}, r
 		}
+		if len(w.pending) == 0 {
+			if err := w.fill(ctx); err != nil {
+				if ctx.Err() != nil {
+					return events.FleetTerminated{}, fmt.Errorf("following job %s: %w", jobID, ctx.Err())
+				}
+				// An undecodable message is not this job's business; an AWS error may
+				// pass: try again shortly.
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		ev := w.pop()
 		if id, _ := ev.IDs(); id != jobID {
 			continue
 		}

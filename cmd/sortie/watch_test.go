@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/devstack"
+	"github.com/sortie-fleet/sortie/pkg/watch"
+)
+
+// The test binary doubles as `sortie worker` on the dev stack's instances.
+const testWorkerEnv = "SORTIE_CMD_TEST_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(testWorkerEnv) == "1" {
+		err := run(context.Background(), append([]string{"worker"}, os.Args[1:]...), os.Stdout, os.Stderr)
+		if err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestSubmitWatch runs `sortie submit --watch` against a dev stack whose services run in
+// this process: a good job is followed to its terminated fleet; a job the planner rejects
+// ends the watch at once with the DLQ's reason instead of waiting for the timeout.
+func TestSubmitWatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts the whole stack")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const prefix = "cliwatch"
+	st, err := devstack.Start(ctx, devstack.Options{Prefix: prefix, WorkerCommand: []string{"/usr/bin/env", testWorkerEnv + "=1", exe}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	demo, err := st.SeedDemo(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_ENDPOINT_URL", st.Cloud.URL())
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+
+	t.Run("followed to the end", func(t *testing.T) {
+		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", "cli-watch-ok",
+			"--template", "demo", "--profile", "demo-fast", "--recipe", "demo-worker", "--queue", demo.Queue,
+			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--deadline", "10s", "--watch", "--timeout", "90s")
+		if err != nil {
+			t.Fatalf("submit --watch: %v\n%s\nservices: %v", err, out, st.Err())
+		}
+		for _, want := range []string{"submitted job cli-watch-ok", "FleetPlanned", "FleetLaunched", "JobFinished        succeeded: 30 tasks succeeded",
+			"FleetTerminated    succeeded"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("rejected job ends the watch with the reason", func(t *testing.T) {
+		start := time.Now()
+		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", "cli-watch-bad",
+			"--template", "no-such-template", "--profile", "demo-fast", "--recipe", "demo-worker", "--count", "3",
+			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--watch", "--timeout", "60s")
+		var rej *watch.RejectedError
+		if !errors.As(err, &rej) {
+			t.Fatalf("want a RejectedError, got %v\n%s", err, out)
+		}
+		if rej.JobID != "cli-watch-bad" || !strings.Contains(rej.Reason, `unknown template "no-such-template"`) || !strings.HasSuffix(rej.Queue, "-dlq") {
+			t.Errorf("rejection = %+v", rej)
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("rejection took %v to notice", d)
+		}
+	})
+}
