@@ -1,14 +1,11 @@
 package devstack
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,11 +18,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/sqs"
-	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
@@ -172,88 +168,45 @@ func (e *e2e) run(job events.JobSubmitted, copies int) Trace {
 
 func (e *e2e) instances(jobID string) []ec2types.Instance {
 	e.t.Helper()
-	out, err := e.EC2.DescribeInstances(context.Background(), &ec2.DescribeInstancesInput{
+	return cloudtest.DescribeInstances(e.t, e.EC2, &ec2.DescribeInstancesInput{
 		Filters: []ec2types.Filter{{Name: aws.String("tag:sortie:job-id"), Values: []string{jobID}}},
 	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var all []ec2types.Instance
-	for _, r := range out.Reservations {
-		all = append(all, r.Instances...)
-	}
-	return all
-}
-
-func tag(in ec2types.Instance, key string) string {
-	for _, t := range in.Tags {
-		if aws.ToString(t.Key) == key {
-			return aws.ToString(t.Value)
-		}
-	}
-	return ""
 }
 
 // waitTerminated polls until every instance of the job is terminated.
 func (e *e2e) waitTerminated(jobID string, want int) []ec2types.Instance {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		insts := e.instances(jobID)
+	var insts []ec2types.Instance
+	cloudtest.Eventually(e.t, 30*time.Second, func() error {
+		insts = e.instances(jobID)
 		done := len(insts) == want
+		states := []string{}
 		for _, in := range insts {
+			states = append(states, aws.ToString(in.InstanceId)+"="+string(in.State.Name))
 			if in.State.Name != ec2types.InstanceStateNameTerminated {
 				done = false
 			}
 		}
-		if done {
-			return insts
+		if !done {
+			return fmt.Errorf("job %s: want %d terminated instances, have %v", jobID, want, states)
 		}
-		if time.Now().After(deadline) {
-			states := []string{}
-			for _, in := range insts {
-				states = append(states, aws.ToString(in.InstanceId)+"="+string(in.State.Name))
-			}
-			e.t.Fatalf("job %s: want %d terminated instances, have %v", jobID, want, states)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
+	return insts
 }
 
 // archive downloads one archive and returns its files.
 func (e *e2e) archive(a events.Archive) map[string]string {
 	e.t.Helper()
-	obj, err := e.S3.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(a.Bucket), Key: aws.String(a.Key)})
-	if err != nil {
-		e.t.Fatalf("archive %s: %v", a.Key, err)
+	body, head := cloudtest.Download(e.t, e.S3, a.Bucket, a.Key)
+	if head.ServerSideEncryption != "aws:kms" {
+		e.t.Errorf("archive %s: SSE %q, want aws:kms", a.Key, head.ServerSideEncryption)
 	}
-	defer obj.Body.Close()
-	if obj.ServerSideEncryption != "aws:kms" {
-		e.t.Errorf("archive %s: SSE %q, want aws:kms", a.Key, obj.ServerSideEncryption)
-	}
-	zr, err := gzip.NewReader(obj.Body)
-	if err != nil {
-		e.t.Fatalf("archive %s is not gzip: %v", a.Key, err)
-	}
-	files := map[string]string{}
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			e.t.Fatalf("archive %s is not a valid tar: %v", a.Key, err)
-		}
-		b, _ := io.ReadAll(tr)
-		files[h.Name] = string(b)
-	}
-	return files
+	return cloudtest.Untar(e.t, body)
 }
 
 func (e *e2e) dlqDepths() map[string]int {
 	e.t.Helper()
-	ctx := context.Background()
 	var queues []string
 	for _, s := range e.Topology.Subscriptions() {
 		queues = append(queues, s.DLQ)
@@ -263,19 +216,7 @@ func (e *e2e) dlqDepths() map[string]int {
 	}
 	depths := map[string]int{}
 	for _, q := range queues {
-		u, err := e.SQS.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(q)})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		a, err := e.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: u.QueueUrl,
-			AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameApproximateNumberOfMessages, sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible}})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		var n, m int
-		fmt.Sscan(a.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessages)], &n)
-		fmt.Sscan(a.Attributes[string(sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible)], &m)
-		depths[q] = n + m
+		depths[q] = cloudtest.QueueDepth(e.t, e.SQS, q)
 	}
 	return depths
 }
@@ -320,13 +261,14 @@ func TestEndToEnd(t *testing.T) {
 		insts := e.waitTerminated(job.JobID, 3)
 		for _, in := range insts {
 			id := aws.ToString(in.InstanceId)
-			if got := tag(in, "sortie:fleet"); got != job.JobID {
+			tags := cloudtest.Tags(in)
+			if got := tags["sortie:fleet"]; got != job.JobID {
 				t.Errorf("%s sortie:fleet = %q", id, got)
 			}
-			if got := tag(in, "Name"); got != "sortie-"+job.JobID {
+			if got := tags["Name"]; got != "sortie-"+job.JobID {
 				t.Errorf("%s Name = %q", id, got)
 			}
-			if _, err := time.Parse(time.RFC3339, tag(in, "sortie:lease-expires")); err != nil {
+			if _, err := time.Parse(time.RFC3339, tags["sortie:lease-expires"]); err != nil {
 				t.Errorf("%s sortie:lease-expires: %v", id, err)
 			}
 			if in.InstanceType != "m3.medium" {
@@ -367,7 +309,7 @@ func TestEndToEnd(t *testing.T) {
 				}
 			}
 			if !strings.Contains(log, "input/file-") {
-				t.Errorf("archive %s: worker log missing or empty (files %v)", a.Key, slices.Sorted(mapsKeys(files)))
+				t.Errorf("archive %s: worker log missing or empty (files %v)", a.Key, slices.Sorted(maps.Keys(files)))
 			}
 		}
 		for q, n := range e.dlqDepths() {
@@ -494,27 +436,25 @@ func TestEndToEnd(t *testing.T) {
 			jobID, body, reason string
 		}{
 			{"bad-json", `{"schema_version":1,"job_id":"bad-json",`, "invalid"},
-			{"bad-template", mustJSON(t, unknown), `unknown template "no-such-template"`},
-			{"bad-count", strings.Replace(mustJSON(t, valid("bad-count")), `"count":5`, `"count":0`, 1), "work"},
-			{"bad-deadline", strings.Replace(mustJSON(t, valid("bad-deadline")), `"deadline_seconds":60`, `"deadline_seconds":-5`, 1), "deadline_seconds"},
-			{"bad-param", mustJSON(t, hostileJob), "queue"},
+			{"bad-template", string(cloudtest.Encode(t, unknown)), `unknown template "no-such-template"`},
+			{"bad-count", strings.Replace(string(cloudtest.Encode(t, valid("bad-count"))), `"count":5`, `"count":0`, 1), "work"},
+			{"bad-deadline", strings.Replace(string(cloudtest.Encode(t, valid("bad-deadline"))), `"deadline_seconds":60`, `"deadline_seconds":-5`, 1), "deadline_seconds"},
+			{"bad-param", string(cloudtest.Encode(t, hostileJob)), "queue"},
 		}
+		var ids []string
 		for _, c := range cases {
 			if err := e.Publisher.PublishBody(ctx, rawEvent{c.jobID}, []byte(c.body)); err != nil {
 				t.Fatalf("%s: %v", c.jobID, err)
 			}
+			ids = append(ids, c.jobID)
 		}
-		got := e.drain(dlq, len(cases))
+		got := cloudtest.DeadLetters(t, e.SQS, dlq, 30*time.Second, ids...) // fails unless every case is there
 		for _, c := range cases {
-			m, ok := got[c.jobID]
-			if !ok {
-				t.Errorf("%s: not in the DLQ", c.jobID)
-				continue
+			m := got[c.jobID][0]
+			if !strings.Contains(m.Reason, c.reason) {
+				t.Errorf("%s: DLQ reason %q does not mention %q", c.jobID, m.Reason, c.reason)
 			}
-			if !strings.Contains(m.reason, c.reason) {
-				t.Errorf("%s: DLQ reason %q does not mention %q", c.jobID, m.reason, c.reason)
-			}
-			if m.body != c.body {
+			if m.Body != c.body {
 				t.Errorf("%s: DLQ body changed", c.jobID)
 			}
 		}
@@ -535,66 +475,7 @@ type rawEvent struct{ jobID string }
 func (r rawEvent) EventType() string                  { return bus.JobSubmitted }
 func (r rawEvent) IDs() (jobID, correlationID string) { return r.jobID, "corr-" + r.jobID }
 
-func mustJSON(t *testing.T, e events.Event) string {
-	t.Helper()
-	b, err := events.Encode(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-type dead struct{ body, reason string }
-
-// drain reads n messages from a DLQ, keyed by job id.
-func (e *e2e) drain(queue string, n int) map[string]dead {
-	e.t.Helper()
-	ctx := context.Background()
-	u, err := e.SQS.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(queue)})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	got := map[string]dead{}
-	deadline := time.Now().Add(30 * time.Second)
-	for len(got) < n && time.Now().Before(deadline) {
-		out, err := e.SQS.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: u.QueueUrl, MaxNumberOfMessages: 10,
-			WaitTimeSeconds: 1, MessageAttributeNames: []string{"All"}})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		for _, m := range out.Messages {
-			attr := func(k string) string {
-				if a, ok := m.MessageAttributes[k]; ok {
-					return aws.ToString(a.StringValue)
-				}
-				return ""
-			}
-			got[attr(bus.AttrJobID)] = dead{body: aws.ToString(m.Body), reason: attr(bus.AttrError)}
-			e.SQS.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: u.QueueUrl, ReceiptHandle: m.ReceiptHandle})
-		}
-	}
-	return got
-}
-
 func (e *e2e) allInstances() []ec2types.Instance {
 	e.t.Helper()
-	out, err := e.EC2.DescribeInstances(context.Background(), &ec2.DescribeInstancesInput{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var all []ec2types.Instance
-	for _, r := range out.Reservations {
-		all = append(all, r.Instances...)
-	}
-	return all
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
+	return cloudtest.DescribeInstances(e.t, e.EC2, &ec2.DescribeInstancesInput{})
 }

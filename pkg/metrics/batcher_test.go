@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 )
 
 // fakeCW records PutMetricData calls; fail, when set, decides each call's error.
@@ -68,11 +69,21 @@ func (f *fakeCW) totals() (sum, samples map[string]float64) {
 	return sum, samples
 }
 
+// hasCalls returns an Eventually check satisfied once the API received n calls.
+func (f *fakeCW) hasCalls(n int) func() error {
+	return func() error {
+		if got := len(f.sent()); got != n {
+			return fmt.Errorf("%d PutMetricData calls, want %d", got, n)
+		}
+		return nil
+	}
+}
+
 var _ PutAPI = (*fakeCW)(nil)
 
-func newBatcher(t *testing.T, api PutAPI, cfg Config) (*Batcher, *syncBuffer) {
+func newBatcher(t *testing.T, api PutAPI, cfg Config) (*Batcher, *cloudtest.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &cloudtest.Buffer{}
 	cfg.API = api
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = time.Hour // tests flush explicitly unless they test the timer
@@ -84,23 +95,6 @@ func newBatcher(t *testing.T, api PutAPI, cfg Config) (*Batcher, *syncBuffer) {
 	}
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 	return b, logs
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 func counter(job string) Datum {
@@ -259,7 +253,7 @@ func TestFlushesWhenFull(t *testing.T) {
 	for i := range MaxDatumsPerCall {
 		b.Add(counter(fmt.Sprintf("job-%d", i)))
 	}
-	waitFor(t, "a flush of a full call without waiting for the interval", func() bool { return len(api.sent()) == 1 })
+	cloudtest.Eventually(t, 5*time.Second, api.hasCalls(1)) // a full call flushes without waiting for the interval
 	if n := len(api.sent()[0].MetricData); n != MaxDatumsPerCall {
 		t.Errorf("flushed %d datums, want %d", n, MaxDatumsPerCall)
 	}
@@ -270,10 +264,10 @@ func TestFlushesOnInterval(t *testing.T) {
 	api := &fakeCW{}
 	b, _ := newBatcher(t, api, Config{FlushInterval: 20 * time.Millisecond})
 	b.Add(counter("job-1"))
-	waitFor(t, "a flush after the interval", func() bool { return len(api.sent()) == 1 })
+	cloudtest.Eventually(t, 5*time.Second, api.hasCalls(1)) // a flush after the interval
 	b.Add(counter("job-1"))
 	b.Add(counter("job-1"))
-	waitFor(t, "a second flush", func() bool { return len(api.sent()) == 2 })
+	cloudtest.Eventually(t, 5*time.Second, api.hasCalls(2)) // a second flush
 	if sum, _ := api.totals(); sum[TasksSucceeded] != 3 {
 		t.Errorf("sum %v, want 3", sum[TasksSucceeded])
 	}
@@ -423,16 +417,5 @@ func TestPeriod(t *testing.T) {
 				t.Errorf("%d data points, limit %d", n, maxDatapoints)
 			}
 		})
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -1,7 +1,6 @@
 package remote_test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -18,39 +17,22 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/sortie-fleet/sortie/pkg/remote"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/remote"
 )
 
 const sshdPath = "/usr/sbin/sshd"
-
-// syncBuffer collects sshd's stderr while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // sshd is Debian's OpenSSH server started by a test on a loopback port.
 type sshd struct {
 	addr     string
 	hostKeys map[string]ssh.PublicKey // "ed25519", "ecdsa", "rsa"
-	stderr   *syncBuffer
+	stderr   *cloudtest.Buffer
 }
 
 // startSSHD runs /usr/sbin/sshd -D -e with its own config, host key and
@@ -59,11 +41,7 @@ type sshd struct {
 func startSSHD(t *testing.T, authorized ssh.PublicKey) *sshd {
 	t.Helper()
 	if _, err := os.Stat(sshdPath); err != nil {
-		msg := fmt.Sprintf("%s not found (install openssh-server to run the OpenSSH interop test): %v", sshdPath, err)
-		if os.Getenv("SORTIE_REQUIRE_INTEROP") == "1" {
-			t.Fatal(msg + "; SORTIE_REQUIRE_INTEROP=1 makes it required")
-		}
-		t.Skip(msg)
+		cloudtest.MissingTool(t, fmt.Sprintf("%s not found (install openssh-server to run the OpenSSH interop test): %v", sshdPath, err))
 	}
 	if os.Geteuid() == 0 {
 		// sshd's privilege separation directory; Debian creates it at boot.
@@ -108,7 +86,7 @@ func startSSHD(t *testing.T, authorized ssh.PublicKey) *sshd {
 	if err := os.WriteFile(authFile, ssh.MarshalAuthorizedKey(authorized), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := cloudtest.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	cfgFile := filepath.Join(dir, "sshd_config")
 	cfg := strings.Join(append(hostKeyLines,
@@ -129,7 +107,7 @@ func startSSHD(t *testing.T, authorized ssh.PublicKey) *sshd {
 		t.Fatal(err)
 	}
 
-	stderr := &syncBuffer{}
+	stderr := &cloudtest.Buffer{}
 	cmd := exec.Command(sshdPath, "-D", "-e", "-f", cfgFile)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
@@ -165,7 +143,7 @@ func startSSHD(t *testing.T, authorized ssh.PublicKey) *sshd {
 
 // TestOpenSSHServer runs Sortie's client against Debian's sshd.
 func TestOpenSSHServer(t *testing.T) {
-	clientKey := newKey(t)
+	clientKey := cloudtest.NewSigner(t)
 	srv := startSSHD(t, clientKey.PublicKey())
 	u, err := user.Current()
 	if err != nil {
@@ -229,7 +207,7 @@ func TestOpenSSHServer(t *testing.T) {
 	})
 	t.Run("wrong pinned host key", func(t *testing.T) {
 		bad := cfg
-		bad.HostKey = newKey(t).PublicKey()
+		bad.HostKey = cloudtest.NewSigner(t).PublicKey()
 		_, err := remote.Dial(ctx, bad)
 		if !errors.Is(err, remote.ErrHostKeyMismatch) {
 			t.Errorf("error %v, want ErrHostKeyMismatch", err)
@@ -237,7 +215,7 @@ func TestOpenSSHServer(t *testing.T) {
 	})
 	t.Run("unknown client key", func(t *testing.T) {
 		bad := cfg
-		bad.Signer = newKey(t)
+		bad.Signer = cloudtest.NewSigner(t)
 		_, err := remote.Dial(ctx, bad)
 		if !errors.Is(err, remote.ErrAuth) {
 			t.Errorf("error %v, want ErrAuth", err)

@@ -3,10 +3,7 @@ package remote_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,48 +12,23 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/sshhost"
-	"golang.org/x/crypto/ssh"
 )
-
-func newKey(tb testing.TB) ssh.Signer {
-	tb.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
-}
 
 // instance is an in-process SSH host and a DialConfig that reaches it.
 type instance struct {
-	host *sshhost.Host
-	dir  string
-	cfg  remote.DialConfig
+	dir string
+	cfg remote.DialConfig
 }
 
 func startInstance(tb testing.TB, addr string) *instance {
 	tb.Helper()
-	hostKey, clientKey := newKey(tb), newKey(tb)
-	dir := tb.TempDir()
-	h, err := sshhost.Start(sshhost.Config{
-		HostKey:        hostKey,
-		AuthorizedKeys: []ssh.PublicKey{clientKey.PublicKey()},
-		Dir:            dir,
-		Addr:           addr,
-	})
-	if err != nil {
-		tb.Fatalf("starting ssh host: %v", err)
-	}
-	tb.Cleanup(func() { _ = h.Close() })
-	return &instance{host: h, dir: dir, cfg: remote.DialConfig{
-		Addr: h.Addr(), User: "ec2-user", Signer: clientKey, HostKey: hostKey.PublicKey(),
-	}}
+	h := cloudtest.StartSSHHost(tb, addr)
+	return &instance{dir: h.Dir, cfg: remote.DialConfig{Addr: h.Addr, User: "ec2-user", Signer: h.Login, HostKey: h.HostKey}}
 }
 
 func dial(tb testing.TB, cfg remote.DialConfig) *remote.Client {
@@ -214,8 +186,8 @@ func TestDialRefusals(t *testing.T) {
 		wantErr error
 		want    string
 	}{
-		{name: "wrong client key", edit: func(c *remote.DialConfig) { c.Signer = newKey(t) }, wantErr: remote.ErrAuth},
-		{name: "wrong pinned host key", edit: func(c *remote.DialConfig) { c.HostKey = newKey(t).PublicKey() }, wantErr: remote.ErrHostKeyMismatch,
+		{name: "wrong client key", edit: func(c *remote.DialConfig) { c.Signer = cloudtest.NewSigner(t) }, wantErr: remote.ErrAuth},
+		{name: "wrong pinned host key", edit: func(c *remote.DialConfig) { c.HostKey = cloudtest.NewSigner(t).PublicKey() }, wantErr: remote.ErrHostKeyMismatch,
 			want: remote.Fingerprint(in.cfg.HostKey)},
 		{name: "nil host key", edit: func(c *remote.DialConfig) { c.HostKey = nil }, want: "HostKey is required"},
 		{name: "nothing set", edit: func(c *remote.DialConfig) { *c = remote.DialConfig{} },
@@ -251,23 +223,11 @@ func TestDialRefusals(t *testing.T) {
 	}
 }
 
-// freeAddr returns a loopback address nothing listens on (it did a moment ago).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestDialRetries(t *testing.T) {
 	t.Run("gives up at the context deadline", func(t *testing.T) {
 		in := startInstance(t, "")
 		cfg := in.cfg
-		cfg.Addr = freeAddr(t)
+		cfg.Addr = cloudtest.FreeAddr(t)
 		var retries atomic.Int32
 		cfg.OnRetry = func(err error, _ time.Duration) {
 			if !errors.Is(err, syscall.ECONNREFUSED) {
@@ -292,8 +252,8 @@ func TestDialRetries(t *testing.T) {
 		t.Logf("error after %s and %d retries: %v", elapsed.Round(time.Millisecond), retries.Load(), err)
 	})
 	t.Run("succeeds when the server appears", func(t *testing.T) {
-		addr := freeAddr(t)
-		hostKey, clientKey := newKey(t), newKey(t)
+		addr := cloudtest.FreeAddr(t)
+		hostKey, clientKey := cloudtest.NewSigner(t), cloudtest.NewSigner(t)
 		var retries atomic.Int32
 		cfg := remote.DialConfig{Addr: addr, User: "ec2-user", Signer: clientKey, HostKey: hostKey.PublicKey(),
 			OnRetry: func(error, time.Duration) { retries.Add(1) }}

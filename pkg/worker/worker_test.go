@@ -3,7 +3,6 @@ package worker
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -11,118 +10,57 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
-	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
-	"github.com/sivchari/kumo"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
-	"github.com/sortie-fleet/sortie/pkg/infra"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 )
 
-// env is one test's AWS (an in-process kumo) with the stack of a prefix of its own, a
-// bucket, a work queue, and a test queue subscribed raw to the TaskReported topic.
+// env is one test's stack on a local cloud of its own, with a bucket, a work queue, and a
+// test queue subscribed raw to the TaskReported topic.
 type env struct {
+	*cloudtest.Stack
 	t       *testing.T
-	cfg     aws.Config
-	topo    bus.Topology
-	sqs     *sqs.Client
-	s3      *s3.Client
 	bucket  string
 	work    string // work queue name
 	reports string // TaskReported test queue URL
 }
 
-func randomSuffix(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
-}
-
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv := kumo.NewServer()
-	t.Cleanup(srv.Close)
-	cfg := awsx.ForEndpoint(srv.URL)
-	sfx := randomSuffix(t)
-	e := &env{
-		t:      t,
-		cfg:    cfg,
-		topo:   bus.Topology{Prefix: "w" + sfx},
-		sqs:    sqs.NewFromConfig(cfg),
-		s3:     s3.NewFromConfig(cfg, awsx.S3Options(cfg)),
-		bucket: "work-" + sfx,
-		work:   "work-" + sfx,
-	}
-	ctx := context.Background()
-	if _, err := infra.Up(ctx, infra.NewClients(cfg), e.topo); err != nil {
-		t.Fatalf("infra up: %v", err)
-	}
-	if _, err := e.s3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(e.bucket)}); err != nil {
+	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{}))
+	name := cloudtest.Unique("work-")
+	e := &env{Stack: s, t: t, bucket: name, work: name}
+	if _, err := s.S3.CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(e.bucket)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(e.work)}); err != nil {
+	if _, err := s.SQS.CreateQueue(t.Context(), &sqs.CreateQueueInput{QueueName: aws.String(e.work)}); err != nil {
 		t.Fatal(err)
 	}
-	e.reports = e.subscribe(bus.TaskReported)
+	e.reports = s.Subscribe(t, bus.TaskReported)
 	return e
-}
-
-// subscribe creates a queue subscribed with raw delivery to eventType's topic.
-func (e *env) subscribe(eventType string) string {
-	e.t.Helper()
-	ctx := context.Background()
-	q, err := e.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(e.topo.Prefix + "-test-" + strings.ToLower(eventType))})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	attrs, err := e.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: q.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn}})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	snsc := sns.NewFromConfig(e.cfg)
-	topic, err := snsc.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(e.topo.TopicName(eventType))}) // exists: returns its ARN
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	_, err = snsc.Subscribe(ctx, &sns.SubscribeInput{
-		TopicArn:   topic.TopicArn,
-		Protocol:   aws.String("sqs"),
-		Endpoint:   aws.String(attrs.Attributes[string(sqstypes.QueueAttributeNameQueueArn)]),
-		Attributes: map[string]string{"RawMessageDelivery": "true"},
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return aws.ToString(q.QueueUrl)
 }
 
 func (e *env) put(key string, body []byte) {
 	e.t.Helper()
-	if _, err := e.s3.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(e.bucket), Key: aws.String(key), Body: bytes.NewReader(body)}); err != nil {
+	if _, err := e.S3.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(e.bucket), Key: aws.String(key), Body: bytes.NewReader(body)}); err != nil {
 		e.t.Fatal(err)
 	}
 }
 
 func (e *env) send(body string) {
 	e.t.Helper()
-	url, err := e.sqs.GetQueueUrl(context.Background(), &sqs.GetQueueUrlInput{QueueName: aws.String(e.work)})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if _, err := e.sqs.SendMessage(context.Background(), &sqs.SendMessageInput{QueueUrl: url.QueueUrl, MessageBody: aws.String(body)}); err != nil {
+	url := cloudtest.QueueURL(e.t, e.SQS, e.work)
+	if _, err := e.SQS.SendMessage(context.Background(), &sqs.SendMessageInput{QueueUrl: aws.String(url), MessageBody: aws.String(body)}); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -139,12 +77,7 @@ func (e *env) sendItem(key string) {
 // depth is the work queue's visible + in-flight + delayed count.
 func (e *env) depth() int {
 	e.t.Helper()
-	w := &worker{cfg: Config{Queue: e.work}, queue: e.sqs}
-	url, err := e.sqs.GetQueueUrl(context.Background(), &sqs.GetQueueUrlInput{QueueName: aws.String(e.work)})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	w.queueURL = aws.ToString(url.QueueUrl)
+	w := &worker{cfg: Config{Queue: e.work}, queue: e.SQS, queueURL: cloudtest.QueueURL(e.t, e.SQS, e.work)}
 	n, err := w.depth(context.Background())
 	if err != nil {
 		e.t.Fatal(err)
@@ -155,57 +88,21 @@ func (e *env) depth() int {
 // taskReports receives and decodes TaskReported events until want arrived or 10 s passed.
 func (e *env) taskReports(want int) []events.TaskReported {
 	e.t.Helper()
-	var out []events.TaskReported
-	deadline := time.Now().Add(10 * time.Second)
-	for len(out) < want && time.Now().Before(deadline) {
-		recv, err := e.sqs.ReceiveMessage(context.Background(), &sqs.ReceiveMessageInput{QueueUrl: aws.String(e.reports), MaxNumberOfMessages: 10, WaitTimeSeconds: 1})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		for _, m := range recv.Messages {
-			ev, err := events.DecodeTaskReported([]byte(aws.ToString(m.Body)))
-			if err != nil {
-				e.t.Fatalf("the worker published an invalid TaskReported: %v\n%s", err, aws.ToString(m.Body))
-			}
-			out = append(out, ev)
-			if _, err := e.sqs.DeleteMessage(context.Background(), &sqs.DeleteMessageInput{QueueUrl: aws.String(e.reports), ReceiptHandle: m.ReceiptHandle}); err != nil {
-				e.t.Fatal(err)
-			}
-		}
-	}
-	return out
+	return cloudtest.Events(e.t, e.SQS, e.reports, "", want, 10*time.Second, events.DecodeTaskReported)
 }
 
 func (e *env) config(out io.Writer) Config {
 	return Config{
 		Bucket:        e.bucket,
 		Queue:         e.work,
-		Prefix:        e.topo.Prefix,
+		Prefix:        e.Topology.Prefix,
 		JobID:         "job-w1",
 		CorrelationID: "corr-w1",
 		FleetID:       "job-w1",
 		InstanceID:    "i-0123456789abcdef0",
-		AWS:           e.cfg,
+		AWS:           e.AWS,
 		Out:           out,
 	}
-}
-
-// syncBuffer is an io.Writer safe to read while the worker writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // fileBody is item i's content: i lines, the last without a newline when i is odd; item 0
@@ -240,22 +137,17 @@ func TestDrainsTheQueue(t *testing.T) {
 		e.put(keys[i], fileBody(i))
 		e.sendItem(keys[i])
 	}
-	var out syncBuffer
+	var out cloudtest.Buffer
 	if err := runWorker(t, e.config(&out)); err != nil {
 		t.Fatalf("Run = %v\noutput:\n%s", err, out.String())
 	}
 
 	for i, key := range keys {
-		obj, err := e.s3.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(e.bucket), Key: aws.String(ResultKey("job-w1", key))})
-		if err != nil {
-			t.Fatalf("result of %s: %v", key, err)
-		}
+		body, obj := cloudtest.Download(t, e.S3, e.bucket, ResultKey("job-w1", key))
 		var res Result
-		dec := json.NewDecoder(obj.Body)
+		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
-		err = dec.Decode(&res)
-		obj.Body.Close()
-		if err != nil {
+		if err := dec.Decode(&res); err != nil {
 			t.Fatalf("result of %s: %v", key, err)
 		}
 		sum := sha256.Sum256(fileBody(i))
@@ -305,7 +197,7 @@ func TestBadItemsAreReportedFailed(t *testing.T) {
 	e.sendItem("ok.txt")
 	e.sendItem("missing.txt")
 	e.send(`{"path": "nope"}`)
-	var out syncBuffer
+	var out cloudtest.Buffer
 	if err := runWorker(t, e.config(&out)); err != nil {
 		t.Fatalf("Run = %v", err)
 	}
@@ -348,7 +240,7 @@ func TestCannotReportIsFatal(t *testing.T) {
 	e.put("a.txt", []byte("a\n"))
 	e.sendItem("a.txt")
 	cfg := e.config(io.Discard)
-	cfg.Prefix = "nostack" + randomSuffix(t)
+	cfg.Prefix = cloudtest.Unique("nostack")
 	err := runWorker(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "reporting task a.txt") {
 		t.Fatalf("Run = %v, want a reporting error", err)
@@ -362,7 +254,7 @@ func TestMissingQueueIsFatal(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	cfg := e.config(io.Discard)
-	cfg.Queue = "no-such-queue-" + randomSuffix(t)
+	cfg.Queue = cloudtest.Unique("no-such-queue-")
 	if err := runWorker(t, cfg); err == nil || !strings.Contains(err.Error(), "finding work queue "+cfg.Queue) {
 		t.Fatalf("Run = %v, want the queue named in the error", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
@@ -28,11 +29,7 @@ const testHostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLs
 
 func testOps(t *testing.T) *opsconfig.Config {
 	t.Helper()
-	ops, err := opsconfig.Load("testdata/ops.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ops
+	return cloudtest.LoadOps(t, "testdata/ops.yaml")
 }
 
 func testEvent() events.FleetLaunched {

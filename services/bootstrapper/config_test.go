@@ -4,12 +4,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 )
 
 func TestConfigFromEnv(t *testing.T) {
 	t.Run("defaults", func(t *testing.T) {
-		t.Setenv("SORTIE_SSH_KEY", "/etc/sortie/id")
-		t.Setenv("SORTIE_PREFIX", "")
+		cloudtest.Setenv(t, map[string]string{"SORTIE_SSH_KEY": "/etc/sortie/id", "SORTIE_PREFIX": ""})
 		cfg, err := ConfigFromEnv()
 		if err != nil {
 			t.Fatalf("ConfigFromEnv: %v", err)
@@ -21,12 +22,10 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	})
 	t.Run("set", func(t *testing.T) {
-		t.Setenv("SORTIE_SSH_KEY", "s3://keys/sortie-dev.pem")
-		t.Setenv("SORTIE_PREFIX", "stack-a")
-		t.Setenv("SORTIE_BOOTSTRAP_CONCURRENCY", "4")
-		t.Setenv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "30s")
-		t.Setenv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", "1m")
-		t.Setenv("SORTIE_BOOTSTRAP_FETCHER", "wget")
+		cloudtest.Setenv(t, map[string]string{
+			"SORTIE_SSH_KEY": "s3://keys/sortie-dev.pem", "SORTIE_PREFIX": "stack-a", "SORTIE_BOOTSTRAP_CONCURRENCY": "4",
+			"SORTIE_BOOTSTRAP_DIAL_TIMEOUT": "30s", "SORTIE_BOOTSTRAP_STEP_TIMEOUT": "1m", "SORTIE_BOOTSTRAP_FETCHER": "wget",
+		})
 		cfg, err := ConfigFromEnv()
 		if err != nil {
 			t.Fatalf("ConfigFromEnv: %v", err)
@@ -36,12 +35,10 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	})
 	t.Run("every problem at once", func(t *testing.T) {
-		t.Setenv("SORTIE_SSH_KEY", "")
-		t.Setenv("SORTIE_PREFIX", "Bad Prefix")
-		t.Setenv("SORTIE_BOOTSTRAP_CONCURRENCY", "0")
-		t.Setenv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "-1s")
-		t.Setenv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", "")
-		t.Setenv("SORTIE_BOOTSTRAP_FETCHER", "scp")
+		cloudtest.Setenv(t, map[string]string{
+			"SORTIE_SSH_KEY": "", "SORTIE_PREFIX": "Bad Prefix", "SORTIE_BOOTSTRAP_CONCURRENCY": "0",
+			"SORTIE_BOOTSTRAP_DIAL_TIMEOUT": "-1s", "SORTIE_BOOTSTRAP_STEP_TIMEOUT": "", "SORTIE_BOOTSTRAP_FETCHER": "scp",
+		})
 		_, err := ConfigFromEnv()
 		if err == nil {
 			t.Fatal("ConfigFromEnv accepted a bad configuration")
@@ -53,9 +50,7 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	})
 	t.Run("unparsable values", func(t *testing.T) {
-		t.Setenv("SORTIE_SSH_KEY", "/k")
-		t.Setenv("SORTIE_BOOTSTRAP_CONCURRENCY", "many")
-		t.Setenv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "soon")
+		cloudtest.Setenv(t, map[string]string{"SORTIE_SSH_KEY": "/k", "SORTIE_BOOTSTRAP_CONCURRENCY": "many", "SORTIE_BOOTSTRAP_DIAL_TIMEOUT": "soon"})
 		_, err := ConfigFromEnv()
 		if err == nil || !strings.Contains(err.Error(), "SORTIE_BOOTSTRAP_CONCURRENCY") || !strings.Contains(err.Error(), "SORTIE_BOOTSTRAP_DIAL_TIMEOUT") {
 			t.Fatalf("error = %v, want both variables named", err)

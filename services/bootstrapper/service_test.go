@@ -1,37 +1,24 @@
 package bootstrapper_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/pem"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/sns"
-	"github.com/aws/aws-sdk-go-v2/service/sqs"
-	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
-	"github.com/sortie-fleet/sortie/pkg/infra"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
-	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -42,17 +29,18 @@ import (
 // (SSH hosts running /bin/sh), real SNS/SQS messages, a real presigned S3 fetch.
 func TestBootstrapper(t *testing.T) {
 	e := newEnv(t)
-	out := e.subscribe(bus.FleetBootstrapped)
+	out := e.Subscribe(t, bus.FleetBootstrapped)
 	e.start()
 
-	hostKey, userData := newHostKey(t)
+	hk := cloudtest.NewHostKey(t)
+	hostKey := hk.Authorized
 
 	// Every step of recipe "test" on three instances; step "check" fails on the second.
-	insts := e.launch(3, userData)
+	insts := e.launch(3, hk.UserData)
 	ev := e.fleetLaunched("job-main", hostKey, insts)
 	ev.Params["fail_on"] = insts[1].ID
-	e.publish(ev)
-	got := receive(t, e, out, "job-main")
+	e.Publish(t, ev)
+	got := e.receive(t, out, "job-main")
 
 	t.Run("steps succeed on the healthy instances", func(t *testing.T) {
 		if len(got.Instances) != 3 {
@@ -93,7 +81,7 @@ func TestBootstrapper(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := fmt.Sprintf("SORTIE_JOB_ID=job-main\nSORTIE_CORRELATION_ID=corr-job-main\nSORTIE_FLEET_ID=job-main\nSORTIE_INSTANCE_ID=%s\nSORTIE_PREFIX=%s\n", in.ID, e.topo.Prefix)
+			want := fmt.Sprintf("SORTIE_JOB_ID=job-main\nSORTIE_CORRELATION_ID=corr-job-main\nSORTIE_FLEET_ID=job-main\nSORTIE_INSTANCE_ID=%s\nSORTIE_PREFIX=%s\n", in.ID, e.Topology.Prefix)
 			if string(b) != want {
 				t.Errorf("%s:\n%s\nwant:\n%s", p, b, want)
 			}
@@ -140,8 +128,8 @@ func TestBootstrapper(t *testing.T) {
 	})
 
 	t.Run("redelivery runs no step again", func(t *testing.T) {
-		e.publish(ev)
-		again := receive(t, e, out, "job-main")
+		e.Publish(t, ev)
+		again := e.receive(t, out, "job-main")
 		for _, i := range []int{0, 2} {
 			r := again.Instances[i]
 			if !r.OK || stepSummary(r) != "already-bootstrapped:0" {
@@ -158,12 +146,11 @@ func TestBootstrapper(t *testing.T) {
 	})
 
 	t.Run("wrong host key: that instance fails, the other is bootstrapped", func(t *testing.T) {
-		_, otherUserData := newHostKey(t)
-		good := e.launch(1, userData)
-		impostor := e.launch(1, otherUserData)
+		good := e.launch(1, hk.UserData)
+		impostor := e.launch(1, cloudtest.NewHostKey(t).UserData)
 		ev := e.fleetLaunched("job-hostkey", hostKey, append(good, impostor...))
-		e.publish(ev)
-		got := receive(t, e, out, "job-hostkey")
+		e.Publish(t, ev)
+		got := e.receive(t, out, "job-hostkey")
 		if r := got.Instances[0]; !r.OK {
 			t.Errorf("instance with the pinned key: ok=false, error %q", r.Error)
 		}
@@ -179,22 +166,23 @@ func TestBootstrapper(t *testing.T) {
 	t.Run("invalid events go to the DLQ with the reason", func(t *testing.T) {
 		bad := e.fleetLaunched("job-badrecipe", hostKey, insts[:1])
 		bad.Recipe = "nope"
-		e.publish(bad)
+		e.Publish(t, bad)
 		garbage := e.fleetLaunched("job-garbage", hostKey, insts[:1])
-		if err := e.pub.PublishBody(context.Background(), garbage, []byte(`{"schema_version":1,`)); err != nil {
+		if err := e.Publisher.PublishBody(context.Background(), garbage, []byte(`{"schema_version":1,`)); err != nil {
 			t.Fatal(err)
 		}
-		reasons := e.dlqReasons(bus.DLQName(e.topo.QueueName(bus.Bootstrapper, bus.FleetLaunched)), 2)
-		if !strings.Contains(reasons["job-badrecipe"], `unknown recipe "nope"`) {
-			t.Errorf("DLQ reason for the unknown recipe: %q", reasons["job-badrecipe"])
+		dlq := bus.DLQName(e.Topology.QueueName(bus.Bootstrapper, bus.FleetLaunched))
+		dead := cloudtest.DeadLetters(t, e.SQS, dlq, 30*time.Second, "job-badrecipe", "job-garbage")
+		if r := dead["job-badrecipe"][0].Reason; !strings.Contains(r, `unknown recipe "nope"`) {
+			t.Errorf("DLQ reason for the unknown recipe: %q", r)
 		}
-		if !strings.Contains(reasons["job-garbage"], "malformed JSON") {
-			t.Errorf("DLQ reason for the garbage body: %q", reasons["job-garbage"])
+		if r := dead["job-garbage"][0].Reason; !strings.Contains(r, "malformed JSON") {
+			t.Errorf("DLQ reason for the garbage body: %q", r)
 		}
 	})
 
 	t.Run("no presigned URL in any log line", func(t *testing.T) {
-		logs := e.logs.String()
+		logs := e.Logs.String()
 		if !strings.Contains(logs, "running step") {
 			t.Fatal("the debug log has no step lines: the check would prove nothing")
 		}
@@ -206,20 +194,13 @@ func TestBootstrapper(t *testing.T) {
 
 const toolScript = "#!/bin/sh\necho tool ok\n"
 
-// env is one test's local cloud, stack and running bootstrapper.
+// env is one test's stack, with a login key pair and the tool object, and the bootstrapper
+// running on it.
 type env struct {
+	*cloudtest.Stack
 	t       *testing.T
-	cloud   *localcloud.Cloud
-	aws     aws.Config
-	topo    bus.Topology
-	ec2     *ec2.Client
-	sqs     *sqs.Client
-	pub     *bus.Publisher
-	keyName string
-	keyPath string
-	login   ssh.Signer
+	key     cloudtest.KeyPair
 	fetcher string
-	logs    *syncBuffer
 }
 
 func newEnv(t *testing.T) *env {
@@ -228,174 +209,41 @@ func newEnv(t *testing.T) *env {
 	if _, err := exec.LookPath("curl"); err != nil {
 		fetcher = recipe.FetcherWget
 		if _, err := exec.LookPath("wget"); err != nil {
-			interop(t, "neither curl nor wget is installed: the fetch step cannot run")
+			cloudtest.MissingTool(t, "neither curl nor wget is installed: the fetch step cannot run")
 		}
 	}
-	cloud, err := localcloud.New(localcloud.Options{Addr: "127.0.0.1:0", BootDelay: 30 * time.Millisecond, ShutdownDelay: 10 * time.Millisecond, DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cloud.Close() })
-	cfg := awsx.ForEndpoint(cloud.URL())
-	ctx := context.Background()
-	topo := bus.Topology{Prefix: "bt" + strings.ToLower(rand.Text()[:8])}
-	if _, err := infra.Up(ctx, infra.NewClients(cfg), topo); err != nil {
-		t.Fatalf("infra up: %v", err)
-	}
-	e := &env{t: t, cloud: cloud, aws: cfg, topo: topo, ec2: ec2.NewFromConfig(cfg), sqs: sqs.NewFromConfig(cfg), fetcher: fetcher, logs: &syncBuffer{}}
-
-	e.keyName = topo.Prefix + "-login"
-	kp, err := e.ec2.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String(e.keyName), KeyType: ec2types.KeyTypeEd25519})
-	if err != nil {
-		t.Fatalf("CreateKeyPair: %v", err)
-	}
-	e.keyPath = filepath.Join(t.TempDir(), "login.pem")
-	if err := os.WriteFile(e.keyPath, []byte(aws.ToString(kp.KeyMaterial)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if e.login, err = ssh.ParsePrivateKey([]byte(aws.ToString(kp.KeyMaterial))); err != nil {
-		t.Fatal(err)
-	}
-
-	s3c := s3.NewFromConfig(cfg, awsx.S3Options(cfg))
-	if _, err := s3c.PutObject(ctx, &s3.PutObjectInput{
-		Bucket: aws.String(topo.BucketName()), Key: aws.String("tools/tool.sh"), Body: strings.NewReader(toolScript),
+	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 10 * time.Millisecond}))
+	e := &env{Stack: s, t: t, fetcher: fetcher, key: cloudtest.NewKeyPair(t, s.EC2, s.Topology.Prefix+"-login")}
+	if _, err := s.S3.PutObject(t.Context(), &s3.PutObjectInput{
+		Bucket: aws.String(s.Topology.BucketName()), Key: aws.String("tools/tool.sh"), Body: strings.NewReader(toolScript),
 	}); err != nil {
 		t.Fatalf("PutObject: %v", err)
 	}
-	if e.pub, err = bus.NewPublisher(bus.PublisherConfig{Topology: topo, AWS: cfg}); err != nil {
-		t.Fatal(err)
-	}
 	return e
-}
-
-// interop skips a test that needs a tool a bare machine may lack, or fails it in CI.
-func interop(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("SORTIE_REQUIRE_INTEROP") == "1" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
 }
 
 // start runs the bootstrapper until the test ends.
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	ops, err := opsconfig.Load("testdata/ops.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
 	cfg := bootstrapper.Config{
-		Base:        service.Base{Prefix: e.topo.Prefix},
-		SSHKey:      e.keyPath,
+		Base:        service.Base{Prefix: e.Topology.Prefix},
+		SSHKey:      e.key.Path,
 		DialTimeout: 10 * time.Second,
 		StepTimeout: 30 * time.Second,
 		Fetcher:     e.fetcher,
 	}
-	deps := service.Deps{
-		AWS: e.aws, Ops: ops, Publisher: e.pub,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- bootstrapper.Run(ctx, cfg, deps) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return after its context was cancelled")
-		}
-		if t.Failed() {
-			t.Logf("bootstrapper logs:\n%s", e.logs.String())
-		}
+	e.Serve(t, func(ctx context.Context) error {
+		return bootstrapper.Run(ctx, cfg, e.Deps(ops))
 	})
-}
-
-// newHostKey returns a fresh ed25519 host key's authorized_keys line and the cloud-init
-// user data that installs it, as the provisioner builds it.
-func newHostKey(t *testing.T) (authorized, userData string) {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	authorized = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
-	var b strings.Builder
-	b.WriteString("#cloud-config\nssh_keys:\n  ed25519_private: |\n")
-	for _, l := range strings.Split(strings.TrimSpace(string(pem.EncodeToMemory(block))), "\n") {
-		b.WriteString("    " + l + "\n")
-	}
-	b.WriteString("  ed25519_public: " + authorized + "\n")
-	return authorized, b.String()
 }
 
 // launch runs n instances with the user data and waits until they are running with an
 // SSH endpoint.
 func (e *env) launch(n int, userData string) []events.Instance {
-	t := e.t
-	t.Helper()
-	ctx := context.Background()
-	out, err := e.ec2.RunInstances(ctx, &ec2.RunInstancesInput{
-		ImageId: aws.String("ami-0123456789abcdef0"), InstanceType: ec2types.InstanceTypeT3Micro,
-		MinCount: aws.Int32(int32(n)), MaxCount: aws.Int32(int32(n)), KeyName: aws.String(e.keyName),
-		UserData: aws.String(base64.StdEncoding.EncodeToString([]byte(userData))),
-	})
-	if err != nil {
-		t.Fatalf("RunInstances: %v", err)
-	}
-	var ids []string
-	for _, in := range out.Instances {
-		ids = append(ids, aws.ToString(in.InstanceId))
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		desc, err := e.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: ids})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var insts []events.Instance
-		for _, r := range desc.Reservations {
-			for _, in := range r.Instances {
-				ep := tag(in.Tags, localcloud.SSHEndpointTag)
-				if in.State.Name != ec2types.InstanceStateNameRunning || ep == "" {
-					continue
-				}
-				insts = append(insts, events.Instance{
-					ID: aws.ToString(in.InstanceId), InstanceType: string(in.InstanceType),
-					PrivateIP: aws.ToString(in.PrivateIpAddress), SSHEndpoint: ep, LaunchedAt: aws.ToTime(in.LaunchTime),
-				})
-			}
-		}
-		if len(insts) == n {
-			return insts
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instances %v not running after 10s", ids)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func tag(tags []ec2types.Tag, key string) string {
-	for _, tg := range tags {
-		if aws.ToString(tg.Key) == key {
-			return aws.ToString(tg.Value)
-		}
-	}
-	return ""
+	e.t.Helper()
+	return cloudtest.Launch(e.t, e.EC2, n, cloudtest.LaunchSpec{KeyName: e.key.Name, UserData: userData})
 }
 
 func (e *env) fleetLaunched(jobID, hostKey string, insts []events.Instance) events.FleetLaunched {
@@ -406,23 +254,16 @@ func (e *env) fleetLaunched(jobID, hostKey string, insts []events.Instance) even
 		PlanRevision: 1,
 		Template:     "test",
 		Recipe:       "test",
-		Params:       map[string]string{"bucket": e.topo.BucketName()},
+		Params:       map[string]string{"bucket": e.Topology.BucketName()},
 		DeadlineAt:   now.Add(time.Hour).Truncate(time.Second),
-		KeyName:      e.keyName,
+		KeyName:      e.key.Name,
 		HostKey:      hostKey,
 		Instances:    insts,
 	}
 }
 
-func (e *env) publish(ev events.Event) {
-	e.t.Helper()
-	if err := e.pub.Publish(context.Background(), ev); err != nil {
-		e.t.Fatalf("publishing: %v", err)
-	}
-}
-
 func (e *env) instanceFile(id, rel string) string {
-	return filepath.Join(e.cloud.InstanceDir(id), rel)
+	return filepath.Join(e.Cloud.InstanceDir(id), rel)
 }
 
 // ssh runs cmd on an instance the way a service would: pinned host key, login key.
@@ -435,7 +276,7 @@ func (e *env) ssh(in events.Instance, hostKey, cmd string) remote.Result {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := remote.Dial(ctx, remote.DialConfig{Addr: in.SSHEndpoint, User: "worker", Signer: e.login, HostKey: pub})
+	c, err := remote.Dial(ctx, remote.DialConfig{Addr: in.SSHEndpoint, User: "worker", Signer: e.key.Signer, HostKey: pub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,98 +294,17 @@ func (e *env) stageTags(insts []events.Instance) map[string]string {
 	for _, in := range insts {
 		ids = append(ids, in.ID)
 	}
-	desc, err := e.ec2.DescribeInstances(context.Background(), &ec2.DescribeInstancesInput{InstanceIds: ids})
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	out := map[string]string{}
-	for _, r := range desc.Reservations {
-		for _, in := range r.Instances {
-			out[aws.ToString(in.InstanceId)] = tag(in.Tags, bootstrapper.TagStage)
-		}
+	for _, in := range cloudtest.DescribeInstances(e.t, e.EC2, &ec2.DescribeInstancesInput{InstanceIds: ids}) {
+		out[aws.ToString(in.InstanceId)] = cloudtest.Tags(in)[bootstrapper.TagStage]
 	}
 	return out
 }
 
-// subscribe creates a queue subscribed (raw delivery) to the event type's topic.
-func (e *env) subscribe(eventType string) string {
-	t := e.t
-	t.Helper()
-	ctx := context.Background()
-	q, err := e.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(e.topo.Prefix + "-test-" + strings.ToLower(eventType))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	attrs, err := e.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: q.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	snsc := sns.NewFromConfig(e.aws)
-	topic, err := snsc.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(e.topo.TopicName(eventType))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := snsc.Subscribe(ctx, &sns.SubscribeInput{
-		TopicArn: topic.TopicArn, Protocol: aws.String("sqs"), Endpoint: aws.String(attrs.Attributes["QueueArn"]),
-		Attributes: map[string]string{"RawMessageDelivery": "true"},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return aws.ToString(q.QueueUrl)
-}
-
 // receive waits for the next FleetBootstrapped of a job on the test queue.
-func receive(t *testing.T, e *env, queueURL, jobID string) events.FleetBootstrapped {
+func (e *env) receive(t *testing.T, queueURL, jobID string) events.FleetBootstrapped {
 	t.Helper()
-	ctx := context.Background()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		out, err := e.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(queueURL), MaxNumberOfMessages: 10, WaitTimeSeconds: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range out.Messages {
-			ev, err := events.DecodeFleetBootstrapped([]byte(aws.ToString(m.Body)))
-			if err != nil {
-				t.Fatalf("the bootstrapper published an invalid FleetBootstrapped: %v", err)
-			}
-			if _, err := e.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(queueURL), ReceiptHandle: m.ReceiptHandle}); err != nil {
-				t.Fatal(err)
-			}
-			if ev.JobID == jobID {
-				return ev
-			}
-		}
-	}
-	t.Fatalf("no FleetBootstrapped for %s within 60s; logs:\n%s", jobID, e.logs.String())
-	return events.FleetBootstrapped{}
-}
-
-// dlqReasons reads n messages from a DLQ and returns their dead-letter reasons by job id.
-func (e *env) dlqReasons(dlq string, n int) map[string]string {
-	t := e.t
-	t.Helper()
-	ctx := context.Background()
-	url, err := e.sqs.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(dlq)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reasons := map[string]string{}
-	deadline := time.Now().Add(30 * time.Second)
-	for len(reasons) < n && time.Now().Before(deadline) {
-		out, err := e.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: url.QueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, MessageAttributeNames: []string{"All"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range out.Messages {
-			job := aws.ToString(m.MessageAttributes[bus.AttrJobID].StringValue)
-			reasons[job] = aws.ToString(m.MessageAttributes[bus.AttrError].StringValue)
-		}
-	}
-	if len(reasons) < n {
-		t.Fatalf("%d messages in %s, want %d", len(reasons), dlq, n)
-	}
-	return reasons
+	return cloudtest.NextEvent(t, e.SQS, queueURL, jobID, time.Minute, events.DecodeFleetBootstrapped)
 }
 
 func stepSummary(r events.InstanceResult) string {
@@ -553,22 +313,4 @@ func stepSummary(r events.InstanceResult) string {
 		parts = append(parts, fmt.Sprintf("%s:%d", s.Name, s.ExitCode))
 	}
 	return strings.Join(parts, " ")
-}
-
-// syncBuffer collects the service's logs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

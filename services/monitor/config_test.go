@@ -5,11 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/service"
 )
 
 func TestConfigFromEnv(t *testing.T) {
-	for k, v := range map[string]string{
+	cloudtest.Setenv(t, map[string]string{
 		"SORTIE_PREFIX":              "stack-a",
 		"SORTIE_CONFIG":              "",
 		"SORTIE_SSH_KEY":             "s3://keys/fleet.pem",
@@ -22,9 +23,7 @@ func TestConfigFromEnv(t *testing.T) {
 		"SORTIE_METRICS_FLUSH":       "250ms",
 		"SORTIE_MONITOR_SETTLE":      "",
 		"SORTIE_POLL_WAIT":           "1s",
-	} {
-		t.Setenv(k, v)
-	}
+	})
 	cfg, err := ConfigFromEnv()
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
-	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 )
 
@@ -246,11 +246,7 @@ func TestMisses(t *testing.T) {
 
 func TestWorkloads(t *testing.T) {
 	t.Parallel()
-	ops, err := opsconfig.Load("testdata/ops.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := ops.Recipe("lines")
+	r, err := cloudtest.LoadOps(t, "testdata/ops.yaml").Recipe("lines")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,9 +16,9 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
-	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 )
 
@@ -131,10 +131,7 @@ type fakes struct {
 
 func newFakes(t *testing.T, probes fakeProber) fakes {
 	t.Helper()
-	ops, err := opsconfig.Load("testdata/ops.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
 	f := fakes{pub: &fakePub{}, ec2: &fakeEC2{}, stats: &fakeStats{sums: map[string]float64{}}, sink: &fakeSink{}}
 	f.m = &monitor{
 		cfg:     Config{Interval: 30 * time.Second, Grace: time.Minute, Lease: 10 * time.Minute, MaxMisses: 3, Parallel: 4, Settle: 2 * time.Second}.WithDefaults(),
@@ -155,15 +152,6 @@ func fleetEvent() events.FleetBootstrapped {
 	return e
 }
 
-func body(t *testing.T, e events.Event) []byte {
-	t.Helper()
-	b, err := events.Encode(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestCheckStillRunning(t *testing.T) {
 	t.Parallel()
 	f := newFakes(t, fakeProber{
@@ -171,7 +159,7 @@ func TestCheckStillRunning(t *testing.T) {
 		"i-0000000000000000b": {ID: "i-0000000000000000b", Err: errors.New("connection refused")},
 	})
 	e := fleetEvent()
-	b := body(t, e)
+	b := cloudtest.Encode(t, e)
 	if err := f.m.check(context.Background(), e, b, map[string]int{"i-0000000000000000b": 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +190,7 @@ func TestCheckVerdictSettles(t *testing.T) {
 		"i-0000000000000000b": {ID: "i-0000000000000000b", Steps: steps(exited(2))},
 	})
 	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, body(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.pub.published) != 0 || len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerSettle || f.pub.timers[0].delay != 2*time.Second {
@@ -243,7 +231,7 @@ func TestCheckTerminatedInstance(t *testing.T) {
 	f := newFakes(t, nil) // no SSH: the probe must not run
 	f.ec2.states = map[string]ec2types.InstanceStateName{"i-0000000000000000b": ec2types.InstanceStateNameTerminated}
 	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, body(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
 		t.Fatal(err)
 	}
 	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
@@ -260,7 +248,7 @@ func TestCheckStopsWhenFinished(t *testing.T) {
 	f := newFakes(t, nil)
 	f.ec2.stage = StageFinished
 	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, body(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.pub.timers)+len(f.pub.published)+len(f.ec2.tags) != 0 {
@@ -305,7 +293,7 @@ func TestHandleBootstrapped(t *testing.T) {
 	t.Parallel()
 	t.Run("arms the first check", func(t *testing.T) {
 		f := newFakes(t, nil)
-		b := body(t, fleetEvent())
+		b := cloudtest.Encode(t, fleetEvent())
 		if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: b}); err != nil {
 			t.Fatal(err)
 		}
@@ -317,7 +305,7 @@ func TestHandleBootstrapped(t *testing.T) {
 		f := newFakes(t, nil)
 		e := fleetEvent()
 		e.Recipe = "gone"
-		if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: body(t, e), ReceiveCount: 1}); err != nil {
+		if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, e), ReceiveCount: 1}); err != nil {
 			t.Fatal(err)
 		}
 		if len(f.pub.published) != 1 || f.pub.published[0].Outcome != events.OutcomeFailed ||
@@ -339,7 +327,7 @@ func TestHandleTaskReported(t *testing.T) {
 	f := newFakes(t, nil)
 	tr := events.TaskReported{Header: events.NewHeader("job-1", "c", clock), FleetID: "job-1", InstanceID: "i-0000000000000000a",
 		TaskID: "a.txt", Outcome: events.OutcomeFailed, DurationMS: 12, Detail: "boom"}
-	if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: body(t, tr)}); err != nil {
+	if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, tr)}); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.sink.data) != 2 || f.sink.data[0].Name != metrics.TasksFailed || !f.sink.data[0].Counter ||

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
@@ -443,29 +444,8 @@ func TestCountWork(t *testing.T) {
 	}
 }
 
-// fakePublisher records what the handler publishes.
-type fakePublisher struct {
-	published []events.Event
-	err       error
-}
-
-func (f *fakePublisher) Publish(_ context.Context, e events.Event) error {
-	if f.err != nil {
-		return f.err
-	}
-	f.published = append(f.published, e)
-	return nil
-}
-
 func TestHandle(t *testing.T) {
-	body := func(j events.JobSubmitted) []byte {
-		t.Helper()
-		b, err := events.Encode(j)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	body := func(j events.JobSubmitted) []byte { return cloudtest.Encode(t, j) }
 	tests := []struct {
 		name       string
 		payload    []byte
@@ -482,7 +462,7 @@ func TestHandle(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pub := &fakePublisher{err: tt.pubErr}
+			pub := &cloudtest.Recorder{Err: tt.pubErr}
 			h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub}
 			err := h.handle(context.Background(), &bus.Message{Payload: tt.payload})
 			if tt.wantErr != "" {
@@ -492,20 +472,20 @@ func TestHandle(t *testing.T) {
 				if bus.IsPermanent(err) != tt.permanent {
 					t.Errorf("permanent = %t, want %t", bus.IsPermanent(err), tt.permanent)
 				}
-				if len(pub.published) != 0 {
-					t.Errorf("published %d events", len(pub.published))
+				if len(pub.Published) != 0 {
+					t.Errorf("published %d events", len(pub.Published))
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(pub.published) != 1 {
-				t.Fatalf("published %d events, want 1", len(pub.published))
+			if len(pub.Published) != 1 {
+				t.Fatalf("published %d events, want 1", len(pub.Published))
 			}
-			plan, ok := pub.published[0].(events.FleetPlanned)
+			plan, ok := pub.Published[0].(events.FleetPlanned)
 			if !ok || plan.FleetID != tt.wantPlanID || plan.Count != 3 {
-				t.Errorf("published %#v", pub.published[0])
+				t.Errorf("published %#v", pub.Published[0])
 			}
 		})
 	}

@@ -3,7 +3,8 @@ package planner
 import (
 	"context"
 	"fmt"
-	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
@@ -25,19 +26,16 @@ import (
 // in, a real FleetPlanned (or a DLQ entry) out, with work measured from a real queue and
 // a real bucket.
 func TestPlannerOnLocalCloud(t *testing.T) {
-	s := newStack(t, localcloud.Options{})
-	ctx := t.Context()
+	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{}))
 
 	// The demo's work: 202 objects under a prefix and 202 messages in a work queue.
-	bucket := s.topo.Prefix + "-demo"
-	work := s.topo.Prefix + "-work"
+	bucket := s.Topology.Prefix + "-demo"
+	work := s.Topology.Prefix + "-work"
 	seedWork(t, s, bucket, "files/", work, 202)
 
-	plans := s.subscribe(t, bus.FleetPlanned)
-	s.run(t, func(ctx context.Context) error {
-		return Run(ctx, Config{Base: service.Base{Prefix: s.topo.Prefix}}, service.Deps{
-			AWS: s.aws, Ops: opsconfig.Default(), Publisher: s.pub, Logger: slog.New(slog.DiscardHandler),
-		})
+	plans := s.Subscribe(t, bus.FleetPlanned)
+	s.Serve(t, func(ctx context.Context) error {
+		return Run(ctx, Config{Base: service.Base{Prefix: s.Topology.Prefix}}, s.Deps(opsconfig.Default()))
 	})
 
 	job := func(id string, f func(*events.JobSubmitted)) events.JobSubmitted {
@@ -49,31 +47,25 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 		}
 		return j
 	}
-	publish := func(j events.JobSubmitted) {
+	publishRaw := func(t *testing.T, id, body string) {
 		t.Helper()
-		if err := s.pub.Publish(ctx, j); err != nil {
-			t.Fatalf("publishing %s: %v", j.JobID, err)
-		}
-	}
-	publishRaw := func(id, body string) {
-		t.Helper()
-		if err := s.pub.PublishBody(ctx, events.JobSubmitted{Header: events.Header{JobID: id}}, []byte(body)); err != nil {
+		if err := s.Publisher.PublishBody(t.Context(), events.JobSubmitted{Header: events.Header{JobID: id}}, []byte(body)); err != nil {
 			t.Fatalf("publishing %s: %v", id, err)
 		}
 	}
 
 	t.Run("the demo job is planned: 3 × m3.medium", func(t *testing.T) {
-		publish(job("demo-count", nil))
-		publish(job("demo-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: work} }))
-		publish(job("demo-s3", func(j *events.JobSubmitted) {
+		s.Publish(t, job("demo-count", nil))
+		s.Publish(t, job("demo-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: work} }))
+		s.Publish(t, job("demo-s3", func(j *events.JobSubmitted) {
 			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: bucket, Prefix: "files/"}}
 		}))
 		want := []string{"demo-count", "demo-queue", "demo-s3"}
-		got := s.collect(t, plans, 20*time.Second, hasAll(1, want...))
+		got := cloudtest.Collect(t, s.SQS, plans, 20*time.Second, cloudtest.HasAll(1, want...))
 		for _, id := range want {
 			ms, ok := got[id]
 			if !ok {
-				t.Errorf("no FleetPlanned for %s (got %v)", id, keysOf(got))
+				t.Errorf("no FleetPlanned for %s (got %v)", id, slices.Sorted(maps.Keys(got)))
 				continue
 			}
 			m := ms[0]
@@ -90,56 +82,51 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 			if plan.FleetID != id || plan.PlanRevision != 1 || plan.CorrelationID != "corr-"+id {
 				t.Errorf("%s: fleet %q revision %d correlation %q", id, plan.FleetID, plan.PlanRevision, plan.CorrelationID)
 			}
-			if attr(m, bus.AttrEventType) != bus.FleetPlanned {
-				t.Errorf("%s: event_type attribute %q", id, attr(m, bus.AttrEventType))
+			if cloudtest.Attr(m, bus.AttrEventType) != bus.FleetPlanned {
+				t.Errorf("%s: event_type attribute %q", id, cloudtest.Attr(m, bus.AttrEventType))
 			}
 		}
 	})
 
 	t.Run("bad jobs go to the DLQ with their reason and plan nothing", func(t *testing.T) {
-		valid := string(mustEncode(t, job("bad-raw", nil)))
+		valid := string(cloudtest.Encode(t, job("bad-raw", nil)))
 		bad := map[string]string{ // job id → the reason the DLQ entry must give
 			"bad-template": `unknown template "x"`,
 			"bad-hostile":  `parameter "bucket": value "\"; rm -rf ~\"" does not match`,
-			"bad-queue":    fmt.Sprintf(`work queue %q does not exist`, s.topo.Prefix+"-nope"),
-			"bad-bucket":   fmt.Sprintf(`work bucket %q (s3://%s/files/) does not exist`, s.topo.Prefix+"-nope", s.topo.Prefix+"-nope"),
+			"bad-queue":    fmt.Sprintf(`work queue %q does not exist`, s.Topology.Prefix+"-nope"),
+			"bad-bucket":   fmt.Sprintf(`work bucket %q (s3://%s/files/) does not exist`, s.Topology.Prefix+"-nope", s.Topology.Prefix+"-nope"),
 			"bad-empty":    fmt.Sprintf(`nothing to do: s3://%s/none/ holds no work items`, bucket),
 			"bad-count0":   "work: must set exactly one of count, queue, s3, got none",
 			"bad-deadline": "deadline_seconds: must be",
 			"bad-json":     "malformed JSON",
 		}
-		publish(job("bad-template", func(j *events.JobSubmitted) { j.Template = "x" }))
-		publish(job("bad-hostile", func(j *events.JobSubmitted) { j.Params["bucket"] = `"; rm -rf ~"` }))
-		publish(job("bad-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: s.topo.Prefix + "-nope"} }))
-		publish(job("bad-bucket", func(j *events.JobSubmitted) {
-			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: s.topo.Prefix + "-nope", Prefix: "files/"}}
+		s.Publish(t, job("bad-template", func(j *events.JobSubmitted) { j.Template = "x" }))
+		s.Publish(t, job("bad-hostile", func(j *events.JobSubmitted) { j.Params["bucket"] = `"; rm -rf ~"` }))
+		s.Publish(t, job("bad-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: s.Topology.Prefix + "-nope"} }))
+		s.Publish(t, job("bad-bucket", func(j *events.JobSubmitted) {
+			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: s.Topology.Prefix + "-nope", Prefix: "files/"}}
 		}))
-		publish(job("bad-empty", func(j *events.JobSubmitted) {
+		s.Publish(t, job("bad-empty", func(j *events.JobSubmitted) {
 			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: bucket, Prefix: "none/"}}
 		}))
-		publishRaw("bad-count0", strings.Replace(strings.Replace(valid, `"count":202`, `"count":0`, 1), "bad-raw", "bad-count0", 1))
-		publishRaw("bad-deadline", strings.Replace(strings.Replace(valid, `"deadline_seconds":10`, `"deadline_seconds":-10`, 1), "bad-raw", "bad-deadline", 1))
-		publishRaw("bad-json", `{"job_id": "bad-json", `)
+		publishRaw(t, "bad-count0", strings.Replace(strings.Replace(valid, `"count":202`, `"count":0`, 1), "bad-raw", "bad-count0", 1))
+		publishRaw(t, "bad-deadline", strings.Replace(strings.Replace(valid, `"deadline_seconds":10`, `"deadline_seconds":-10`, 1), "bad-raw", "bad-deadline", 1))
+		publishRaw(t, "bad-json", `{"job_id": "bad-json", `)
 
-		dlq := s.queueURL(t, bus.DLQName(s.topo.QueueName(bus.Planner, bus.JobSubmitted)))
-		ids := keysOfStrings(bad)
-		got := s.collect(t, dlq, 20*time.Second, hasAll(1, ids...))
+		dlq := bus.DLQName(s.Topology.QueueName(bus.Planner, bus.JobSubmitted))
+		got := cloudtest.DeadLetters(t, s.SQS, dlq, 20*time.Second, slices.Collect(maps.Keys(bad))...)
 		for id, reason := range bad {
-			ms, ok := got[id]
-			if !ok {
-				t.Errorf("%s is not in the DLQ (got %v)", id, keysOf(got))
-				continue
-			}
+			ms := got[id] // DeadLetters fails the test unless every id is there
 			if len(ms) != 1 {
 				t.Errorf("%s: in the DLQ %d times, want once", id, len(ms))
 			}
-			if r := attr(ms[0], bus.AttrError); !strings.Contains(r, reason) {
+			if r := ms[0].Reason; !strings.Contains(r, reason) {
 				t.Errorf("%s: %s = %q, want it to contain %q", id, bus.AttrError, r, reason)
 			}
 		}
 		// Every bad job was dead-lettered after its handler returned, so a FleetPlanned for
 		// one of them would already be queued.
-		leaked := s.collect(t, plans, time.Second, never)
+		leaked := cloudtest.Collect(t, s.SQS, plans, time.Second, nil)
 		for id := range leaked {
 			if _, isBad := bad[id]; isBad {
 				t.Errorf("FleetPlanned published for bad job %s", id)
@@ -148,39 +135,21 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 	})
 }
 
-func mustEncode(t *testing.T, e events.Event) []byte {
-	t.Helper()
-	b, err := events.Encode(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func keysOfStrings(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
-}
-
 // seedWork puts n objects under prefix in a new bucket and n messages in a new queue.
-func seedWork(t *testing.T, s *stack, bucket, prefix, queue string, n int) {
+func seedWork(t *testing.T, s *cloudtest.Stack, bucket, prefix, queue string, n int) {
 	t.Helper()
 	ctx := t.Context()
-	client := s3.NewFromConfig(s.aws, awsx.S3Options(s.aws))
-	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+	if _, err := s.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range n {
-		if _, err := client.PutObject(ctx, &s3.PutObjectInput{
+		if _, err := s.S3.PutObject(ctx, &s3.PutObjectInput{
 			Bucket: aws.String(bucket), Key: aws.String(fmt.Sprintf("%s%04d.txt", prefix, i)), Body: strings.NewReader("line\n"),
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	q, err := s.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(queue)})
+	q, err := s.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(queue)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +158,7 @@ func seedWork(t *testing.T, s *stack, bucket, prefix, queue string, n int) {
 		for j := i; j < min(i+10, n); j++ {
 			entries = append(entries, sqstypes.SendMessageBatchRequestEntry{Id: aws.String(fmt.Sprint(j)), MessageBody: aws.String(fmt.Sprintf("%s%04d.txt", prefix, j))})
 		}
-		out, err := s.sqs.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: q.QueueUrl, Entries: entries})
+		out, err := s.SQS.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: q.QueueUrl, Entries: entries})
 		if err != nil || len(out.Failed) > 0 {
 			t.Fatalf("seeding the work queue: %v %v", err, out)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
@@ -529,25 +530,8 @@ func TestLaunchIsIdempotent(t *testing.T) {
 	}
 }
 
-// fakePublisher records what the handler publishes.
-type fakePublisher struct {
-	published []events.Event
-	err       error
-}
-
-func (f *fakePublisher) Publish(_ context.Context, e events.Event) error {
-	if f.err != nil {
-		return f.err
-	}
-	f.published = append(f.published, e)
-	return nil
-}
-
 func TestHandle(t *testing.T) {
-	body, err := events.Encode(plan())
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := cloudtest.Encode(t, plan())
 	ended := &fakeEC2{}
 	ended.add(baseToken, "job-42", "terminated", 3)
 	tests := []struct {
@@ -566,7 +550,7 @@ func TestHandle(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pub := &fakePublisher{err: tt.pubErr}
+			pub := &cloudtest.Recorder{Err: tt.pubErr}
 			h := handler{launcher: &launcher{
 				ec2: tt.ec2, ops: opsconfig.Default(), secret: testSecret, now: time.Now,
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
@@ -579,8 +563,8 @@ func TestHandle(t *testing.T) {
 			} else if err != nil {
 				t.Fatal(err)
 			}
-			if len(pub.published) != tt.wantPub {
-				t.Errorf("published %d events, want %d", len(pub.published), tt.wantPub)
+			if len(pub.Published) != tt.wantPub {
+				t.Errorf("published %d events, want %d", len(pub.Published), tt.wantPub)
 			}
 		})
 	}

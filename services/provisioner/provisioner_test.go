@@ -2,10 +2,9 @@ package provisioner
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
@@ -27,35 +27,20 @@ import (
 // TestProvisionerOnLocalCloud runs the provisioner against the local cloud: a real
 // FleetPlanned in, real instances (each a real SSH host) and a real FleetLaunched out.
 func TestProvisionerOnLocalCloud(t *testing.T) {
-	s := newStack(t, localcloud.Options{})
+	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{}))
 	ctx := t.Context()
-	client := ec2.NewFromConfig(s.aws)
+	client := s.EC2
 
 	// The demo template's key pair, with a private key the test holds.
-	_, loginKey, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	login, err := ssh.NewSignerFromKey(loginKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	login := cloudtest.NewSigner(t)
 	if _, err := client.ImportKeyPair(ctx, &ec2.ImportKeyPairInput{
 		KeyName: aws.String("sortie-dev"), PublicKeyMaterial: ssh.MarshalAuthorizedKey(login.PublicKey()),
 	}); err != nil {
 		t.Fatal(err)
 	}
 
-	launchedQ := s.subscribe(t, bus.FleetLaunched)
-	s.run(t, func(ctx context.Context) error {
-		return Run(ctx, Config{
-			Base:           service.Base{Prefix: s.topo.Prefix},
-			HostKeySecret:  testSecret,
-			WaiterMinDelay: 100 * time.Millisecond,
-			WaiterMaxDelay: 100 * time.Millisecond,
-			LaunchTimeout:  20 * time.Second,
-		}, service.Deps{AWS: s.aws, Ops: opsconfig.Default(), Publisher: s.pub, Logger: slog.New(slog.DiscardHandler)})
-	})
+	launchedQ := s.Subscribe(t, bus.FleetLaunched)
+	serve(t, s, 20*time.Second)
 
 	fleet := func(id string) events.FleetPlanned {
 		fp := plan()
@@ -64,18 +49,12 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		fp.SubmittedAt = time.Now().UTC().Truncate(time.Second)
 		return fp
 	}
-	publish := func(fp events.FleetPlanned) {
-		t.Helper()
-		if err := s.pub.Publish(ctx, fp); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// launchedEvents waits for n FleetLaunched of a fleet.
 	launchedEvents := func(t *testing.T, id string, n int) []events.FleetLaunched {
 		t.Helper()
-		got := s.collect(t, launchedQ, 30*time.Second, hasAll(n, id))
+		got := cloudtest.Collect(t, s.SQS, launchedQ, 30*time.Second, cloudtest.HasAll(n, id))
 		if len(got[id]) != n {
-			t.Fatalf("%d FleetLaunched for %s, want %d (got %v)", len(got[id]), id, n, keysOf(got))
+			t.Fatalf("%d FleetLaunched for %s, want %d (got %v)", len(got[id]), id, n, slices.Sorted(maps.Keys(got)))
 		}
 		var out []events.FleetLaunched
 		for _, m := range got[id] {
@@ -90,17 +69,11 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 	// tagged lists every instance, in any state, tagged with the fleet.
 	tagged := func(t *testing.T, id string) map[string]types.Instance {
 		t.Helper()
-		out, err := client.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
-			{Name: aws.String("tag:sortie:fleet"), Values: []string{id}},
-		}})
-		if err != nil {
-			t.Fatal(err)
-		}
 		m := map[string]types.Instance{}
-		for _, r := range out.Reservations {
-			for _, in := range r.Instances {
-				m[aws.ToString(in.InstanceId)] = in
-			}
+		for _, in := range cloudtest.DescribeInstances(t, client, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+			{Name: aws.String("tag:sortie:fleet"), Values: []string{id}},
+		}}) {
+			m[aws.ToString(in.InstanceId)] = in
 		}
 		return m
 	}
@@ -123,7 +96,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 
 	t.Run("launches 3 tagged instances whose host key is pinned", func(t *testing.T) {
 		before := time.Now().UTC().Truncate(time.Second)
-		publish(fleet("fleet-a"))
+		s.Publish(t, fleet("fleet-a"))
 		fl := launchedEvents(t, "fleet-a", 1)[0]
 		after := time.Now().UTC()
 
@@ -135,21 +108,12 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			t.Fatalf("FleetLaunched %+v", fl)
 		}
 		instances := tagged(t, "fleet-a")
-		if !slices.Equal(slices.Sorted(func(yield func(string) bool) {
-			for id := range instances {
-				if !yield(id) {
-					return
-				}
-			}
-		}), idsOf(fl)) {
+		if !slices.Equal(slices.Sorted(maps.Keys(instances)), idsOf(fl)) {
 			t.Fatalf("tagged instances %v, FleetLaunched lists %v", instances, idsOf(fl))
 		}
 		for _, in := range fl.Instances {
 			got := instances[in.ID]
-			tags := map[string]string{}
-			for _, tag := range got.Tags {
-				tags[aws.ToString(tag.Key)] = aws.ToString(tag.Value)
-			}
+			tags := cloudtest.Tags(got)
 			lease, err := time.Parse(time.RFC3339, tags["sortie:lease-expires"])
 			if err != nil || lease.Before(before.Add(30*time.Minute)) || lease.After(after.Add(30*time.Minute)) {
 				t.Errorf("%s: lease %q (%v), want now + 30 min", in.ID, tags["sortie:lease-expires"], err)
@@ -181,15 +145,14 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			}
 		}
 		// And pinning is real: another key is refused.
-		other, _, _ := ed25519.GenerateKey(rand.Reader)
-		otherKey, _ := ssh.NewPublicKey(other)
+		otherKey := cloudtest.NewSigner(t).PublicKey()
 		if _, err := sshDial(fl.Instances[0].SSHEndpoint, login, ssh.FixedHostKey(otherKey)); err == nil || !strings.Contains(err.Error(), "host key mismatch") {
 			t.Errorf("dial pinned to another key: %v, want a host key mismatch", err)
 		}
 	})
 
 	t.Run("the same FleetPlanned again launches nothing new", func(t *testing.T) {
-		publish(fleet("fleet-a")) // another delivery of the plan above (a fresh header time: also a new lease)
+		s.Publish(t, fleet("fleet-a")) // another delivery of the plan above (a fresh header time: also a new lease)
 		fl := launchedEvents(t, "fleet-a", 1)[0]
 		instances := tagged(t, "fleet-a")
 		if len(instances) != 3 || len(fl.Instances) != 3 {
@@ -203,8 +166,8 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 
 		// Two deliveries at once, racing each other.
 		fp := fleet("fleet-b")
-		publish(fp)
-		publish(fp)
+		s.Publish(t, fp)
+		s.Publish(t, fp)
 		two := launchedEvents(t, "fleet-b", 2)
 		if a, b := idsOf(two[0]), idsOf(two[1]); !slices.Equal(a, b) || len(a) != 3 {
 			t.Errorf("racing deliveries launched %v and %v: want the same 3", a, b)
@@ -215,9 +178,9 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 	})
 
 	t.Run("no capacity for the planned type: falls back to the next", func(t *testing.T) {
-		s.cloud.SetCapacityFault("m3.medium", true)
-		defer s.cloud.SetCapacityFault("m3.medium", false)
-		publish(fleet("fleet-c"))
+		s.Cloud.SetCapacityFault("m3.medium", true)
+		defer s.Cloud.SetCapacityFault("m3.medium", false)
+		s.Publish(t, fleet("fleet-c"))
 		fl := launchedEvents(t, "fleet-c", 1)[0]
 		instances := tagged(t, "fleet-c")
 		if len(instances) != 3 {
@@ -240,13 +203,13 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 	t.Run("an unknown template goes to the DLQ and launches nothing", func(t *testing.T) {
 		fp := fleet("fleet-d")
 		fp.Template = "x"
-		publish(fp)
-		dlq := s.queueURL(t, bus.DLQName(s.topo.QueueName(bus.Provisioner, bus.FleetPlanned)))
-		got := s.collect(t, dlq, 20*time.Second, hasAll(1, "fleet-d"))
+		s.Publish(t, fp)
+		dlq := bus.DLQName(s.Topology.QueueName(bus.Provisioner, bus.FleetPlanned))
+		got := cloudtest.DeadLetters(t, s.SQS, dlq, 20*time.Second, "fleet-d")
 		if len(got["fleet-d"]) != 1 {
-			t.Fatalf("DLQ holds %v, want fleet-d once", keysOf(got))
+			t.Fatalf("DLQ holds %v, want fleet-d once", got)
 		}
-		if r := attr(got["fleet-d"][0], bus.AttrError); !strings.Contains(r, `unknown template "x"`) {
+		if r := got["fleet-d"][0].Reason; !strings.Contains(r, `unknown template "x"`) {
 			t.Errorf("%s = %q", bus.AttrError, r)
 		}
 		if n := len(tagged(t, "fleet-d")); n != 0 {
@@ -257,6 +220,20 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 				t.Errorf("%s is in the DLQ too", id)
 			}
 		}
+	})
+}
+
+// serve runs the provisioner on the stack until the test ends, with a fast waiter.
+func serve(t *testing.T, s *cloudtest.Stack, launchTimeout time.Duration) {
+	t.Helper()
+	s.Serve(t, func(ctx context.Context) error {
+		return Run(ctx, Config{
+			Base:           service.Base{Prefix: s.Topology.Prefix},
+			HostKeySecret:  testSecret,
+			WaiterMinDelay: 100 * time.Millisecond,
+			WaiterMaxDelay: 100 * time.Millisecond,
+			LaunchTimeout:  launchTimeout,
+		}, s.Deps(opsconfig.Default()))
 	})
 }
 
@@ -293,52 +270,35 @@ func sshRun(t *testing.T, endpoint string, login ssh.Signer, hostKey ssh.HostKey
 // the launch timeout are terminated (nothing leaks), and the plan is dead-lettered with
 // the reason.
 func TestProvisionerTerminatesFleetThatDoesNotRun(t *testing.T) {
-	s := newStack(t, localcloud.Options{BootDelay: 5 * time.Second})
+	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 5 * time.Second}))
 	ctx := t.Context()
-	client := ec2.NewFromConfig(s.aws)
+	client := s.EC2
 	if _, err := client.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String("sortie-dev")}); err != nil {
 		t.Fatal(err)
 	}
-	s.run(t, func(ctx context.Context) error {
-		return Run(ctx, Config{
-			Base:           service.Base{Prefix: s.topo.Prefix},
-			HostKeySecret:  testSecret,
-			WaiterMinDelay: 100 * time.Millisecond,
-			WaiterMaxDelay: 100 * time.Millisecond,
-			LaunchTimeout:  500 * time.Millisecond,
-		}, service.Deps{AWS: s.aws, Ops: opsconfig.Default(), Publisher: s.pub, Logger: slog.New(slog.DiscardHandler)})
-	})
+	serve(t, s, 500*time.Millisecond)
 	fp := plan()
 	fp.Header = events.NewHeader("slow", "corr-slow", time.Now())
 	fp.FleetID = "slow"
-	if err := s.pub.Publish(ctx, fp); err != nil {
-		t.Fatal(err)
-	}
+	s.Publish(t, fp)
 
-	dlq := s.queueURL(t, bus.DLQName(s.topo.QueueName(bus.Provisioner, bus.FleetPlanned)))
-	got := s.collect(t, dlq, 20*time.Second, hasAll(1, "slow"))
+	dlq := bus.DLQName(s.Topology.QueueName(bus.Provisioner, bus.FleetPlanned))
+	got := cloudtest.DeadLetters(t, s.SQS, dlq, 20*time.Second, "slow")
 	if len(got["slow"]) != 1 {
-		t.Fatalf("DLQ holds %v, want the slow fleet's plan", keysOf(got))
+		t.Fatalf("DLQ holds %v, want the slow fleet's plan", got)
 	}
-	if r := attr(got["slow"][0], bus.AttrError); !strings.Contains(r, "did not reach running within 500ms") {
+	if r := got["slow"][0].Reason; !strings.Contains(r, "did not reach running within 500ms") {
 		t.Errorf("%s = %q", bus.AttrError, r)
 	}
-	out, err := client.DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+	insts := cloudtest.DescribeInstances(t, client, &ec2.DescribeInstancesInput{Filters: []types.Filter{
 		{Name: aws.String("tag:sortie:fleet"), Values: []string{"slow"}},
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, r := range out.Reservations {
-		for _, in := range r.Instances {
-			n++
-			if live(in.State) {
-				t.Errorf("%s is still %s", aws.ToString(in.InstanceId), in.State.Name)
-			}
+	for _, in := range insts {
+		if live(in.State) {
+			t.Errorf("%s is still %s", aws.ToString(in.InstanceId), in.State.Name)
 		}
 	}
-	if n != 3 {
+	if n := len(insts); n != 3 {
 		t.Errorf("%d instances tagged slow, want the 3 launched (and terminated)", n)
 	}
 }
@@ -348,8 +308,8 @@ func TestProvisionerTerminatesFleetThatDoesNotRun(t *testing.T) {
 // the race (IdempotentParameterMismatch, or a look-up that finds the winner's instances)
 // ends up with the winner's instances.
 func TestConcurrentLaunchesConverge(t *testing.T) {
-	s := newStack(t, localcloud.Options{})
-	client := NewEC2Client(s.aws)
+	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{}))
+	client := NewEC2Client(s.AWS)
 	if _, err := client.CreateKeyPair(t.Context(), &ec2.CreateKeyPairInput{KeyName: aws.String("sortie-dev")}); err != nil {
 		t.Fatal(err)
 	}
@@ -393,17 +353,9 @@ func TestConcurrentLaunchesConverge(t *testing.T) {
 		if !slices.Equal(ids[0], ids[1]) || len(ids[0]) != 3 {
 			t.Errorf("%s: the two launches returned %v and %v, want the same 3 instances", fp.FleetID, ids[0], ids[1])
 		}
-		out, err := client.DescribeInstances(t.Context(), &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		if n := len(cloudtest.DescribeInstances(t, s.EC2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
 			{Name: aws.String("tag:sortie:fleet"), Values: []string{fp.FleetID}},
-		}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, r := range out.Reservations {
-			n += len(r.Instances)
-		}
-		if n != 3 {
+		}})); n != 3 {
 			t.Errorf("%s: %d instances launched, want 3", fp.FleetID, n)
 		}
 	}

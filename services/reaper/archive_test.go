@@ -5,12 +5,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"io"
-	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,91 +18,23 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/cenkalti/backoff/v5"
-	"golang.org/x/crypto/ssh"
 
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/remote"
-	"github.com/sortie-fleet/sortie/pkg/sshhost"
 )
 
-func newSigner(t *testing.T) ssh.Signer {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// host is an in-process SSH host (commands run with /bin/sh in dir).
-type host struct {
-	addr    string
-	dir     string
-	hostKey ssh.PublicKey
-	login   ssh.Signer
-}
-
-func startHost(t *testing.T) host {
-	t.Helper()
-	hk, login := newSigner(t), newSigner(t)
-	dir := t.TempDir()
-	h, err := sshhost.Start(sshhost.Config{HostKey: hk, AuthorizedKeys: []ssh.PublicKey{login.PublicKey()}, Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Close() })
-	return host{addr: h.Addr(), dir: dir, hostKey: hk.PublicKey(), login: login}
-}
-
-func writeFile(t *testing.T, path string, data []byte) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// untar returns the regular files of a tar.gz by name.
-func untar(t *testing.T, data []byte) map[string][]byte {
-	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	files := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			b, _ := io.ReadAll(tr)
-			files[strings.TrimPrefix(h.Name, "./")] = b
-		}
-	}
-}
-
 func TestFetchArchive(t *testing.T) {
-	h := startHost(t)
+	h := cloudtest.StartSSHHost(t, "")
 	big := make([]byte, 5*ChunkBytes/2+12345) // incompressible: the archive spans several chunks
 	if _, err := rand.Read(big); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(h.dir, ".sortie/worker/worker.log"), []byte("item 1 done\nitem 2 done\n"))
-	writeFile(t, filepath.Join(h.dir, ".sortie/worker/blob"), big)
-	writeFile(t, filepath.Join(h.dir, "outside.txt"), []byte("not archived"))
+	cloudtest.WriteFile(t, filepath.Join(h.Dir, ".sortie/worker/worker.log"), []byte("item 1 done\nitem 2 done\n"), 0o644)
+	cloudtest.WriteFile(t, filepath.Join(h.Dir, ".sortie/worker/blob"), big, 0o644)
+	cloudtest.WriteFile(t, filepath.Join(h.Dir, "outside.txt"), []byte("not archived"), 0o644)
 
 	ctx := context.Background()
-	c, err := remote.Dial(ctx, remote.DialConfig{Addr: h.addr, User: "sortie", Signer: h.login, HostKey: h.hostKey})
+	c, err := remote.Dial(ctx, remote.DialConfig{Addr: h.Addr, User: "sortie", Signer: h.Login, HostKey: h.HostKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,17 +47,17 @@ func TestFetchArchive(t *testing.T) {
 	if len(data) <= 2*ChunkBytes {
 		t.Fatalf("archive is %d bytes: the test wants more than two chunks", len(data))
 	}
-	files := untar(t, data)
-	if string(files[".sortie/worker/worker.log"]) != "item 1 done\nitem 2 done\n" {
+	files := cloudtest.Untar(t, data)
+	if files[".sortie/worker/worker.log"] != "item 1 done\nitem 2 done\n" {
 		t.Errorf("worker.log = %q", files[".sortie/worker/worker.log"])
 	}
-	if !bytes.Equal(files[".sortie/worker/blob"], big) {
+	if files[".sortie/worker/blob"] != string(big) {
 		t.Errorf("blob differs after the round trip (%d bytes, want %d)", len(files[".sortie/worker/blob"]), len(big))
 	}
 	if _, ok := files["outside.txt"]; ok {
 		t.Error("archived a file outside .sortie")
 	}
-	if left, _ := filepath.Glob(filepath.Join(h.dir, ".sortie-archive-*")); len(left) != 0 {
+	if left, _ := filepath.Glob(filepath.Join(h.Dir, ".sortie-archive-*")); len(left) != 0 {
 		t.Errorf("temporary archive left behind: %v", left)
 	}
 
@@ -141,9 +70,9 @@ func TestFetchArchive(t *testing.T) {
 }
 
 func TestFetchArchiveWithoutLogs(t *testing.T) {
-	h := startHost(t)
+	h := cloudtest.StartSSHHost(t, "")
 	ctx := context.Background()
-	c, err := remote.Dial(ctx, remote.DialConfig{Addr: h.addr, User: "sortie", Signer: h.login, HostKey: h.hostKey})
+	c, err := remote.Dial(ctx, remote.DialConfig{Addr: h.Addr, User: "sortie", Signer: h.Login, HostKey: h.HostKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,28 +227,28 @@ func TestStore(t *testing.T) {
 }
 
 func TestArchiver(t *testing.T) {
-	h := startHost(t)
-	writeFile(t, filepath.Join(h.dir, ".sortie/worker/worker.log"), []byte("done\n"))
+	h := cloudtest.StartSSHHost(t, "")
+	cloudtest.WriteFile(t, filepath.Join(h.Dir, ".sortie/worker/worker.log"), []byte("done\n"), 0o644)
 	st, api := newStore()
 	fast := func() backoff.BackOff { return backoff.NewConstantBackOff(50 * time.Millisecond) }
-	a := &archiver{dial: dialRemote, signer: h.login, store: st, maxBytes: 1 << 20, backoff: fast}
+	a := &archiver{dial: dialRemote, signer: h.Login, store: st, maxBytes: 1 << 20, backoff: fast}
 	ctx := context.Background()
 
 	t.Run("archives and verifies", func(t *testing.T) {
-		arch, err := a.archive(ctx, target{InstanceID: "i-00000001", JobID: "job-1", Addr: h.addr, User: "sortie", HostKey: h.hostKey}, 10*time.Second)
+		arch, err := a.archive(ctx, target{InstanceID: "i-00000001", JobID: "job-1", Addr: h.Addr, User: "sortie", HostKey: h.HostKey}, 10*time.Second)
 		if err != nil {
 			t.Fatalf("archive: %v", err)
 		}
 		if arch.InstanceID != "i-00000001" || arch.Key != "logs/job-1/i-00000001.tar.gz" {
 			t.Fatalf("archive %+v", arch)
 		}
-		if got := untar(t, api.get(st.bucket, arch.Key))[".sortie/worker/worker.log"]; string(got) != "done\n" {
+		if got := cloudtest.Untar(t, api.get(st.bucket, arch.Key))[".sortie/worker/worker.log"]; got != "done\n" {
 			t.Fatalf("archived worker.log = %q", got)
 		}
 	})
 	t.Run("host key mismatch ends at once", func(t *testing.T) {
 		start := time.Now()
-		_, err := a.archive(ctx, target{InstanceID: "i-00000002", JobID: "job-1", Addr: h.addr, User: "sortie", HostKey: newSigner(t).PublicKey()}, 10*time.Second)
+		_, err := a.archive(ctx, target{InstanceID: "i-00000002", JobID: "job-1", Addr: h.Addr, User: "sortie", HostKey: cloudtest.NewSigner(t).PublicKey()}, 10*time.Second)
 		if !errors.Is(err, remote.ErrHostKeyMismatch) {
 			t.Fatalf("error = %v, want a host key mismatch", err)
 		}
@@ -328,20 +257,15 @@ func TestArchiver(t *testing.T) {
 		}
 	})
 	t.Run("unknown host key: never connects", func(t *testing.T) {
-		_, err := a.archive(ctx, target{InstanceID: "i-00000003", JobID: "job-1", Addr: h.addr, User: "sortie"}, 10*time.Second)
+		_, err := a.archive(ctx, target{InstanceID: "i-00000003", JobID: "job-1", Addr: h.Addr, User: "sortie"}, 10*time.Second)
 		if err == nil || !strings.Contains(err.Error(), "host key unknown") {
 			t.Fatalf("error = %v, want a refusal", err)
 		}
 	})
 	t.Run("unreachable: gives up after the timeout", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close() // nothing listens there now
+		addr := cloudtest.FreeAddr(t)
 		start := time.Now()
-		_, err = a.archive(ctx, target{InstanceID: "i-00000004", JobID: "job-1", Addr: addr, User: "sortie", HostKey: h.hostKey}, 700*time.Millisecond)
+		_, err := a.archive(ctx, target{InstanceID: "i-00000004", JobID: "job-1", Addr: addr, User: "sortie", HostKey: h.HostKey}, 700*time.Millisecond)
 		took := time.Since(start)
 		if err == nil || !strings.Contains(err.Error(), "archiving logs of i-00000004") {
 			t.Fatalf("error = %v", err)

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -28,15 +30,13 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	})
 	t.Run("set", func(t *testing.T) {
-		for k, v := range map[string]string{
+		cloudtest.Setenv(t, map[string]string{
 			"SORTIE_SSH_KEY": "/k", "SORTIE_REAPER_CONCURRENCY": "3", "SORTIE_ARCHIVE_TIMEOUT": "5s",
 			"SORTIE_ARCHIVE_MAX_BYTES": "1048576", "SORTIE_LOG_KMS_KEY_ID": "alias/sortie-logs",
 			"SORTIE_SWEEP_INTERVAL": "2s", "SORTIE_SWEEP_ARCHIVE_TIMEOUT": "1s",
 			"SORTIE_WAITER_MIN_DELAY": "100ms", "SORTIE_WAITER_MAX_DELAY": "1s", "SORTIE_TERMINATE_TIMEOUT": "30s",
 			"SORTIE_POLL_WAIT": "1s",
-		} {
-			t.Setenv(k, v)
-		}
+		})
 		cfg, err := ConfigFromEnv()
 		if err != nil {
 			t.Fatalf("ConfigFromEnv: %v", err)
@@ -48,13 +48,11 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	})
 	t.Run("every problem at once", func(t *testing.T) {
-		for k, v := range map[string]string{
+		cloudtest.Setenv(t, map[string]string{
 			"SORTIE_SSH_KEY": "ftp://x", "SORTIE_PREFIX": "UPPER", "SORTIE_REAPER_CONCURRENCY": "0",
 			"SORTIE_ARCHIVE_MAX_BYTES": "-1", "SORTIE_SWEEP_INTERVAL": "10ms",
 			"SORTIE_WAITER_MIN_DELAY": "10s", "SORTIE_WAITER_MAX_DELAY": "1s", "SORTIE_ARCHIVE_TIMEOUT": "-1s", "SORTIE_POLL_WAIT": "1500ms",
-		} {
-			t.Setenv(k, v)
-		}
+		})
 		_, err := ConfigFromEnv()
 		if err == nil {
 			t.Fatal("accepted a bad configuration")
