@@ -55,14 +55,18 @@ func TestSubmitWatch(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "test")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
 
+	// Unique per run: kumo's state (CloudWatch totals by job id) outlives a run repeated
+	// in one process (-count).
+	okID, badID := "cli-watch-ok-"+randomHex(4), "cli-watch-bad-"+randomHex(4)
+
 	t.Run("followed to the end", func(t *testing.T) {
-		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", "cli-watch-ok",
+		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", okID,
 			"--template", "demo", "--profile", "demo-fast", "--recipe", "demo-worker", "--queue", demo.Queue,
 			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--deadline", "10s", "--watch", "--timeout", "90s")
 		if err != nil {
 			t.Fatalf("submit --watch: %v\n%s\nservices: %v", err, out, st.Err())
 		}
-		for _, want := range []string{"submitted job cli-watch-ok", "FleetPlanned", "FleetLaunched", "JobFinished        succeeded: 30 tasks succeeded",
+		for _, want := range []string{"submitted job "+okID, "FleetPlanned", "FleetLaunched", "JobFinished        succeeded: 30 tasks succeeded",
 			"FleetTerminated    succeeded"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
@@ -72,14 +76,14 @@ func TestSubmitWatch(t *testing.T) {
 
 	t.Run("rejected job ends the watch with the reason", func(t *testing.T) {
 		start := time.Now()
-		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", "cli-watch-bad",
+		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", badID,
 			"--template", "no-such-template", "--profile", "demo-fast", "--recipe", "demo-worker", "--count", "3",
 			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--watch", "--timeout", "60s")
 		var rej *watch.RejectedError
 		if !errors.As(err, &rej) {
 			t.Fatalf("want a RejectedError, got %v\n%s", err, out)
 		}
-		if rej.JobID != "cli-watch-bad" || !strings.Contains(rej.Reason, `unknown template "no-such-template"`) || !strings.HasSuffix(rej.Queue, "-dlq") {
+		if rej.JobID != badID || !strings.Contains(rej.Reason, `unknown template "no-such-template"`) || !strings.HasSuffix(rej.Queue, "-dlq") {
 			t.Errorf("rejection = %+v", rej)
 		}
 		if d := time.Since(start); d > 30*time.Second {

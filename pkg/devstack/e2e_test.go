@@ -223,6 +223,9 @@ func (e *e2e) dlqDepths() map[string]int {
 
 func TestEndToEnd(t *testing.T) {
 	e := startE2E(t)
+	// Job ids are unique per run: kumo's state (CloudWatch totals by job id) outlives a
+	// run when the test is repeated in one process (-count).
+	run := cloudtest.Unique("-")
 
 	t.Run("demo job", func(t *testing.T) {
 		e.t = t
@@ -232,7 +235,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		submitted := time.Now()
-		job := DemoJob(demo, "e2e-demo", "corr-demo", submitted)
+		job := DemoJob(demo, "e2e-demo"+run, "corr-demo", submitted)
 		tr := e.run(job, 1)
 
 		if tr.Planned == nil || tr.Planned.Count != 3 || tr.Planned.InstanceType != "m3.medium" {
@@ -321,7 +324,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("workload fails on one instance", func(t *testing.T) {
 		e.t = t
-		job := events.JobSubmitted{Header: events.NewHeader("e2e-fail", "corr-fail", time.Now()),
+		job := events.JobSubmitted{Header: events.NewHeader("e2e-fail"+run, "corr-fail", time.Now()),
 			Template: "demo", Profile: "demo-fast", Recipe: "fail-one", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
 		tr := e.run(job, 1)
 		if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeFailed {
@@ -361,7 +364,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("the same job delivered twice makes one fleet", func(t *testing.T) {
 		e.t = t
-		job := events.JobSubmitted{Header: events.NewHeader("e2e-twice", "corr-twice", time.Now()),
+		job := events.JobSubmitted{Header: events.NewHeader("e2e-twice"+run, "corr-twice", time.Now()),
 			Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
 		tr := e.run(job, 2)
 		if tr.Terminated.Outcome != events.OutcomeSucceeded {
@@ -376,7 +379,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("hostile parameter is quoted, never spliced", func(t *testing.T) {
 		e.t = t
-		job := events.JobSubmitted{Header: events.NewHeader("e2e-quote", "corr-quote", time.Now()),
+		job := events.JobSubmitted{Header: events.NewHeader("e2e-quote"+run, "corr-quote", time.Now()),
 			Template: "demo", Profile: "demo-fast", Recipe: "echo", Work: events.WorkSource{Count: 1}, DeadlineSeconds: 10,
 			Params: map[string]string{"message": hostile}}
 		tr := e.run(job, 1)
@@ -463,7 +466,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("bad jobs launched %d instances", after-before)
 		}
 		for _, c := range e.execs {
-			if strings.Contains(c, "rm -rf") && !strings.Contains(c, "e2e-quote") && strings.Contains(c, "bad-param") {
+			if strings.Contains(c, "rm -rf") && !strings.Contains(c, "e2e-quote"+run) && strings.Contains(c, "bad-param") {
 				t.Errorf("the hostile job reached an instance: %q", c)
 			}
 		}
