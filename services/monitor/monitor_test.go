@@ -263,11 +263,16 @@ func TestMonitor(t *testing.T) {
 			t.Errorf("JobFinished counts %d succeeded, %d failed; want %d, %d", jf.TasksSucceeded, jf.TasksFailed, succeeded, failed)
 		}
 		checkListsFleet(t, jf, c, fleet)
-		for id, tags := range c.tags(t, ids(fleet)) {
-			if tags[TagStage] != StageFinished {
-				t.Errorf("%s has stage %q, want %q", id, tags[TagStage], StageFinished)
+		// The stage tag is written right after JobFinished is published (so a failed
+		// publish is retried, never lost behind a "finished" tag): poll for it.
+		cloudtest.Eventually(t, 5*time.Second, func() error {
+			for id, tags := range c.tags(t, ids(fleet)) {
+				if tags[TagStage] != StageFinished {
+					return fmt.Errorf("%s has stage %q, want %q", id, tags[TagStage], StageFinished)
+				}
 			}
-		}
+			return nil
+		})
 		// A duplicate FleetBootstrapped after the verdict: its check sees the finished
 		// stage and stops, so no second JobFinished.
 		s.Publish(t, s.bootstrapped(job, time.Now().Add(time.Hour), fleet))
