@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
@@ -174,7 +175,8 @@ func TestClassifyRealErrors(t *testing.T) {
 	s3c := s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true })
 	snsc := sns.NewFromConfig(cfg)
 
-	bucket := "awsx-errors-bucket"
+	// Unique: kumo's state is global to the process and outlives a repeated run (-count).
+	bucket := fmt.Sprintf("awsx-errors-%d", time.Now().UnixNano())
 	if _, err := s3c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		t.Fatalf("creating bucket: %v", err)
 	}
