@@ -23,6 +23,7 @@ type CLI struct {
 	Worker     WorkerCmd     `cmd:"" help:"Run the demo workload on an instance (installed there as sortie-worker)."`
 	Submit     SubmitCmd     `cmd:"" help:"Submit a job (from a JSON file or flags); --watch follows it until its fleet is terminated."`
 	Demo       DemoCmd       `cmd:"" help:"Prepare and submit the demo job against services run separately (task up)."`
+	Audit      AuditCmd      `cmd:"" help:"Check that the stack's buckets (log, secrets, any --bucket) enforce TLS only, SSE-KMS and a public access block; exit non-zero if not."`
 }
 
 // Globals are handed to every command's Run.

@@ -66,7 +66,7 @@ func TestSubmitWatch(t *testing.T) {
 		if err != nil {
 			t.Fatalf("submit --watch: %v\n%s\nservices: %v", err, out, st.Err())
 		}
-		for _, want := range []string{"submitted job "+okID, "FleetPlanned", "FleetLaunched", "JobFinished        succeeded: 30 tasks succeeded",
+		for _, want := range []string{"submitted job " + okID, "FleetPlanned", "FleetLaunched", "JobFinished        succeeded: 30 tasks succeeded",
 			"FleetTerminated    succeeded"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)

@@ -31,7 +31,7 @@ type Demo struct {
 	Keys   []string
 }
 
-// DemoS3API is the S3 calls seeding the demo and storing the login key make.
+// DemoS3API is the S3 calls seeding the demo makes.
 type DemoS3API interface {
 	CreateBucket(ctx context.Context, params *s3.CreateBucketInput, optFns ...func(*s3.Options)) (*s3.CreateBucketOutput, error)
 	PutObject(ctx context.Context, params *s3.PutObjectInput, optFns ...func(*s3.Options)) (*s3.PutObjectOutput, error)

@@ -94,7 +94,9 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
-	return u.ensureBucket(ctx, topo.BucketName())
+	lines, err := SecureBucket(ctx, u.c.S3, u.c.Region, topo.BucketName(), u.o.KMSKeyID)
+	u.report.Lines = append(u.report.Lines, lines...)
+	return err
 }
 
 // listTopics maps the name of every topic in the account and region to its ARN.
@@ -336,10 +338,34 @@ func listSubscriptions(ctx context.Context, api SNSAPI, topicARN string) ([]snst
 	return out, nil
 }
 
-// ensureBucket creates the log bucket and sets its encryption, public access block and
+// SecureBucket creates bucket (in region; "" means us-east-1) unless it exists, and gives
+// it what Sortie requires of every bucket it keeps data in: default SSE-KMS encryption with
+// kmsKeyID (empty: the AWS managed key aws/s3, and then any aws:kms key already configured
+// is kept), a public access block with all four settings on, and BucketPolicy (TLS only,
+// uploads only with aws:kms). Each setting is put only when it differs, so running it again
+// changes nothing. It returns one line per resource, those handled so far on an error.
+// Up secures the log bucket with it; `sortie audit` checks what it sets.
+func SecureBucket(ctx context.Context, api BucketAPI, region, bucket, kmsKeyID string) ([]Line, error) {
+	if bucket == "" {
+		return nil, errors.New("securing bucket: empty bucket name")
+	}
+	s := bucketSecurer{api: api, region: region, kmsKeyID: kmsKeyID}
+	err := s.ensureBucket(ctx, bucket)
+	return s.report.Lines, err
+}
+
+// bucketSecurer is SecureBucket's state: the clients, the wanted key, and what it did.
+type bucketSecurer struct {
+	api      BucketAPI
+	region   string
+	kmsKeyID string
+	report   Report
+}
+
+// ensureBucket creates the bucket and sets its encryption, public access block and
 // policy, each only when it differs from what is wanted.
-func (u *upper) ensureBucket(ctx context.Context, name string) error {
-	created, err := u.createBucket(ctx, name)
+func (b *bucketSecurer) ensureBucket(ctx context.Context, name string) error {
+	created, err := b.createBucket(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -349,17 +375,17 @@ func (u *upper) ensureBucket(ctx context.Context, name string) error {
 		},
 		BucketKeyEnabled: aws.Bool(true),
 	}}}
-	if u.o.KMSKeyID != "" {
-		enc.Rules[0].ApplyServerSideEncryptionByDefault.KMSMasterKeyID = aws.String(u.o.KMSKeyID)
+	if b.kmsKeyID != "" {
+		enc.Rules[0].ApplyServerSideEncryptionByDefault.KMSMasterKeyID = aws.String(b.kmsKeyID)
 	}
-	if err := u.ensureSetting(KindBucketEncryption, name, created, func() (string, error) {
-		out, err := u.c.S3.GetBucketEncryption(ctx, &s3.GetBucketEncryptionInput{Bucket: aws.String(name)})
+	if err := b.ensureSetting(KindBucketEncryption, name, created, func() (string, error) {
+		out, err := b.api.GetBucketEncryption(ctx, &s3.GetBucketEncryptionInput{Bucket: aws.String(name)})
 		if err != nil {
 			return "", err
 		}
-		return encryptionDrift(out.ServerSideEncryptionConfiguration, u.o.KMSKeyID), nil
+		return encryptionDrift(out.ServerSideEncryptionConfiguration, b.kmsKeyID), nil
 	}, func() error {
-		_, err := u.c.S3.PutBucketEncryption(ctx, &s3.PutBucketEncryptionInput{Bucket: aws.String(name), ServerSideEncryptionConfiguration: enc})
+		_, err := b.api.PutBucketEncryption(ctx, &s3.PutBucketEncryptionInput{Bucket: aws.String(name), ServerSideEncryptionConfiguration: enc})
 		return err
 	}); err != nil {
 		return err
@@ -369,14 +395,14 @@ func (u *upper) ensureBucket(ctx context.Context, name string) error {
 		BlockPublicAcls: aws.Bool(true), IgnorePublicAcls: aws.Bool(true),
 		BlockPublicPolicy: aws.Bool(true), RestrictPublicBuckets: aws.Bool(true),
 	}
-	if err := u.ensureSetting(KindPublicAccessBlock, name, created, func() (string, error) {
-		out, err := u.c.S3.GetPublicAccessBlock(ctx, &s3.GetPublicAccessBlockInput{Bucket: aws.String(name)})
+	if err := b.ensureSetting(KindPublicAccessBlock, name, created, func() (string, error) {
+		out, err := b.api.GetPublicAccessBlock(ctx, &s3.GetPublicAccessBlockInput{Bucket: aws.String(name)})
 		if err != nil {
 			return "", err
 		}
 		return publicAccessDrift(out.PublicAccessBlockConfiguration), nil
 	}, func() error {
-		_, err := u.c.S3.PutPublicAccessBlock(ctx, &s3.PutPublicAccessBlockInput{Bucket: aws.String(name), PublicAccessBlockConfiguration: block})
+		_, err := b.api.PutPublicAccessBlock(ctx, &s3.PutPublicAccessBlockInput{Bucket: aws.String(name), PublicAccessBlockConfiguration: block})
 		return err
 	}); err != nil {
 		return err
@@ -386,8 +412,8 @@ func (u *upper) ensureBucket(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return u.ensureSetting(KindBucketPolicy, name, created, func() (string, error) {
-		out, err := u.c.S3.GetBucketPolicy(ctx, &s3.GetBucketPolicyInput{Bucket: aws.String(name)})
+	return b.ensureSetting(KindBucketPolicy, name, created, func() (string, error) {
+		out, err := b.api.GetBucketPolicy(ctx, &s3.GetBucketPolicyInput{Bucket: aws.String(name)})
 		if err != nil {
 			return "", err
 		}
@@ -396,40 +422,40 @@ func (u *upper) ensureBucket(ctx context.Context, name string) error {
 		}
 		return "policy changed", nil
 	}, func() error {
-		_, err := u.c.S3.PutBucketPolicy(ctx, &s3.PutBucketPolicyInput{Bucket: aws.String(name), Policy: aws.String(string(policy))})
+		_, err := b.api.PutBucketPolicy(ctx, &s3.PutBucketPolicyInput{Bucket: aws.String(name), Policy: aws.String(string(policy))})
 		return err
 	})
 }
 
 // createBucket reports whether it created the bucket (false: it was there already).
-func (u *upper) createBucket(ctx context.Context, name string) (bool, error) {
-	_, err := u.c.S3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(name)})
+func (b *bucketSecurer) createBucket(ctx context.Context, name string) (bool, error) {
+	_, err := b.api.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(name)})
 	if err == nil {
-		u.report.add(Exists, KindBucket, name, "")
+		b.report.add(Exists, KindBucket, name, "")
 		return false, nil
 	}
 	if !awsx.IsNotFound(err) {
 		return false, fmt.Errorf("checking bucket %s: %w", name, err)
 	}
 	in := &s3.CreateBucketInput{Bucket: aws.String(name)}
-	if u.c.Region != "" && u.c.Region != "us-east-1" {
-		in.CreateBucketConfiguration = &s3types.CreateBucketConfiguration{LocationConstraint: s3types.BucketLocationConstraint(u.c.Region)}
+	if b.region != "" && b.region != "us-east-1" {
+		in.CreateBucketConfiguration = &s3types.CreateBucketConfiguration{LocationConstraint: s3types.BucketLocationConstraint(b.region)}
 	}
-	_, err = u.c.S3.CreateBucket(ctx, in)
+	_, err = b.api.CreateBucket(ctx, in)
 	if awsx.ErrorCode(err) == "BucketAlreadyOwnedByYou" {
-		u.report.add(Exists, KindBucket, name, "")
+		b.report.add(Exists, KindBucket, name, "")
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("creating bucket %s: %w", name, err)
 	}
-	u.report.add(Created, KindBucket, name, "")
+	b.report.add(Created, KindBucket, name, "")
 	return true, nil
 }
 
 // ensureSetting puts one bucket setting unless drift (the reason it differs, "" when it
 // does not) says it is in place. On a bucket just created it puts without asking.
-func (u *upper) ensureSetting(kind Kind, bucket string, created bool, drift func() (string, error), put func() error) error {
+func (b *bucketSecurer) ensureSetting(kind Kind, bucket string, created bool, drift func() (string, error), put func() error) error {
 	action, detail := Created, ""
 	if !created {
 		d, err := drift()
@@ -438,7 +464,7 @@ func (u *upper) ensureSetting(kind Kind, bucket string, created bool, drift func
 		case err != nil:
 			return fmt.Errorf("reading %s of %s: %w", kind, bucket, err)
 		case d == "":
-			u.report.add(Exists, kind, bucket, "")
+			b.report.add(Exists, kind, bucket, "")
 			return nil
 		default:
 			action, detail = Updated, d
@@ -447,7 +473,7 @@ func (u *upper) ensureSetting(kind Kind, bucket string, created bool, drift func
 	if err := put(); err != nil {
 		return fmt.Errorf("setting %s of %s: %w", kind, bucket, err)
 	}
-	u.report.add(action, kind, bucket, detail)
+	b.report.add(action, kind, bucket, detail)
 	return nil
 }
 
