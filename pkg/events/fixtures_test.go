@@ -86,6 +86,7 @@ func validFleetBootstrapped() FleetBootstrapped {
 		FleetID:    "job-202-files-r1",
 		Template:   "batch-small",
 		Recipe:     "resize-v2",
+		Params:     map[string]string{"QUALITY": "85"},
 		DeadlineAt: t0.Add(600 * time.Second),
 		HostKey:    testHostKey,
 		KeyName:    "sortie-fleet",
@@ -128,6 +129,7 @@ func validJobFinished() JobFinished {
 		},
 		HostKey:        testHostKey,
 		KeyName:        "sortie-fleet",
+		Logs:           []string{"logs/resize-85.log"},
 		TasksSucceeded: 140,
 		TasksFailed:    1,
 	}

@@ -119,12 +119,14 @@ type FleetBootstrapped struct {
 	Header
 	FleetID string `json:"fleet_id"`
 
-	// Carried from FleetLaunched. Template is optional.
-	Template   string    `json:"template,omitempty"`
-	Recipe     string    `json:"recipe"`
-	DeadlineAt time.Time `json:"deadline_at"`
-	HostKey    string    `json:"host_key"`
-	KeyName    string    `json:"key_name"`
+	// Carried from FleetLaunched. Template and Params are optional: the monitor renders
+	// the recipe's start steps with Params to find their logs.
+	Template   string            `json:"template,omitempty"`
+	Recipe     string            `json:"recipe"`
+	Params     map[string]string `json:"params,omitempty"`
+	DeadlineAt time.Time         `json:"deadline_at"`
+	HostKey    string            `json:"host_key"`
+	KeyName    string            `json:"key_name"`
 
 	Instances []InstanceResult `json:"instances"`
 }
@@ -160,6 +162,7 @@ func (e FleetBootstrapped) Validate() error {
 	c.fleetID("fleet_id", e.FleetID)
 	c.optionalName("template", e.Template)
 	c.name("recipe", e.Recipe)
+	c.params("params", e.Params)
 	c.time("deadline_at", e.DeadlineAt)
 	c.hostKey("host_key", e.HostKey)
 	c.keyName("key_name", e.KeyName)

@@ -54,6 +54,8 @@ const (
 	MaxHostKeyBytes       = 16 << 10
 	MaxS3KeyBytes         = 1024 // an S3 object key or prefix
 	MaxStepNameBytes      = 128
+	MaxLogs               = 32   // log paths of one JobFinished
+	MaxLogPathBytes       = 1024 // one log path
 )
 
 // Times outside [minTime, maxTime) are rejected: they are zero values, garbage, or would

@@ -30,7 +30,8 @@ func (e TaskReported) Validate() error {
 }
 
 // JobFinished is the monitor's verdict on a job. The reaper consumes it: it archives the
-// logs of Instances (over SSH, with HostKey and KeyName) and terminates them.
+// logs of Instances (over SSH, with HostKey and KeyName): .sortie and, when they exist,
+// the paths in Logs; then it terminates them.
 type JobFinished struct {
 	Header
 	FleetID  string `json:"fleet_id"`
@@ -43,6 +44,7 @@ type JobFinished struct {
 	Instances       []InstanceRef `json:"instances,omitempty"`        // every instance to archive and terminate
 	HostKey         string        `json:"host_key,omitempty"`         // required when Instances is not empty
 	KeyName         string        `json:"key_name,omitempty"`         // required when Instances is not empty
+	Logs            []string      `json:"logs,omitempty"`             // workload logs outside .sortie, relative paths
 	TasksSucceeded  int           `json:"tasks_succeeded"`
 	TasksFailed     int           `json:"tasks_failed"`
 }
@@ -90,6 +92,11 @@ func (e JobFinished) Validate() error {
 	} else {
 		c.text("host_key", e.HostKey, MaxHostKeyBytes, false)
 		c.text("key_name", e.KeyName, MaxKeyNameBytes, false)
+	}
+	if c.count("logs", len(e.Logs), MaxLogs) {
+		for i, p := range e.Logs {
+			c.relativePath(index("logs", i), p, MaxLogPathBytes)
+		}
 	}
 	c.intRange("tasks_succeeded", int64(e.TasksSucceeded), 0, MaxItems)
 	c.intRange("tasks_failed", int64(e.TasksFailed), 0, MaxItems)

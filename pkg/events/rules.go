@@ -251,6 +251,20 @@ func (c *checker) params(field string, p map[string]string) {
 	}
 }
 
+// relativePath checks a required path relative to the login directory: not absolute, no
+// ".." element, at most max bytes of text without NUL bytes.
+func (c *checker) relativePath(field, p string, max int) {
+	if !c.text(field, p, max, true) {
+		return
+	}
+	switch {
+	case strings.HasPrefix(p, "/"):
+		c.fail(field, "must be a relative path, got %s", quote(p))
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		c.fail(field, "must not have a .. element, got %s", quote(p))
+	}
+}
+
 // uniqueIDs reports a repeated instance id at its second position.
 func (c *checker) uniqueIDs(field string, n int, id func(int) string) {
 	seen := make(map[string]bool, n)

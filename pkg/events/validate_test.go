@@ -333,6 +333,15 @@ func TestFleetBootstrappedRules(t *testing.T) {
 	type T = FleetBootstrapped
 	rules := []rule[T]{
 		{"template upper", func(v *T) { v.Template = "X" }, "template", false},
+		{"params none ok", func(v *T) { v.Params = nil }, "", false},
+		{"params bad key", func(v *T) { v.Params["$X"] = "" }, "params", false},
+		{"params value NUL", func(v *T) { v.Params["QUALITY"] = "\x00" }, "params.QUALITY", false},
+		{"params value too long", func(v *T) { v.Params["QUALITY"] = repeat("v", MaxParamValueBytes+1) }, "params.QUALITY", false},
+		{"params too many", func(v *T) {
+			for i := range MaxParams {
+				v.Params[fmt.Sprintf("P%d", i)] = "x"
+			}
+		}, "params", false},
 		{"deadline_at zero", func(v *T) { v.DeadlineAt = time.Time{} }, "deadline_at", false},
 		{"instances none", func(v *T) { v.Instances = nil }, "instances", false},
 		{"instances over MaxInstances", func(v *T) {
@@ -438,6 +447,18 @@ func TestJobFinishedRules(t *testing.T) {
 		{"no instances, host_key NUL", func(v *T) {
 			v.Instances, v.FailingInstance, v.HostKey = nil, "", "\x00"
 		}, "host_key", false},
+		{"logs none ok", func(v *T) { v.Logs = nil }, "", false},
+		{"logs empty path", func(v *T) { v.Logs[0] = "" }, "logs[0]", false},
+		{"logs absolute", func(v *T) { v.Logs = append(v.Logs, "/var/log/syslog") }, "logs[1]", false},
+		{"logs dot-dot", func(v *T) { v.Logs[0] = "logs/../../etc/passwd" }, "logs[0]", false},
+		{"logs dot-dot alone", func(v *T) { v.Logs[0] = ".." }, "logs[0]", false},
+		{"logs NUL", func(v *T) { v.Logs[0] = "a\x00b" }, "logs[0]", false},
+		{"logs path too long", func(v *T) { v.Logs[0] = repeat("p", MaxLogPathBytes+1) }, "logs[0]", false},
+		{"logs path at limit ok", func(v *T) { v.Logs[0] = repeat("p", MaxLogPathBytes) }, "", false},
+		{"logs dots in names ok", func(v *T) { v.Logs[0] = "./logs/a..b/.x.log" }, "", false},
+		{"logs shell metacharacters ok", func(v *T) { v.Logs[0] = "logs/$(id) 'a'.log" }, "", false},
+		{"logs too many", func(v *T) { v.Logs = make([]string, MaxLogs+1); fill(v.Logs, "l.log") }, "logs", false},
+		{"logs at limit ok", func(v *T) { v.Logs = make([]string, MaxLogs); fill(v.Logs, "l.log") }, "", false},
 		{"tasks_succeeded negative", func(v *T) { v.TasksSucceeded = -1 }, "tasks_succeeded", false},
 		{"tasks_succeeded over MaxItems", func(v *T) { v.TasksSucceeded = MaxItems + 1 }, "tasks_succeeded", false},
 		{"tasks_failed negative", func(v *T) { v.TasksFailed = -1 }, "tasks_failed", false},
@@ -449,6 +470,12 @@ func TestJobFinishedRules(t *testing.T) {
 	rules = append(rules, instanceIDRules("instances[0].id", func(v *T, s string) { v.Instances[0].ID = s })...)
 	rules = append(rules, endpointRules("instances[1].ssh_endpoint", func(v *T, s string) { v.Instances[1].SSHEndpoint = s })...)
 	checkRules(t, validJobFinished, DecodeJobFinished, func(v *T) *Header { return &v.Header }, rules)
+}
+
+func fill(s []string, v string) {
+	for i := range s {
+		s[i] = v
+	}
 }
 
 func TestFleetTerminatedRules(t *testing.T) {

@@ -130,6 +130,7 @@ func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (ev
 		FleetID:    ev.FleetID,
 		Template:   ev.Template,
 		Recipe:     ev.Recipe,
+		Params:     ev.Params, // the monitor renders the start steps' log paths with them
 		DeadlineAt: ev.DeadlineAt,
 		HostKey:    ev.HostKey,
 		KeyName:    ev.KeyName,

@@ -3,6 +3,7 @@ package bootstrapper_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,7 +123,7 @@ func TestBootstrapper(t *testing.T) {
 	t.Run("event carries the fleet's fields", func(t *testing.T) {
 		if got.FleetID != ev.FleetID || got.Recipe != ev.Recipe || got.Template != ev.Template ||
 			got.HostKey != ev.HostKey || got.KeyName != ev.KeyName || !got.DeadlineAt.Equal(ev.DeadlineAt) ||
-			got.CorrelationID != ev.CorrelationID {
+			got.CorrelationID != ev.CorrelationID || !maps.Equal(got.Params, ev.Params) || len(got.Params) == 0 {
 			t.Fatalf("FleetBootstrapped %+v does not carry FleetLaunched %+v", got, ev)
 		}
 	})

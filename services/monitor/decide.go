@@ -191,9 +191,10 @@ func bootstrapVerdict(e events.FleetBootstrapped) (verdict, bool) {
 	return v, true
 }
 
-// jobFinished is the JobFinished of a fleet with a verdict: every instance listed, so that
-// the reaper archives and terminates them all. Task totals are filled in later.
-func jobFinished(e events.FleetBootstrapped, v verdict, now time.Time) events.JobFinished {
+// jobFinished is the JobFinished of a fleet with a verdict: every instance listed, and the
+// workloads' logs outside recipe.StateRoot, so that the reaper archives and terminates
+// them all. Task totals are filled in later.
+func jobFinished(e events.FleetBootstrapped, v verdict, wl []recipe.Workload, now time.Time) events.JobFinished {
 	jf := events.JobFinished{
 		Header:          events.NewHeader(e.JobID, e.CorrelationID, now),
 		FleetID:         e.FleetID,
@@ -203,6 +204,7 @@ func jobFinished(e events.FleetBootstrapped, v verdict, now time.Time) events.Jo
 		FailingInstance: v.FailingInstance,
 		HostKey:         e.HostKey,
 		KeyName:         e.KeyName,
+		Logs:            logPaths(wl),
 	}
 	for _, in := range e.Instances {
 		jf.Instances = append(jf.Instances, events.InstanceRef{ID: in.ID, SSHEndpoint: in.SSHEndpoint})

@@ -162,12 +162,16 @@ func TestBootstrapVerdict(t *testing.T) {
 	if fmt.Sprint(v) != fmt.Sprint(want) {
 		t.Errorf("verdict\n got %+v\nwant %+v", v, want)
 	}
-	jf := jobFinished(e, v, time.Now())
+	wl := []recipe.Workload{{Step: "w", Log: "logs/w.log", Stderr: ".sortie/w/stderr", StateDir: ".sortie/w"}}
+	jf := jobFinished(e, v, wl, time.Now())
 	if err := jf.Validate(); err != nil {
 		t.Fatalf("JobFinished invalid: %v", err)
 	}
 	if len(jf.Instances) != 3 || jf.HostKey != e.HostKey || jf.KeyName != e.KeyName || jf.Template != "test" {
 		t.Errorf("JobFinished must list every instance with how to reach them: %+v", jf)
+	}
+	if !slices.Equal(jf.Logs, []string{"logs/w.log"}) {
+		t.Errorf("JobFinished logs %q, want the workload's log outside .sortie", jf.Logs)
 	}
 
 	if _, failed := bootstrapVerdict(bootstrapped(okInstance("i-0000000000000000a", "127.0.0.1:2201"))); failed {
@@ -187,7 +191,7 @@ func TestEncodeFinishedFitsTheLimit(t *testing.T) {
 	}
 	v := verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "workload w on i-00000000000000000 exited 1",
 		FailingInstance: "i-00000000000000000", LogTail: tail}
-	body, err := encodeFinished(jobFinished(bootstrapped(instances...), v, time.Now()))
+	body, err := encodeFinished(jobFinished(bootstrapped(instances...), v, nil, time.Now()))
 	if err != nil {
 		t.Fatalf("encodeFinished: %v", err)
 	}
@@ -250,26 +254,90 @@ func TestWorkloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wl, err := workloads(r)
-	if err != nil {
-		t.Fatal(err)
+	work := recipe.Workload{Step: "work", Log: ".sortie/work/stdout.log", Stderr: ".sortie/work/stderr", StateDir: ".sortie/work"}
+	side := recipe.Workload{Step: "side", Log: "logs/side.log", Stderr: ".sortie/side/stderr", StateDir: ".sortie/side"}
+	tests := []struct {
+		name   string
+		params map[string]string
+		tagged string // the tagged step's log
+	}{
+		// An older event: the parameterised log path is unknown, only stderr is tailed.
+		{name: "no params", params: nil, tagged: ""},
+		{name: "params given", params: map[string]string{"tag": "abc", "code": "3"}, tagged: "logs/abc.log"},
+		{name: "params given, default used", params: map[string]string{"code": "3"}, tagged: "logs/x.log"},
 	}
-	want := []recipe.Workload{
-		{Step: "work", Log: ".sortie/work/stdout.log", Stderr: ".sortie/work/stderr", StateDir: ".sortie/work"},
-		{Step: "side", Log: "logs/side.log", Stderr: ".sortie/side/stderr", StateDir: ".sortie/side"},
-		{Step: "tagged", Log: "", Stderr: ".sortie/tagged/stderr", StateDir: ".sortie/tagged"},
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wl, err := workloads(r, tt.params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []recipe.Workload{work, side,
+				{Step: "tagged", Log: tt.tagged, Stderr: ".sortie/tagged/stderr", StateDir: ".sortie/tagged"}}
+			if !slices.Equal(wl, want) {
+				t.Errorf("workloads\n got %+v\nwant %+v", wl, want)
+			}
+			// The paths agree with what the bootstrapper renders, where they are known.
+			steps, err := recipe.Render(r, tt.params, recipe.RenderEnv{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, s := range steps {
+				if wl[i].Log == "" && tt.params == nil {
+					continue
+				}
+				if s.Log != wl[i].Log || s.Stderr != wl[i].Stderr {
+					t.Errorf("step %s renders log %q stderr %q, monitor tails %q %q", s.Name, s.Log, s.Stderr, wl[i].Log, wl[i].Stderr)
+				}
+			}
+		})
 	}
-	if !slices.Equal(wl, want) {
-		t.Errorf("workloads\n got %+v\nwant %+v", wl, want)
-	}
-	// The paths agree with what the bootstrapper renders (when the log has no parameter).
-	steps, err := recipe.Render(r, map[string]string{"code": "3"}, recipe.RenderEnv{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, s := range steps[:2] {
-		if s.Log != wl[i].Log || s.Stderr != wl[i].Stderr {
-			t.Errorf("step %s renders log %q stderr %q, monitor tails %q %q", s.Name, s.Log, s.Stderr, wl[i].Log, wl[i].Stderr)
+	t.Run("params the recipe rejects", func(t *testing.T) {
+		if _, err := workloads(r, map[string]string{"tag": "NO"}); err == nil {
+			t.Fatal("workloads accepted a value that does not match the pattern")
 		}
+	})
+}
+
+func TestLogPaths(t *testing.T) {
+	t.Parallel()
+	w := func(logs ...string) []recipe.Workload {
+		var out []recipe.Workload
+		for i, l := range logs {
+			out = append(out, recipe.Workload{Step: fmt.Sprint("s", i), Log: l})
+		}
+		return out
+	}
+	many := make([]string, events.MaxLogs+5)
+	for i := range many {
+		many[i] = fmt.Sprintf("logs/%02d.log", i)
+	}
+	tests := []struct {
+		name string
+		wl   []recipe.Workload
+		want []string
+	}{
+		{"none", nil, nil},
+		{"inside .sortie left out", w(".sortie/work/stdout.log", "./.sortie/x.log"), nil},
+		{"outside kept, cleaned", w("logs/a.log", "./out/b.log", ".sortiex/c.log"), []string{"logs/a.log", "out/b.log", ".sortiex/c.log"}},
+		{"unknown left out", w("", "logs/a.log"), []string{"logs/a.log"}},
+		{"absolute left out", w("/var/log/w.log", "logs/a.log"), []string{"logs/a.log"}},
+		{"outside the login directory left out", w("../w.log", "logs/../../w.log", "logs/a.log"), []string{"logs/a.log"}},
+		{"repeats once", w("logs/a.log", "logs//a.log"), []string{"logs/a.log"}},
+		{"too long left out", w("logs/" + strings.Repeat("l", events.MaxLogPathBytes)), nil},
+		{"at most MaxLogs", w(many...), many[:events.MaxLogs]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := logPaths(tt.wl)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("logPaths = %q, want %q", got, tt.want)
+			}
+			jf := jobFinished(bootstrapped(okInstance("i-0000000000000000a", "127.0.0.1:2201")),
+				verdict{Done: true, Outcome: events.OutcomeSucceeded}, tt.wl, time.Now())
+			if err := jf.Validate(); err != nil {
+				t.Errorf("JobFinished with these logs is invalid: %v", err)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package monitor
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -190,6 +191,7 @@ func TestCheckVerdictSettles(t *testing.T) {
 		"i-0000000000000000b": {ID: "i-0000000000000000b", Steps: steps(exited(2))},
 	})
 	e := fleetEvent()
+	e.Params = map[string]string{"tag": "abc"}
 	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +208,10 @@ func TestCheckVerdictSettles(t *testing.T) {
 	if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != "i-0000000000000000b" || jf.LogTail[0] != "tail of s0" {
 		t.Errorf("settled verdict %+v", jf)
 	}
+	// The logs outside .sortie, rendered with the job's parameters, for the reaper.
+	if !slices.Equal(jf.Logs, []string{"logs/side.log", "logs/abc.log"}) {
+		t.Errorf("settled verdict logs %q, want logs/side.log and logs/abc.log", jf.Logs)
+	}
 
 	// The settle timer: totals read after a flush, then JobFinished and the finished stage.
 	f.stats.sums[metrics.TasksSucceeded], f.stats.sums[metrics.TasksFailed] = 40, 2
@@ -217,7 +223,7 @@ func TestCheckVerdictSettles(t *testing.T) {
 		t.Fatalf("flushes %d, published %d", f.sink.flushes, len(f.pub.published))
 	}
 	got := f.pub.published[0]
-	if got.TasksSucceeded != 40 || got.TasksFailed != 2 || got.Outcome != events.OutcomeFailed || !got.Time.Equal(clock) {
+	if got.TasksSucceeded != 40 || got.TasksFailed != 2 || got.Outcome != events.OutcomeFailed || !got.Time.Equal(clock) || !slices.Equal(got.Logs, jf.Logs) {
 		t.Errorf("JobFinished %+v", got)
 	}
 	last := f.ec2.tags[len(f.ec2.tags)-1]
@@ -241,6 +247,10 @@ func TestCheckTerminatedInstance(t *testing.T) {
 	if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != "i-0000000000000000b" || !strings.Contains(jf.Reason, "is terminated") {
 		t.Errorf("verdict %+v", jf)
 	}
+	// Without params the parameterised log is unknown; the fixed one is still archived.
+	if !slices.Equal(jf.Logs, []string{"logs/side.log"}) {
+		t.Errorf("logs %q, want logs/side.log", jf.Logs)
+	}
 }
 
 func TestCheckStopsWhenFinished(t *testing.T) {
@@ -259,7 +269,7 @@ func TestCheckStopsWhenFinished(t *testing.T) {
 func TestFinishWhenTotalsAreUnreadable(t *testing.T) {
 	t.Parallel()
 	e := fleetEvent()
-	jf := jobFinished(e, verdict{Done: true, Outcome: events.OutcomeSucceeded}, clock)
+	jf := jobFinished(e, verdict{Done: true, Outcome: events.OutcomeSucceeded}, nil, clock)
 	for _, tc := range []struct {
 		receiveCount int
 		wantErr      bool
@@ -280,7 +290,7 @@ func TestFinishOnce(t *testing.T) {
 	t.Parallel()
 	f := newFakes(t, nil)
 	f.ec2.stage = StageFinished
-	jf := jobFinished(fleetEvent(), verdict{Done: true, Outcome: events.OutcomeSucceeded}, clock)
+	jf := jobFinished(fleetEvent(), verdict{Done: true, Outcome: events.OutcomeSucceeded}, nil, clock)
 	if err := f.m.finish(context.Background(), jf, 1); err != nil {
 		t.Fatal(err)
 	}

@@ -145,16 +145,17 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 		return err
 	}
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
+	wl, wlErr := m.workloadsOf(e)
 	if v, failed := bootstrapVerdict(e); failed {
 		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
-		return m.finish(ctx, jobFinished(e, v, m.now()), msg.ReceiveCount)
+		return m.finish(ctx, jobFinished(e, v, wl, m.now()), msg.ReceiveCount)
 	}
-	if _, err := m.workloadsOf(e); err != nil {
+	if wlErr != nil {
 		// The instances exist: finish the job so that the reaper archives and terminates
 		// them, rather than dead-lettering the event and leaving them to their lease.
-		v := verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + err.Error()}
-		log.Error("cannot watch fleet: finishing the job", "error", err.Error())
-		return m.finish(ctx, jobFinished(e, v, m.now()), msg.ReceiveCount)
+		v := verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + wlErr.Error()}
+		log.Error("cannot watch fleet: finishing the job", "error", wlErr.Error())
+		return m.finish(ctx, jobFinished(e, v, nil, m.now()), msg.ReceiveCount)
 	}
 	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
 		return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
@@ -163,12 +164,14 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 	return nil
 }
 
+// workloadsOf returns the start steps of the fleet's recipe with their paths on the
+// instances, rendered with the job's parameters.
 func (m *monitor) workloadsOf(e events.FleetBootstrapped) ([]recipe.Workload, error) {
 	r, err := m.ops.Recipe(e.Recipe)
 	if err != nil {
 		return nil, err
 	}
-	return workloads(r)
+	return workloads(r, e.Params)
 }
 
 // handleTimer runs a check or a settled finish.
@@ -206,6 +209,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
 	}
 	var v verdict
+	var wl []recipe.Workload
 	switch gone := goneInstance(states, ids); {
 	case err != nil:
 		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: fmt.Sprintf("instances of fleet %s not found: %v", e.FleetID, err)}
@@ -216,7 +220,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		v = verdict{Done: true, Outcome: events.OutcomeFailed, FailingInstance: gone,
 			Reason: fmt.Sprintf("instance %s is %s before its workloads finished", gone, states[gone].state)}
 	default:
-		wl, err := m.workloadsOf(e)
+		wl, err = m.workloadsOf(e)
 		if err != nil {
 			v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + err.Error()}
 			break
@@ -233,7 +237,10 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	}
 
 	if v.Done {
-		jf := jobFinished(e, v, now)
+		if wl == nil { // the instances are gone or unknown: their logs may still be archived
+			wl, _ = m.workloadsOf(e)
+		}
+		jf := jobFinished(e, v, wl, now)
 		settled, err := encodeFinished(jf)
 		if err != nil {
 			return fmt.Errorf("settling fleet %s: %w", e.FleetID, err)

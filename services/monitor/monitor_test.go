@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -77,7 +78,13 @@ func (c *cloud) tags(t *testing.T, ids []string) map[string]map[string]string {
 // start runs the lines recipe's steps on an instance over SSH, as the bootstrapper would.
 func (c *cloud) start(t *testing.T, in events.InstanceResult, params map[string]string) {
 	t.Helper()
-	r, err := c.ops.Recipe("lines")
+	c.startRecipe(t, in, "lines", params)
+}
+
+// startRecipe runs a recipe's steps on an instance over SSH, as the bootstrapper would.
+func (c *cloud) startRecipe(t *testing.T, in events.InstanceResult, name string, params map[string]string) {
+	t.Helper()
+	r, err := c.ops.Recipe(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,6 +311,41 @@ func TestMonitor(t *testing.T) {
 		}
 		if strings.Join(jf.LogTail, "\n") != strings.Join(want, "\n") {
 			t.Errorf("log tail (%d lines):\n%s\nwant lines 71-120", len(jf.LogTail), strings.Join(jf.LogTail, "\n"))
+		}
+		checkListsFleet(t, jf, c, fleet)
+		s.dlqsEmpty()
+	})
+
+	// A workload whose log path is named by a parameter exits 3 after 60 lines: the
+	// monitor renders the path with the event's params and tails that log (not the
+	// workload's stderr), and tells the reaper where the log is.
+	t.Run("failed with the tail of a parameterised log", func(t *testing.T) {
+		t.Parallel()
+		s := c.newStack(t, nil)
+		fleet := c.launch(t, 1)
+		params := map[string]string{"name": "resize"}
+		c.startRecipe(t, fleet[0], "named", params)
+		job := cloudtest.Unique("job-named-")
+		e := s.bootstrapped(job, time.Now().Add(time.Hour), fleet)
+		e.Recipe, e.Params = "named", params
+		s.Publish(t, e)
+
+		jf := s.jobFinished(job, 20*time.Second)
+		if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != fleet[0].ID {
+			t.Fatalf("JobFinished %s failing %s (%s), want failed on %s", jf.Outcome, jf.FailingInstance, jf.Reason, fleet[0].ID)
+		}
+		if want := "workload work on " + fleet[0].ID + " exited 3"; jf.Reason != want {
+			t.Errorf("reason %q, want %q", jf.Reason, want)
+		}
+		var want []string
+		for i := 11; i <= 60; i++ {
+			want = append(want, "line "+strconv.Itoa(i))
+		}
+		if strings.Join(jf.LogTail, "\n") != strings.Join(want, "\n") {
+			t.Errorf("log tail (%d lines):\n%s\nwant lines 11-60 of logs/resize.log", len(jf.LogTail), strings.Join(jf.LogTail, "\n"))
+		}
+		if !slices.Equal(jf.Logs, []string{"logs/resize.log"}) {
+			t.Errorf("JobFinished logs %q, want [logs/resize.log]", jf.Logs)
 		}
 		checkListsFleet(t, jf, c, fleet)
 		s.dlqsEmpty()

@@ -3,8 +3,11 @@ package monitor
 import (
 	"context"
 	"fmt"
+	"path"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
@@ -15,10 +18,14 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/remote"
 )
 
-// workloads returns a recipe's start steps with their log paths. FleetBootstrapped does
-// not carry the job's parameters, so a log path that references one cannot be known here:
-// its Log is left empty and only the workload's stderr is tailed.
-func workloads(r opsconfig.Recipe) ([]recipe.Workload, error) {
+// workloads returns a recipe's start steps with the paths the bootstrapper rendered for
+// the job's parameters. An event without parameters (from a bootstrapper older than
+// FleetBootstrapped.Params, or a job that passed none) cannot tell a log path that
+// references one: such a Log is left empty and only the workload's stderr is tailed.
+func workloads(r opsconfig.Recipe, params map[string]string) ([]recipe.Workload, error) {
+	if params != nil {
+		return recipe.Workloads(r, params)
+	}
 	var out []recipe.Workload
 	for _, s := range r.Steps {
 		if s.Kind() != opsconfig.KindStart {
@@ -45,6 +52,29 @@ func workloads(r opsconfig.Recipe) ([]recipe.Workload, error) {
 		out = append(out, w[0])
 	}
 	return out, nil
+}
+
+// logPaths returns the workloads' log paths that the reaper archives besides
+// recipe.StateRoot: those outside it, relative, without a ".." element and valid in
+// JobFinished.Logs, in step order, without repeats, at most events.MaxLogs. A log the
+// reaper could not be told (an absolute path) is left to the instance.
+func logPaths(wl []recipe.Workload) []string {
+	var out []string
+	for _, w := range wl {
+		p := path.Clean(w.Log)
+		switch {
+		case w.Log == "", p == recipe.StateRoot, strings.HasPrefix(p, recipe.StateRoot+"/"),
+			path.IsAbs(p), p == ".", p == "..", strings.HasPrefix(p, "../"),
+			len(p) > events.MaxLogPathBytes, !utf8.ValidString(p), strings.ContainsRune(p, 0),
+			slices.Contains(out, p):
+			continue
+		}
+		if len(out) == events.MaxLogs {
+			break
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // target is one instance to check and how to log in.

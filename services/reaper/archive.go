@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,11 +70,12 @@ func dialRemote(ctx context.Context, cfg remote.DialConfig) (session, error) {
 // errNoRetry marks archive errors that trying again cannot fix.
 var errNoRetry = errors.New("not retryable")
 
-// fetchArchive makes a tar.gz of the login directory's .sortie on the instance and copies it
-// here. The archive is written to a file first (remote.Run keeps at most remote.MaxOutput
-// of a command's output, so it cannot stream it whole) and read back in ChunkBytes pieces;
-// the file is removed afterwards. What arrives is checked to be a complete tar.gz.
-func fetchArchive(ctx context.Context, s session, maxBytes int64) ([]byte, error) {
+// fetchArchive makes a tar.gz of the login directory's .sortie, and of those of logs (paths
+// relative to the login directory) that exist, on the instance and copies it here. The
+// archive is written to a file first (remote.Run keeps at most remote.MaxOutput of a
+// command's output, so it cannot stream it whole) and read back in ChunkBytes pieces; the
+// file is removed afterwards. What arrives is checked to be a complete tar.gz.
+func fetchArchive(ctx context.Context, s session, logs []string, maxBytes int64) ([]byte, error) {
 	q := shellescape.Quote
 	tmp := ".sortie-archive-" + rand.Text() + ".tar.gz" // outside .sortie: not in itself
 	defer func() {
@@ -80,10 +83,24 @@ func fetchArchive(ctx context.Context, s session, maxBytes int64) ([]byte, error
 		defer cancel()
 		_, _ = s.Run(ctx, "rm -f "+q(tmp), nil)
 	}()
+	// The logs that exist are added to the positional parameters after .sortie: tar exits
+	// 2 on a missing file, and a log a workload never wrote must not fail the archive.
 	// GNU tar exits 1 when a file changed while it was read (a live workload's log): the
 	// archive is still complete up to that point, and checked below.
-	cmd := fmt.Sprintf("umask 077; mkdir -p %[1]s && { tar czf %[2]s %[1]s; test $? -le 1; } && wc -c < %[2]s",
-		q(recipe.StateRoot), q(tmp))
+	var quoted []string
+	for _, p := range extraLogs(logs) {
+		quoted = append(quoted, q(p))
+	}
+	var cmd string
+	if len(quoted) == 0 {
+		cmd = fmt.Sprintf("umask 077; mkdir -p %[1]s && { tar czf %[2]s %[1]s; test $? -le 1; } && wc -c < %[2]s",
+			q(recipe.StateRoot), q(tmp))
+	} else {
+		cmd = fmt.Sprintf("umask 077; mkdir -p %[1]s && set -- %[1]s && "+
+			`for p in %[3]s; do if [ -e "$p" ]; then set -- "$@" "$p"; fi; done && `+
+			`{ tar czf %[2]s "$@"; test $? -le 1; } && wc -c < %[2]s`,
+			q(recipe.StateRoot), q(tmp), strings.Join(quoted, " "))
+	}
 	res, err := s.Run(ctx, cmd, nil)
 	if err != nil {
 		return nil, fmt.Errorf("creating archive: %w", err)
@@ -114,6 +131,29 @@ func fetchArchive(ctx context.Context, s session, maxBytes int64) ([]byte, error
 		return nil, fmt.Errorf("archive copied from the instance: %w", err)
 	}
 	return data, nil
+}
+
+// extraLogs returns the logs to archive besides recipe.StateRoot: cleaned, outside it,
+// relative without a ".." element (JobFinished's validation already says so; this keeps
+// the archive command safe on its own), once each, a leading "-" made "./-" so that tar
+// cannot read a path as an option.
+func extraLogs(logs []string) []string {
+	var out []string
+	for _, l := range logs {
+		p := path.Clean(l)
+		switch {
+		case l == "", p == ".", path.IsAbs(p), p == "..", strings.HasPrefix(p, "../"),
+			p == recipe.StateRoot, strings.HasPrefix(p, recipe.StateRoot+"/"):
+			continue
+		}
+		if strings.HasPrefix(p, "-") {
+			p = "./" + p
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // checkTarGz reads a whole tar.gz and returns the names of its entries.
@@ -205,6 +245,7 @@ type target struct {
 	Addr       string        // host:port
 	User       string        // login user
 	HostKey    ssh.PublicKey // pinned; nil: unknown, so the logs cannot be archived
+	Logs       []string      // workload logs outside .sortie, from JobFinished.Logs
 }
 
 // archiver copies instances' logs to S3.
@@ -260,7 +301,7 @@ func (a *archiver) archiveOnce(ctx context.Context, t target) (events.Archive, e
 		return events.Archive{}, err
 	}
 	defer conn.Close()
-	data, err := fetchArchive(ctx, conn, a.maxBytes)
+	data, err := fetchArchive(ctx, conn, t.Logs, a.maxBytes)
 	if err != nil {
 		return events.Archive{}, err
 	}

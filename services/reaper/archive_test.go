@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -40,7 +41,7 @@ func TestFetchArchive(t *testing.T) {
 	}
 	defer c.Close()
 
-	data, err := fetchArchive(ctx, c, 10<<20)
+	data, err := fetchArchive(ctx, c, nil, 10<<20)
 	if err != nil {
 		t.Fatalf("fetchArchive: %v", err)
 	}
@@ -62,7 +63,7 @@ func TestFetchArchive(t *testing.T) {
 	}
 
 	t.Run("over the size limit: not retryable", func(t *testing.T) {
-		_, err := fetchArchive(ctx, c, 1000)
+		_, err := fetchArchive(ctx, c, nil, 1000)
 		if !errors.Is(err, errNoRetry) || !strings.Contains(err.Error(), "limit 1000") {
 			t.Fatalf("error = %v, want a size limit error", err)
 		}
@@ -77,13 +78,85 @@ func TestFetchArchiveWithoutLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	data, err := fetchArchive(ctx, c, 1<<20)
+	data, err := fetchArchive(ctx, c, []string{"logs/never-written.log"}, 1<<20)
 	if err != nil {
-		t.Fatalf("fetchArchive on an instance that never ran a step: %v", err)
+		t.Fatalf("fetchArchive on an instance that never ran a step (a listed log missing): %v", err)
 	}
 	names, err := checkTarGz(data)
 	if err != nil || len(names) != 1 || strings.TrimSuffix(strings.TrimPrefix(names[0], "./"), "/") != ".sortie" {
 		t.Fatalf("archive entries %v (%v), want only the empty .sortie directory", names, err)
+	}
+}
+
+func TestFetchArchiveWithLogs(t *testing.T) {
+	h := cloudtest.StartSSHHost(t, "")
+	files := map[string]string{
+		".sortie/work/stderr":        "warning\n",
+		"logs/resize.log":            "resized 1\nresized 2\n",
+		"out dir/it's $(id).log":     "odd name\n",
+		"-dash.log":                  "dash\n",
+		"outside.txt":                "not archived",
+		"logs/not-listed-either.log": "not archived",
+	}
+	for name, content := range files {
+		cloudtest.WriteFile(t, filepath.Join(h.Dir, name), []byte(content), 0o644)
+	}
+	ctx := context.Background()
+	c, err := remote.Dial(ctx, remote.DialConfig{Addr: h.Addr, User: "sortie", Signer: h.Login, HostKey: h.HostKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	logs := []string{"logs/resize.log", "logs/missing.log", "out dir/it's $(id).log", "-dash.log", ".sortie/work/stderr", "./logs/resize.log"}
+	data, err := fetchArchive(ctx, c, logs, 1<<20)
+	if err != nil {
+		t.Fatalf("fetchArchive: %v", err)
+	}
+	names, err := checkTarGz(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cloudtest.Untar(t, data)
+	for _, name := range []string{".sortie/work/stderr", "logs/resize.log", "out dir/it's $(id).log", "-dash.log"} {
+		if got[name] != files[name] {
+			t.Errorf("archive holds %s = %q, want %q (entries %v)", name, got[name], files[name], names)
+		}
+	}
+	for _, name := range []string{"outside.txt", "logs/not-listed-either.log", "logs/missing.log"} {
+		if _, ok := got[name]; ok {
+			t.Errorf("archive holds %s, which was not asked for or does not exist", name)
+		}
+	}
+	count := map[string]int{}
+	for _, n := range names {
+		count[strings.TrimPrefix(n, "./")]++
+	}
+	if count["logs/resize.log"] != 1 || count[".sortie/work/stderr"] != 1 {
+		t.Errorf("entries %v: a log listed twice or inside .sortie must be archived once", names)
+	}
+}
+
+func TestExtraLogs(t *testing.T) {
+	tests := []struct {
+		name string
+		logs []string
+		want []string
+	}{
+		{"none", nil, nil},
+		{"relative kept, cleaned", []string{"logs/a.log", "./b.log", "x//y.log"}, []string{"logs/a.log", "b.log", "x/y.log"}},
+		{"inside .sortie left out", []string{".sortie", ".sortie/w/stdout.log", "./.sortie/x"}, nil},
+		{"look-alike of .sortie kept", []string{".sortiex/a.log"}, []string{".sortiex/a.log"}},
+		{"absolute and parent left out", []string{"/etc/shadow", "../x", "a/../../x", "", "."}, nil},
+		{"leading dash made a path", []string{"-rf"}, []string{"./-rf"}},
+		{"repeats once", []string{"a.log", "./a.log", "a.log"}, []string{"a.log"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := extraLogs(tt.logs); !slices.Equal(got, tt.want) {
+				t.Errorf("extraLogs(%q) = %q, want %q", tt.logs, got, tt.want)
+			}
+		})
 	}
 }
 

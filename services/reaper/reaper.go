@@ -145,7 +145,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 			if _, listed := endpoints[id]; listed {
 				key = fleetKey
 			}
-			archives[i] = s.archiveInstance(ctx, log.With("instance", id), ev.JobID, ev.Template, in, endpoints[id], key)
+			archives[i] = s.archiveInstance(ctx, log.With("instance", id), ev, in, endpoints[id], key)
 			return nil
 		})
 	}
@@ -191,16 +191,17 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	return out, nil
 }
 
-// archiveInstance archives one instance's logs if it is still running, else finds the
-// archive an earlier delivery made. It returns nil, having logged why, when the instance's
+// archiveInstance archives one instance's logs (.sortie and ev.Logs) if it is still
+// running, else finds the archive an earlier delivery made. It returns nil, having logged why, when the instance's
 // logs are not archived.
-func (s *stage) archiveInstance(ctx context.Context, log *slog.Logger, jobID, template string, in ec2types.Instance, endpoint string, key ssh.PublicKey) *events.Archive {
+func (s *stage) archiveInstance(ctx context.Context, log *slog.Logger, ev events.JobFinished, in ec2types.Instance, endpoint string, key ssh.PublicKey) *events.Archive {
 	id := aws.ToString(in.InstanceId)
-	objKey := ArchiveKey(jobID, id)
+	objKey := ArchiveKey(ev.JobID, id)
 	state := stateOf(in)
 	var archErr error
 	if state == ec2types.InstanceStateNameRunning || state == ec2types.InstanceStateNamePending {
-		t := s.target(ctx, log, in, jobID, template, endpoint, key)
+		t := s.target(ctx, log, in, ev.JobID, ev.Template, endpoint, key)
+		t.Logs = ev.Logs
 		arch, err := s.arch.archive(ctx, t, s.cfg.ArchiveTimeout)
 		if err == nil {
 			log.Info("logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)

@@ -51,6 +51,9 @@ func TestReaper(t *testing.T) {
 	for _, in := range []events.InstanceRef{a, b, c, d, expired} {
 		e.writeLog(in.ID, "log of "+in.ID+"\n")
 	}
+	// A workload log outside .sortie, named in JobFinished.Logs: written on A only (a
+	// missing one must not fail the others' archives).
+	cloudtest.WriteFile(t, filepath.Join(e.Cloud.InstanceDir(a.ID), "logs/resize.log"), []byte("resized on "+a.ID+"\n"), 0o600)
 
 	e.start()
 
@@ -66,6 +69,7 @@ func TestReaper(t *testing.T) {
 		Instances:       []events.InstanceRef{a, b, {ID: c.ID, SSHEndpoint: bogus}},
 		HostKey:         hostKey,
 		KeyName:         e.key.Name,
+		Logs:            []string{"logs/resize.log"},
 		TasksSucceeded:  10,
 		TasksFailed:     1,
 	}
@@ -84,7 +88,7 @@ func TestReaper(t *testing.T) {
 		}
 	})
 
-	t.Run("archives are valid tar.gz with the worker log, SSE aws:kms", func(t *testing.T) {
+	t.Run("archives are valid tar.gz with the worker log and the logs outside .sortie, SSE aws:kms", func(t *testing.T) {
 		want := sortedIDs(a, b, d) // C could not be reached
 		var ids []string
 		for _, arch := range got.Archives {
@@ -102,6 +106,13 @@ func TestReaper(t *testing.T) {
 			files := cloudtest.Untar(t, body)
 			if log := files[".sortie/worker/worker.log"]; log != "log of "+arch.InstanceID+"\n" {
 				t.Errorf("%s: worker.log = %q", arch.Key, log)
+			}
+			log, ok := files["logs/resize.log"]
+			switch {
+			case arch.InstanceID == a.ID && log != "resized on "+a.ID+"\n":
+				t.Errorf("%s: logs/resize.log = %q, %v; want the log outside .sortie archived", arch.Key, log, ok)
+			case arch.InstanceID != a.ID && ok:
+				t.Errorf("%s: holds logs/resize.log, which the instance never had", arch.Key)
 			}
 		}
 		if !slices.Equal(ids, want) {
