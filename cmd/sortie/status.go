@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
+	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/fleetview"
+)
+
+// StatusCmd is `sortie status`: Sortie's instances by job, from their EC2 tags.
+type StatusCmd struct {
+	JobID string `arg:"" optional:"" name:"job-id" help:"Only this job."`
+	All   bool   `help:"Include terminated instances."`
+	JSON  bool   `name:"json" help:"Print the jobs as JSON."`
+}
+
+// Run lists the instances tagged sortie:job-id, grouped by job, flagging leases that have
+// expired on instances still running (leaks the reaper's sweep should take).
+func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
+	cfg, err := awsx.Load(ctx, "cli")
+	if err != nil {
+		return err
+	}
+	insts, err := fleetview.Describe(ctx, ec2.NewFromConfig(cfg), fleetview.Query{JobID: c.JobID, All: c.All})
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	jobs := fleetview.Group(insts, now)
+	if c.JSON {
+		b, err := json.MarshalIndent(jobs, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(g.Stdout, "%s\n", b)
+		return err
+	}
+	if len(jobs) == 0 {
+		_, err := fmt.Fprintln(g.Stdout, "no Sortie instances")
+		return err
+	}
+	return fleetview.WriteTable(g.Stdout, jobs, now)
+}

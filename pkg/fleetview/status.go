@@ -1,0 +1,322 @@
+// Package fleetview reads what an operator needs to see of Sortie's fleets: the instances
+// of each job from their EC2 tags, and each job's log archives from S3.
+package fleetview
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+)
+
+// Instance tags fleetview reads (issue 3).
+const (
+	TagName         = "Name"
+	TagJobID        = "sortie:job-id"
+	TagFleet        = "sortie:fleet"
+	TagLeaseExpires = "sortie:lease-expires"
+	TagStage        = "sortie:stage"
+	TagTemplate     = "sortie:template"
+	TagSSHEndpoint  = "sortie:ssh-endpoint"
+)
+
+// LiveStates are the instance states a status lists without --all.
+var LiveStates = []string{"pending", "running", "shutting-down", "stopping", "stopped"}
+
+// stageOrder is the order of sortie:stage values along the pipeline.
+var stageOrder = []string{"launched", "bootstrapped", "finished"}
+
+// EC2API is the EC2 call a status makes.
+type EC2API interface {
+	DescribeInstances(ctx context.Context, params *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+}
+
+var _ EC2API = (*ec2.Client)(nil)
+
+// Query selects the instances of a status.
+type Query struct {
+	JobID string // one job; empty: every job
+	All   bool   // include terminated instances
+}
+
+// Filters are the DescribeInstances filters for q.
+func (q Query) Filters() []ec2types.Filter {
+	f := []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{TagJobID}}}
+	if q.JobID != "" {
+		f = append(f, ec2types.Filter{Name: aws.String("tag:" + TagJobID), Values: []string{q.JobID}})
+	}
+	if !q.All {
+		f = append(f, ec2types.Filter{Name: aws.String("instance-state-name"), Values: LiveStates})
+	}
+	return f
+}
+
+// Describe returns every Sortie instance q selects, across pages.
+func Describe(ctx context.Context, api EC2API, q Query) ([]ec2types.Instance, error) {
+	var out []ec2types.Instance
+	p := ec2.NewDescribeInstancesPaginator(api, &ec2.DescribeInstancesInput{Filters: q.Filters(), MaxResults: aws.Int32(1000)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("describing Sortie instances: %w", err)
+		}
+		for _, r := range page.Reservations {
+			out = append(out, r.Instances...)
+		}
+	}
+	return out, nil
+}
+
+// Instance is one instance of a job, as its tags and EC2 describe it.
+type Instance struct {
+	ID           string     `json:"id"`
+	State        string     `json:"state"`
+	Type         string     `json:"instance_type"`
+	Stage        string     `json:"stage,omitempty"`
+	LaunchedAt   time.Time  `json:"launched_at,omitzero"`
+	LeaseExpires *time.Time `json:"lease_expires,omitempty"` // nil: no lease tag, or it does not parse
+	Expired      bool       `json:"expired"`                 // lease in the past on an instance not terminated
+	SSHEndpoint  string     `json:"ssh_endpoint,omitempty"`
+}
+
+// Job is the instances of one job.
+type Job struct {
+	JobID         string         `json:"job_id"`
+	Fleet         string         `json:"fleet,omitempty"`
+	Template      string         `json:"template,omitempty"`
+	Stage         string         `json:"stage,omitempty"` // the instances' stages along the pipeline, comma separated
+	States        map[string]int `json:"states"`          // instance count by state
+	InstanceTypes []string       `json:"instance_types"`
+	LaunchedAt    time.Time      `json:"launched_at,omitzero"` // the earliest launch
+	AgeSeconds    int64          `json:"age_seconds"`          // since LaunchedAt
+	// LeaseExpires is the earliest lease of the instances not terminated (the one that
+	// runs out first), or, when every instance is terminated, the latest lease seen.
+	LeaseExpires *time.Time `json:"lease_expires,omitempty"`
+	Expired      bool       `json:"expired"` // some instance not terminated has an expired lease: a leak
+	Instances    []Instance `json:"instances"`
+}
+
+// live reports whether an instance in state s still runs, or may again: not terminated.
+func live(s string) bool { return s != string(ec2types.InstanceStateNameTerminated) }
+
+// Group sorts the instances into jobs by their sortie:job-id tag and judges their leases
+// at now. Jobs are sorted by id, instances by id.
+func Group(insts []ec2types.Instance, now time.Time) []Job {
+	byJob := map[string]*Job{}
+	for _, in := range insts {
+		tags := tagMap(in.Tags)
+		id, ok := tags[TagJobID]
+		if !ok {
+			continue
+		}
+		j := byJob[id]
+		if j == nil {
+			j = &Job{JobID: id, States: map[string]int{}}
+			byJob[id] = j
+		}
+		inst := Instance{
+			ID:          aws.ToString(in.InstanceId),
+			Type:        string(in.InstanceType),
+			Stage:       tags[TagStage],
+			LaunchedAt:  aws.ToTime(in.LaunchTime).UTC(),
+			SSHEndpoint: tags[TagSSHEndpoint],
+		}
+		if in.State != nil {
+			inst.State = string(in.State.Name)
+		}
+		if raw, ok := tags[TagLeaseExpires]; ok {
+			if exp, err := time.Parse(time.RFC3339, raw); err == nil {
+				exp = exp.UTC()
+				inst.LeaseExpires = &exp
+				inst.Expired = live(inst.State) && now.After(exp)
+			}
+		}
+		j.Instances = append(j.Instances, inst)
+		j.Fleet = cmp.Or(j.Fleet, tags[TagFleet])
+		j.Template = cmp.Or(j.Template, tags[TagTemplate])
+	}
+	jobs := make([]Job, 0, len(byJob))
+	for _, j := range byJob {
+		summarize(j, now)
+		jobs = append(jobs, *j)
+	}
+	slices.SortFunc(jobs, func(a, b Job) int { return strings.Compare(a.JobID, b.JobID) })
+	return jobs
+}
+
+// summarize fills in the job's fields that are computed from its instances.
+func summarize(j *Job, now time.Time) {
+	slices.SortFunc(j.Instances, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+	stages := map[string]bool{}
+	types := map[string]bool{}
+	var liveLease, anyLease *time.Time
+	for _, in := range j.Instances {
+		j.States[in.State]++
+		if in.Stage != "" {
+			stages[in.Stage] = true
+		}
+		if in.Type != "" {
+			types[in.Type] = true
+		}
+		if !in.LaunchedAt.IsZero() && (j.LaunchedAt.IsZero() || in.LaunchedAt.Before(j.LaunchedAt)) {
+			j.LaunchedAt = in.LaunchedAt
+		}
+		j.Expired = j.Expired || in.Expired
+		if in.LeaseExpires == nil {
+			continue
+		}
+		if live(in.State) && (liveLease == nil || in.LeaseExpires.Before(*liveLease)) {
+			liveLease = in.LeaseExpires
+		}
+		if anyLease == nil || in.LeaseExpires.After(*anyLease) {
+			anyLease = in.LeaseExpires
+		}
+	}
+	j.LeaseExpires = cmp.Or(liveLease, anyLease)
+	if !j.LaunchedAt.IsZero() {
+		j.AgeSeconds = int64(now.Sub(j.LaunchedAt) / time.Second)
+	}
+	j.InstanceTypes = sortedKeys(types)
+	var ordered []string
+	for _, s := range stageOrder {
+		if stages[s] {
+			ordered = append(ordered, s)
+			delete(stages, s)
+		}
+	}
+	j.Stage = strings.Join(append(ordered, sortedKeys(stages)...), ",")
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func tagMap(tags []ec2types.Tag) map[string]string {
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return m
+}
+
+// stateOrder orders the state counts of a row.
+var stateOrder = []string{"pending", "running", "shutting-down", "stopping", "stopped", "terminated"}
+
+// StatesText renders a job's instance counts by state: "2 running, 1 terminated".
+func (j Job) StatesText() string {
+	var parts []string
+	seen := map[string]bool{}
+	for _, s := range stateOrder {
+		if n := j.States[s]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+		}
+		seen[s] = true
+	}
+	var other []string
+	for s := range j.States {
+		if !seen[s] {
+			other = append(other, s)
+		}
+	}
+	slices.Sort(other)
+	for _, s := range other {
+		parts = append(parts, fmt.Sprintf("%d %s", j.States[s], cmp.Or(s, "unknown")))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// WriteTable prints the jobs as an aligned table, one row per job, judged at now.
+func WriteTable(w io.Writer, jobs []Job, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tFLEET\tTEMPLATE\tSTAGE\tINSTANCES\tTYPE\tAGE\tLEASE\tSSH")
+	for _, j := range jobs {
+		age := "-"
+		if !j.LaunchedAt.IsZero() {
+			age = Duration(now.Sub(j.LaunchedAt))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			cell(j.JobID), cell(j.Fleet), cell(j.Template), cell(j.Stage), j.StatesText(),
+			cell(strings.Join(j.InstanceTypes, ",")), age, leaseText(j, now), cell(sshText(j)))
+	}
+	return tw.Flush()
+}
+
+// leaseText is a job's lease column: when it ends, relative to now, and EXPIRED for a leak.
+func leaseText(j Job, now time.Time) string {
+	if j.LeaseExpires == nil {
+		return "-"
+	}
+	at := j.LeaseExpires.Format(time.RFC3339)
+	d := j.LeaseExpires.Sub(now)
+	switch {
+	case j.Expired:
+		return fmt.Sprintf("%s EXPIRED %s ago", at, Duration(-d))
+	case d >= 0:
+		return fmt.Sprintf("%s (in %s)", at, Duration(d))
+	default:
+		return fmt.Sprintf("%s (%s ago)", at, Duration(-d))
+	}
+}
+
+// sshText is a job's SSH column: the endpoints of its instances not terminated.
+func sshText(j Job) string {
+	var eps []string
+	for _, in := range j.Instances {
+		if in.SSHEndpoint != "" && live(in.State) {
+			eps = append(eps, in.SSHEndpoint)
+		}
+	}
+	switch len(eps) {
+	case 0:
+		return ""
+	case 1, 2:
+		return strings.Join(eps, ",")
+	default:
+		return fmt.Sprintf("%s,%s (+%d more)", eps[0], eps[1], len(eps)-2)
+	}
+}
+
+// cell keeps a tag value from breaking the table: empty becomes "-", whitespace and
+// control characters become "?".
+func cell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return strings.Map(func(r rune) rune {
+		if r <= ' ' || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// Duration renders d coarsely for a table: 45s, 3m12s, 2h05m, 3d04h.
+func Duration(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	s := int64(d / time.Second)
+	switch {
+	case s < 60:
+		return fmt.Sprintf("%ds", s)
+	case s < 3600:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+	default:
+		return fmt.Sprintf("%dd%02dh", s/86400, s%86400/3600)
+	}
+}
