@@ -101,6 +101,9 @@ func S3Options(cfg aws.Config) func(*s3.Options) {
 	return func(o *s3.Options) {
 		if override {
 			o.UsePathStyle = true
+			// Emulators send no response checksums; the SDK would log a warning to stderr
+			// for every GetObject (a workload's log fills with them).
+			o.DisableLogOutputChecksumValidationSkipped = true
 		}
 	}
 }

@@ -265,6 +265,9 @@ func TestS3Options(t *testing.T) {
 			if o.UsePathStyle != tc.want {
 				t.Errorf("UsePathStyle = %v, want %v", o.UsePathStyle, tc.want)
 			}
+			if o.DisableLogOutputChecksumValidationSkipped != tc.want {
+				t.Errorf("checksum-skipped warnings off = %v, want %v (off only for emulators)", o.DisableLogOutputChecksumValidationSkipped, tc.want)
+			}
 		})
 	}
 	t.Run("forEndpoint", func(t *testing.T) {
