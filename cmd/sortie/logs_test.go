@@ -3,12 +3,10 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/sortie-fleet/sortie/pkg/devstack"
 	"github.com/sortie-fleet/sortie/pkg/fleetview"
 )
 
@@ -47,26 +45,10 @@ func TestStatusAndLogsOnDevStack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	const prefix = "clilogs"
+	st, demo := startDevStack(t, prefix, 10)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	const prefix = "clilogs"
-	st, err := devstack.Start(ctx, devstack.Options{Prefix: prefix, WorkerCommand: []string{"/usr/bin/env", testWorkerEnv + "=1", exe}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	demo, err := st.SeedDemo(ctx, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("AWS_ENDPOINT_URL", st.Cloud.URL())
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_ACCESS_KEY_ID", "test")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
 	jobID := "cli-logs-" + randomHex(4)
 
 	type result struct {

@@ -133,6 +133,9 @@ func TestSubmitRejectsInvalidJobBeforePublishing(t *testing.T) {
 		{"zero count", `{"template":"demo","profile":"files","recipe":"demo-worker","work":{"count":0},"deadline_seconds":600}`, "work"},
 		{"negative deadline", `{"template":"demo","profile":"files","recipe":"demo-worker","work":{"count":5},"deadline_seconds":-1}`, "deadline_seconds"},
 		{"unknown field", `{"template":"demo","profile":"files","recipe":"demo-worker","work":{"count":5},"deadline_seconds":60,"ami":"ami-1"}`, "ami"},
+		{"two jobs in one file", `{"template":"demo"} {"template":"demo"}`, "more than one JSON value"},
+		{"not JSON", "template: demo", "invalid character"},
+		{"huge", `{"template":"` + strings.Repeat("x", 300<<10) + `"}`, "at most 262144 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -94,14 +96,27 @@ func follow(ctx context.Context, w *watch.Watcher, jobID string, g *Globals) err
 func (c *SubmitCmd) job(now time.Time) (events.JobSubmitted, error) {
 	var job events.JobSubmitted
 	if c.File != "" {
-		data, err := os.ReadFile(c.File)
+		f, err := os.Open(c.File)
 		if err != nil {
 			return job, err
 		}
-		dec := json.NewDecoder(strings.NewReader(string(data)))
+		defer f.Close()
+		// A job larger than a message may be could never be published: refuse it
+		// without reading the rest.
+		data, err := io.ReadAll(io.LimitReader(f, events.MaxBodyBytes+1))
+		if err != nil {
+			return job, fmt.Errorf("reading %s: %w", c.File, err)
+		}
+		if len(data) > events.MaxBodyBytes {
+			return job, fmt.Errorf("reading %s: a job is at most %d bytes", c.File, events.MaxBodyBytes)
+		}
+		dec := json.NewDecoder(bytes.NewReader(data))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&job); err != nil {
 			return job, fmt.Errorf("reading %s: %w", c.File, err)
+		}
+		if dec.More() {
+			return job, fmt.Errorf("reading %s: more than one JSON value", c.File)
 		}
 	} else {
 		job.Template, job.Profile, job.Recipe = c.Template, c.Profile, c.Recipe

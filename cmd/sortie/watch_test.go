@@ -27,26 +27,27 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestSubmitWatch runs `sortie submit --watch` against a dev stack whose services run in
-// this process: a good job is followed to its terminated fleet; a job the planner rejects
-// ends the watch at once with the DLQ's reason instead of waiting for the timeout.
-func TestSubmitWatch(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end: starts the whole stack")
-	}
+// startDevStack starts a dev stack whose instances run this test binary as the demo
+// worker, seeds files demo files, and points the AWS SDK's environment (so `sortie`'s
+// commands) at it. The stack closes when the test ends.
+func startDevStack(t *testing.T, prefix string, files int) (*devstack.Stack, devstack.Demo) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	const prefix = "cliwatch"
 	st, err := devstack.Start(ctx, devstack.Options{Prefix: prefix, WorkerCommand: []string{"/usr/bin/env", testWorkerEnv + "=1", exe}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	demo, err := st.SeedDemo(ctx, 30)
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("closing the dev stack: %v", err)
+		}
+	})
+	demo, err := st.SeedDemo(ctx, files)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +55,18 @@ func TestSubmitWatch(t *testing.T) {
 	t.Setenv("AWS_REGION", "us-east-1")
 	t.Setenv("AWS_ACCESS_KEY_ID", "test")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	return st, demo
+}
+
+// TestSubmitWatch runs `sortie submit --watch` against a dev stack whose services run in
+// this process: a good job is followed to its terminated fleet; a job the planner rejects
+// ends the watch at once with the DLQ's reason instead of waiting for the timeout.
+func TestSubmitWatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts the whole stack")
+	}
+	const prefix = "cliwatch"
+	st, demo := startDevStack(t, prefix, 30)
 
 	// Unique per run: kumo's state (CloudWatch totals by job id) outlives a run repeated
 	// in one process (-count).

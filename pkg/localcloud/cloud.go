@@ -282,6 +282,13 @@ func (c *Cloud) removeTempDir() {
 	}
 }
 
+// Limits on what a client may send, as AWS has them: a form-encoded (Query protocol)
+// request body, and an instance's user data (16 KB, before base64).
+const (
+	MaxFormBytes     = 10 << 20
+	MaxUserDataBytes = 16 << 10
+)
+
 // ServeHTTP answers EC2 instance, tag and key pair actions itself and proxies every other
 // request to kumo.
 func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -294,9 +301,14 @@ func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.proxy.ServeHTTP(w, r)
 		return
 	}
-	body, err := io.ReadAll(r.Body)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxFormBytes))
 	if err != nil {
-		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
+		status := http.StatusBadRequest
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, "reading request body: "+err.Error(), status)
 		return
 	}
 	_ = r.Body.Close()

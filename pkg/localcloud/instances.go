@@ -131,6 +131,9 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 		if decErr != nil {
 			return nil, invalidParameter("Invalid BASE64 encoding of user data.")
 		}
+		if len(b) > MaxUserDataBytes {
+			return nil, invalidParameter("User data is limited to %d bytes, got %d.", MaxUserDataBytes, len(b))
+		}
 		userData = b
 	}
 	instanceTags, err := tagSpecifications(form, "instance")
