@@ -21,6 +21,9 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/worker"
 )
 
+// MaxDemoFiles bounds what SeedDemo seeds: the demo is a demonstration, not a load test.
+const MaxDemoFiles = 10000
+
 // DemoFiles is the seed's work size: 202 files.
 const DemoFiles = 202
 
@@ -65,6 +68,9 @@ func (s *Stack) SeedDemo(ctx context.Context, n int) (Demo, error) {
 // are rewritten and the work queue is emptied first, so it holds exactly n items.
 func SeedDemo(ctx context.Context, s3c DemoS3API, sqsc DemoSQSAPI, prefix string, n int) (Demo, error) {
 	d := DemoFor(prefix)
+	if n < 1 || n > MaxDemoFiles {
+		return d, fmt.Errorf("demo files: want 1 to %d, got %d", MaxDemoFiles, n)
+	}
 	if err := createBucket(ctx, s3c, d.Bucket); err != nil {
 		return d, fmt.Errorf("creating demo bucket: %w", err)
 	}

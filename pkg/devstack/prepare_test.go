@@ -166,3 +166,13 @@ func TestSeedDemoTwiceLeavesExactlyNItems(t *testing.T) {
 		t.Errorf("input/file-003.txt = %q (SSE %q)", body, sse)
 	}
 }
+
+func TestSeedDemoRefusesAbsurdCounts(t *testing.T) {
+	for _, n := range []int{-1, 0, MaxDemoFiles + 1} {
+		// The count is checked before any AWS call: nil clients would panic otherwise.
+		_, err := SeedDemo(context.Background(), nil, nil, "p", n)
+		if err == nil || !strings.Contains(err.Error(), "demo files") {
+			t.Errorf("SeedDemo(%d): want a demo files error, got %v", n, err)
+		}
+	}
+}
