@@ -22,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/remote"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // recorder is a testing.TB whose Fatal, Skip and Error are recorded instead of ending the
@@ -161,8 +162,8 @@ func TestLaunch(t *testing.T) {
 		if in.InstanceType != "t3.micro" || in.PrivateIP == "" || in.LaunchedAt.IsZero() {
 			t.Errorf("instance %d: %+v", i, in)
 		}
-		if tags := cloudtest.Tags(described[i]); tags["sortie:job-id"] != "job-l" || tags[localcloud.SSHEndpointTag] == "" {
-			t.Errorf("instance %d tags %v", i, tags)
+		if tg := cloudtest.Tags(described[i]); tg["sortie:job-id"] != "job-l" || tg[tags.SSHEndpoint] == "" {
+			t.Errorf("instance %d tg %v", i, tg)
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		c, err := remote.Dial(ctx, remote.DialConfig{Addr: in.SSHEndpoint, User: "sortie", Signer: key.Signer, HostKey: hk.Public})

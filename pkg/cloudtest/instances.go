@@ -17,9 +17,9 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
-	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/sshhost"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // Image is the AMI id tests launch: well-formed, and the local cloud runs any image the same.
@@ -134,7 +134,7 @@ func Launch(tb testing.TB, client *ec2.Client, n int, spec LaunchSpec) []events.
 	Eventually(tb, LaunchTimeout, func() error {
 		ready := map[string]events.Instance{}
 		for _, in := range DescribeInstances(tb, client, &ec2.DescribeInstancesInput{InstanceIds: ids}) {
-			ep := Tags(in)[localcloud.SSHEndpointTag]
+			ep := Tags(in)[tags.SSHEndpoint]
 			if in.State == nil || in.State.Name != ec2types.InstanceStateNameRunning || ep == "" {
 				continue
 			}

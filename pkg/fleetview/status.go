@@ -1,5 +1,5 @@
 // Package fleetview reads what an operator needs to see of Sortie's fleets: the instances
-// of each job from their EC2 tags, and each job's log archives from S3.
+// of each job from their EC2 tg, and each job's log archives from S3.
 package fleetview
 
 import (
@@ -15,18 +15,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
-// Instance tags fleetview reads (issue 3).
-const (
-	TagName         = "Name"
-	TagJobID        = "sortie:job-id"
-	TagFleet        = "sortie:fleet"
-	TagLeaseExpires = "sortie:lease-expires"
-	TagStage        = "sortie:stage"
-	TagTemplate     = "sortie:template"
-	TagSSHEndpoint  = "sortie:ssh-endpoint"
-)
+// Instance tg fleetview reads (issue 3).
 
 // LiveStates are the instance states a status lists without --all.
 var LiveStates = []string{"pending", "running", "shutting-down", "stopping", "stopped"}
@@ -49,9 +42,9 @@ type Query struct {
 
 // Filters are the DescribeInstances filters for q.
 func (q Query) Filters() []ec2types.Filter {
-	f := []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{TagJobID}}}
+	f := []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{tags.JobID}}}
 	if q.JobID != "" {
-		f = append(f, ec2types.Filter{Name: aws.String("tag:" + TagJobID), Values: []string{q.JobID}})
+		f = append(f, ec2types.Filter{Name: aws.String("tag:" + tags.JobID), Values: []string{q.JobID}})
 	}
 	if !q.All {
 		f = append(f, ec2types.Filter{Name: aws.String("instance-state-name"), Values: LiveStates})
@@ -75,7 +68,7 @@ func Describe(ctx context.Context, api EC2API, q Query) ([]ec2types.Instance, er
 	return out, nil
 }
 
-// Instance is one instance of a job, as its tags and EC2 describe it.
+// Instance is one instance of a job, as its tg and EC2 describe it.
 type Instance struct {
 	ID           string     `json:"id"`
 	State        string     `json:"state"`
@@ -112,8 +105,8 @@ func live(s string) bool { return s != string(ec2types.InstanceStateNameTerminat
 func Group(insts []ec2types.Instance, now time.Time) []Job {
 	byJob := map[string]*Job{}
 	for _, in := range insts {
-		tags := tagMap(in.Tags)
-		id, ok := tags[TagJobID]
+		tg := tagMap(in.Tags)
+		id, ok := tg[tags.JobID]
 		if !ok {
 			continue
 		}
@@ -125,14 +118,14 @@ func Group(insts []ec2types.Instance, now time.Time) []Job {
 		inst := Instance{
 			ID:          aws.ToString(in.InstanceId),
 			Type:        string(in.InstanceType),
-			Stage:       tags[TagStage],
+			Stage:       tg[tags.Stage],
 			LaunchedAt:  aws.ToTime(in.LaunchTime).UTC(),
-			SSHEndpoint: tags[TagSSHEndpoint],
+			SSHEndpoint: tg[tags.SSHEndpoint],
 		}
 		if in.State != nil {
 			inst.State = string(in.State.Name)
 		}
-		if raw, ok := tags[TagLeaseExpires]; ok {
+		if raw, ok := tg[tags.LeaseExpires]; ok {
 			if exp, err := time.Parse(time.RFC3339, raw); err == nil {
 				exp = exp.UTC()
 				inst.LeaseExpires = &exp
@@ -140,8 +133,8 @@ func Group(insts []ec2types.Instance, now time.Time) []Job {
 			}
 		}
 		j.Instances = append(j.Instances, inst)
-		j.Fleet = cmp.Or(j.Fleet, tags[TagFleet])
-		j.Template = cmp.Or(j.Template, tags[TagTemplate])
+		j.Fleet = cmp.Or(j.Fleet, tg[tags.Fleet])
+		j.Template = cmp.Or(j.Template, tg[tags.Template])
 	}
 	jobs := make([]Job, 0, len(byJob))
 	for _, j := range byJob {
@@ -204,9 +197,9 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-func tagMap(tags []ec2types.Tag) map[string]string {
-	m := make(map[string]string, len(tags))
-	for _, t := range tags {
+func tagMap(tg []ec2types.Tag) map[string]string {
+	m := make(map[string]string, len(tg))
+	for _, t := range tg {
 		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
 	}
 	return m

@@ -15,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -55,8 +57,8 @@ func TestGroup(t *testing.T) {
 		{
 			name: "live lease is not expired",
 			insts: []ec2types.Instance{
-				inst("i-2", running, now.Add(-90*time.Second), TagJobID, "job-a", TagLeaseExpires, future, TagStage, "bootstrapped"),
-				inst("i-1", running, now.Add(-2*time.Minute), TagJobID, "job-a", TagLeaseExpires, future, TagStage, "bootstrapped"),
+				inst("i-2", running, now.Add(-90*time.Second), tags.JobID, "job-a", tags.LeaseExpires, future, tags.Stage, "bootstrapped"),
+				inst("i-1", running, now.Add(-2*time.Minute), tags.JobID, "job-a", tags.LeaseExpires, future, tags.Stage, "bootstrapped"),
 			},
 			wantJobs: []string{"job-a"}, wantExpired: []bool{false}, wantStage: []string{"bootstrapped"},
 			wantStates: []string{"2 running"}, wantLease: []string{future}, wantAge: []int64{120},
@@ -64,7 +66,7 @@ func TestGroup(t *testing.T) {
 		{
 			name: "past lease on a running instance is a leak",
 			insts: []ec2types.Instance{
-				inst("i-1", running, now.Add(-time.Hour), TagJobID, "leak-1", TagLeaseExpires, past),
+				inst("i-1", running, now.Add(-time.Hour), tags.JobID, "leak-1", tags.LeaseExpires, past),
 			},
 			wantJobs: []string{"leak-1"}, wantExpired: []bool{true}, wantStage: []string{""},
 			wantStates: []string{"1 running"}, wantLease: []string{past}, wantAge: []int64{3600},
@@ -72,7 +74,7 @@ func TestGroup(t *testing.T) {
 		{
 			name: "past lease on a terminated instance is no leak",
 			insts: []ec2types.Instance{
-				inst("i-1", terminated, now.Add(-time.Hour), TagJobID, "done", TagLeaseExpires, past, TagStage, "finished"),
+				inst("i-1", terminated, now.Add(-time.Hour), tags.JobID, "done", tags.LeaseExpires, past, tags.Stage, "finished"),
 			},
 			wantJobs: []string{"done"}, wantExpired: []bool{false}, wantStage: []string{"finished"},
 			wantStates: []string{"1 terminated"}, wantLease: []string{past}, wantAge: []int64{3600},
@@ -80,8 +82,8 @@ func TestGroup(t *testing.T) {
 		{
 			name: "job lease is the live instance's, not the terminated one's",
 			insts: []ec2types.Instance{
-				inst("i-1", terminated, now.Add(-time.Hour), TagJobID, "mixed", TagLeaseExpires, past, TagStage, "finished"),
-				inst("i-2", pending, now.Add(-time.Second), TagJobID, "mixed", TagLeaseExpires, future, TagStage, "launched"),
+				inst("i-1", terminated, now.Add(-time.Hour), tags.JobID, "mixed", tags.LeaseExpires, past, tags.Stage, "finished"),
+				inst("i-2", pending, now.Add(-time.Second), tags.JobID, "mixed", tags.LeaseExpires, future, tags.Stage, "launched"),
 			},
 			wantJobs: []string{"mixed"}, wantExpired: []bool{false}, wantStage: []string{"launched,finished"},
 			wantStates: []string{"1 pending, 1 terminated"}, wantLease: []string{future}, wantAge: []int64{3600},
@@ -89,8 +91,8 @@ func TestGroup(t *testing.T) {
 		{
 			name: "unparsable or missing lease is shown as none, never expired",
 			insts: []ec2types.Instance{
-				inst("i-1", running, now.Add(-time.Hour), TagJobID, "bad", TagLeaseExpires, "tomorrow"),
-				inst("i-2", running, now.Add(-time.Hour), TagJobID, "bad"),
+				inst("i-1", running, now.Add(-time.Hour), tags.JobID, "bad", tags.LeaseExpires, "tomorrow"),
+				inst("i-2", running, now.Add(-time.Hour), tags.JobID, "bad"),
 			},
 			wantJobs: []string{"bad"}, wantExpired: []bool{false}, wantStage: []string{""},
 			wantStates: []string{"2 running"}, wantLease: []string{""}, wantAge: []int64{3600},
@@ -98,9 +100,9 @@ func TestGroup(t *testing.T) {
 		{
 			name: "grouped and sorted by job; untagged ignored",
 			insts: []ec2types.Instance{
-				inst("i-9", running, now, TagJobID, "zeta", TagLeaseExpires, future),
+				inst("i-9", running, now, tags.JobID, "zeta", tags.LeaseExpires, future),
 				inst("i-8", running, now),
-				inst("i-7", running, now, TagJobID, "alpha", TagLeaseExpires, past),
+				inst("i-7", running, now, tags.JobID, "alpha", tags.LeaseExpires, past),
 			},
 			wantJobs: []string{"alpha", "zeta"}, wantExpired: []bool{true, false}, wantStage: []string{"", ""},
 			wantStates: []string{"1 running", "1 running"}, wantLease: []string{past, future}, wantAge: []int64{0, 0},
@@ -193,7 +195,7 @@ var _ EC2API = (*pagedEC2)(nil)
 
 func TestDescribeFollowsPages(t *testing.T) {
 	api := &pagedEC2{insts: []ec2types.Instance{
-		inst("i-1", "running", now, TagJobID, "a"), inst("i-2", "running", now, TagJobID, "a"), inst("i-3", "running", now, TagJobID, "b"),
+		inst("i-1", "running", now, tags.JobID, "a"), inst("i-2", "running", now, tags.JobID, "a"), inst("i-3", "running", now, tags.JobID, "b"),
 	}}
 	got, err := Describe(t.Context(), api, Query{JobID: "a"})
 	if err != nil {
@@ -210,15 +212,15 @@ func TestDescribeFollowsPages(t *testing.T) {
 func TestWriteTableGolden(t *testing.T) {
 	future := rfc(now.Add(10 * time.Minute))
 	jobs := Group([]ec2types.Instance{
-		inst("i-0a", "running", now.Add(-3*time.Minute-12*time.Second), TagJobID, "job-b", TagFleet, "job-b", TagTemplate, "demo",
-			TagStage, "bootstrapped", TagLeaseExpires, future, TagSSHEndpoint, "127.0.0.1:40001"),
-		inst("i-0b", "running", now.Add(-3*time.Minute), TagJobID, "job-b", TagFleet, "job-b", TagTemplate, "demo",
-			TagStage, "bootstrapped", TagLeaseExpires, future, TagSSHEndpoint, "127.0.0.1:40002"),
-		inst("i-0c", "terminated", now.Add(-3*time.Minute), TagJobID, "job-b", TagFleet, "job-b", TagTemplate, "demo",
-			TagStage, "finished", TagLeaseExpires, future, TagSSHEndpoint, "127.0.0.1:40003"),
-		inst("i-1", "running", now.Add(-26*time.Hour), TagJobID, "leak-1", TagLeaseExpires, rfc(now.Add(-2*time.Hour-5*time.Minute)),
-			TagSSHEndpoint, "10.0.0.9:22"),
-		inst("i-2", "running", now.Add(-time.Minute), TagJobID, "odd job\tid", TagTemplate, "x y"),
+		inst("i-0a", "running", now.Add(-3*time.Minute-12*time.Second), tags.JobID, "job-b", tags.Fleet, "job-b", tags.Template, "demo",
+			tags.Stage, "bootstrapped", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40001"),
+		inst("i-0b", "running", now.Add(-3*time.Minute), tags.JobID, "job-b", tags.Fleet, "job-b", tags.Template, "demo",
+			tags.Stage, "bootstrapped", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40002"),
+		inst("i-0c", "terminated", now.Add(-3*time.Minute), tags.JobID, "job-b", tags.Fleet, "job-b", tags.Template, "demo",
+			tags.Stage, "finished", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40003"),
+		inst("i-1", "running", now.Add(-26*time.Hour), tags.JobID, "leak-1", tags.LeaseExpires, rfc(now.Add(-2*time.Hour-5*time.Minute)),
+			tags.SSHEndpoint, "10.0.0.9:22"),
+		inst("i-2", "running", now.Add(-time.Minute), tags.JobID, "odd job\tid", tags.Template, "x y"),
 	}, now)
 	var buf bytes.Buffer
 	if err := WriteTable(&buf, jobs, now); err != nil {

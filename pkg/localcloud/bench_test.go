@@ -16,6 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // rssHelperEnv makes the test binary act as the child process BenchmarkIdleInstancesRSS
@@ -87,7 +89,7 @@ func (f *fleet) launchUntilSSH(ctx context.Context, n int) ([]string, error) {
 		}
 		for _, r := range desc.Reservations {
 			for _, inst := range r.Instances {
-				if ep, ok := tagValue(inst, SSHEndpointTag); ok {
+				if ep, ok := tagValue(inst, tags.SSHEndpoint); ok {
 					endpoints[aws.ToString(inst.InstanceId)] = ep
 				}
 			}

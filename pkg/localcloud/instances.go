@@ -21,8 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/sshhost"
 )
 
-// SSHEndpointTag is the instance tag holding the instance's SSH endpoint (host:port).
-const SSHEndpointTag = "sortie:ssh-endpoint"
+// tags.SSHEndpoint is the instance tag holding the instance's SSH endpoint (host:port).
 
 // availabilityZone is the only zone of the local cloud.
 const availabilityZone = "us-east-1a"
@@ -300,7 +299,7 @@ func tagSpecifications(form url.Values, resourceType string) (map[string]string,
 		default:
 			return nil, invalidParameter("'%s' is not a valid taggable resource type for this operation.", rt)
 		}
-		for _, t := range tags(form, base+".Tag") {
+		for _, t := range formTags(form, base+".Tag") {
 			if err := validateTag(t.Key, t.Value); err != nil {
 				return nil, err
 			}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 func TestRunInstancesShape(t *testing.T) {
@@ -232,7 +233,7 @@ func TestDescribeInstancesFilters(t *testing.T) {
 		{"instance type", []types.Filter{filter("instance-type", "t3.small")}, b},
 		{"filters are ANDed", []types.Filter{filter("tag:sortie:fleet", "alpha*"), filter("instance-state-name", "running", "pending")}, a},
 		{"no match", []types.Filter{filter("tag:sortie:fleet", "gamma")}, nil},
-		{"endpoint tag", []types.Filter{filter("tag-key", SSHEndpointTag), filter("instance-state-name", "running")}, slices.Concat(a, b, plain)},
+		{"endpoint tag", []types.Filter{filter("tag-key", tags.SSHEndpoint), filter("instance-state-name", "running")}, slices.Concat(a, b, plain)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,9 +342,9 @@ func TestInstanceLifecycle(t *testing.T) {
 		if inst.State.Name != types.InstanceStateNameRunning || aws.ToInt32(inst.State.Code) != 16 {
 			t.Errorf("state = %s/%d, want running/16", inst.State.Name, aws.ToInt32(inst.State.Code))
 		}
-		endpoint, ok := tagValue(inst, SSHEndpointTag)
+		endpoint, ok := tagValue(inst, tags.SSHEndpoint)
 		if !ok || !regexp.MustCompile(`^127\.0\.0\.1:\d+$`).MatchString(endpoint) {
-			t.Errorf("%s = %q, want 127.0.0.1:PORT", SSHEndpointTag, endpoint)
+			t.Errorf("%s = %q, want 127.0.0.1:PORT", tags.SSHEndpoint, endpoint)
 		}
 	}
 
@@ -447,7 +448,7 @@ func TestTags(t *testing.T) {
 		m := map[string]string{}
 		for _, inst := range describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: ids[:1]}) {
 			for _, tg := range inst.Tags {
-				if aws.ToString(tg.Key) != SSHEndpointTag {
+				if aws.ToString(tg.Key) != tags.SSHEndpoint {
 					m[aws.ToString(tg.Key)] = aws.ToString(tg.Value)
 				}
 			}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sortie-fleet/sortie/pkg/sshhost"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // defaultRoleName is the role instances launched without an instance profile get
@@ -58,7 +59,7 @@ func (c *Cloud) boot(inst *instance) {
 	inst.state = stateRunning
 	inst.host = host
 	inst.hostKey = hostKey
-	inst.tags[SSHEndpointTag] = host.Addr()
+	inst.tags[tags.SSHEndpoint] = host.Addr()
 	c.mu.Unlock()
 	c.log.Info("instance running", "instance", inst.id, "ssh", host.Addr())
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // sshRun runs one command in a new session and returns its stdout.
@@ -42,9 +44,9 @@ func sshRun(t testing.TB, client *ssh.Client, cmd string, stdin string) string {
 func endpointOf(t testing.TB, client *ec2.Client, id string) string {
 	t.Helper()
 	insts := describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
-	endpoint, ok := tagValue(insts[0], SSHEndpointTag)
+	endpoint, ok := tagValue(insts[0], tags.SSHEndpoint)
 	if !ok {
-		t.Fatalf("instance %s has no %s tag", id, SSHEndpointTag)
+		t.Fatalf("instance %s has no %s tag", id, tags.SSHEndpoint)
 	}
 	return endpoint
 }

@@ -25,7 +25,7 @@ func (c *Cloud) createTags(requestID string, form url.Values) (any, *apiError) {
 	if len(ids) == 0 {
 		return nil, missingParameter("ResourceId")
 	}
-	newTags := tags(form, "Tag")
+	newTags := formTags(form, "Tag")
 	if len(newTags) == 0 {
 		return nil, missingParameter("Tag")
 	}
@@ -64,7 +64,7 @@ func (c *Cloud) deleteTags(requestID string, form url.Values) (any, *apiError) {
 	if len(ids) == 0 {
 		return nil, missingParameter("ResourceId")
 	}
-	del := tags(form, "Tag")
+	del := formTags(form, "Tag")
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	targets, err := c.taggablesLocked(ids)

@@ -282,7 +282,7 @@ type formTag struct {
 }
 
 // tags returns prefix.N.Key / prefix.N.Value pairs.
-func tags(form url.Values, prefix string) []formTag {
+func formTags(form url.Values, prefix string) []formTag {
 	var out []formTag
 	for _, n := range indices(form, prefix) {
 		base := prefix + "." + strconv.Itoa(n)

@@ -41,7 +41,6 @@ const TailLines = events.MaxTailLines
 
 // Instance tags the bootstrapper sets.
 const (
-	TagStage          = "sortie:stage"
 	StageBootstrapped = "bootstrapped"
 )
 

@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // TagAPI is the EC2 call the bootstrapper makes.
@@ -189,7 +190,7 @@ func (s *stage) tagBootstrapped(ctx context.Context, log *slog.Logger, results [
 	slices.Sort(ids)
 	_, err := s.ec2.CreateTags(ctx, &ec2.CreateTagsInput{
 		Resources: ids,
-		Tags:      []ec2types.Tag{{Key: aws.String(TagStage), Value: aws.String(StageBootstrapped)}},
+		Tags:      []ec2types.Tag{{Key: aws.String(tags.Stage), Value: aws.String(StageBootstrapped)}},
 	})
 	if err != nil {
 		log.Warn("tagging instances bootstrapped", "instances", ids, "error", err.Error())

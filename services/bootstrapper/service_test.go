@@ -23,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 	"github.com/sortie-fleet/sortie/services/bootstrapper"
 )
 
@@ -297,7 +298,7 @@ func (e *env) stageTags(insts []events.Instance) map[string]string {
 	}
 	out := map[string]string{}
 	for _, in := range cloudtest.DescribeInstances(e.t, e.EC2, &ec2.DescribeInstancesInput{InstanceIds: ids}) {
-		out[aws.ToString(in.InstanceId)] = cloudtest.Tags(in)[bootstrapper.TagStage]
+		out[aws.ToString(in.InstanceId)] = cloudtest.Tags(in)[tags.Stage]
 	}
 	return out
 }

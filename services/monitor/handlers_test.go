@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // Fakes of the monitor's dependencies, for its handlers' decisions.
@@ -68,7 +69,7 @@ func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstances
 		}
 		inst := ec2types.Instance{InstanceId: aws.String(id), State: &ec2types.InstanceState{Name: st}}
 		if f.stage != "" {
-			inst.Tags = []ec2types.Tag{{Key: aws.String(TagStage), Value: aws.String(f.stage)}}
+			inst.Tags = []ec2types.Tag{{Key: aws.String(tags.Stage), Value: aws.String(f.stage)}}
 		}
 		r.Instances = append(r.Instances, inst)
 	}
@@ -176,7 +177,7 @@ func TestCheckStillRunning(t *testing.T) {
 		t.Fatalf("%d CreateTags, want the lease refresh", len(f.ec2.tags))
 	}
 	tag := f.ec2.tags[0]
-	if len(tag.Resources) != 2 || aws.ToString(tag.Tags[0].Key) != TagLeaseExpires || aws.ToString(tag.Tags[0].Value) != "2025-03-14T09:45:00Z" {
+	if len(tag.Resources) != 2 || aws.ToString(tag.Tags[0].Key) != tags.LeaseExpires || aws.ToString(tag.Tags[0].Value) != "2025-03-14T09:45:00Z" {
 		t.Errorf("lease refresh %v %s=%s, want both instances until now + 10m", tag.Resources, aws.ToString(tag.Tags[0].Key), aws.ToString(tag.Tags[0].Value))
 	}
 	if len(f.sink.data) != 1 || f.sink.data[0].Name != metrics.FleetInstancesAlive || f.sink.data[0].Value != 1 {
@@ -227,7 +228,7 @@ func TestCheckVerdictSettles(t *testing.T) {
 		t.Errorf("JobFinished %+v", got)
 	}
 	last := f.ec2.tags[len(f.ec2.tags)-1]
-	if aws.ToString(last.Tags[0].Key) != TagStage || aws.ToString(last.Tags[0].Value) != StageFinished || len(last.Resources) != 2 {
+	if aws.ToString(last.Tags[0].Key) != tags.Stage || aws.ToString(last.Tags[0].Value) != StageFinished || len(last.Resources) != 2 {
 		t.Errorf("last tags %+v, want stage finished on both", last)
 	}
 }

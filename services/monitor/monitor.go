@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // Timer attributes. A check timer's body is the fleet's FleetBootstrapped; a settle
@@ -34,9 +35,7 @@ const (
 
 // Instance tags the monitor reads and writes.
 const (
-	TagLeaseExpires = "sortie:lease-expires"
-	TagStage        = "sortie:stage"
-	StageFinished   = "finished" // set once JobFinished is published
+	StageFinished = "finished" // set once JobFinished is published
 )
 
 // Run consumes FleetBootstrapped, TaskReported and the monitor's timers until ctx is
@@ -253,7 +252,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	}
 
 	expires := now.Add(m.cfg.Lease).UTC().Format(time.RFC3339)
-	if err := m.tag(ctx, ids, TagLeaseExpires, expires); err != nil {
+	if err := m.tag(ctx, ids, tags.LeaseExpires, expires); err != nil {
 		log.Warn("refreshing leases; retrying at the next check", "error", err.Error())
 	}
 	attrs := map[string]string{AttrTimer: TimerCheck, AttrMisses: encodeMisses(misses)}
@@ -325,7 +324,7 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 	}
 	log.Info("job finished", "outcome", jf.Outcome, "reason", jf.Reason, "failing_instance", jf.FailingInstance,
 		"tasks_succeeded", jf.TasksSucceeded, "tasks_failed", jf.TasksFailed)
-	if err := m.tag(ctx, ids, TagStage, StageFinished); err != nil {
+	if err := m.tag(ctx, ids, tags.Stage, StageFinished); err != nil {
 		log.Warn("tagging instances finished", "error", err.Error())
 	}
 	return nil
@@ -353,7 +352,7 @@ func (m *monitor) describe(ctx context.Context, ids []string) (map[string]instan
 					st.state = in.State.Name
 				}
 				for _, t := range in.Tags {
-					if aws.ToString(t.Key) == TagStage {
+					if aws.ToString(t.Key) == tags.Stage {
 						st.stage = aws.ToString(t.Value)
 					}
 				}

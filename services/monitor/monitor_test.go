@@ -25,6 +25,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // cloud is one local cloud shared by a test's scenarios, with a key pair to log in with
@@ -55,7 +56,7 @@ func (c *cloud) launch(t *testing.T, n int) []events.InstanceResult {
 		InstanceType: ec2types.InstanceTypeM3Medium,
 		KeyName:      c.key.Name,
 		UserData:     c.hostKey.UserData,
-		Tags:         map[string]string{TagLeaseExpires: "2000-01-01T00:00:00Z"},
+		Tags:         map[string]string{tags.LeaseExpires: "2000-01-01T00:00:00Z"},
 	})
 	var res []events.InstanceResult
 	for _, in := range insts {
@@ -65,8 +66,8 @@ func (c *cloud) launch(t *testing.T, n int) []events.InstanceResult {
 	return res
 }
 
-// tags returns every instance's tags.
-func (c *cloud) tags(t *testing.T, ids []string) map[string]map[string]string {
+// tg returns every instance's tg.
+func (c *cloud) instanceTags(t *testing.T, ids []string) map[string]map[string]string {
 	t.Helper()
 	m := map[string]map[string]string{}
 	for _, in := range cloudtest.DescribeInstances(t, c.ec2, &ec2.DescribeInstancesInput{InstanceIds: ids}) {
@@ -220,7 +221,7 @@ func checkListsFleet(t *testing.T, jf events.JobFinished, c *cloud, fleet []even
 }
 
 // TestMonitor runs the monitor against the local cloud: real instances reached over SSH
-// with the pinned host key, real queues, timers, EC2 tags and CloudWatch metrics.
+// with the pinned host key, real queues, timers, EC2 tg and CloudWatch metrics.
 func TestMonitor(t *testing.T) {
 	t.Parallel()
 	c := newCloud(t)
@@ -273,9 +274,9 @@ func TestMonitor(t *testing.T) {
 		// The stage tag is written right after JobFinished is published (so a failed
 		// publish is retried, never lost behind a "finished" tag): poll for it.
 		cloudtest.Eventually(t, 5*time.Second, func() error {
-			for id, tags := range c.tags(t, ids(fleet)) {
-				if tags[TagStage] != StageFinished {
-					return fmt.Errorf("%s has stage %q, want %q", id, tags[TagStage], StageFinished)
+			for id, tg := range c.instanceTags(t, ids(fleet)) {
+				if tg[tags.Stage] != StageFinished {
+					return fmt.Errorf("%s has stage %q, want %q", id, tg[tags.Stage], StageFinished)
 				}
 			}
 			return nil
@@ -364,7 +365,7 @@ func TestMonitor(t *testing.T) {
 
 		var lease time.Time
 		cloudtest.Eventually(t, 10*time.Second, func() error {
-			raw := c.tags(t, ids(fleet))[fleet[0].ID][TagLeaseExpires]
+			raw := c.instanceTags(t, ids(fleet))[fleet[0].ID][tags.LeaseExpires]
 			l, err := time.Parse(time.RFC3339, raw)
 			if err != nil || !l.After(time.Now().Add(50*time.Second)) {
 				return fmt.Errorf("lease tag still %q: not refreshed", raw)

@@ -23,19 +23,11 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // Instance tags (see the issue 3 notes): EC2 tags are the state of a fleet.
 const (
-	tagName          = "Name"
-	tagJobID         = "sortie:job-id"
-	tagFleet         = "sortie:fleet"
-	tagLeaseExpires  = "sortie:lease-expires"
-	tagStage         = "sortie:stage"
-	tagCorrelationID = "sortie:correlation-id"
-	tagTemplate      = "sortie:template"     // the reaper's sweep reads the template's user and TTL
-	tagSSHEndpoint   = "sortie:ssh-endpoint" // set by the local cloud, not by Sortie
-
 	stageLaunched = "launched"
 )
 
@@ -208,13 +200,13 @@ func runInput(fp events.FleetPlanned, t opsconfig.Template, a attempt, userData 
 func fleetTags(fp events.FleetPlanned, leaseExpires time.Time) []types.Tag {
 	tag := func(k, v string) types.Tag { return types.Tag{Key: aws.String(k), Value: aws.String(v)} }
 	return []types.Tag{
-		tag(tagName, "sortie-"+fp.FleetID),
-		tag(tagJobID, fp.JobID),
-		tag(tagFleet, fp.FleetID),
-		tag(tagLeaseExpires, leaseExpires.UTC().Format(time.RFC3339)),
-		tag(tagStage, stageLaunched),
-		tag(tagCorrelationID, fp.CorrelationID),
-		tag(tagTemplate, fp.Template),
+		tag(tags.Name, "sortie-"+fp.FleetID),
+		tag(tags.JobID, fp.JobID),
+		tag(tags.Fleet, fp.FleetID),
+		tag(tags.LeaseExpires, leaseExpires.UTC().Format(time.RFC3339)),
+		tag(tags.Stage, stageLaunched),
+		tag(tags.CorrelationID, fp.CorrelationID),
+		tag(tags.Template, fp.Template),
 	}
 }
 
@@ -226,7 +218,7 @@ func live(s *types.InstanceState) bool {
 // tokens, the tokens of this plan revision. errFleetEnded: there were some, none is live.
 func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) ([]string, error) {
 	pages := ec2.NewDescribeInstancesPaginator(l.ec2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
-		{Name: aws.String("tag:" + tagFleet), Values: []string{fleetID}},
+		{Name: aws.String("tag:" + tags.Fleet), Values: []string{fleetID}},
 		{Name: aws.String("client-token"), Values: tokens},
 	}})
 	var ids []string
@@ -340,10 +332,10 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 			return nil, fmt.Errorf("describing instances: %s missing", id)
 		}
 		ip := aws.ToString(in.PrivateIpAddress)
-		endpoint := tagValue(in.Tags, tagSSHEndpoint)
+		endpoint := tagValue(in.Tags, tags.SSHEndpoint)
 		if endpoint == "" {
 			if ip == "" {
-				return nil, fmt.Errorf("instance %s has neither a %s tag nor a private IP", id, tagSSHEndpoint)
+				return nil, fmt.Errorf("instance %s has neither a %s tag nor a private IP", id, tags.SSHEndpoint)
 			}
 			endpoint = net.JoinHostPort(ip, "22")
 		}

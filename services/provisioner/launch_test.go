@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 var (
@@ -148,7 +149,7 @@ func TestRunInput(t *testing.T) {
 		"sortie:correlation-id": "corr-42",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("tags %v, want %v", got, want)
+		t.Errorf("tg %v, want %v", got, want)
 	}
 
 	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
@@ -193,7 +194,7 @@ func (f *fakeEC2) add(token, fleet, state string, n int) {
 			State:            &types.InstanceState{Name: types.InstanceStateName(state)},
 			PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", len(f.instances)+10)),
 			LaunchTime:       aws.Time(now),
-			Tags:             []types.Tag{{Key: aws.String(tagFleet), Value: aws.String(fleet)}, {Key: aws.String(tagSSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+len(f.instances)))}},
+			Tags:             []types.Tag{{Key: aws.String(tags.Fleet), Value: aws.String(fleet)}, {Key: aws.String(tags.SSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+len(f.instances)))}},
 		})
 	}
 }
@@ -234,9 +235,9 @@ func (f *fakeEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ .
 	out := &ec2.RunInstancesOutput{ReservationId: aws.String("r-1")}
 	for range aws.ToInt32(in.MaxCount) {
 		n := len(f.instances) + 1
-		tags := slices.Clone(in.TagSpecifications[0].Tags)
+		tg := slices.Clone(in.TagSpecifications[0].Tags)
 		if !f.noTag {
-			tags = append(tags, types.Tag{Key: aws.String(tagSSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+n))})
+			tg = append(tg, types.Tag{Key: aws.String(tags.SSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+n))})
 		}
 		i := &types.Instance{
 			InstanceId:       aws.String(fmt.Sprintf("i-%017x", n)),
@@ -245,7 +246,7 @@ func (f *fakeEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ .
 			State:            &types.InstanceState{Name: types.InstanceStateNamePending},
 			PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", n+10)),
 			LaunchTime:       aws.Time(now),
-			Tags:             tags,
+			Tags:             tg,
 		}
 		f.instances = append(f.instances, i)
 		out.Instances = append(out.Instances, *i)

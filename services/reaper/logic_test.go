@@ -9,6 +9,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 var t0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -16,32 +18,32 @@ var t0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 func TestCheckLease(t *testing.T) {
 	const ttl = 30 * time.Minute
 	lease := func(at time.Time) map[string]string {
-		return map[string]string{TagLeaseExpires: at.Format(time.RFC3339)}
+		return map[string]string{tags.LeaseExpires: at.Format(time.RFC3339)}
 	}
 	tests := []struct {
 		name    string
-		tags    map[string]string
+		tg      map[string]string
 		launch  time.Time
 		expired bool
 		reason  string
 	}{
-		{name: "live lease", tags: lease(t0.Add(time.Minute)), launch: t0.Add(-2 * time.Hour), expired: false, reason: "lease live until 2025-06-01T12:01:00Z"},
-		{name: "expired lease", tags: lease(t0.Add(-time.Second)), launch: t0.Add(-time.Minute), expired: true, reason: "lease expired at 2025-06-01T11:59:59Z"},
-		{name: "lease ending now is still live", tags: lease(t0), launch: t0.Add(-2 * time.Hour), expired: false},
-		{name: "live lease in another zone", tags: map[string]string{TagLeaseExpires: "2025-06-01T14:30:00+02:00"}, expired: false},
-		{name: "expired lease in another zone", tags: map[string]string{TagLeaseExpires: "2025-06-01T13:30:00+02:00"}, expired: true},
-		{name: "a live lease wins over an old launch", tags: lease(t0.Add(time.Hour)), launch: t0.Add(-48 * time.Hour), expired: false},
-		{name: "missing lease, within TTL", tags: map[string]string{}, launch: t0.Add(-29 * time.Minute), expired: false, reason: "no lease tag; within TTL 30m0s"},
-		{name: "missing lease, past TTL", tags: map[string]string{}, launch: t0.Add(-31 * time.Minute), expired: true, reason: "no lease tag; launched 2025-06-01T11:29:00Z, TTL 30m0s ended at 2025-06-01T11:59:00Z"},
-		{name: "garbage lease, within TTL", tags: map[string]string{TagLeaseExpires: "tomorrow"}, launch: t0.Add(-time.Minute), expired: false, reason: `lease tag "tomorrow" does not parse`},
-		{name: "garbage lease, past TTL", tags: map[string]string{TagLeaseExpires: "tomorrow"}, launch: t0.Add(-time.Hour), expired: true, reason: `lease tag "tomorrow" does not parse; launched`},
-		{name: "empty lease, past TTL", tags: map[string]string{TagLeaseExpires: ""}, launch: t0.Add(-time.Hour), expired: true},
-		{name: "unix time is not RFC 3339", tags: map[string]string{TagLeaseExpires: "1748779200"}, launch: t0.Add(-time.Minute), expired: false},
-		{name: "no lease and no launch time: kept", tags: map[string]string{}, expired: false, reason: "no lease tag and no launch time: kept"},
+		{name: "live lease", tg: lease(t0.Add(time.Minute)), launch: t0.Add(-2 * time.Hour), expired: false, reason: "lease live until 2025-06-01T12:01:00Z"},
+		{name: "expired lease", tg: lease(t0.Add(-time.Second)), launch: t0.Add(-time.Minute), expired: true, reason: "lease expired at 2025-06-01T11:59:59Z"},
+		{name: "lease ending now is still live", tg: lease(t0), launch: t0.Add(-2 * time.Hour), expired: false},
+		{name: "live lease in another zone", tg: map[string]string{tags.LeaseExpires: "2025-06-01T14:30:00+02:00"}, expired: false},
+		{name: "expired lease in another zone", tg: map[string]string{tags.LeaseExpires: "2025-06-01T13:30:00+02:00"}, expired: true},
+		{name: "a live lease wins over an old launch", tg: lease(t0.Add(time.Hour)), launch: t0.Add(-48 * time.Hour), expired: false},
+		{name: "missing lease, within TTL", tg: map[string]string{}, launch: t0.Add(-29 * time.Minute), expired: false, reason: "no lease tag; within TTL 30m0s"},
+		{name: "missing lease, past TTL", tg: map[string]string{}, launch: t0.Add(-31 * time.Minute), expired: true, reason: "no lease tag; launched 2025-06-01T11:29:00Z, TTL 30m0s ended at 2025-06-01T11:59:00Z"},
+		{name: "garbage lease, within TTL", tg: map[string]string{tags.LeaseExpires: "tomorrow"}, launch: t0.Add(-time.Minute), expired: false, reason: `lease tag "tomorrow" does not parse`},
+		{name: "garbage lease, past TTL", tg: map[string]string{tags.LeaseExpires: "tomorrow"}, launch: t0.Add(-time.Hour), expired: true, reason: `lease tag "tomorrow" does not parse; launched`},
+		{name: "empty lease, past TTL", tg: map[string]string{tags.LeaseExpires: ""}, launch: t0.Add(-time.Hour), expired: true},
+		{name: "unix time is not RFC 3339", tg: map[string]string{tags.LeaseExpires: "1748779200"}, launch: t0.Add(-time.Minute), expired: false},
+		{name: "no lease and no launch time: kept", tg: map[string]string{}, expired: false, reason: "no lease tag and no launch time: kept"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := CheckLease(tt.tags, tt.launch, t0, ttl)
+			got := CheckLease(tt.tg, tt.launch, t0, ttl)
 			if got.Expired != tt.expired {
 				t.Fatalf("Expired = %v (%s), want %v", got.Expired, got.Reason, tt.expired)
 			}
@@ -52,12 +54,12 @@ func TestCheckLease(t *testing.T) {
 	}
 }
 
-func instance(id string, launch time.Time, tags map[string]string) ec2types.Instance {
+func instance(id string, launch time.Time, tg map[string]string) ec2types.Instance {
 	in := ec2types.Instance{InstanceId: aws.String(id)}
 	if !launch.IsZero() {
 		in.LaunchTime = aws.Time(launch)
 	}
-	for k, v := range tags {
+	for k, v := range tg {
 		in.Tags = append(in.Tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v)})
 	}
 	return in
@@ -65,14 +67,14 @@ func instance(id string, launch time.Time, tags map[string]string) ec2types.Inst
 
 func TestSelectExpired(t *testing.T) {
 	insts := []ec2types.Instance{
-		instance("i-00000001", t0.Add(-time.Hour), map[string]string{TagLeaseExpires: t0.Add(time.Minute).Format(time.RFC3339)}),  // live
-		instance("i-00000002", t0.Add(-time.Hour), map[string]string{TagLeaseExpires: t0.Add(-time.Minute).Format(time.RFC3339)}), // expired
-		instance("i-00000003", t0.Add(-20*time.Minute), map[string]string{TagTemplate: "short"}),                                  // missing, short TTL: expired
-		instance("i-00000004", t0.Add(-20*time.Minute), map[string]string{}),                                                      // missing, default TTL: live
-		instance("i-00000005", t0.Add(-2*time.Hour), map[string]string{TagLeaseExpires: "garbage"}),                               // garbage, old: expired
+		instance("i-00000001", t0.Add(-time.Hour), map[string]string{tags.LeaseExpires: t0.Add(time.Minute).Format(time.RFC3339)}),  // live
+		instance("i-00000002", t0.Add(-time.Hour), map[string]string{tags.LeaseExpires: t0.Add(-time.Minute).Format(time.RFC3339)}), // expired
+		instance("i-00000003", t0.Add(-20*time.Minute), map[string]string{tags.Template: "short"}),                                  // missing, short TTL: expired
+		instance("i-00000004", t0.Add(-20*time.Minute), map[string]string{}),                                                        // missing, default TTL: live
+		instance("i-00000005", t0.Add(-2*time.Hour), map[string]string{tags.LeaseExpires: "garbage"}),                               // garbage, old: expired
 	}
-	ttl := func(tags map[string]string) time.Duration {
-		if tags[TagTemplate] == "short" {
+	ttl := func(tg map[string]string) time.Duration {
+		if tg[tags.Template] == "short" {
 			return 10 * time.Minute
 		}
 		return time.Hour

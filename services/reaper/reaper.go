@@ -27,6 +27,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // FallbackTTL is the TTL of an instance without a usable lease tag when the ops config has
@@ -232,17 +233,17 @@ func orUnknown(s string) string {
 // tag, else its private IP on port 22; the fleet's pinned host key, else the one its
 // console output shows.
 func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instance, jobID, template, endpoint string, key ssh.PublicKey) target {
-	tags := tagMap(in.Tags)
+	tg := tagMap(in.Tags)
 	id := aws.ToString(in.InstanceId)
 	if jobID == "" {
-		jobID = tags[TagJobID]
+		jobID = tg[tags.JobID]
 	}
 	if template == "" {
-		template = tags[TagTemplate]
+		template = tg[tags.Template]
 	}
 	t := target{InstanceID: id, JobID: jobID, Addr: endpoint, User: s.userFor(template), HostKey: key}
 	if t.Addr == "" {
-		t.Addr = tags[TagSSHEndpoint]
+		t.Addr = tg[tags.SSHEndpoint]
 	}
 	if t.Addr == "" && aws.ToString(in.PrivateIpAddress) != "" {
 		t.Addr = net.JoinHostPort(aws.ToString(in.PrivateIpAddress), "22")
@@ -268,8 +269,8 @@ func (s *stage) userFor(template string) string {
 
 // ttlFor is the TTL of an instance without a usable lease: its template's, else the
 // longest of any template (the sweep errs on the side of keeping an instance).
-func (s *stage) ttlFor(tags map[string]string) time.Duration {
-	if t, err := s.deps.Ops.Template(tags[TagTemplate]); err == nil && t.TTL > 0 {
+func (s *stage) ttlFor(tg map[string]string) time.Duration {
+	if t, err := s.deps.Ops.Template(tg[tags.Template]); err == nil && t.TTL > 0 {
 		return t.TTL.Std()
 	}
 	var longest time.Duration
@@ -330,7 +331,7 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 	g.SetLimit(s.cfg.Concurrency)
 	for _, x := range expired {
 		g.Go(func() error {
-			l := log.With("instance", aws.ToString(x.Instance.InstanceId), "job_id", tagMap(x.Instance.Tags)[TagJobID])
+			l := log.With("instance", aws.ToString(x.Instance.InstanceId), "job_id", tagMap(x.Instance.Tags)[tags.JobID])
 			l.Warn("sweeping instance", "reason", x.Reason)
 			t := s.target(ctx, l, x.Instance, "", "", "", nil)
 			if arch, err := s.arch.archive(ctx, t, s.cfg.SweepArchiveTimeout); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 	"github.com/sortie-fleet/sortie/services/reaper"
 )
 
@@ -33,14 +34,14 @@ func TestReaper(t *testing.T) {
 
 	// The fleet: A and B reachable, C listed with an endpoint nobody answers on, D tagged
 	// with the fleet (an earlier plan revision, another host key) but not in the event.
-	fleet := e.launch(3, userData, map[string]string{reaper.TagJobID: "job-reap", reaper.TagFleet: "job-reap", reaper.TagLeaseExpires: live})
-	extra := e.launch(1, otherUserData, map[string]string{reaper.TagJobID: "job-reap", reaper.TagFleet: "job-reap", reaper.TagLeaseExpires: live})
+	fleet := e.launch(3, userData, map[string]string{tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live})
+	extra := e.launch(1, otherUserData, map[string]string{tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live})
 	a, b, c, d := fleet[0], fleet[1], fleet[2], extra[0]
 	// The sweep's instances: an expired lease, a live one, none (launched now), garbage.
 	sweepTags := func(lease string) map[string]string {
-		m := map[string]string{reaper.TagJobID: "job-sweep", reaper.TagFleet: "job-sweep"}
+		m := map[string]string{tags.JobID: "job-sweep", tags.Fleet: "job-sweep"}
 		if lease != "" {
-			m[reaper.TagLeaseExpires] = lease
+			m[tags.LeaseExpires] = lease
 		}
 		return m
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // Sweep timer attributes.
@@ -31,8 +33,8 @@ type Lease struct {
 // sortie:lease-expires tag (RFC 3339) is in the past; when the tag is missing or does not
 // parse, when its launch time plus ttl is in the past. Without either it is kept: the
 // sweep never terminates an instance it cannot prove abandoned.
-func CheckLease(tags map[string]string, launch, now time.Time, ttl time.Duration) Lease {
-	raw, ok := tags[TagLeaseExpires]
+func CheckLease(tg map[string]string, launch, now time.Time, ttl time.Duration) Lease {
+	raw, ok := tg[tags.LeaseExpires]
 	if ok {
 		if exp, err := time.Parse(time.RFC3339, raw); err == nil {
 			if now.After(exp) {
@@ -62,10 +64,10 @@ func clipValue(s string) string {
 	return s
 }
 
-// tagMap turns EC2 tags into a map.
-func tagMap(tags []ec2types.Tag) map[string]string {
-	m := make(map[string]string, len(tags))
-	for _, t := range tags {
+// tagMap turns EC2 tg into a map.
+func tagMap(tg []ec2types.Tag) map[string]string {
+	m := make(map[string]string, len(tg))
+	for _, t := range tg {
 		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
 	}
 	return m
@@ -79,11 +81,11 @@ type Expired struct {
 
 // SelectExpired returns the instances whose lease has expired at now; ttl gives the TTL
 // that applies to an instance without a usable lease tag.
-func SelectExpired(insts []ec2types.Instance, now time.Time, ttl func(tags map[string]string) time.Duration) []Expired {
+func SelectExpired(insts []ec2types.Instance, now time.Time, ttl func(tg map[string]string) time.Duration) []Expired {
 	var out []Expired
 	for _, in := range insts {
-		tags := tagMap(in.Tags)
-		if l := CheckLease(tags, aws.ToTime(in.LaunchTime), now, ttl(tags)); l.Expired {
+		tg := tagMap(in.Tags)
+		if l := CheckLease(tg, aws.ToTime(in.LaunchTime), now, ttl(tg)); l.Expired {
 			out = append(out, Expired{Instance: in, Reason: l.Reason})
 		}
 	}
@@ -93,7 +95,7 @@ func SelectExpired(insts []ec2types.Instance, now time.Time, ttl func(tags map[s
 // sweepFilters select Sortie's instances that are still pending or running.
 func sweepFilters() []ec2types.Filter {
 	return []ec2types.Filter{
-		{Name: aws.String("tag-key"), Values: []string{TagJobID}},
+		{Name: aws.String("tag-key"), Values: []string{tags.JobID}},
 		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running"}},
 	}
 }

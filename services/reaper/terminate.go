@@ -11,16 +11,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // Instance tags the reaper reads.
-const (
-	TagJobID        = "sortie:job-id"
-	TagFleet        = "sortie:fleet"
-	TagLeaseExpires = "sortie:lease-expires"
-	TagTemplate     = "sortie:template" // optional: the fleet template, for its user and TTL
-	TagSSHEndpoint  = "sortie:ssh-endpoint"
-)
 
 // EC2API is the EC2 calls the reaper makes.
 type EC2API interface {
@@ -53,7 +48,7 @@ func describe(ctx context.Context, api EC2API, filters []ec2types.Filter) ([]ec2
 // describeFleet returns the fleet's instances, in every state: those tagged with the fleet
 // id and those the event names (found by filter, so an id EC2 no longer knows is no error).
 func describeFleet(ctx context.Context, api EC2API, fleetID string, ids []string) ([]ec2types.Instance, error) {
-	found, err := describe(ctx, api, []ec2types.Filter{{Name: aws.String("tag:" + TagFleet), Values: []string{fleetID}}})
+	found, err := describe(ctx, api, []ec2types.Filter{{Name: aws.String("tag:" + tags.Fleet), Values: []string{fleetID}}})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,26 @@
+// Package tags is Sortie's tag vocabulary: the keys of the tags it puts on instances,
+// volumes, buckets, queues and topics, defined once and imported everywhere.
+package tags
+
+const (
+	// Name is EC2's display name tag.
+	Name = "Name"
+	// Stack names the stack (its prefix) that owns a resource. Every read that leads to a
+	// write filters on it: a stack never touches what another stack or a person owns.
+	Stack = "sortie:stack"
+	// JobID is the job an instance works for.
+	JobID = "sortie:job-id"
+	// Fleet is the fleet (job id and plan revision) an instance belongs to.
+	Fleet = "sortie:fleet"
+	// Template is the ops template a fleet was launched from (the sweep reads its user and TTL).
+	Template = "sortie:template"
+	// LeaseExpires is when the sweep may reap an instance (RFC 3339).
+	LeaseExpires = "sortie:lease-expires"
+	// Stage is the pipeline stage an instance has reached (launched, bootstrapped, finished).
+	Stage = "sortie:stage"
+	// CorrelationID is the correlation id of the event that launched an instance.
+	CorrelationID = "sortie:correlation-id"
+	// SSHEndpoint is the local cloud's loopback SSH address of an instance. It is honoured only
+	// when local mode is switched on explicitly, never against AWS.
+	SSHEndpoint = "sortie:ssh-endpoint"
+)
