@@ -140,3 +140,47 @@ func (t Topology) ServiceQueues(service string) []string {
 	}
 	return out
 }
+
+// The stack's other resource names, generated here once: the Terraform, `sortie infra up`,
+// the services' defaults and `sortie audit` all use these (a test compares them).
+
+// SecretsBucketName is the bucket holding the stack's secrets (the login key): SSE-KMS,
+// TLS-only, and never fetchable by a recipe.
+func (t Topology) SecretsBucketName() string { return t.Prefix + "-secrets" }
+
+// LedgerTableName is the DynamoDB table of the job ledger.
+func (t Topology) LedgerTableName() string { return t.Prefix + "-ledger" }
+
+// HostKeySecretName is the Secrets Manager secret holding SORTIE_HOSTKEY_SECRET.
+func (t Topology) HostKeySecretName() string { return t.Prefix + "/hostkey-secret" }
+
+// RoleName is the IAM task role of a service (one of the five stages).
+func (t Topology) RoleName(service string) string { return t.Prefix + "-" + service }
+
+// WorkerRoleName is the IAM role (and instance profile) of the fleet's instances: it may
+// publish TaskReported and read what its recipes fetch, nothing else.
+func (t Topology) WorkerRoleName() string { return t.Prefix + "-worker" }
+
+// UpstreamRoleName is the IAM role upstream assumes to publish JobSubmitted.
+func (t Topology) UpstreamRoleName() string { return t.Prefix + "-upstream" }
+
+// ExecutionRoleName is the ECS task execution role (image pulls, logs, the secret).
+func (t Topology) ExecutionRoleName() string { return t.Prefix + "-execution" }
+
+// ClusterName is the ECS cluster running the five services.
+func (t Topology) ClusterName() string { return t.Prefix }
+
+// LogGroupName is the CloudWatch Logs group of a service's ECS tasks.
+func (t Topology) LogGroupName(service string) string { return "/" + t.Prefix + "/" + service }
+
+// Producers maps each event type to the services allowed to publish it; "upstream" stands for
+// the upstream role (JobSubmitted) and "worker" for the worker instance profile (TaskReported).
+var Producers = map[string][]string{
+	JobSubmitted:      {"upstream"},
+	FleetPlanned:      {Planner},
+	FleetLaunched:     {Provisioner},
+	FleetBootstrapped: {Bootstrapper},
+	TaskReported:      {"worker"},
+	JobFinished:       {Monitor},
+	FleetTerminated:   {Reaper},
+}

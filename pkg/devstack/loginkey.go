@@ -13,6 +13,7 @@ import (
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/infra"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
@@ -36,7 +37,7 @@ var (
 )
 
 // SecretsBucket is the bucket holding the stack's login keys: <prefix>-secrets.
-func SecretsBucket(prefix string) string { return prefix + "-secrets" }
+func SecretsBucket(prefix string) string { return bus.Topology{Prefix: prefix}.SecretsBucketName() }
 
 // CreateLoginKeys creates the key pair the ops templates log in with and keeps its private
 // key in s3://<prefix>-secrets/keys/<name>.pem (SSE-KMS), where the services read it. It
