@@ -47,6 +47,7 @@ var errFleetEnded = errors.New("the fleet of this plan revision was launched bef
 
 // launcher turns a FleetPlanned into running instances.
 type launcher struct {
+	stack  string // the stack's prefix: every instance and volume is tagged sortie:stack=stack
 	ec2    EC2API
 	ops    *opsconfig.Config
 	secret []byte
@@ -170,7 +171,8 @@ func tokens(atts []attempt) []string {
 // runInput is the RunInstances request of one attempt. MinCount = MaxCount = Count: a
 // fleet smaller than planned is never accepted silently; short of capacity, the launch
 // fails and falls back instead.
-func runInput(fp events.FleetPlanned, t opsconfig.Template, a attempt, userData string, now time.Time) *ec2.RunInstancesInput {
+func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a attempt, userData string, now time.Time) *ec2.RunInstancesInput {
+	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(t.AMI),
 		InstanceType:     types.InstanceType(a.InstanceType),
@@ -180,10 +182,10 @@ func runInput(fp events.FleetPlanned, t opsconfig.Template, a attempt, userData 
 		SecurityGroupIds: t.SecurityGroups,
 		UserData:         aws.String(base64.StdEncoding.EncodeToString([]byte(userData))),
 		ClientToken:      aws.String(a.Token),
-		TagSpecifications: []types.TagSpecification{{
-			ResourceType: types.ResourceTypeInstance,
-			Tags:         fleetTags(fp, now.Add(t.TTL.Std())),
-		}},
+		TagSpecifications: []types.TagSpecification{
+			{ResourceType: types.ResourceTypeInstance, Tags: fleet},
+			{ResourceType: types.ResourceTypeVolume, Tags: volumeTags(fleet)},
+		},
 	}
 	if a.Subnet != "" {
 		in.SubnetId = aws.String(a.Subnet)
@@ -197,10 +199,11 @@ func runInput(fp events.FleetPlanned, t opsconfig.Template, a attempt, userData 
 }
 
 // fleetTags are the tags every instance of the fleet is launched with.
-func fleetTags(fp events.FleetPlanned, leaseExpires time.Time) []types.Tag {
+func fleetTags(stack string, fp events.FleetPlanned, leaseExpires time.Time) []types.Tag {
 	tag := func(k, v string) types.Tag { return types.Tag{Key: aws.String(k), Value: aws.String(v)} }
 	return []types.Tag{
 		tag(tags.Name, "sortie-"+fp.FleetID),
+		tag(tags.Stack, stack),
 		tag(tags.JobID, fp.JobID),
 		tag(tags.Fleet, fp.FleetID),
 		tag(tags.LeaseExpires, leaseExpires.UTC().Format(time.RFC3339)),
@@ -208,6 +211,18 @@ func fleetTags(fp events.FleetPlanned, leaseExpires time.Time) []types.Tag {
 		tag(tags.CorrelationID, fp.CorrelationID),
 		tag(tags.Template, fp.Template),
 	}
+}
+
+// volumeTags are the tags of the fleet's volumes: who owns them, not the instance's state.
+func volumeTags(fleet []types.Tag) []types.Tag {
+	var out []types.Tag
+	for _, t := range fleet {
+		switch aws.ToString(t.Key) {
+		case tags.Name, tags.Stack, tags.JobID, tags.Fleet, tags.Template:
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func live(s *types.InstanceState) bool {
@@ -218,6 +233,7 @@ func live(s *types.InstanceState) bool {
 // tokens, the tokens of this plan revision. errFleetEnded: there were some, none is live.
 func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) ([]string, error) {
 	pages := ec2.NewDescribeInstancesPaginator(l.ec2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("tag:" + tags.Stack), Values: []string{l.stack}},
 		{Name: aws.String("tag:" + tags.Fleet), Values: []string{fleetID}},
 		{Name: aws.String("client-token"), Values: tokens},
 	}})
@@ -249,7 +265,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 	var short []error
 	for _, a := range atts {
 		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", fp.Count)
-		out, err := l.ec2.RunInstances(ctx, runInput(fp, t, a, userData, l.now()))
+		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, userData, l.now()))
 		switch {
 		case err == nil:
 			ids := make([]string, 0, len(out.Instances))

@@ -119,7 +119,7 @@ func TestAttempts(t *testing.T) {
 func TestRunInput(t *testing.T) {
 	tmpl := opsconfig.Default().Templates["demo"]
 	a := attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}
-	in := runInput(plan(), tmpl, a, "#cloud-config\n", now)
+	in := runInput("sortie", plan(), tmpl, a, "#cloud-config\n", now)
 
 	if aws.ToString(in.ImageId) != "ami-0123456789abcdef0" || in.InstanceType != "c5.large" ||
 		aws.ToInt32(in.MinCount) != 3 || aws.ToInt32(in.MaxCount) != 3 ||
@@ -132,8 +132,16 @@ func TestRunInput(t *testing.T) {
 	if ud, err := base64.StdEncoding.DecodeString(aws.ToString(in.UserData)); err != nil || string(ud) != "#cloud-config\n" {
 		t.Errorf("user data %q (%v): want the cloud-config, base64", ud, err)
 	}
-	if len(in.TagSpecifications) != 1 || in.TagSpecifications[0].ResourceType != types.ResourceTypeInstance {
-		t.Fatalf("tag specifications %+v", in.TagSpecifications)
+	if len(in.TagSpecifications) != 2 || in.TagSpecifications[0].ResourceType != types.ResourceTypeInstance ||
+		in.TagSpecifications[1].ResourceType != types.ResourceTypeVolume {
+		t.Fatalf("tag specifications %+v: want the instance's and its volumes'", in.TagSpecifications)
+	}
+	volume := map[string]string{}
+	for _, tag := range in.TagSpecifications[1].Tags {
+		volume[aws.ToString(tag.Key)] = aws.ToString(tag.Value)
+	}
+	if volume[tags.Stack] != "sortie" || volume[tags.Fleet] != "job-42" || volume[tags.JobID] != "job-42" {
+		t.Errorf("volume tags %v: want the stack, job and fleet", volume)
 	}
 	got := map[string]string{}
 	for _, tag := range in.TagSpecifications[0].Tags {
@@ -141,6 +149,7 @@ func TestRunInput(t *testing.T) {
 	}
 	want := map[string]string{
 		"Name":                  "sortie-job-42",
+		"sortie:stack":          "sortie",
 		"sortie:job-id":         "job-42",
 		"sortie:fleet":          "job-42",
 		"sortie:lease-expires":  "2025-03-14T09:56:56Z", // now + the template's 30 min TTL
@@ -154,7 +163,7 @@ func TestRunInput(t *testing.T) {
 
 	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
 	tmpl.Subnets = nil
-	in = runInput(plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, "", now)
+	in = runInput("sortie", plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, "", now)
 	if in.IamInstanceProfile.Name != nil || aws.ToString(in.IamInstanceProfile.Arn) != tmpl.InstanceProfile || in.SubnetId != nil {
 		t.Errorf("profile by ARN, no subnet: %+v %+v", in.IamInstanceProfile, in.SubnetId)
 	}
@@ -194,7 +203,7 @@ func (f *fakeEC2) add(token, fleet, state string, n int) {
 			State:            &types.InstanceState{Name: types.InstanceStateName(state)},
 			PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", len(f.instances)+10)),
 			LaunchTime:       aws.Time(now),
-			Tags:             []types.Tag{{Key: aws.String(tags.Fleet), Value: aws.String(fleet)}, {Key: aws.String(tags.SSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+len(f.instances)))}},
+			Tags:             []types.Tag{{Key: aws.String(tags.Stack), Value: aws.String("sortie")}, {Key: aws.String(tags.Fleet), Value: aws.String(fleet)}, {Key: aws.String(tags.SSHEndpoint), Value: aws.String(fmt.Sprintf("127.0.0.1:%d", 2200+len(f.instances)))}},
 		})
 	}
 }
@@ -439,7 +448,7 @@ func TestLaunch(t *testing.T) {
 				tt.fp(&fp)
 			}
 			l := &launcher{
-				ec2: tt.ec2, ops: ops, secret: testSecret, now: func() time.Time { return now },
+				stack: "sortie", ec2: tt.ec2, ops: ops, secret: testSecret, now: func() time.Time { return now },
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: 300 * time.Millisecond,
 			}
 			got, err := l.launch(context.Background(), fp)
@@ -512,7 +521,7 @@ func TestLaunch(t *testing.T) {
 func TestLaunchIsIdempotent(t *testing.T) {
 	f := &fakeEC2{}
 	l := &launcher{
-		ec2: f, ops: opsconfig.Default(), secret: testSecret, now: func() time.Time { return now },
+		stack: "sortie", ec2: f, ops: opsconfig.Default(), secret: testSecret, now: func() time.Time { return now },
 		waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
 	}
 	first, err := l.launch(context.Background(), plan())
@@ -553,7 +562,7 @@ func TestHandle(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			pub := &cloudtest.Recorder{Err: tt.pubErr}
 			h := handler{launcher: &launcher{
-				ec2: tt.ec2, ops: opsconfig.Default(), secret: testSecret, now: time.Now,
+				stack: "sortie", ec2: tt.ec2, ops: opsconfig.Default(), secret: testSecret, now: time.Now,
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
 			}, pub: pub}
 			err := h.handle(context.Background(), &bus.Message{Payload: tt.payload})

@@ -37,6 +37,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	}
 	h := handler{
 		launcher: &launcher{
+			stack:          cfg.Prefix,
 			ec2:            NewEC2Client(deps.AWS),
 			ops:            deps.Ops,
 			secret:         cfg.HostKeySecret,

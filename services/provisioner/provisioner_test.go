@@ -121,7 +121,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			delete(tags, "sortie:lease-expires")
 			want := map[string]string{
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
-				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint,
+				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
 			}
 			if len(tags) != len(want) {
 				t.Errorf("%s: tags %v, want %v and a lease", in.ID, tags, want)
@@ -315,7 +315,7 @@ func TestConcurrentLaunchesConverge(t *testing.T) {
 	}
 	newLauncher := func(skew time.Duration) *launcher {
 		return &launcher{
-			ec2: client, ops: opsconfig.Default(), secret: testSecret,
+			stack: "sortie", ec2: client, ops: opsconfig.Default(), secret: testSecret,
 			now:            func() time.Time { return time.Now().Add(skew) },
 			waiterMinDelay: 20 * time.Millisecond, waiterMaxDelay: 50 * time.Millisecond, timeout: 10 * time.Second,
 		}
