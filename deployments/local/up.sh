@@ -20,6 +20,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 services=(planner provisioner bootstrapper monitor reaper)
 port=${PORT:-4566}
 export SORTIE_PREFIX=${SORTIE_PREFIX:-sortie}
+export SORTIE_LOCAL_MODE=1 # the local cloud: honour its sortie:ssh-endpoint tags
 run_dir=${SORTIE_RUN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sortie-up.XXXXXX")}
 mkdir -p "$run_dir"
 run_dir=$(cd "$run_dir" && pwd)

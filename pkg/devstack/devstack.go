@@ -153,7 +153,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 func (s *Stack) startServices(opts Options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	base := service.Base{Prefix: s.Topology.Prefix}
+	base := service.Base{Prefix: s.Topology.Prefix, LocalMode: true}
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
 	fast := 100 * time.Millisecond

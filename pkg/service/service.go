@@ -24,11 +24,18 @@ type Base struct {
 	// OpsConfig is the path of the ops-owned YAML (SORTIE_CONFIG); empty means the
 	// embedded default that `sortie dev` runs with.
 	OpsConfig string
+	// LocalMode says the stack runs on the local cloud (SORTIE_LOCAL_MODE=1): the
+	// sortie:ssh-endpoint tag is honoured (see pkg/sshaddr). Never on by default.
+	LocalMode bool
 }
 
 // BaseFromEnv reads SORTIE_PREFIX and SORTIE_CONFIG.
 func BaseFromEnv() Base {
-	return Base{Prefix: Getenv("SORTIE_PREFIX", "sortie"), OpsConfig: os.Getenv("SORTIE_CONFIG")}
+	return Base{
+		Prefix:    Getenv("SORTIE_PREFIX", "sortie"),
+		OpsConfig: os.Getenv("SORTIE_CONFIG"),
+		LocalMode: os.Getenv("SORTIE_LOCAL_MODE") == "1",
+	}
 }
 
 // Validate reports every problem with the base configuration.
