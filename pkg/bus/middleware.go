@@ -130,7 +130,7 @@ func (r *Router) retry() middleware.Retry {
 func permanentStopsRetry(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		out, err := h(msg)
-		if err != nil && IsPermanent(err) {
+		if err != nil && (IsPermanent(err) || IsAbandoned(err)) {
 			return out, backoff.Permanent(err)
 		}
 		if err != nil {

@@ -110,6 +110,9 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
+	if err := d.deleteTable(ctx, topo.LedgerTableName()); err != nil {
+		return err
+	}
 	return d.deleteBucket(ctx, topo.BucketName())
 }
 

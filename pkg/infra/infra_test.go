@@ -68,6 +68,7 @@ func upResources(topo bus.Topology) []resource {
 		q := topo.TimerQueueName(svc)
 		out = append(out, resource{KindDLQ, bus.DLQName(q)}, resource{KindTimerQueue, q})
 	}
+	out = append(out, resource{KindTable, topo.LedgerTableName()}, resource{KindTableTTL, topo.LedgerTableName()})
 	b := topo.BucketName()
 	return append(out, resource{KindBucket, b}, resource{KindBucketEncryption, b}, resource{KindPublicAccessBlock, b}, resource{KindBucketPolicy, b})
 }
@@ -701,7 +702,7 @@ func topoNames(topo bus.Topology) []string {
 	for _, et := range bus.EventTypes {
 		out = append(out, topo.TopicName(et))
 	}
-	return append(append(out, queueNames(topo)...), topo.BucketName())
+	return append(append(out, queueNames(topo)...), topo.LedgerTableName(), topo.BucketName())
 }
 
 func TestDownOnMissingStackSucceeds(t *testing.T) {

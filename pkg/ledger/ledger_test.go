@@ -1,0 +1,186 @@
+package ledger_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
+)
+
+// newLedger returns a ledger on a fresh stack's table in kumo (through the local cloud),
+// with the DynamoDB client for direct reads.
+func newLedger(t *testing.T, cfg ledger.Config) (*ledger.Ledger, *dynamodb.Client, string) {
+	t.Helper()
+	st := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{}))
+	api := dynamodb.NewFromConfig(st.AWS)
+	cfg.API, cfg.Table = api, st.Topology.LedgerTableName()
+	l, err := ledger.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, api, cfg.Table
+}
+
+func TestTableFromInfraUp(t *testing.T) {
+	_, api, table := newLedger(t, ledger.Config{})
+	d, err := api.DescribeTable(t.Context(), &dynamodb.DescribeTableInput{TableName: aws.String(table)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Table.KeySchema; len(got) != 1 || aws.ToString(got[0].AttributeName) != ledger.AttrKey || got[0].KeyType != ddbtypes.KeyTypeHash {
+		t.Errorf("key schema %+v, want the hash key %s", got, ledger.AttrKey)
+	}
+	if d.Table.BillingModeSummary == nil || d.Table.BillingModeSummary.BillingMode != ddbtypes.BillingModePayPerRequest {
+		t.Errorf("billing mode %+v, want PAY_PER_REQUEST", d.Table.BillingModeSummary)
+	}
+	ttl, err := api.DescribeTimeToLive(t.Context(), &dynamodb.DescribeTimeToLiveInput{TableName: aws.String(table)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ttl.TimeToLiveDescription; got == nil || aws.ToString(got.AttributeName) != ledger.AttrExpires || got.TimeToLiveStatus != ddbtypes.TimeToLiveStatusEnabled {
+		t.Errorf("TTL %+v, want enabled on %s", got, ledger.AttrExpires)
+	}
+}
+
+// TestClaimOnce: of many concurrent claims on one stage exactly one wins; after Done every
+// later claim is refused with the time it was done, and the record holds the fields.
+func TestClaimOnce(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	ctx := t.Context()
+	const n = 16
+	var won atomic.Int32
+	var winner *ledger.Claim
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			c, err := l.Claim(ctx, "job-1", ledger.Launched)
+			switch {
+			case err == nil:
+				won.Add(1)
+				mu.Lock()
+				winner = c
+				mu.Unlock()
+			case errors.Is(err, ledger.ErrTaken):
+			default:
+				t.Errorf("claim: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if won.Load() != 1 {
+		t.Fatalf("%d claims won, want 1", won.Load())
+	}
+	var te *ledger.TakenError
+	if _, err := l.Claim(ctx, "job-1", ledger.Launched); !errors.As(err, &te) || te.DoneAt != "" || te.HeldUntil.IsZero() {
+		t.Fatalf("claim while held: %v, want a TakenError with the lease", err)
+	}
+	if err := winner.Done(ctx, ledger.Fields{"fleet_id": "f-1", "count": 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Claim(ctx, "job-1", ledger.Launched); !errors.As(err, &te) || te.DoneAt == "" {
+		t.Fatalf("claim when done: %v, want a TakenError with the time done", err)
+	}
+	rec, err := l.Get(ctx, "job-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Attrs["fleet_id"] != "f-1" || rec.Attrs["count"] != "3" || rec.State() != "launched" || rec.Attrs[ledger.AttrJobID] != "job-1" {
+		t.Errorf("record %v, state %s", rec.Attrs, rec.State())
+	}
+	if _, ok := rec.Attrs["launched_holder"]; ok {
+		t.Errorf("the holder stays after Done: %v", rec.Attrs)
+	}
+	exp := rec.Attrs[ledger.AttrExpires]
+	if exp == "" {
+		t.Errorf("no TTL attribute: %v", rec.Attrs)
+	}
+	// Another stage of the same job is claimed independently.
+	c, err := l.Claim(ctx, "job-1", ledger.Bootstrapped)
+	if err != nil {
+		t.Fatalf("claiming the next stage: %v", err)
+	}
+	c.Release(ctx)
+}
+
+// TestReleaseAndExpiry: a released claim is free at once; an abandoned one (its holder
+// died: no renewal, no release) is free once its lease ran out, and the dead holder can no
+// longer record the stage; a live claim's lease is renewed past its first term.
+func TestReleaseAndExpiry(t *testing.T) {
+	var crash atomic.Bool
+	l, _, _ := newLedger(t, ledger.Config{Lease: 900 * time.Millisecond, Fault: func(string, ledger.Stage) bool { return crash.Load() }})
+	ctx := t.Context()
+
+	c, err := l.Claim(ctx, "job-r", ledger.Planned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release(ctx)
+	c2, err := l.Claim(ctx, "job-r", ledger.Planned)
+	if err != nil {
+		t.Fatalf("claim after release: %v", err)
+	}
+
+	// Renewed: still held well after its first lease.
+	time.Sleep(2 * time.Second)
+	if _, err := l.Claim(ctx, "job-r", ledger.Planned); !errors.Is(err, ledger.ErrTaken) {
+		t.Fatalf("claim of a live, renewed claim: %v, want ErrTaken", err)
+	}
+	if err := c2.Checkpoint(); err != nil {
+		t.Fatalf("checkpoint without a fault: %v", err)
+	}
+
+	crash.Store(true)
+	err = c2.Checkpoint()
+	if !bus.IsAbandoned(err) {
+		t.Fatalf("checkpoint with the fault hook: %v, want an abandon error", err)
+	}
+	var c3 *ledger.Claim
+	cloudtest.Eventually(t, 10*time.Second, func() error {
+		c3, err = l.Claim(ctx, "job-r", ledger.Planned)
+		return err
+	})
+	if err := c2.Done(ctx, nil); !errors.Is(err, ledger.ErrLost) {
+		t.Fatalf("Done by the dead holder: %v, want ErrLost", err)
+	}
+	if err := c3.Done(ctx, nil); err != nil {
+		t.Fatalf("Done by the new holder: %v", err)
+	}
+}
+
+// TestKumoExpressions checks, against kumo, the expressions the ledger relies on beyond
+// the claim: a condition on a missing item (an upsert), and a number compared with <.
+func TestKumoExpressions(t *testing.T) {
+	_, api, table := newLedger(t, ledger.Config{})
+	ctx := context.Background()
+	put := func(cond string, vals map[string]ddbtypes.AttributeValue) error {
+		_, err := api.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+			TableName: aws.String(table), Key: ledger.Key("k"),
+			UpdateExpression:          aws.String("SET n = :n"),
+			ConditionExpression:       aws.String(cond),
+			ExpressionAttributeValues: vals,
+		})
+		return err
+	}
+	n := func(v string) ddbtypes.AttributeValue { return &ddbtypes.AttributeValueMemberN{Value: v} }
+	if err := put("attribute_not_exists(n) OR n < :n", map[string]ddbtypes.AttributeValue{":n": n("5")}); err != nil {
+		t.Fatalf("upsert on a missing item: %v", err)
+	}
+	if err := put("attribute_not_exists(n) OR n < :n", map[string]ddbtypes.AttributeValue{":n": n("4")}); err == nil {
+		t.Fatal("4 < 5 held")
+	}
+	if err := put("attribute_not_exists(n) OR n < :n", map[string]ddbtypes.AttributeValue{":n": n("10")}); err != nil {
+		t.Fatalf("5 < 10: %v", err) // numeric, not string, comparison
+	}
+}
