@@ -14,6 +14,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
@@ -74,6 +75,17 @@ type Deps struct {
 	Publisher *bus.Publisher
 	Logger    *slog.Logger
 	Now       func() time.Time
+	// Ledger is the job ledger; nil means the stack's table through AWS (LedgerFor).
+	Ledger *ledger.Ledger
+}
+
+// LedgerFor returns the ledger the stage claims its transitions in: Deps.Ledger, else the
+// table of the stack b names, through d.AWS.
+func (d Deps) LedgerFor(b Base) *ledger.Ledger {
+	if d.Ledger != nil {
+		return d.Ledger
+	}
+	return ledger.ForStack(d.AWS, b.Topology())
 }
 
 // NewDeps builds the dependencies of a stage from an aws.Config and its base configuration.

@@ -12,6 +12,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/service"
 )
 
@@ -42,7 +43,8 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			objects: s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)),
 			now:     deps.Now,
 		},
-		pub: deps.Publisher,
+		pub:    deps.Publisher,
+		ledger: deps.LedgerFor(cfg.Base),
 	}
 	router.Handle(bus.JobSubmitted, h.handle)
 	return router.Run(ctx)
@@ -53,25 +55,56 @@ type publisher interface {
 	Publish(ctx context.Context, e events.Event) error
 }
 
-var _ publisher = (*bus.Publisher)(nil)
+// claimer is the ledger call the handler makes: the job's planned stage, claimed before
+// planning.
+type claimer interface {
+	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+}
+
+var (
+	_ publisher = (*bus.Publisher)(nil)
+	_ claimer   = (*ledger.Ledger)(nil)
+)
 
 type handler struct {
 	planner *planner
 	pub     publisher
+	ledger  claimer
 }
 
-// handle decodes a JobSubmitted, plans its fleet and publishes the plan.
+// handle decodes a JobSubmitted, claims the job's planned stage in the ledger, plans its
+// fleet and publishes the plan. A duplicate or redelivered JobSubmitted whose job is
+// planned (or being planned) does nothing.
 func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	job, err := events.DecodeJobSubmitted(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered with the reason
 	}
+	claim, err := h.ledger.Claim(ctx, job.JobID, ledger.Planned)
+	if errors.Is(err, ledger.ErrTaken) {
+		bus.Logger(ctx).Debug("duplicate JobSubmitted: nothing to do", "reason", err.Error())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("planning job %s: %w", job.JobID, err)
+	}
+	defer claim.Release(ctx)
 	plan, err := h.planner.plan(ctx, job)
 	if err != nil {
 		return fmt.Errorf("planning job %s: %w", job.JobID, err)
 	}
+	if err := claim.Checkpoint(); err != nil {
+		return err
+	}
 	if err := h.pub.Publish(ctx, plan); err != nil {
 		return fmt.Errorf("planning job %s: %w", job.JobID, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{
+		"fleet_id": plan.FleetID, "template": plan.Template, "profile": plan.Profile, "recipe": plan.Recipe,
+		"items": plan.Items, "instance_type": plan.InstanceType, "count": plan.Count,
+		"submitted_at": plan.SubmittedAt, "deadline_seconds": plan.DeadlineSeconds,
+	}); err != nil {
+		bus.Logger(ctx).Error("recording the plan in the ledger", "error", err.Error())
 	}
 	bus.Logger(ctx).Info("fleet planned", "items", plan.Items, "instance_type", plan.InstanceType,
 		"count", plan.Count, "meets_deadline", plan.MeetsDeadline, "rationale", plan.Rationale)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -13,6 +14,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/service"
 )
 
@@ -46,7 +48,8 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			waiterMaxDelay: cfg.WaiterMaxDelay,
 			timeout:        cfg.LaunchTimeout,
 		},
-		pub: deps.Publisher,
+		pub:    deps.Publisher,
+		ledger: deps.LedgerFor(cfg.Base),
 	}
 	router.Handle(bus.FleetPlanned, h.handle)
 	return router.Run(ctx)
@@ -73,26 +76,50 @@ type publisher interface {
 	Publish(ctx context.Context, e events.Event) error
 }
 
-var _ publisher = (*bus.Publisher)(nil)
+// claimer is the ledger call the handler makes: the job's launched stage, claimed before
+// launching.
+type claimer interface {
+	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+}
+
+var (
+	_ publisher = (*bus.Publisher)(nil)
+	_ claimer   = (*ledger.Ledger)(nil)
+)
 
 type handler struct {
 	launcher *launcher
 	pub      publisher
+	ledger   claimer
 }
 
-// handle decodes a FleetPlanned, launches the fleet and publishes FleetLaunched.
+// handle decodes a FleetPlanned, claims the job's launched stage in the ledger, launches
+// the fleet and publishes FleetLaunched. A duplicate FleetPlanned whose job is launched
+// (or being launched by another replica) does nothing.
 func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	fp, err := events.DecodeFleetPlanned(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered with the reason
 	}
-	launched, err := h.launcher.launch(ctx, fp)
+	claim, err := h.ledger.Claim(ctx, fp.JobID, ledger.Launched)
+	if errors.Is(err, ledger.ErrTaken) {
+		bus.Logger(ctx).Debug("duplicate FleetPlanned: nothing to do", "fleet_id", fp.FleetID, "reason", err.Error())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
+	}
+	defer claim.Release(ctx)
+	launched, err := h.launcher.launch(claim.Context(), fp)
 	if errors.Is(err, errFleetEnded) {
 		bus.Logger(ctx).Info("duplicate FleetPlanned for a fleet that has ended: nothing to do", "fleet_id", fp.FleetID, "plan_revision", fp.PlanRevision)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, fp.PlanRevision, err)
+	}
+	if err := claim.Checkpoint(); err != nil {
+		return err
 	}
 	if err := h.pub.Publish(ctx, launched); err != nil {
 		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, fp.PlanRevision, err)
@@ -101,6 +128,18 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	for i, in := range launched.Instances {
 		ids[i] = in.ID
 	}
+	if err := claim.Done(ctx, ledger.Fields{"instances": strings.Join(ids, ","), "launched_type": launchedType(launched)}); err != nil {
+		bus.Logger(ctx).Error("recording the launch in the ledger", "error", err.Error())
+	}
 	bus.Logger(ctx).Info("fleet launched", "fleet_id", fp.FleetID, "instances", ids, "host_key", launched.HostKey)
 	return nil
+}
+
+// launchedType is the instance type the fleet was launched with (fallback may have changed
+// it from the plan's).
+func launchedType(e events.FleetLaunched) string {
+	if len(e.Instances) == 0 {
+		return ""
+	}
+	return e.Instances[0].InstanceType
 }
