@@ -2,6 +2,7 @@ package bootstrapper_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -129,9 +130,24 @@ func TestBootstrapper(t *testing.T) {
 		}
 	})
 
-	t.Run("redelivery runs no step again", func(t *testing.T) {
+	t.Run("redelivery of a bootstrapped fleet does nothing", func(t *testing.T) {
 		e.Publish(t, ev)
-		again := e.receive(t, out, "job-main")
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			if !strings.Contains(e.Logs.String(), `"duplicate FleetLaunched: nothing to do"`) {
+				return errors.New("the duplicate is not handled yet")
+			}
+			return nil
+		})
+		if extra := cloudtest.Collect(t, e.SQS, out, 2*time.Second, nil)["job-main"]; len(extra) != 0 {
+			t.Errorf("%d FleetBootstrapped after the duplicate, want none", len(extra))
+		}
+	})
+
+	t.Run("bootstrap on bootstrapped instances runs no step again", func(t *testing.T) {
+		ev := ev
+		ev.JobID = "job-main-again" // a claim of its own: the recipe's state on the instances decides
+		e.Publish(t, ev)
+		again := e.receive(t, out, "job-main-again")
 		for _, i := range []int{0, 2} {
 			r := again.Instances[i]
 			if !r.OK || stepSummary(r) != "already-bootstrapped:0" {

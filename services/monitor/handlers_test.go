@@ -19,6 +19,8 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/tags"
@@ -33,6 +35,7 @@ type timer struct {
 }
 
 type fakePub struct {
+	mu        sync.Mutex
 	published []events.JobFinished
 	timers    []timer
 }
@@ -42,6 +45,8 @@ func (f *fakePub) PublishBody(_ context.Context, e bus.Event, body []byte) error
 	if err != nil {
 		return err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.published = append(f.published, jf)
 	return nil
 }
@@ -50,6 +55,8 @@ func (f *fakePub) After(_ context.Context, service string, delay time.Duration, 
 	if service != bus.Monitor {
 		return errors.New("timer for " + service)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.timers = append(f.timers, timer{delay, body, attrs})
 	return nil
 }
@@ -144,6 +151,7 @@ func newFakes(t *testing.T, probes fakeProber) fakes {
 		metrics: f.sink,
 		prober:  probes,
 		now:     func() time.Time { return clock },
+		ledger:  cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{})).Ledger(),
 	}
 	return f
 }
@@ -287,16 +295,37 @@ func TestFinishWhenTotalsAreUnreadable(t *testing.T) {
 	}
 }
 
+// TestFinishOnce: two check chains reaching their verdict at once (a FleetBootstrapped
+// delivered twice) and a settle timer delivered again publish one JobFinished; the ledger
+// records its outcome.
 func TestFinishOnce(t *testing.T) {
 	t.Parallel()
 	f := newFakes(t, nil)
-	f.ec2.stage = StageFinished
 	jf := jobFinished(fleetEvent(), verdict{Done: true, Outcome: events.OutcomeSucceeded}, nil, clock)
-	if err := f.m.finish(context.Background(), jf, 1); err != nil {
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if err := f.m.finish(context.Background(), jf, 1); err != nil {
+				t.Errorf("finish: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := f.m.finish(context.Background(), jf, 2); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.pub.published) != 0 {
-		t.Error("JobFinished published again for a finished job")
+	f.pub.mu.Lock()
+	n := len(f.pub.published)
+	f.pub.mu.Unlock()
+	if n != 1 {
+		t.Errorf("JobFinished published %d times, want once", n)
+	}
+	rec, err := f.m.ledger.(*ledger.Ledger).Get(context.Background(), jf.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.DoneAt(ledger.Finished) == "" || rec.Attrs["outcome"] != events.OutcomeSucceeded {
+		t.Errorf("ledger record %v, want finished with the outcome", rec.Attrs)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
@@ -84,6 +85,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		metrics: batcher,
 		prober:  sshProber{signer: signer, timeout: cfg.SSHTimeout},
 		now:     deps.Now,
+		ledger:  deps.LedgerFor(cfg.Base),
 	}
 	router.Handle(bus.FleetBootstrapped, m.handleBootstrapped)
 	router.Handle(bus.TaskReported, m.handleTaskReported)
@@ -105,12 +107,18 @@ type (
 		Add(d metrics.Datum)
 		Flush(ctx context.Context) error
 	}
+	// claimer is the ledger call the monitor makes: a job's watching stage (one check
+	// chain per fleet) and its finished stage (one JobFinished per job).
+	claimer interface {
+		Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+	}
 )
 
 var (
 	_ publisher   = (*bus.Publisher)(nil)
 	_ ec2API      = (*ec2.Client)(nil)
 	_ metricsSink = (*metrics.Batcher)(nil)
+	_ claimer     = (*ledger.Ledger)(nil)
 )
 
 type monitor struct {
@@ -122,6 +130,7 @@ type monitor struct {
 	metrics metricsSink
 	prober  prober
 	now     func() time.Time
+	ledger  claimer
 }
 
 // handleTaskReported turns a task's report into metrics. Sending them is batched.
@@ -136,30 +145,50 @@ func (m *monitor) handleTaskReported(ctx context.Context, msg *bus.Message) erro
 	return nil
 }
 
-// handleBootstrapped fails the job at once when the recipe failed on any instance, and
-// otherwise arms the fleet's first check.
+// handleBootstrapped claims the job's watching stage (a duplicate FleetBootstrapped starts
+// no second check chain), then fails the job at once when the recipe failed on any
+// instance, and otherwise arms the fleet's first check.
 func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) error {
 	e, err := events.DecodeFleetBootstrapped(msg.Payload)
 	if err != nil {
 		return err
 	}
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
-	wl, wlErr := m.workloadsOf(e)
-	if v, failed := bootstrapVerdict(e); failed {
-		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
-		return m.finish(ctx, jobFinished(e, v, wl, m.now()), msg.ReceiveCount)
+	claim, err := m.ledger.Claim(ctx, e.JobID, ledger.Watching)
+	if errors.Is(err, ledger.ErrTaken) {
+		log.Debug("duplicate FleetBootstrapped: nothing to do", "reason", err.Error())
+		return nil
 	}
-	if wlErr != nil {
+	if err != nil {
+		return fmt.Errorf("watching fleet %s: %w", e.FleetID, err)
+	}
+	defer claim.Release(ctx)
+	wl, wlErr := m.workloadsOf(e)
+	switch v, failed := bootstrapVerdict(e); {
+	case failed:
+		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
+		err = m.finish(ctx, jobFinished(e, v, wl, m.now()), msg.ReceiveCount)
+	case wlErr != nil:
 		// The instances exist: finish the job so that the reaper archives and terminates
 		// them, rather than dead-lettering the event and leaving them to their lease.
 		v := verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + wlErr.Error()}
 		log.Error("cannot watch fleet: finishing the job", "error", wlErr.Error())
-		return m.finish(ctx, jobFinished(e, v, nil, m.now()), msg.ReceiveCount)
+		err = m.finish(ctx, jobFinished(e, v, nil, m.now()), msg.ReceiveCount)
+	default:
+		if err = claim.Checkpoint(); err != nil {
+			return err
+		}
+		if err = m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
+			return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
+		}
+		log.Info("watching fleet", "instances", len(e.Instances), "deadline", e.DeadlineAt, "interval", m.cfg.Interval)
 	}
-	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
-		return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
+	if err != nil {
+		return err
 	}
-	log.Info("watching fleet", "instances", len(e.Instances), "deadline", e.DeadlineAt, "interval", m.cfg.Interval)
+	if err := claim.Done(ctx, nil); err != nil {
+		log.Error("recording the watch in the ledger", "error", err.Error())
+	}
 	return nil
 }
 
@@ -279,26 +308,26 @@ func (m *monitor) targets(e events.FleetBootstrapped) []target {
 	return out
 }
 
-// finish reads the job's task totals (after flushing this replica's metrics) and
-// publishes JobFinished, once: a job whose instances are already tagged finished is left
-// alone. When CloudWatch stays unreadable until the message's last delivery, JobFinished
-// goes out with zero totals rather than never, so that the fleet is still reaped.
+// finish claims the job's finished stage in the ledger, reads the job's task totals (after
+// flushing this replica's metrics) and publishes JobFinished: once per job, by the claim's
+// winner; a job whose finished stage is done or held elsewhere is left alone. When
+// CloudWatch stays unreadable until the message's last delivery, JobFinished goes out with
+// zero totals rather than never, so that the fleet is still reaped.
 func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCount int) error {
 	log := bus.Logger(ctx).With("fleet_id", jf.FleetID)
 	ids := make([]string, len(jf.Instances))
 	for i, in := range jf.Instances {
 		ids[i] = in.ID
 	}
-	if len(ids) > 0 {
-		states, err := m.describe(ctx, ids)
-		if err != nil && !awsx.IsNotFound(err) {
-			return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
-		}
-		if finished(states) {
-			log.Info("job already finished: not publishing JobFinished again")
-			return nil
-		}
+	claim, err := m.ledger.Claim(ctx, jf.JobID, ledger.Finished)
+	if errors.Is(err, ledger.ErrTaken) {
+		log.Debug("job already finished: not publishing JobFinished again", "reason", err.Error())
+		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+	}
+	defer claim.Release(ctx)
 	lastTry := receiveCount >= bus.MaxReceiveCount-1
 	if err := m.metrics.Flush(ctx); err != nil {
 		log.Warn("flushing metrics before reading the totals", "error", err.Error())
@@ -319,8 +348,15 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 	if err != nil {
 		return bus.Permanent(fmt.Errorf("finishing job %s: %w", jf.JobID, err))
 	}
+	if err := claim.Checkpoint(); err != nil {
+		return err
+	}
 	if err := m.pub.PublishBody(ctx, jf, body); err != nil {
 		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"outcome": jf.Outcome, "reason": jf.Reason,
+		"tasks_succeeded": jf.TasksSucceeded, "tasks_failed": jf.TasksFailed}); err != nil {
+		log.Error("recording JobFinished in the ledger", "error", err.Error())
 	}
 	log.Info("job finished", "outcome", jf.Outcome, "reason", jf.Reason, "failing_instance", jf.FailingInstance,
 		"tasks_succeeded", jf.TasksSucceeded, "tasks_failed", jf.TasksFailed)

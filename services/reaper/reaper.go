@@ -24,6 +24,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
@@ -62,8 +63,9 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			store:    store{api: s3c, bucket: cfg.Topology().BucketName(), kmsKeyID: cfg.KMSKeyID},
 			maxBytes: cfg.ArchiveMaxBytes,
 		},
-		term:  terminator{api: ec2c, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
-		chain: &sweepChain{},
+		term:   terminator{api: ec2c, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
+		chain:  &sweepChain{},
+		ledger: deps.LedgerFor(cfg.Base),
 	}
 	router, err := bus.NewRouter(bus.Config{
 		Topology: cfg.Topology(), Service: bus.Reaper, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
@@ -79,28 +81,55 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	return router.Run(ctx)
 }
 
-// stage holds what the handlers need.
-type stage struct {
-	cfg   Config
-	deps  service.Deps
-	ec2   EC2API
-	arch  *archiver
-	term  terminator
-	chain *sweepChain
+// Claimer is the ledger call the reaper makes: the job's terminated stage, claimed before
+// reaping, so that FleetTerminated is published once per job.
+type Claimer interface {
+	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
 }
 
-// handleJobFinished: JobFinished → archive every instance's logs → terminate → FleetTerminated.
+var _ Claimer = (*ledger.Ledger)(nil)
+
+// stage holds what the handlers need.
+type stage struct {
+	cfg    Config
+	deps   service.Deps
+	ec2    EC2API
+	arch   *archiver
+	term   terminator
+	chain  *sweepChain
+	ledger Claimer
+}
+
+// handleJobFinished: JobFinished → claim the job's terminated stage → archive every
+// instance's logs → terminate → FleetTerminated. A duplicate JobFinished whose job is
+// terminated (or being reaped by another replica) does nothing.
 func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
 	ev, err := events.DecodeJobFinished(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered at once (the sweep still reaps the fleet)
 	}
-	out, err := s.reap(ctx, ev)
+	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.Terminated)
+	if errors.Is(err, ledger.ErrTaken) {
+		bus.Logger(ctx).Debug("duplicate JobFinished: nothing to do", "fleet_id", ev.FleetID, "reason", err.Error())
+		return nil
+	}
 	if err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	defer claim.Release(ctx)
+	out, err := s.reap(claim.Context(), ev)
+	if err != nil {
+		return err
+	}
+	if err := claim.Checkpoint(); err != nil {
 		return err
 	}
 	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
 		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"outcome": out.Outcome, "reason": out.Reason,
+		"instance_seconds": out.InstanceSeconds, "archives": len(out.Archives)}); err != nil {
+		bus.Logger(ctx).Error("recording FleetTerminated in the ledger", "error", err.Error())
 	}
 	return nil
 }
