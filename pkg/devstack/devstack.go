@@ -18,6 +18,7 @@ import (
 	"al.essio.dev/pkg/shellescape"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -26,6 +27,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/infra"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -58,6 +60,18 @@ type Options struct {
 	MonitorInterval time.Duration
 	// OnExec sees every command run on an instance (the local cloud's audit hook).
 	OnExec func(instanceID, command string)
+	// Replicas is the number of instances of every service (default 1), each with its own
+	// publisher and ledger client, competing for the same queues as separate processes do.
+	Replicas int
+	// VisibilityTimeout is the queues' visibility timeout (default: infra's, 60 s). A
+	// message whose handler died comes back after it.
+	VisibilityTimeout time.Duration
+	// Lease is the ledger's claim lease (default ledger.DefaultLease); keep it below two
+	// thirds of the visibility timeout.
+	Lease time.Duration
+	// Fault is the ledger's fault hook (tests): true at a claim's checkpoint simulates the
+	// crash of that replica's handler after its claim and before its publish.
+	Fault func(jobID string, stage ledger.Stage) bool
 }
 
 // Stack is a running Sortie on the local cloud.
@@ -72,6 +86,8 @@ type Stack struct {
 	SNS       *sns.Client
 	CW        *cloudwatch.Client
 	Publisher *bus.Publisher
+	// Ledger is the stack's job ledger.
+	Ledger *ledger.Ledger
 	// SSHKey is where the services read the instances' login key: s3://<prefix>-secrets/keys/<name>.pem.
 	SSHKey string
 
@@ -134,8 +150,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.SQS = sqs.NewFromConfig(s.AWS)
 	s.SNS = sns.NewFromConfig(s.AWS)
 	s.CW = cloudwatch.NewFromConfig(s.AWS)
+	s.Ledger = ledger.ForStack(s.AWS, s.Topology)
 
-	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), s.Topology); err != nil {
+	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), s.Topology, infra.UpOptions{VisibilityTimeout: opts.VisibilityTimeout}); err != nil {
 		return nil, fmt.Errorf("infra up: %w", err)
 	}
 	if s.SSHKey, err = CreateLoginKeys(ctx, s.EC2, s.S3, s.Topology.Prefix, s.Ops); err != nil {
@@ -182,24 +199,36 @@ func (s *Stack) startServices(opts Options) error {
 				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, PollWait: time.Second, SweepInterval: 10 * time.Second}, d)
 		}},
 	}
+	replicas := max(opts.Replicas, 1)
 	for _, sv := range services {
-		logger := opts.Logger.With("service", sv.name)
-		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
-		if err != nil {
-			return err
-		}
-		s.closers = append(s.closers, pub.Close)
-		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
-				s.mu.Lock()
-				s.errs = append(s.errs, fmt.Errorf("%s: %w", sv.name, err))
-				s.mu.Unlock()
-				logger.Error("service stopped", "error", err.Error())
+		for r := range replicas {
+			logger := opts.Logger.With("service", sv.name)
+			if replicas > 1 {
+				logger = logger.With("replica", r)
 			}
-		}()
+			pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
+			if err != nil {
+				return err
+			}
+			s.closers = append(s.closers, pub.Close)
+			led, err := ledger.New(ledger.Config{
+				API: dynamodb.NewFromConfig(s.AWS), Table: s.Topology.LedgerTableName(), Lease: opts.Lease, Fault: opts.Fault,
+			})
+			if err != nil {
+				return err
+			}
+			deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Ledger: led}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
+					s.mu.Lock()
+					s.errs = append(s.errs, fmt.Errorf("%s: %w", sv.name, err))
+					s.mu.Unlock()
+					logger.Error("service stopped", "error", err.Error())
+				}
+			}()
+		}
 	}
 	return nil
 }
