@@ -14,8 +14,8 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
-	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 )
 
 // newLedger returns a ledger on a fresh stack's table in kumo (through the local cloud),
