@@ -96,11 +96,33 @@ func TestSubmitWatch(t *testing.T) {
 		if !errors.As(err, &rej) {
 			t.Fatalf("want a RejectedError, got %v\n%s", err, out)
 		}
-		if rej.JobID != badID || !strings.Contains(rej.Reason, `unknown template "no-such-template"`) || !strings.HasSuffix(rej.Queue, "-dlq") {
+		// Either answer may come first: the DLQ's message, or the planner's rejected FleetTerminated.
+		if rej.JobID != badID || !strings.Contains(rej.Reason, `unknown template "no-such-template"`) ||
+			(rej.Queue == "" && rej.RejectedBy != "planner") || (rej.Queue != "" && !strings.HasSuffix(rej.Queue, "-dlq")) {
 			t.Errorf("rejection = %+v", rej)
 		}
 		if d := time.Since(start); d > 30*time.Second {
 			t.Errorf("rejection took %v to notice", d)
+		}
+	})
+
+	t.Run("a reused job id is answered at once with the earlier job's outcome", func(t *testing.T) {
+		start := time.Now()
+		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", okID,
+			"--template", "demo", "--profile", "demo-fast", "--recipe", "demo-worker", "--count", "3",
+			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--watch", "--timeout", "60s")
+		var rej *watch.RejectedError
+		if !errors.As(err, &rej) {
+			t.Fatalf("want a RejectedError, got %v\n%s", err, out)
+		}
+		if rej.JobID != okID || rej.RejectedBy != "planner" || !strings.Contains(rej.Reason, "reused") || !strings.Contains(rej.Reason, "ended succeeded") {
+			t.Errorf("rejection = %+v, want the planner naming the earlier job's success", rej)
+		}
+		if !strings.Contains(out, "FleetTerminated    rejected by planner") {
+			t.Errorf("output lacks the rejection:\n%s", out)
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("the answer took %v", d)
 		}
 	})
 }

@@ -65,6 +65,11 @@ type Config struct {
 	// After that it logs a warning and SQS delivers the message again, so a stuck handler
 	// cannot hold it forever.
 	MaxHandle time.Duration
+	// OnDeadLetter, when set, is told of every message of a known job that is about to
+	// reach its DLQ: at once for a permanent error (an error it returns keeps the message
+	// from the DLQ and has it retried), or after the last delivery SQS allows failed. The
+	// stages answer the job with its rejection there (ledger.Rejecter).
+	OnDeadLetter func(ctx context.Context, d DeadLetter) error
 }
 
 func (c Config) withDefaults() Config {

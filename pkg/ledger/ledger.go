@@ -52,6 +52,10 @@ const (
 	AttrKey     = "pk"         // the table's hash key: "job#<job id>"
 	AttrJobID   = "job_id"     // the job id, for scans
 	AttrExpires = "expires_at" // the TTL attribute: Unix seconds
+	// AttrSubmission is the digest of the JobSubmitted that took the job id, and
+	// AttrSubmittedAt when the ledger first saw it.
+	AttrSubmission  = "submission"
+	AttrSubmittedAt = "ledger_submitted_at"
 )
 
 // Defaults.
@@ -211,8 +215,12 @@ func (r Record) Found() bool { return len(r.Attrs) > 0 }
 // DoneAt returns when a stage was done, "" if it is not.
 func (r Record) DoneAt(s Stage) string { return r.Attrs[atAttr(s)] }
 
-// State is the last stage done in pipeline order ("submitted" when none is).
+// State is the last stage done in pipeline order ("submitted" when none is), or
+// "rejected" for a job that was rejected and not terminated.
 func (r Record) State() string {
+	if r.DoneAt(Rejected) != "" && r.DoneAt(Terminated) == "" {
+		return string(Rejected)
+	}
 	state := "submitted"
 	for _, s := range Stages {
 		if r.DoneAt(s) != "" {
@@ -403,4 +411,42 @@ func isConditionFailed(err error) bool {
 	}
 	var ccf *types.ConditionalCheckFailedException
 	return errors.As(err, &ccf) || awsx.ErrorCode(err) == "ConditionalCheckFailedException"
+}
+
+// Submission is what the ledger knows of a job id when a JobSubmitted arrives.
+type Submission struct {
+	// Reused says an earlier, different JobSubmitted took the job id: this one must not
+	// run. A redelivery or duplicate of the same message (the same digest) is not reused.
+	Reused  bool
+	Earlier Record // the job's record when Reused
+}
+
+// Submit records the digest of a JobSubmitted's body as the job's submission, unless an
+// earlier, different one holds the job id.
+func (l *Ledger) Submit(ctx context.Context, jobID, digest string) (Submission, error) {
+	now := l.cfg.Now()
+	_, err := l.cfg.API.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName:           aws.String(l.cfg.Table),
+		Key:                 Key(jobID),
+		UpdateExpression:    aws.String("SET #d = :d, #job = :job, #exp = :exp, #sub = if_not_exists(#sub, :now)"),
+		ConditionExpression: aws.String("attribute_not_exists(#d) OR #d = :d"),
+		ExpressionAttributeNames: map[string]string{
+			"#d": AttrSubmission, "#job": AttrJobID, "#exp": AttrExpires, "#sub": AttrSubmittedAt,
+		},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":d": str(digest), ":job": str(jobID), ":exp": num(now.Add(l.cfg.TTL).Unix()),
+			":now": str(now.UTC().Format(time.RFC3339Nano)),
+		},
+	})
+	if isConditionFailed(err) {
+		rec, err := l.Get(ctx, jobID)
+		if err != nil {
+			return Submission{}, fmt.Errorf("submitting job %s: %w", jobID, err)
+		}
+		return Submission{Reused: true, Earlier: rec}, nil
+	}
+	if err != nil {
+		return Submission{}, fmt.Errorf("submitting job %s: %w", jobID, err)
+	}
+	return Submission{}, nil
 }

@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 )
@@ -182,5 +184,90 @@ func TestKumoExpressions(t *testing.T) {
 	}
 	if err := put("attribute_not_exists(n) OR n < :n", map[string]ddbtypes.AttributeValue{":n": n("10")}); err != nil {
 		t.Fatalf("5 < 10: %v", err) // numeric, not string, comparison
+	}
+}
+
+type recorder struct {
+	mu  sync.Mutex
+	got []events.Event
+}
+
+func (r *recorder) Publish(_ context.Context, e events.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, e)
+	return nil
+}
+
+// TestSubmitAndReject: the same submission again is not a reuse, another is, with the
+// earlier job's outcome in the answer; a rejection is published once however many stages
+// reject the job at once, and never for a job whose fleet was terminated.
+func TestSubmitAndReject(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	ctx := t.Context()
+	for i, tc := range []struct {
+		digest string
+		reused bool
+	}{{"d1", false}, {"d1", false}, {"d2", true}} {
+		sub, err := l.Submit(ctx, "job-s", tc.digest)
+		if err != nil || sub.Reused != tc.reused {
+			t.Fatalf("submission %d (%s): reused %v, %v; want reused %v", i, tc.digest, sub.Reused, err, tc.reused)
+		}
+	}
+
+	pub := &recorder{}
+	rej := ledger.Rejecter{Ledger: l, Publisher: pub, Service: "provisioner"}
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			if err := rej.Reject(ctx, "job-s", "corr-s", "launch template gone"); err != nil {
+				t.Errorf("reject: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(pub.got) != 1 {
+		t.Fatalf("%d rejections published, want 1", len(pub.got))
+	}
+	ft := pub.got[0].(events.FleetTerminated)
+	if ft.Outcome != events.OutcomeRejected || ft.RejectedBy != "provisioner" || ft.Reason != "launch template gone" || ft.JobID != "job-s" || ft.Validate() != nil {
+		t.Errorf("rejection %+v (%v)", ft, ft.Validate())
+	}
+	rec, err := l.Get(ctx, "job-s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State() != "rejected" || rec.Attrs["outcome"] != events.OutcomeRejected {
+		t.Errorf("record %v state %s", rec.Attrs, rec.State())
+	}
+
+	// A reuse of the rejected job's id is answered once per distinct submission, naming the outcome.
+	sub, err := l.Submit(ctx, "job-s", "d3")
+	if err != nil || !sub.Reused {
+		t.Fatalf("submission d3: %+v %v", sub, err)
+	}
+	job := events.JobSubmitted{Header: events.NewHeader("job-s", "corr-3", time.Now())}
+	for range 2 {
+		if err := rej.RejectReuse(ctx, job, "d3", sub.Earlier); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(pub.got) != 2 {
+		t.Fatalf("%d events after the reuse answered twice, want 2", len(pub.got))
+	}
+	if r := pub.got[1].(events.FleetTerminated).Reason; !strings.Contains(r, "reused") || !strings.Contains(r, "ended rejected: launch template gone") {
+		t.Errorf("reuse answer %q", r)
+	}
+
+	// A job whose fleet was terminated is not rejected afterwards.
+	c, err := l.Claim(ctx, "job-t", ledger.Terminated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Done(ctx, ledger.Fields{"outcome": "succeeded"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rej.Reject(ctx, "job-t", "corr-t", "late"); err != nil || len(pub.got) != 2 {
+		t.Errorf("rejecting a terminated job: %v, %d published", err, len(pub.got))
 	}
 }

@@ -173,3 +173,9 @@ func Serve[C Config](name string, fromEnv func() (C, error), run func(context.Co
 		return run(ctx, cfg, deps)
 	})
 }
+
+// Rejecter answers the jobs the stage rejects (see bus.Config.OnDeadLetter) with their
+// terminal event, through the stage's publisher and ledger.
+func (d Deps) Rejecter(b Base, stage string) ledger.Rejecter {
+	return ledger.Rejecter{Ledger: d.LedgerFor(b), Publisher: d.Publisher, Service: stage, Logger: d.Logger}
+}

@@ -81,7 +81,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		},
 	}
 	router, err := bus.NewRouter(bus.Config{
-		Topology: cfg.Topology(), Service: bus.Bootstrapper, AWS: deps.AWS, Logger: deps.Logger,
+		Topology: cfg.Topology(), Service: bus.Bootstrapper, OnDeadLetter: deps.Rejecter(cfg.Base, bus.Bootstrapper).OnDeadLetter, AWS: deps.AWS, Logger: deps.Logger,
 	})
 	if err != nil {
 		return fmt.Errorf("bootstrapper: %w", err)

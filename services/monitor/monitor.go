@@ -67,11 +67,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		}
 	}()
 	router, err := bus.NewRouter(bus.Config{
-		Topology: cfg.Topology(),
-		Service:  bus.Monitor,
-		AWS:      deps.AWS,
-		Logger:   deps.Logger,
-		WaitTime: cfg.PollWait,
+		Topology:     cfg.Topology(),
+		Service:      bus.Monitor,
+		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Monitor).OnDeadLetter,
+		AWS:          deps.AWS,
+		Logger:       deps.Logger,
+		WaitTime:     cfg.PollWait,
 	})
 	if err != nil {
 		return fmt.Errorf("monitor: %w", err)

@@ -29,10 +29,11 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		return errors.New("provisioner: deps need an ops config and a publisher")
 	}
 	router, err := bus.NewRouter(bus.Config{
-		Topology: cfg.Topology(),
-		Service:  bus.Provisioner,
-		AWS:      deps.AWS,
-		Logger:   deps.Logger,
+		Topology:     cfg.Topology(),
+		Service:      bus.Provisioner,
+		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Provisioner).OnDeadLetter,
+		AWS:          deps.AWS,
+		Logger:       deps.Logger,
 	})
 	if err != nil {
 		return fmt.Errorf("provisioner: %w", err)

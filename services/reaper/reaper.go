@@ -68,7 +68,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		ledger: deps.LedgerFor(cfg.Base),
 	}
 	router, err := bus.NewRouter(bus.Config{
-		Topology: cfg.Topology(), Service: bus.Reaper, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
+		Topology: cfg.Topology(), Service: bus.Reaper, OnDeadLetter: deps.Rejecter(cfg.Base, bus.Reaper).OnDeadLetter, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
 	})
 	if err != nil {
 		return fmt.Errorf("reaper: %w", err)
