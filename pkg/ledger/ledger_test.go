@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -269,5 +270,51 @@ func TestSubmitAndReject(t *testing.T) {
 	}
 	if err := rej.Reject(ctx, "job-t", "corr-t", "late"); err != nil || len(pub.got) != 2 {
 		t.Errorf("rejecting a terminated job: %v, %d published", err, len(pub.got))
+	}
+}
+
+// TestCountTaskExactlyOnce: every report of a task delivered many times at once counts
+// once; its metric is to be sent until it is marked sent.
+func TestCountTaskExactlyOnce(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	ctx := t.Context()
+	var fresh atomic.Int32
+	var wg sync.WaitGroup
+	for task := range 10 {
+		for range 4 { // four deliveries of each report, at once
+			wg.Go(func() {
+				outcome := events.OutcomeSucceeded
+				if task%5 == 0 {
+					outcome = events.OutcomeFailed
+				}
+				got, err := l.CountTask(ctx, "job-c", fmt.Sprintf("file-%d", task), outcome)
+				if err != nil {
+					t.Errorf("count: %v", err)
+				}
+				if got == ledger.TaskNew {
+					fresh.Add(1)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if fresh.Load() != 10 {
+		t.Errorf("%d reports counted new, want 10", fresh.Load())
+	}
+	rec, err := l.Get(ctx, "job-c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, f := rec.Tasks(events.OutcomeSucceeded), rec.Tasks(events.OutcomeFailed); s != 8 || f != 2 {
+		t.Errorf("counts %d succeeded, %d failed; want 8, 2", s, f)
+	}
+	if got, err := l.CountTask(ctx, "job-c", "file-1", events.OutcomeSucceeded); err != nil || got != ledger.TaskUnsent {
+		t.Errorf("a counted, unsent report again: %v %v, want TaskUnsent", got, err)
+	}
+	if err := l.MarkTaskSent(ctx, "job-c", "file-1", events.OutcomeSucceeded); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.CountTask(ctx, "job-c", "file-1", events.OutcomeSucceeded); err != nil || got != ledger.TaskDuplicate {
+		t.Errorf("a counted, sent report again: %v %v, want TaskDuplicate", got, err)
 	}
 }

@@ -391,3 +391,30 @@ func TestUnknownTimer(t *testing.T) {
 		t.Errorf("unknown timer: %v", err)
 	}
 }
+
+// TestTaskReportedCountedOnce: a task report delivered three times (twice at once) sends
+// its metrics once, flushed before the handler returns.
+func TestTaskReportedCountedOnce(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	tr := events.TaskReported{Header: events.NewHeader("job-tasks", "corr", clock), FleetID: "job-tasks",
+		InstanceID: "i-0000000000000000a", TaskID: "input/file-1", Outcome: events.OutcomeSucceeded, DurationMS: 12}
+	body := cloudtest.Encode(t, tr)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: body}); err != nil {
+				t.Errorf("handle: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: body}); err != nil {
+		t.Fatal(err)
+	}
+	f.sink.mu.Lock()
+	defer f.sink.mu.Unlock()
+	if len(f.sink.data) != len(metrics.TaskData(tr)) || f.sink.flushes < 1 {
+		t.Errorf("%d data points, %d flushes; want the task's %d once, flushed", len(f.sink.data), f.sink.flushes, len(metrics.TaskData(tr)))
+	}
+}

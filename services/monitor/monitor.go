@@ -108,10 +108,13 @@ type (
 		Add(d metrics.Datum)
 		Flush(ctx context.Context) error
 	}
-	// claimer is the ledger call the monitor makes: a job's watching stage (one check
-	// chain per fleet) and its finished stage (one JobFinished per job).
+	// claimer is the ledger calls the monitor makes: a job's watching stage (one check
+	// chain per fleet), its finished stage (one JobFinished per job), and its task
+	// reports, each counted once.
 	claimer interface {
 		Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+		CountTask(ctx context.Context, jobID, taskID, outcome string) (ledger.TaskCount, error)
+		MarkTaskSent(ctx context.Context, jobID, taskID, outcome string) error
 	}
 )
 
@@ -134,14 +137,33 @@ type monitor struct {
 	ledger  claimer
 }
 
-// handleTaskReported turns a task's report into metrics. Sending them is batched.
+// handleTaskReported counts a task's report once in the ledger (by job, task id and
+// outcome: a redelivered or duplicated report counts nothing), then sends its metrics and
+// flushes them before the message is acknowledged, so that CloudWatch's totals are exact
+// under redelivery. A report counted before whose metrics did not reach CloudWatch (the
+// flush failed, the replica died) sends them on its redelivery. Only a crash between the
+// flush and MarkTaskSent can count a task twice in CloudWatch (never in the ledger).
 func (m *monitor) handleTaskReported(ctx context.Context, msg *bus.Message) error {
 	e, err := events.DecodeTaskReported(msg.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered with the reason
 	}
+	n, err := m.ledger.CountTask(ctx, e.JobID, e.TaskID, e.Outcome)
+	if err != nil {
+		return fmt.Errorf("counting task %s: %w", e.TaskID, err)
+	}
+	if n == ledger.TaskDuplicate {
+		bus.Logger(ctx).Debug("duplicate TaskReported: counted before", "task_id", e.TaskID)
+		return nil
+	}
 	for _, d := range metrics.TaskData(e) {
 		m.metrics.Add(d)
+	}
+	if err := m.metrics.Flush(ctx); err != nil {
+		return fmt.Errorf("sending the metrics of task %s: %w", e.TaskID, err)
+	}
+	if err := m.ledger.MarkTaskSent(ctx, e.JobID, e.TaskID, e.Outcome); err != nil {
+		bus.Logger(ctx).Warn("marking the task's metrics sent", "task_id", e.TaskID, "error", err.Error())
 	}
 	return nil
 }
