@@ -1,4 +1,4 @@
-// Package infra creates and removes the SNS topics, SQS queues, DLQs, subscriptions and log
+// Package infra creates and removes the SNS topics, SQS queues, DLQs, subscriptions, ledger table and log
 // bucket of one Sortie stack (`sortie infra up | down`), idempotently and by name.
 package infra
 
