@@ -1,6 +1,7 @@
 package devstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
 // onceStack is a stack of several replicas per service with short visibility timeouts and
@@ -28,7 +30,7 @@ type onceStack struct {
 	t testing.TB
 }
 
-func startOnce(t testing.TB, prefix string, replicas int, fault func(string, ledger.Stage) bool) *onceStack {
+func startOnce(t testing.TB, prefix string, replicas int, fault func(string, ledger.Stage) bool, ops *opsconfig.Config) *onceStack {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
@@ -41,7 +43,7 @@ func startOnce(t testing.TB, prefix string, replicas int, fault func(string, led
 	defer cancel()
 	st, err := Start(ctx, Options{
 		Prefix:            prefix,
-		Ops:               e2eOps(t),
+		Ops:               cmp.Or(ops, e2eOps(t)),
 		WorkerCommand:     []string{"/usr/bin/env", workerEnv + "=1", exe},
 		Replicas:          replicas,
 		VisibilityTimeout: 6 * time.Second,
@@ -146,8 +148,8 @@ func (o *onceStack) settle(ta *tally, jobs []string, followErr <-chan error, tim
 					return fmt.Errorf("job %s: %s still held", j, k)
 				}
 			}
-			if rec.DoneAt(ledger.Terminated) == "" {
-				return fmt.Errorf("job %s: not terminated in the ledger (%s)", j, rec.State())
+			if rec.DoneAt(ledger.Terminated) == "" && rec.DoneAt(ledger.Rejected) == "" {
+				return fmt.Errorf("job %s: neither terminated nor rejected in the ledger (%s)", j, rec.State())
 			}
 		}
 		return nil
@@ -217,7 +219,7 @@ func quickJob(id string) events.JobSubmitted {
 // soon as it appears: one fleet, one FleetPlanned, FleetLaunched, JobFinished and
 // FleetTerminated per job.
 func TestDuplicatesEndOnce(t *testing.T) {
-	o := startOnce(t, "dup", 3, nil)
+	o := startOnce(t, "dup", 3, nil, nil)
 	run := cloudtest.Unique("-")
 	var jobs []string
 	for i := range 4 {
@@ -285,7 +287,7 @@ func TestCrashAfterClaimEndsOnce(t *testing.T) {
 		}
 		crashes.Add(1)
 		return true
-	})
+	}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ta, followErr := o.follow(ctx, nil)
@@ -313,4 +315,101 @@ func TestCrashAfterClaimEndsOnce(t *testing.T) {
 		t.Errorf("services: %v", err)
 	}
 	t.Logf("%d jobs, one crash each at a different stage: each ended once in %s", len(jobs), time.Since(start).Round(time.Second))
+}
+
+// TestCapsNeverExceeded: 20 jobs of 3 instances each want 3× the stack's cap of 20, on 3
+// provisioner replicas: the instances not terminated never exceed the cap (DescribeInstances
+// sampled all along), every job ends once, and a job that could not get capacity in time
+// is rejected with that reason.
+func TestCapsNeverExceeded(t *testing.T) {
+	const capInstances, jobsN, perJob = 20, 20, 3
+	ops := e2eOps(t)
+	tmpl := ops.Templates["demo"]
+	tmpl.MinInstances, tmpl.MaxInstances = perJob, perJob
+	ops.Templates["capped"] = tmpl
+	ops.Caps = opsconfig.Caps{MaxInstances: capInstances, Templates: map[string]int{"capped": capInstances}}
+	if err := ops.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	o := startOnce(t, "caps", 3, nil, ops)
+	run := cloudtest.Unique("-")
+	var jobs []string
+	for i := range jobsN {
+		jobs = append(jobs, fmt.Sprintf("cap%02d%s", i, run))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ta, followErr := o.follow(ctx, nil)
+
+	// Sample the instances that are not terminated, continuously, until the jobs settle.
+	var peak, samples atomic.Int32
+	sampling, stopSampling := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for sampling.Err() == nil {
+			out, err := o.EC2.DescribeInstances(sampling, &ec2.DescribeInstancesInput{})
+			if err == nil {
+				live := int32(0)
+				for _, r := range out.Reservations {
+					for _, in := range r.Instances {
+						if in.State.Name != ec2types.InstanceStateNameTerminated {
+							live++
+						}
+					}
+				}
+				samples.Add(1)
+				if live > peak.Load() {
+					peak.Store(live)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+
+	start := time.Now()
+	for _, j := range jobs {
+		job := quickJob(j)
+		job.Template, job.DeadlineSeconds = "capped", 15
+		if err := o.Publisher.Publish(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o.settle(ta, jobs, followErr, 4*time.Minute)
+	stopSampling()
+	<-sampled
+
+	if peak.Load() > capInstances || samples.Load() < 50 {
+		t.Errorf("peak %d instances not terminated over %d samples, want at most %d (and enough samples)", peak.Load(), samples.Load(), capInstances)
+	}
+	succeeded, rejected := 0, 0
+	for _, j := range jobs {
+		if n := ta.count(j, events.TypeFleetTerminated); n != 1 {
+			t.Errorf("job %s: %d FleetTerminated, want 1", j, n)
+		}
+		ta.mu.Lock()
+		for _, ev := range ta.seen[j] {
+			ft, ok := ev.(events.FleetTerminated)
+			if !ok {
+				continue
+			}
+			switch {
+			case ft.Outcome == events.OutcomeSucceeded:
+				succeeded++
+			case ft.Outcome == events.OutcomeRejected && strings.Contains(ft.Reason, "no capacity within its deadline"):
+				rejected++
+			default:
+				t.Errorf("job %s ended %s: %s", j, ft.Outcome, ft.Reason)
+			}
+		}
+		ta.mu.Unlock()
+	}
+	if succeeded < capInstances/perJob {
+		t.Errorf("%d jobs succeeded, want at least the %d that fit at once", succeeded, capInstances/perJob)
+	}
+	if inst, _, _, err := o.Ledger.InUse(context.Background()); err != nil || inst != 0 {
+		t.Errorf("%d instances still reserved after every job ended (%v), want 0", inst, err)
+	}
+	t.Logf("%d jobs × %d instances, cap %d, 3 replicas: %d succeeded, %d rejected for want of capacity; peak %d live instances over %d samples; %s",
+		jobsN, perJob, capInstances, succeeded, rejected, peak.Load(), samples.Load(), time.Since(start).Round(time.Second))
 }

@@ -451,3 +451,30 @@ func (l *Ledger) Submit(ctx context.Context, jobID, digest string) (Submission, 
 	}
 	return Submission{}, nil
 }
+
+// Note records fields on a job's record without claiming anything (a job waiting for
+// capacity says so, for `sortie status`).
+func (l *Ledger) Note(ctx context.Context, jobID string, fields Fields) error {
+	names := map[string]string{"#job": AttrJobID, "#exp": AttrExpires}
+	values := map[string]types.AttributeValue{":job": str(jobID), ":exp": num(l.cfg.Now().Add(l.cfg.TTL).Unix())}
+	expr := "SET #job = :job, #exp = :exp"
+	i := 0
+	for k, v := range fields {
+		av, err := attr(v)
+		if err != nil {
+			return fmt.Errorf("noting on job %s: field %s: %w", jobID, k, err)
+		}
+		n, p := fmt.Sprintf("#f%d", i), fmt.Sprintf(":f%d", i)
+		names[n], values[p] = k, av
+		expr += ", " + n + " = " + p
+		i++
+	}
+	_, err := l.cfg.API.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+		TableName: aws.String(l.cfg.Table), Key: Key(jobID), UpdateExpression: aws.String(expr),
+		ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+	})
+	if err != nil {
+		return fmt.Errorf("noting on job %s: %w", jobID, err)
+	}
+	return nil
+}

@@ -318,3 +318,63 @@ func TestCountTaskExactlyOnce(t *testing.T) {
 		t.Errorf("a counted, sent report again: %v %v, want TaskDuplicate", got, err)
 	}
 }
+
+// TestReserveWithinCaps: of ten fleets of 3 wanting a cap of 9 instances at once, three
+// get theirs; a redelivery keeps its reservation; a release (twice) frees room once; a
+// fleet larger than a cap never fits; vCPU and per-template caps hold too.
+func TestReserveWithinCaps(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	ctx := t.Context()
+	lim := ledger.Limits{Instances: 9, VCPUs: 100, TemplateInstances: 50}
+	var won atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			ok, err := l.Reserve(ctx, fmt.Sprintf("job-%d", i), ledger.Reservation{Instances: 3, VCPUs: 6, Template: "demo"}, lim)
+			if err != nil {
+				t.Errorf("reserve: %v", err)
+			}
+			if ok {
+				won.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if won.Load() != 3 {
+		t.Fatalf("%d reservations within a cap of 9 for fleets of 3, want 3", won.Load())
+	}
+	inst, vcpus, tmpl, err := l.InUse(ctx)
+	if err != nil || inst != 9 || vcpus != 18 || tmpl["demo"] != 9 {
+		t.Fatalf("in use %d instances, %d vCPUs, %v (%v); want 9, 18, demo=9", inst, vcpus, tmpl, err)
+	}
+	var holder string
+	for i := range 10 {
+		if ok, _ := l.Reserve(ctx, fmt.Sprintf("job-%d", i), ledger.Reservation{Instances: 3, VCPUs: 6, Template: "demo"}, lim); ok {
+			holder = fmt.Sprintf("job-%d", i) // a redelivery of a holder keeps its reservation
+			break
+		}
+	}
+	if holder == "" {
+		t.Fatal("no holder kept its reservation on redelivery")
+	}
+	for range 2 {
+		if err := l.Release(ctx, holder); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if inst, _, _, _ := l.InUse(ctx); inst != 6 {
+		t.Fatalf("after one release (twice) %d in use, want 6", inst)
+	}
+	if ok, err := l.Reserve(ctx, "job-late", ledger.Reservation{Instances: 3, VCPUs: 6, Template: "demo"}, lim); !ok || err != nil {
+		t.Fatalf("reserve after a release: %v %v", ok, err)
+	}
+	if _, err := l.Reserve(ctx, "job-huge", ledger.Reservation{Instances: 10, Template: "demo"}, lim); !errors.Is(err, ledger.ErrNeverFits) {
+		t.Errorf("a fleet over the cap: %v, want ErrNeverFits", err)
+	}
+	if ok, _ := l.Reserve(ctx, "job-cpu", ledger.Reservation{Instances: 0, VCPUs: 90, Template: "other"}, lim); ok {
+		t.Error("90 vCPUs fit beside 18 within 100")
+	}
+	if ok, _ := l.Reserve(ctx, "job-tmpl", ledger.Reservation{Instances: 2, VCPUs: 2, Template: "small"}, ledger.Limits{TemplateInstances: 1, Instances: 100}); ok {
+		t.Error("2 instances fit a template cap of 1")
+	}
+}

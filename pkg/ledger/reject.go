@@ -78,6 +78,11 @@ func (r Rejecter) Reject(ctx context.Context, jobID, correlationID, reason strin
 		log.Error("recording the rejection in the ledger", "job_id", jobID, "error", err.Error())
 	}
 	log.Warn("job rejected", "job_id", jobID, "reason", ev.Reason)
+	// A rejected job no longer holds capacity; instances it may have left (with a lease)
+	// are the sweep's.
+	if err := r.Ledger.Release(ctx, jobID); err != nil {
+		log.Error("releasing the rejected job's capacity", "job_id", jobID, "error", err.Error())
+	}
 	return nil
 }
 

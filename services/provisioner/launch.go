@@ -279,6 +279,9 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			}
 			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
 			return ids, nil
+		case awsx.IsQuota(err):
+			// An account limit: another type or subnet counts against it too. Wait.
+			return nil, fmt.Errorf("launching fleet %s: %w", fp.FleetID, err)
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
 			short = append(short, fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err)))

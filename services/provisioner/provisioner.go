@@ -2,10 +2,12 @@
 package provisioner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -77,10 +79,13 @@ type publisher interface {
 	Publish(ctx context.Context, e events.Event) error
 }
 
-// claimer is the ledger call the handler makes: the job's launched stage, claimed before
-// launching.
+// claimer is the ledger calls the handler makes: the job's launched stage, claimed before
+// launching, and the fleet's capacity reservation against the stack's caps.
 type claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+	Reserve(ctx context.Context, jobID string, r ledger.Reservation, lim ledger.Limits) (bool, error)
+	Release(ctx context.Context, jobID string) error
+	Note(ctx context.Context, jobID string, fields ledger.Fields) error
 }
 
 var (
@@ -92,6 +97,8 @@ type handler struct {
 	launcher *launcher
 	pub      publisher
 	ledger   claimer
+	// poll is how often a fleet waiting for capacity tries again (default 1 s).
+	poll time.Duration
 }
 
 // handle decodes a FleetPlanned, claims the job's launched stage in the ledger, launches
@@ -111,7 +118,12 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
 	}
 	defer claim.Release(ctx)
-	launched, err := h.launcher.launch(claim.Context(), fp)
+	launched, err := h.launchWithin(claim.Context(), fp)
+	if errors.Is(err, errFleetEnded) || bus.IsPermanent(err) {
+		if rerr := h.ledger.Release(ctx, fp.JobID); rerr != nil {
+			bus.Logger(ctx).Error("releasing the fleet's capacity", "error", rerr.Error())
+		}
+	}
 	if errors.Is(err, errFleetEnded) {
 		bus.Logger(ctx).Info("duplicate FleetPlanned for a fleet that has ended: nothing to do", "fleet_id", fp.FleetID, "plan_revision", fp.PlanRevision)
 		return nil
@@ -143,4 +155,70 @@ func launchedType(e events.FleetLaunched) string {
 		return ""
 	}
 	return e.Instances[0].InstanceType
+}
+
+// launchWithin reserves the fleet's capacity against the stack's caps, then launches it.
+// While the fleet does not fit the caps, or EC2 answers with an account limit
+// (InstanceLimitExceeded, VcpuLimitExceeded: other instances must end first, so no other
+// type is tried), it waits, noting so in the ledger (state "waiting for capacity"), and
+// tries again every poll; once the fleet could no longer meet its deadline if it started
+// now, the job is rejected (a permanent error: dead-lettered, and answered).
+func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
+	caps := h.launcher.ops.Caps
+	poll := cmp.Or(h.poll, time.Second)
+	log := bus.Logger(ctx).With("fleet_id", fp.FleetID)
+	var since time.Time
+	wait := func(why string) error {
+		now := h.launcher.now()
+		if since.IsZero() {
+			since = now
+			log.Info("waiting for capacity", "reason", why, "deadline", fp.DeadlineAt())
+			if err := h.ledger.Note(ctx, fp.JobID, ledger.Fields{"waiting_for_capacity": why, "waiting_since": now}); err != nil {
+				log.Warn("noting the wait in the ledger", "error", err.Error())
+			}
+		}
+		estimate := time.Duration(fp.EstimatedSeconds * float64(time.Second))
+		if now.Add(poll).Add(estimate).After(fp.DeadlineAt()) {
+			return bus.Permanent(fmt.Errorf("no capacity within its deadline: waited %s for %s; %d instances need %s from %s on, the deadline is %s",
+				now.Sub(since).Round(time.Second), why, fp.Count, estimate, now.UTC().Format(time.RFC3339), fp.DeadlineAt().UTC().Format(time.RFC3339)))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(poll):
+			return nil
+		}
+	}
+	if caps.Any() {
+		t, err := h.launcher.ops.Template(fp.Template)
+		if err != nil {
+			return events.FleetLaunched{}, bus.Permanent(err)
+		}
+		r := ledger.Reservation{Instances: fp.Count, VCPUs: caps.FleetVCPUs(t, fp.Count), Template: fp.Template}
+		lim := ledger.Limits{Instances: caps.MaxInstances, VCPUs: caps.MaxVCPUs, TemplateInstances: caps.Templates[fp.Template]}
+		for {
+			ok, err := h.ledger.Reserve(ctx, fp.JobID, r, lim)
+			if errors.Is(err, ledger.ErrNeverFits) {
+				return events.FleetLaunched{}, bus.Permanent(err)
+			}
+			if err != nil {
+				return events.FleetLaunched{}, err
+			}
+			if ok {
+				break
+			}
+			if err := wait(fmt.Sprintf("the stack's caps (%s)", caps)); err != nil {
+				return events.FleetLaunched{}, err
+			}
+		}
+	}
+	for {
+		launched, err := h.launcher.launch(ctx, fp)
+		if !awsx.IsQuota(err) {
+			return launched, err
+		}
+		if err := wait("the account's EC2 quota: " + awsx.ErrorCode(err)); err != nil {
+			return events.FleetLaunched{}, err
+		}
+	}
 }

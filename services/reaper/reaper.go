@@ -85,6 +85,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 // reaping, so that FleetTerminated is published once per job.
 type Claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+	Release(ctx context.Context, jobID string) error
 }
 
 var _ Claimer = (*ledger.Ledger)(nil)
@@ -120,6 +121,11 @@ func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
 	out, err := s.reap(claim.Context(), ev)
 	if err != nil {
 		return err
+	}
+	// The fleet is terminated: its capacity goes back to the stack (once, however often
+	// this runs) before the job's end is told.
+	if err := s.ledger.Release(ctx, ev.JobID); err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
 	if err := claim.Checkpoint(); err != nil {
 		return err
