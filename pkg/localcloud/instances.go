@@ -52,6 +52,7 @@ type instance struct {
 	launchTime    time.Time
 	privateIP     string
 	userData      []byte
+	metadata      metadataOptions
 
 	stop   chan struct{} // closed when termination starts
 	booted chan struct{} // closed when the boot goroutine is done
@@ -143,6 +144,10 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
+	metadata, err := parseMetadataOptions(form)
+	if err != nil {
+		return nil, err
+	}
 	groups := list(form, "SecurityGroupId")
 	fingerprint := fingerprintForm(form)
 
@@ -196,6 +201,7 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			launchTime:    now,
 			privateIP:     c.nextPrivateIPLocked(),
 			userData:      userData,
+			metadata:      metadata,
 			stop:          make(chan struct{}),
 			booted:        make(chan struct{}),
 			state:         statePending,
@@ -343,6 +349,7 @@ func (inst *instance) render() xmlInstance {
 		Hypervisor:         "xen",
 		IamInstanceProfile: inst.profile,
 		PlatformDetails:    "Linux/UNIX",
+		MetadataOptions:    inst.metadata.render(),
 	}
 	if inst.state != stateTerminated {
 		x.PrivateIPAddress = inst.privateIP

@@ -182,6 +182,7 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a atte
 		SecurityGroupIds: t.SecurityGroups,
 		UserData:         aws.String(base64.StdEncoding.EncodeToString([]byte(userData))),
 		ClientToken:      aws.String(a.Token),
+		MetadataOptions:  metadataOptions(),
 		TagSpecifications: []types.TagSpecification{
 			{ResourceType: types.ResourceTypeInstance, Tags: fleet},
 			{ResourceType: types.ResourceTypeVolume, Tags: volumeTags(fleet)},
@@ -196,6 +197,18 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a atte
 		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String(p)}
 	}
 	return in
+}
+
+// metadataOptions is the instance metadata service every instance gets: IMDSv2 only
+// (session tokens required), answering one network hop (the instance itself, not a container
+// behind it), so a request forged through a proxy on the instance cannot read the
+// instance's role credentials or its user data.
+func metadataOptions() *types.InstanceMetadataOptionsRequest {
+	return &types.InstanceMetadataOptionsRequest{
+		HttpTokens:              types.HttpTokensStateRequired,
+		HttpPutResponseHopLimit: aws.Int32(1),
+		HttpEndpoint:            types.InstanceMetadataEndpointStateEnabled,
+	}
 }
 
 // fleetTags are the tags every instance of the fleet is launched with.

@@ -137,6 +137,11 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 				aws.ToString(got.PrivateIpAddress) != in.PrivateIP {
 				t.Errorf("%s: %+v", in.ID, got)
 			}
+			// IMDSv2 only, one hop: recorded and reported by the local cloud.
+			if m := got.MetadataOptions; m == nil || m.HttpTokens != types.HttpTokensStateRequired ||
+				aws.ToInt32(m.HttpPutResponseHopLimit) != 1 || m.HttpEndpoint != types.InstanceMetadataEndpointStateEnabled {
+				t.Errorf("%s: metadata options %+v, want tokens required, hop limit 1, endpoint enabled", in.ID, m)
+			}
 
 			// The pinned key is the one the instance's SSH server presents.
 			out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo pinned")
