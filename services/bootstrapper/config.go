@@ -20,7 +20,7 @@ const (
 	// DefaultHostKeyTimeout is how long an instance that makes its own host key may take
 	// to show it in its console output (EC2 publishes the output minutes after boot).
 	DefaultHostKeyTimeout = 10 * time.Minute
-	MaxConcurrency     = 256
+	MaxConcurrency        = 256
 )
 
 // Config is the bootstrapper's configuration, read from the environment.
