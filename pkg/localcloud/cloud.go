@@ -100,6 +100,7 @@ type Cloud struct {
 	reservations map[string][]*instance
 	tokens       map[string]clientTokenRecord
 	keyPairs     map[string]*keyPair // by name
+	network      *network
 	nextIP       uint32
 	capacity     map[string]int
 	throttle     throttleState
@@ -134,6 +135,7 @@ func New(opts Options) (*Cloud, error) {
 		reservations: map[string][]*instance{},
 		tokens:       map[string]clientTokenRecord{},
 		keyPairs:     map[string]*keyPair{},
+		network:      newNetwork(),
 		capacity:     map[string]int{},
 		throttle:     throttleState{every: opts.ThrottleEvery},
 	}
@@ -289,8 +291,8 @@ const (
 	MaxUserDataBytes = 16 << 10
 )
 
-// ServeHTTP answers EC2 instance, tag and key pair actions itself and proxies every other
-// request to kumo.
+// ServeHTTP answers EC2 itself (an action it does not implement gets EC2's InvalidAction)
+// and proxies every other request to kumo.
 func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	service := signingName(r)
 	if service != "" && service != "ec2" {
@@ -323,11 +325,14 @@ func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			form[k] = v
 		}
 	}
-	action := form.Get("Action")
-	handler, ok := handlers[action]
-	if !ok || (service == "" && form.Get("Version") != ec2Version) || c.foreignTagRequest(action, form) {
+	if service == "" && form.Get("Version") != ec2Version {
 		c.proxy.ServeHTTP(w, r)
 		return
+	}
+	action := form.Get("Action")
+	handler, ok := handlers[action]
+	if !ok {
+		handler = unknownAction
 	}
 	c.serveEC2(w, action, form, handler)
 }
