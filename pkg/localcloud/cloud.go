@@ -21,6 +21,7 @@ import (
 	"github.com/sivchari/kumo"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/localcloud/sqsquery"
 )
 
 // DefaultAddr is where the local cloud listens when Options.Addr is empty: the port AWS
@@ -83,6 +84,7 @@ type Cloud struct {
 
 	kumo      *kumo.Server
 	proxy     *httputil.ReverseProxy
+	sqsQuery  *sqsquery.Handler // SQS's Query protocol, translated to kumo's JSON
 	transport *http.Transport // the proxy's, to kumo
 	sts       roleAssumer
 	ln        net.Listener
@@ -173,6 +175,7 @@ func New(opts Options) (*Cloud, error) {
 	c.transport = http.DefaultTransport.(*http.Transport).Clone()
 	c.transport.MaxIdleConnsPerHost = 64
 	c.proxy = newProxy(target, c.transport, logger)
+	c.sqsQuery = sqsquery.New(c.kumo.URL, &http.Client{Transport: c.transport}, logger)
 	c.sts = sts.NewFromConfig(awsx.ForEndpoint(c.kumo.URL))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
@@ -291,15 +294,16 @@ const (
 	MaxUserDataBytes = 16 << 10
 )
 
-// ServeHTTP answers EC2 itself (an action it does not implement gets EC2's InvalidAction)
-// and proxies every other request to kumo.
+// ServeHTTP answers EC2 itself (an action it does not implement gets EC2's InvalidAction),
+// translates SQS Query requests to kumo's SQS JSON protocol, and proxies every other request
+// to kumo.
 func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	service := signingName(r)
-	if service != "" && service != "ec2" {
+	if service != "" && service != "ec2" && service != "sqs" {
 		c.proxy.ServeHTTP(w, r)
 		return
 	}
-	if !isForm(r) {
+	if !isForm(r) { // SQS's JSON protocol among others
 		c.proxy.ServeHTTP(w, r)
 		return
 	}
@@ -324,6 +328,10 @@ func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if _, ok := form[k]; !ok {
 			form[k] = v
 		}
+	}
+	if service == "sqs" || (service == "" && form.Get("Version") == sqsquery.Version) {
+		c.sqsQuery.Serve(w, r, form)
+		return
 	}
 	if service == "" && form.Get("Version") != ec2Version {
 		c.proxy.ServeHTTP(w, r)
