@@ -85,7 +85,7 @@ type Cloud struct {
 	kumo      *kumo.Server
 	proxy     *httputil.ReverseProxy
 	sqsQuery  *sqsquery.Handler // SQS's Query protocol, translated to kumo's JSON
-	transport *http.Transport // the proxy's, to kumo
+	transport *http.Transport   // the proxy's, to kumo
 	sts       roleAssumer
 	ln        net.Listener
 	server    *http.Server
