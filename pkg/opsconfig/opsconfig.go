@@ -66,7 +66,9 @@ type Recipe struct {
 }
 
 // MayFetchFrom reports whether bucket is one of the recipe's FetchBuckets.
-func (r Recipe) MayFetchFrom(bucket string) bool { return bucket != "" && slices.Contains(r.FetchBuckets, bucket) }
+func (r Recipe) MayFetchFrom(bucket string) bool {
+	return bucket != "" && slices.Contains(r.FetchBuckets, bucket)
+}
 
 // Param declares one recipe parameter. A value must match Pattern as a whole
 // (the pattern is anchored automatically) and be at most Limit() bytes.
