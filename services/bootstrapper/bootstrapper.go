@@ -59,8 +59,8 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		deps:          deps,
 		fetcher:       cfg.Fetcher,
 		secretsBucket: cfg.Topology().SecretsBucketName(),
-		ec2:     ec2.NewFromConfig(deps.AWS),
-		presign: s3.NewPresignClient(s3c),
+		ec2:           ec2.NewFromConfig(deps.AWS),
+		presign:       s3.NewPresignClient(s3c),
 		runner: &runner{
 			dial:        dialRemote,
 			signer:      signer,
@@ -87,9 +87,9 @@ type stage struct {
 	fetcher string
 	// secretsBucket is the stack's secrets bucket: never presigned, whatever a recipe says.
 	secretsBucket string
-	ec2     TagAPI
-	presign PresignAPI
-	runner  *runner
+	ec2           TagAPI
+	presign       PresignAPI
+	runner        *runner
 }
 
 // handle: FleetLaunched → bootstrap every instance → FleetBootstrapped.
