@@ -58,7 +58,9 @@ func TestPolicyGeneratorsRejectEmptyInput(t *testing.T) {
 		{"redrive with zero receives", func() ([]byte, error) { return RedrivePolicy(testDLQARN, 0) }},
 		{"topic policy without account", func() ([]byte, error) { return TopicPolicy(bus.Topology{Prefix: "sortie"}, bus.FleetPlanned, "") }},
 		{"topic policy of an unknown event", func() ([]byte, error) { return TopicPolicy(bus.Topology{Prefix: "sortie"}, "Nope", "123456789012") }},
-		{"topic policy of a bad prefix", func() ([]byte, error) { return TopicPolicy(bus.Topology{Prefix: "Bad_"}, bus.FleetPlanned, "123456789012") }},
+		{"topic policy of a bad prefix", func() ([]byte, error) {
+			return TopicPolicy(bus.Topology{Prefix: "Bad_"}, bus.FleetPlanned, "123456789012")
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
