@@ -56,7 +56,6 @@ func dialRemote(ctx context.Context, cfg remote.DialConfig) (session, error) {
 	return c, nil
 }
 
-
 // archiveCommand makes a tar.gz of the login directory's .sortie, and of those of logs
 // (paths relative to the login directory) that exist, on its standard output. The logs
 // that exist are added to the positional parameters after .sortie: tar exits 2 on a
