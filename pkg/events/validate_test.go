@@ -520,6 +520,37 @@ func TestFleetTerminatedRules(t *testing.T) {
 		{"instance_seconds too large", func(v *T) { v.InstanceSeconds = MaxInstanceSeconds + 1 }, "instance_seconds", false},
 		{"instance_seconds NaN", func(v *T) { v.InstanceSeconds = math.NaN() }, "instance_seconds", true},
 		{"instance_seconds zero ok", func(v *T) { v.InstanceSeconds = 0 }, "", false},
+		{"archive failures none ok", func(v *T) { v.ArchiveFailures = nil }, "", false},
+		{"archive failure instance_id bad", func(v *T) { v.ArchiveFailures[0].InstanceID = "i-x" }, "archive_failures[0].instance_id", false},
+		{"archive failure error empty", func(v *T) { v.ArchiveFailures[0].Error = "" }, "archive_failures[0].error", false},
+		{"archive failure error too long", func(v *T) { v.ArchiveFailures[0].Error = repeat("e", MaxTextBytes+1) }, "archive_failures[0].error", false},
+		{"archive failure duplicate", func(v *T) {
+			v.ArchiveFailures = append(v.ArchiveFailures, v.ArchiveFailures[0])
+		}, "archive_failures[1]", false},
+		{"archive failures over MaxInstances", func(v *T) {
+			v.ArchiveFailures = make([]ArchiveFailure, MaxInstances+1)
+			for i, id := range ids(MaxInstances + 1) {
+				v.ArchiveFailures[i] = ArchiveFailure{InstanceID: id, Error: "e"}
+			}
+		}, "archive_failures", false},
+		{"refused none ok", func(v *T) { v.Refused = nil }, "", false},
+		{"refused instance_id bad", func(v *T) { v.Refused[1].InstanceID = "i-x" }, "refused[1].instance_id", false},
+		{"refused reason unknown", func(v *T) { v.Refused[0].Reason = "mine" }, "refused[0].reason", false},
+		{"refused reason empty", func(v *T) { v.Refused[0].Reason = "" }, "refused[0].reason", false},
+		{"refused every reason ok", func(v *T) {
+			v.Refused = []RefusedInstance{
+				{InstanceID: "i-00000001", Reason: RefusedOtherFleet}, {InstanceID: "i-00000002", Reason: RefusedOtherStack},
+				{InstanceID: "i-00000003", Reason: RefusedUntagged}, {InstanceID: "i-00000004", Reason: RefusedUnknown},
+			}
+		}, "", false},
+		{"refused detail NUL", func(v *T) { v.Refused[0].Detail = "\x00" }, "refused[0].detail", false},
+		{"refused duplicate", func(v *T) { v.Refused[1].InstanceID = v.Refused[0].InstanceID }, "refused[1]", false},
+		{"refused over MaxInstances", func(v *T) {
+			v.Refused = make([]RefusedInstance, MaxInstances+1)
+			for i, id := range ids(MaxInstances + 1) {
+				v.Refused[i] = RefusedInstance{InstanceID: id, Reason: RefusedUnknown}
+			}
+		}, "refused", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, instanceIDRules("terminated_instance_ids[0]", func(v *T, s string) { v.TerminatedInstanceIDs[0] = s })...)

@@ -44,6 +44,8 @@ type instance struct {
 	keyName       string
 	authorizedKey ssh.PublicKey // the key pair's public key at launch; nil: nobody logs in
 	subnetID      string
+	vpcID         string
+	zone          string
 	groups        []string
 	profile       *xmlProfile
 	roleName      string
@@ -148,7 +150,6 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
-	groups := list(form, "SecurityGroupId")
 	fingerprint := fingerprintForm(form)
 
 	c.mu.Lock()
@@ -175,6 +176,15 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 		authorized = kp.public
 	}
 
+	where, netErr := c.network.placeLocked(form)
+	if netErr != nil {
+		return nil, netErr
+	}
+	groups, netErr := c.network.groupsLocked(form, where.vpcID)
+	if netErr != nil {
+		return nil, netErr
+	}
+
 	count, capErr := c.launchableLocked(instanceType, minCount, maxCount)
 	if capErr != nil {
 		return nil, capErr
@@ -192,7 +202,9 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			instanceType:  instanceType,
 			keyName:       keyName,
 			authorizedKey: authorized,
-			subnetID:      form.Get("SubnetId"),
+			subnetID:      where.subnetID,
+			vpcID:         where.vpcID,
+			zone:          where.zone,
 			groups:        groups,
 			profile:       profile,
 			roleName:      roleName,
@@ -321,12 +333,12 @@ func tagSpecifications(form url.Values, resourceType string) (map[string]string,
 func (c *Cloud) renderReservationLocked(id string, insts []*instance) xmlReservation {
 	r := xmlReservation{ReservationID: id, OwnerID: ownerID}
 	for _, inst := range insts {
-		r.Instances = append(r.Instances, inst.render())
+		r.Instances = append(r.Instances, c.renderInstanceLocked(inst))
 	}
 	return r
 }
 
-func (inst *instance) render() xmlInstance {
+func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 	x := xmlInstance{
 		InstanceID:         inst.id,
 		ImageID:            inst.imageID,
@@ -336,9 +348,10 @@ func (inst *instance) render() xmlInstance {
 		AmiLaunchIndex:     inst.launchIndex,
 		InstanceType:       inst.instanceType,
 		LaunchTime:         formatTime(inst.launchTime),
-		Placement:          xmlPlacement{AvailabilityZone: availabilityZone, Tenancy: "default"},
+		Placement:          xmlPlacement{AvailabilityZone: inst.zone, Tenancy: "default"},
 		Monitoring:         xmlMonitoring{State: "disabled"},
 		SubnetID:           inst.subnetID,
+		VpcID:              inst.vpcID,
 		StateReason:        inst.stateReason,
 		Architecture:       "x86_64",
 		RootDeviceType:     "ebs",
@@ -355,9 +368,7 @@ func (inst *instance) render() xmlInstance {
 		x.PrivateIPAddress = inst.privateIP
 		x.PrivateDNSName = "ip-" + strings.ReplaceAll(inst.privateIP, ".", "-") + ".ec2.internal"
 	}
-	for _, g := range inst.groups {
-		x.Groups = append(x.Groups, xmlGroup{GroupID: g})
-	}
+	x.Groups = c.network.renderGroups(inst.groups)
 	return x
 }
 
@@ -439,7 +450,7 @@ func (c *Cloud) describeInstances(requestID string, form url.Values) (any, *apiE
 			resp.Reservations = append(resp.Reservations, xmlReservation{ReservationID: inst.reservationID, OwnerID: ownerID})
 			n++
 		}
-		resp.Reservations[n-1].Instances = append(resp.Reservations[n-1].Instances, inst.render())
+		resp.Reservations[n-1].Instances = append(resp.Reservations[n-1].Instances, c.renderInstanceLocked(inst))
 	}
 	return resp, nil
 }

@@ -147,6 +147,7 @@ type xmlInstance struct {
 	Placement          xmlPlacement       `xml:"placement"`
 	Monitoring         xmlMonitoring      `xml:"monitoring"`
 	SubnetID           string             `xml:"subnetId,omitempty"`
+	VpcID              string             `xml:"vpcId,omitempty"`
 	PrivateIPAddress   string             `xml:"privateIpAddress,omitempty"`
 	Groups             []xmlGroup         `xml:"groupSet>item"`
 	StateReason        *xmlStateReason    `xml:"stateReason,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -87,7 +88,16 @@ type Capacity struct {
 // Recipe is the ordered steps that bootstrap an instance, and the parameters a job may pass.
 type Recipe struct {
 	Params map[string]Param `yaml:"params"`
-	Steps  []Step           `yaml:"steps"`
+	// FetchBuckets lists the only buckets the recipe's fetch steps may download from. A
+	// fetch step names one of them literally (no parameter); the stack's secrets bucket may
+	// never be listed (Config.CheckStack).
+	FetchBuckets []string `yaml:"fetch_buckets"`
+	Steps        []Step   `yaml:"steps"`
+}
+
+// MayFetchFrom reports whether bucket is one of the recipe's FetchBuckets.
+func (r Recipe) MayFetchFrom(bucket string) bool {
+	return bucket != "" && slices.Contains(r.FetchBuckets, bucket)
 }
 
 // Param declares one recipe parameter. A value must match Pattern as a whole
@@ -139,7 +149,8 @@ func (s Step) Kind() string {
 }
 
 // Fetch downloads s3://Bucket/Key to Path on the instance (through a presigned URL).
-// Bucket, Key and Path may reference parameters.
+// Bucket is literal and one of the recipe's FetchBuckets; Key and Path may reference
+// parameters.
 type Fetch struct {
 	Bucket string   `yaml:"bucket"`
 	Key    string   `yaml:"key"`

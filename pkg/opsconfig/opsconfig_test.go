@@ -392,3 +392,53 @@ func TestExpandAndRefs(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckRelPath(t *testing.T) {
+	tests := []struct {
+		path, want string // want "" means accepted
+	}{
+		{"bin/tool", ""},
+		{"a b/c.d", ""},
+		{"./x", ""},
+		{"x..y/..z", ""},
+		{"-rf", ""},
+		{"", "must not be empty"},
+		{"/etc/passwd", "must be relative"},
+		{"~/x", "must not start with ~"},
+		{"~root", "must not start with ~"},
+		{"..", ".. element"},
+		{"../x", ".. element"},
+		{"a/../../b", ".. element"},
+		{"a/..", ".. element"},
+		{"a\nb", "NUL or line breaks"},
+		{"a\rb", "NUL or line breaks"},
+		{"a\x00b", "NUL or line breaks"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			err := CheckRelPath(tt.path)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("CheckRelPath(%q) = %v, want nil", tt.path, err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("CheckRelPath(%q) = %v, want an error containing %q", tt.path, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestCheckStack: no recipe may list the stack's secrets bucket, whatever else it lists.
+func TestCheckStack(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "valid.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckStack("sortie-secrets"); err != nil {
+		t.Errorf("valid.yaml lists no secrets bucket, got %v", err)
+	}
+	err = c.CheckStack("acme-models")
+	want := `recipes.ingest.fetch_buckets[1]: "acme-models" is the stack's secrets bucket: no recipe may fetch from it`
+	if err == nil || err.Error() != want || !errors.Is(err, ErrInvalid) {
+		t.Errorf("CheckStack = %v, want %q wrapping ErrInvalid", err, want)
+	}
+}

@@ -52,9 +52,10 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	}
 	ec2c := ec2.NewFromConfig(deps.AWS)
 	st := &stage{
-		deps:    deps,
-		fetcher: cfg.Fetcher,
-		ec2:     ec2c,
+		deps:          deps,
+		fetcher:       cfg.Fetcher,
+		secretsBucket: cfg.Topology().SecretsBucketName(),
+		ec2:           ec2c,
 		hosts: hostResolver{
 			ec2: ec2c, stack: cfg.Prefix, local: cfg.LocalMode,
 			consoleWait: cfg.HostKeyTimeout, consolePoll: verify.DefaultConsolePoll,
@@ -84,10 +85,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 type stage struct {
 	deps    service.Deps
 	fetcher string
-	ec2     EC2API
-	hosts   hostResolver
-	presign PresignAPI
-	runner  *runner
+	// secretsBucket is the stack's secrets bucket: never presigned, whatever a recipe says.
+	secretsBucket string
+	ec2           EC2API
+	hosts         hostResolver
+	presign       PresignAPI
+	runner        *runner
 }
 
 // handle: FleetLaunched → bootstrap every instance → FleetBootstrapped.
@@ -159,11 +162,16 @@ func (e *presignError) Error() string { return e.err.Error() }
 func (e *presignError) Unwrap() error { return e.err }
 
 // renderer renders the plan's recipe, presigning every fetch step's object for
-// recipe.PresignExpiry at each call.
+// recipe.PresignExpiry at each call. Nothing in the stack's secrets bucket or outside the
+// recipe's fetch_buckets is ever presigned: recipe.Render refuses it, and the presigner
+// checks again (a permanent error).
 func (s *stage) renderer(p fleetPlan) renderFunc {
 	return func(ctx context.Context) ([]recipe.Step, []string, error) {
 		var secrets []string
 		presign := func(bucket, key string) (string, error) {
+			if err := recipe.CheckFetch(p.recipe, s.secretsBucket, bucket, key); err != nil {
+				return "", err
+			}
 			req, err := s.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)},
 				s3.WithPresignExpires(recipe.PresignExpiry))
 			if err != nil {
@@ -172,7 +180,7 @@ func (s *stage) renderer(p fleetPlan) renderFunc {
 			secrets = append(secrets, req.URL)
 			return req.URL, nil
 		}
-		steps, err := recipe.Render(p.recipe, p.ev.Params, recipe.RenderEnv{Presign: presign, Fetcher: s.fetcher})
+		steps, err := recipe.Render(p.recipe, p.ev.Params, recipe.RenderEnv{Presign: presign, Fetcher: s.fetcher, SecretsBucket: s.secretsBucket})
 		if err != nil {
 			return nil, nil, err
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
@@ -196,6 +197,9 @@ func TestBootstrapper(t *testing.T) {
 
 const toolScript = "#!/bin/sh\necho tool ok\n"
 
+// toolsBucket is the one bucket testdata/ops.yaml's recipe may fetch from.
+const toolsBucket = "sortie-test-tools"
+
 // env is one test's stack, with a login key pair and the tool object, and the bootstrapper
 // running on it.
 type env struct {
@@ -216,8 +220,13 @@ func newEnv(t *testing.T) *env {
 	}
 	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 10 * time.Millisecond}))
 	e := &env{Stack: s, t: t, fetcher: fetcher, key: cloudtest.NewKeyPair(t, s.EC2, s.Topology.Prefix+"-login")}
+	// testdata/ops.yaml's recipe fetches only from this bucket; kumo is shared by the
+	// package's tests, so it may exist already.
+	if _, err := s.S3.CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(toolsBucket)}); err != nil && awsx.ErrorCode(err) != "BucketAlreadyOwnedByYou" {
+		t.Fatalf("CreateBucket: %v", err)
+	}
 	if _, err := s.S3.PutObject(t.Context(), &s3.PutObjectInput{
-		Bucket: aws.String(s.Topology.BucketName()), Key: aws.String("tools/tool.sh"), Body: strings.NewReader(toolScript),
+		Bucket: aws.String(toolsBucket), Key: aws.String("tools/tool.sh"), Body: strings.NewReader(toolScript),
 	}); err != nil {
 		t.Fatalf("PutObject: %v", err)
 	}

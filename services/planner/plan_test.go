@@ -131,7 +131,7 @@ func TestResolve(t *testing.T) {
 			if tt.ops != nil {
 				o = tt.ops
 			}
-			sel, err := resolve(o, tt.job)
+			sel, err := resolve(o, tt.job, "sortie-secrets")
 			if len(tt.wantErrs) > 0 {
 				if err == nil {
 					t.Fatal("resolve accepted the job")
@@ -213,7 +213,7 @@ func TestBuildPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sel, err := resolve(ops, tt.job)
+			sel, err := resolve(ops, tt.job, "sortie-secrets")
 			if err != nil {
 				t.Fatal(err)
 			}
