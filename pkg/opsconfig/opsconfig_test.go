@@ -35,12 +35,17 @@ func TestLoadValid(t *testing.T) {
 		MinInstances:    2,
 		MaxInstances:    50,
 		TTL:             Duration(2 * time.Hour),
+		HostKeys:        HostKeysDerived, // not in the file
+		SSHAddress:      AddressPrivate,  // not in the file
 	}
 	if !reflect.DeepEqual(batch, want) {
 		t.Errorf("template batch =\n%+v\nwant\n%+v", batch, want)
 	}
 	if gpu, _ := c.Template("gpu"); gpu.User != "ubuntu" || gpu.TTL.Std() != 90*time.Minute {
 		t.Errorf("template gpu: user %q ttl %s, want ubuntu 1h30m", gpu.User, gpu.TTL.Std())
+	}
+	if gpu, _ := c.Template("gpu"); !gpu.InstanceHostKeys() || !gpu.PublicAddress() || batch.InstanceHostKeys() || batch.PublicAddress() {
+		t.Errorf("host keys / address: gpu %s/%s, batch %s/%s; want instance/public, derived/private", gpu.HostKeys, gpu.SSHAddress, batch.HostKeys, batch.SSHAddress)
 	}
 
 	r, err := c.Recipe("ingest")

@@ -95,6 +95,12 @@ func (t Template) validate(p *problems, path, name string) {
 	if !userRe.MatchString(t.User) {
 		p.add(path+".user", "must be a login name matching %s, got %q", userRe, t.User)
 	}
+	if t.HostKeys != HostKeysDerived && t.HostKeys != HostKeysInstance {
+		p.add(path+".host_keys", "must be %s or %s, got %q", HostKeysDerived, HostKeysInstance, t.HostKeys)
+	}
+	if t.SSHAddress != AddressPrivate && t.SSHAddress != AddressPublic {
+		p.add(path+".ssh_address", "must be %s or %s, got %q", AddressPrivate, AddressPublic, t.SSHAddress)
+	}
 	if t.MinInstances < 1 {
 		p.add(path+".min_instances", "must be ≥ 1, got %d", t.MinInstances)
 	}

@@ -22,12 +22,8 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/verify"
 )
-
-// TagAPI is the EC2 call the bootstrapper makes.
-type TagAPI interface {
-	CreateTags(ctx context.Context, params *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
-}
 
 // PresignAPI is the S3 presigning call fetch steps need.
 type PresignAPI interface {
@@ -35,7 +31,6 @@ type PresignAPI interface {
 }
 
 var (
-	_ TagAPI     = (*ec2.Client)(nil)
 	_ PresignAPI = (*s3.PresignClient)(nil)
 )
 
@@ -55,12 +50,17 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	if err != nil {
 		return fmt.Errorf("bootstrapper: %w", err)
 	}
+	ec2c := ec2.NewFromConfig(deps.AWS)
 	st := &stage{
 		deps:          deps,
 		fetcher:       cfg.Fetcher,
 		secretsBucket: cfg.Topology().SecretsBucketName(),
-		ec2:           ec2.NewFromConfig(deps.AWS),
-		presign:       s3.NewPresignClient(s3c),
+		ec2:           ec2c,
+		hosts: hostResolver{
+			ec2: ec2c, stack: cfg.Prefix, local: cfg.LocalMode,
+			consoleWait: cfg.HostKeyTimeout, consolePoll: verify.DefaultConsolePoll,
+		},
+		presign: s3.NewPresignClient(s3c),
 		runner: &runner{
 			dial:        dialRemote,
 			signer:      signer,
@@ -87,7 +87,8 @@ type stage struct {
 	fetcher string
 	// secretsBucket is the stack's secrets bucket: never presigned, whatever a recipe says.
 	secretsBucket string
-	ec2           TagAPI
+	ec2           EC2API
+	hosts         hostResolver
 	presign       PresignAPI
 	runner        *runner
 }
@@ -124,6 +125,9 @@ func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (ev
 			return events.FleetBootstrapped{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 		}
 		return events.FleetBootstrapped{}, bus.Permanent(fmt.Errorf("fleet %s: recipe %s: %w", ev.FleetID, ev.Recipe, err))
+	}
+	if p.target, err = s.hosts.targets(ctx, p); err != nil {
+		return events.FleetBootstrapped{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err) // EC2 unreadable: retried
 	}
 	log.Info("bootstrapping fleet", "instances", len(ev.Instances), "recipe", ev.Recipe, "user", p.user)
 	results := s.runner.bootstrapAll(ctx, log, p, render)

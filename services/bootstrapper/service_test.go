@@ -39,7 +39,7 @@ func TestBootstrapper(t *testing.T) {
 	hostKey := hk.Authorized
 
 	// Every step of recipe "test" on three instances; step "check" fails on the second.
-	insts := e.launch(3, hk.UserData)
+	insts := e.launch("job-main", 3, hk.UserData)
 	ev := e.fleetLaunched("job-main", hostKey, insts)
 	ev.Params["fail_on"] = insts[1].ID
 	e.Publish(t, ev)
@@ -149,8 +149,8 @@ func TestBootstrapper(t *testing.T) {
 	})
 
 	t.Run("wrong host key: that instance fails, the other is bootstrapped", func(t *testing.T) {
-		good := e.launch(1, hk.UserData)
-		impostor := e.launch(1, cloudtest.NewHostKey(t).UserData)
+		good := e.launch("job-hostkey", 1, hk.UserData)
+		impostor := e.launch("job-hostkey", 1, cloudtest.NewHostKey(t).UserData)
 		ev := e.fleetLaunched("job-hostkey", hostKey, append(good, impostor...))
 		e.Publish(t, ev)
 		got := e.receive(t, out, "job-hostkey")
@@ -239,7 +239,7 @@ func (e *env) start() {
 	t.Helper()
 	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
 	cfg := bootstrapper.Config{
-		Base:        service.Base{Prefix: e.Topology.Prefix},
+		Base:        service.Base{Prefix: e.Topology.Prefix, LocalMode: true},
 		SSHKey:      e.key.Path,
 		DialTimeout: 10 * time.Second,
 		StepTimeout: 30 * time.Second,
@@ -250,11 +250,17 @@ func (e *env) start() {
 	})
 }
 
-// launch runs n instances with the user data and waits until they are running with an
-// SSH endpoint.
-func (e *env) launch(n int, userData string) []events.Instance {
+// launch runs n instances of a fleet of the stack with the user data and waits until they
+// are running with an SSH endpoint.
+func (e *env) launch(fleet string, n int, userData string) []events.Instance {
 	e.t.Helper()
-	return cloudtest.Launch(e.t, e.EC2, n, cloudtest.LaunchSpec{KeyName: e.key.Name, UserData: userData})
+	return e.launchTagged(n, userData, map[string]string{tags.Stack: e.Topology.Prefix, tags.Fleet: fleet})
+}
+
+// launchTagged runs n instances with the user data and exactly these tags.
+func (e *env) launchTagged(n int, userData string, tg map[string]string) []events.Instance {
+	e.t.Helper()
+	return cloudtest.Launch(e.t, e.EC2, n, cloudtest.LaunchSpec{KeyName: e.key.Name, UserData: userData, Tags: tg})
 }
 
 func (e *env) fleetLaunched(jobID, hostKey string, insts []events.Instance) events.FleetLaunched {

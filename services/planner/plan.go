@@ -17,6 +17,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/sizing"
@@ -60,7 +61,17 @@ func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.Fle
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}
-	return buildPlan(job, sel, items, p.now())
+	plan, err := buildPlan(job, sel, items, p.now())
+	if err != nil {
+		return events.FleetPlanned{}, err
+	}
+	// A fresh nonce per plan: a redelivery of this FleetPlanned carries the same one, a
+	// second submission of the job id another (the provisioner keeps the nonce its
+	// instances were launched with; see hostkey.Derive).
+	if plan.Nonce, err = hostkey.NewNonce(); err != nil {
+		return events.FleetPlanned{}, err
+	}
+	return plan, nil
 }
 
 // selection is what the ops config holds for a job: its template and the sizing
