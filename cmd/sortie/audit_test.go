@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
@@ -153,24 +156,65 @@ func TestAudit(t *testing.T) {
 		infraUp(t)
 	})
 
-	t.Run("an instance of the stack without IMDSv2", func(t *testing.T) {
-		ec2c := ec2.NewFromConfig(cfg)
-		key := cloudtest.NewKeyPair(t, ec2c, prefix+"-key")
-		run, err := ec2c.RunInstances(ctx, &ec2.RunInstancesInput{
-			ImageId: aws.String(cloudtest.Image), InstanceType: ec2types.InstanceTypeT3Micro, MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
-			KeyName:         aws.String(key.Name),
-			MetadataOptions: &ec2types.InstanceMetadataOptionsRequest{HttpTokens: ec2types.HttpTokensStateOptional},
-			TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance,
-				Tags: []ec2types.Tag{{Key: aws.String(tags.Stack), Value: aws.String(prefix)}}}},
-		})
-		if err != nil {
-			t.Fatal(err)
+	ec2c := ec2.NewFromConfig(cfg)
+	t.Run("a template's security group open to SSH from anywhere", func(t *testing.T) {
+		group := func(name string, open bool) string {
+			t.Helper()
+			g, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(prefix + "-" + name), Description: aws.String(name)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			perm := ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(22), ToPort: aws.Int32(22),
+				IpRanges: []ec2types.IpRange{{CidrIp: aws.String("10.0.0.0/8")}}}
+			if open {
+				perm.IpRanges = []ec2types.IpRange{{CidrIp: aws.String("0.0.0.0/0")}}
+				perm.Ipv6Ranges = []ec2types.Ipv6Range{{CidrIpv6: aws.String("::/0")}}
+			}
+			if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: g.GroupId, IpPermissions: []ec2types.IpPermission{perm}}); err != nil {
+				t.Fatal(err)
+			}
+			return aws.ToString(g.GroupId)
 		}
-		id := aws.ToString(run.Instances[0].InstanceId)
-		// Whether the local cloud reports HttpTokens optional or no metadata options at all,
-		// IMDSv1 is not known to be off.
-		failsWith(t, "instance", id, audit.RuleIMDSv2, "IMDSv1")
-		if _, err := ec2c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
+		closed, open := group("closed", false), group("open", true)
+		config := func(groups ...string) string {
+			t.Helper()
+			yaml := strings.Replace(string(opsconfig.DefaultYAML()), "security_groups: [sg-0123456789abcdef0]", "security_groups: ["+strings.Join(groups, ", ")+"]", 1)
+			path := filepath.Join(t.TempDir(), "ops.yaml")
+			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}
+		out, err := runCLI(t, "--prefix", prefix, "audit", "--config", config(closed))
+		if st, why := finding(out, "security-group", closed, audit.RuleRestrictedSSH); err != nil || st != audit.Compliant {
+			t.Errorf("SSH from 10.0.0.0/8 only: %v, %s %q\n%s", err, st, why, out)
+		}
+		failsWith(t, "security-group", open, audit.RuleRestrictedSSH, "port 22 open to 0.0.0.0/0 (tcp 22-22); port 22 open to ::/0 (tcp 22-22)",
+			"--config", config(closed, open))
+	})
+
+	t.Run("an instance of the stack without IMDSv2", func(t *testing.T) {
+		key := cloudtest.NewKeyPair(t, ec2c, prefix+"-key")
+		launch := func(tokens ec2types.HttpTokensState) string {
+			t.Helper()
+			run, err := ec2c.RunInstances(ctx, &ec2.RunInstancesInput{
+				ImageId: aws.String(cloudtest.Image), InstanceType: ec2types.InstanceTypeT3Micro, MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+				KeyName:         aws.String(key.Name),
+				MetadataOptions: &ec2types.InstanceMetadataOptionsRequest{HttpTokens: tokens, HttpPutResponseHopLimit: aws.Int32(1)},
+				TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance,
+					Tags: []ec2types.Tag{{Key: aws.String(tags.Stack), Value: aws.String(prefix)}}}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return aws.ToString(run.Instances[0].InstanceId)
+		}
+		v2, v1 := launch(ec2types.HttpTokensStateRequired), launch(ec2types.HttpTokensStateOptional)
+		out := failsWith(t, "instance", v1, audit.RuleIMDSv2, "HttpTokens optional, want required: IMDSv1 answers")
+		if st, why := finding(out, "instance", v2, audit.RuleIMDSv2); st != audit.Compliant || why != "HttpTokens required, hop limit 1" {
+			t.Errorf("instance launched with IMDSv2: %s %q\n%s", st, why, out)
+		}
+		if _, err := ec2c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{v1, v2}}); err != nil {
 			t.Fatal(err)
 		}
 		cloudtest.Eventually(t, time.Minute, func() error {
@@ -178,8 +222,8 @@ func TestAudit(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if strings.Contains(out, id) {
-				return errors.New("the terminated instance is still audited")
+			if strings.Contains(out, v1) || strings.Contains(out, v2) {
+				return errors.New("a terminated instance is still audited")
 			}
 			return nil
 		})
