@@ -57,12 +57,14 @@ func TestCheckTopicPolicy(t *testing.T) {
 		{"no deny", doc(allow(`{"AWS":"` + planner + `"}`)), NonCompliant, "no statement denies sns:Publish to principals other than " + planner},
 		{"deny exempting another role", doc(allow(`{"AWS":"`+planner+`"}`), strings.Replace(deny, `"`+planner+`"`, `["`+planner+`","arn:aws:iam::`+account+`:role/intruder"]`, 1)),
 			NonCompliant, "no statement denies"},
+		{"deny on another topic", doc(allow(`{"AWS":"`+planner+`"}`), strings.Replace(deny, `"Resource":"*"`, `"Resource":"arn:aws:sns:eu-west-1:`+account+`:sortie-fleet-launched"`, 1)),
+			NonCompliant, "no statement denies"},
 		{"subscribe only to everyone", doc(`{"Sid":"Sub","Effect":"Allow","Principal":"*","Action":"sns:Subscribe","Resource":"*"}`, deny), Compliant, "others denied by DenyOthers"},
 		{"unparsable", "{", NonCompliant, "parsing policy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := CheckTopicPolicy(tt.doc, producers)
+			f := CheckTopicPolicy(tt.doc, "arn:aws:sns:eu-west-1:"+account+":sortie-fleet-planned", producers)
 			if f.Rule != RuleProducersOnly || f.Status != tt.want || !strings.Contains(f.Reason, tt.reason) {
 				t.Errorf("finding %+v, want %s containing %q", f, tt.want, tt.reason)
 			}

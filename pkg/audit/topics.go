@@ -54,7 +54,7 @@ func (a *auditor) topics(ctx context.Context, t Target) error {
 		if err != nil {
 			return fmt.Errorf("auditing topic %s: %w", name, err)
 		}
-		a.add(TypeTopic, name, CheckTopicPolicy(out.Attributes["Policy"], producers))
+		a.add(TypeTopic, name, CheckTopicPolicy(out.Attributes["Policy"], arn, producers))
 	}
 	return nil
 }
@@ -65,14 +65,14 @@ const defaultPolicyReason = "default policy: any principal of the account may pu
 // publish is the action the rule is about, in lower case as covers compares it.
 const publish = "sns:publish"
 
-// CheckTopicPolicy checks RuleProducersOnly on a topic's policy document ("" when it has
-// none) against the ARNs of the roles that may publish. It is compliant when no statement
-// allows sns:Publish to anyone but those roles (no "*" principal, no other principal, no
-// NotPrincipal) and a statement denies sns:Publish to every principal whose
-// aws:PrincipalArn is not one of them (ArnNotEquals / ArnNotLike / StringNotEquals /
-// StringNotLike): without that Deny, any identity policy of the account granting
-// sns:Publish would let its holder publish.
-func CheckTopicPolicy(doc string, producers []string) Finding {
+// CheckTopicPolicy checks RuleProducersOnly on the policy document of the topic topicARN
+// ("" when it has none) against the ARNs of the roles that may publish. It is compliant
+// when no statement allows sns:Publish to anyone but those roles (no "*" principal, no
+// other principal, no NotPrincipal) and a statement on the topic denies sns:Publish to
+// every principal whose aws:PrincipalArn is not one of them (ArnNotEquals / ArnNotLike /
+// StringNotEquals / StringNotLike): without that Deny, any identity policy of the account
+// granting sns:Publish would let its holder publish.
+func CheckTopicPolicy(doc, topicARN string, producers []string) Finding {
 	bad := func(format string, args ...any) Finding {
 		return Finding{RuleProducersOnly, NonCompliant, fmt.Sprintf(format, args...)}
 	}
@@ -92,7 +92,7 @@ func CheckTopicPolicy(doc string, producers []string) Finding {
 		switch {
 		case strings.EqualFold(st.Effect, "Allow"):
 			problems = append(problems, allowedPublishers(name, st, producers)...)
-		case strings.EqualFold(st.Effect, "Deny") && deniesOthers(st, producers):
+		case strings.EqualFold(st.Effect, "Deny") && deniesOthers(st, topicARN, producers):
 			denyBy = append(denyBy, name)
 		}
 	}
@@ -145,11 +145,14 @@ func allowedPublishers(name string, st Statement, producers []string) []string {
 	return out
 }
 
-// deniesOthers reports whether a Deny statement refuses sns:Publish to every principal but
-// the producers: principal *, Action covering sns:Publish, and a single condition on
-// aws:PrincipalArn exempting only producers.
-func deniesOthers(st Statement, producers []string) bool {
+// deniesOthers reports whether a Deny statement refuses sns:Publish on the topic to every
+// principal but the producers: principal *, Action covering sns:Publish, Resource covering
+// the topic, and a single condition on aws:PrincipalArn exempting only producers.
+func deniesOthers(st Statement, topicARN string, producers []string) bool {
 	if !st.Principal.everyone() || (st.NotPrincipal != nil && string(st.NotPrincipal) != "null") || st.NotAction != nil || st.NotResource != nil {
+		return false
+	}
+	if !slices.ContainsFunc(st.Resource, func(r string) bool { return covers(normalizePartition(r), normalizePartition(topicARN)) }) {
 		return false
 	}
 	if len(st.Condition) != 1 {
