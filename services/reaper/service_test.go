@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/fleetview"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -294,7 +295,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 50 * time.Millisecond}))
+	return newEnvOn(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 50 * time.Millisecond}))
+}
+
+// newEnvOn makes a stack of its own on cloud, which other stacks may share.
+func newEnvOn(t *testing.T, cloud *localcloud.Cloud) *env {
+	t.Helper()
+	s := cloudtest.NewStack(t, cloud)
 	return &env{Stack: s, t: t, key: cloudtest.NewKeyPair(t, s.EC2, s.Topology.Prefix+"-login")}
 }
 
@@ -373,4 +380,121 @@ func sortedIDs(refs ...events.InstanceRef) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// TestTwoStacks runs two stacks (two prefixes, each with its reaper and sweep) in one local
+// cloud at the same time, with fleets of the same id: each stack's reaper, sweep and status
+// touch only its own instances, and an instance with Sortie's tags but no stack tag is
+// never touched.
+func TestTwoStacks(t *testing.T) {
+	cloud := cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 50 * time.Millisecond})
+	one, two := newEnvOn(t, cloud), newEnvOn(t, cloud)
+	hk := cloudtest.NewHostKey(t)
+	live := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	const fleetID = "job-same"
+	type stackInstances struct {
+		fleet   []events.InstanceRef
+		expired events.InstanceRef
+	}
+	launch := func(e *env) stackInstances {
+		fleetTags := map[string]string{tags.Stack: e.Topology.Prefix, tags.JobID: fleetID, tags.Fleet: fleetID, tags.LeaseExpires: live}
+		sweepTags := map[string]string{tags.Stack: e.Topology.Prefix, tags.JobID: "job-expired", tags.Fleet: "job-expired", tags.LeaseExpires: past}
+		return stackInstances{fleet: e.launch(2, hk.UserData, fleetTags), expired: e.launch(1, hk.UserData, sweepTags)[0]}
+	}
+	a, b := launch(one), launch(two)
+	// Sortie's tags, the same fleet id, no stack: neither stack's. One with an expired lease.
+	stray := one.launch(1, hk.UserData, map[string]string{tags.JobID: fleetID, tags.Fleet: fleetID, tags.LeaseExpires: live})[0]
+	strayExpired := one.launch(1, hk.UserData, map[string]string{tags.JobID: "job-expired", tags.Fleet: "job-expired", tags.LeaseExpires: past})[0]
+
+	t.Run("status lists each stack's own instances", func(t *testing.T) {
+		for _, c := range []struct {
+			e    *env
+			want []string
+		}{{one, sortedIDs(append(slices.Clone(a.fleet), a.expired)...)}, {two, sortedIDs(append(slices.Clone(b.fleet), b.expired)...)}} {
+			insts, err := fleetview.Describe(t.Context(), c.e.EC2, fleetview.Query{Stack: c.e.Topology.Prefix, All: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, in := range insts {
+				got = append(got, aws.ToString(in.InstanceId))
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("status of %s lists %v, want %v", c.e.Topology.Prefix, got, c.want)
+			}
+		}
+	})
+
+	outs := []string{one.Subscribe(t, bus.FleetTerminated), two.Subscribe(t, bus.FleetTerminated)}
+	one.start()
+	two.start()
+	jobFinished := func(e *env, refs ...events.InstanceRef) events.JobFinished {
+		return events.JobFinished{
+			Header: events.NewHeader(fleetID, "corr-"+e.Topology.Prefix, time.Now()), FleetID: fleetID, Template: "test",
+			Outcome: events.OutcomeSucceeded, Instances: refs, HostKey: hk.Authorized, KeyName: e.key.Name,
+		}
+	}
+	// Stack one is also told to reap stack two's fleet and the stray: it must not.
+	one.Publish(t, jobFinished(one, append(slices.Clone(a.fleet), append(slices.Clone(b.fleet), stray)...)...))
+	two.Publish(t, jobFinished(two, b.fleet...))
+	gotOne, gotTwo := one.receive(t, outs[0], fleetID), two.receive(t, outs[1], fleetID)
+
+	t.Run("each reaper terminates its own fleet only", func(t *testing.T) {
+		if want := sortedIDs(a.fleet...); !slices.Equal(gotOne.TerminatedInstanceIDs, want) {
+			t.Errorf("stack one terminated %v, want %v", gotOne.TerminatedInstanceIDs, want)
+		}
+		if want := sortedIDs(b.fleet...); !slices.Equal(gotTwo.TerminatedInstanceIDs, want) {
+			t.Errorf("stack two terminated %v, want %v", gotTwo.TerminatedInstanceIDs, want)
+		}
+		reasons := map[string]string{}
+		for _, r := range gotOne.Refused {
+			reasons[r.InstanceID] = r.Reason
+		}
+		want := map[string]string{b.fleet[0].ID: events.RefusedOtherStack, b.fleet[1].ID: events.RefusedOtherStack, stray.ID: events.RefusedUntagged}
+		if !maps.Equal(reasons, want) {
+			t.Errorf("stack one refused %v, want %v", reasons, want)
+		}
+		if len(gotTwo.Refused) != 0 || len(gotOne.Archives) != 2 || len(gotTwo.Archives) != 2 {
+			t.Errorf("stack two refused %v; archives %d and %d, want 2 each", gotTwo.Refused, len(gotOne.Archives), len(gotTwo.Archives))
+		}
+	})
+
+	t.Run("each sweep takes its own expired instance; the strays live on", func(t *testing.T) {
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			for id, st := range one.states(a.expired.ID, b.expired.ID) {
+				if st == ec2types.InstanceStateNameRunning {
+					return fmt.Errorf("expired instance %s still running", id)
+				}
+			}
+			return nil
+		})
+		before := []int{one.sweeps(), two.sweeps()}
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			if one.sweeps() < before[0]+2 || two.sweeps() < before[1]+2 {
+				return errors.New("fewer than two more sweeps in each stack")
+			}
+			return nil
+		})
+		for id, st := range one.states(stray.ID, strayExpired.ID) {
+			if st != ec2types.InstanceStateNameRunning {
+				t.Errorf("instance %s with Sortie's tags but no stack is %s", id, st)
+			}
+		}
+		for _, c := range []struct {
+			e    *env
+			mine string
+		}{{one, a.expired.ID}, {two, b.expired.ID}} {
+			lines := strings.Split(c.e.Logs.String(), "\n")
+			for _, id := range []string{a.expired.ID, b.expired.ID, strayExpired.ID} {
+				swept := slices.ContainsFunc(lines, func(l string) bool {
+					return strings.Contains(l, `"msg":"sweeping instance"`) && strings.Contains(l, `"instance":"`+id+`"`)
+				})
+				if swept != (id == c.mine) {
+					t.Errorf("stack %s swept %s: %v, want %v", c.e.Topology.Prefix, id, swept, id == c.mine)
+				}
+			}
+		}
+	})
 }
