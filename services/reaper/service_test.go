@@ -498,3 +498,52 @@ func TestTwoStacks(t *testing.T) {
 		}
 	})
 }
+
+// TestArchiveFailureStillTerminates: one instance unreachable over SSH, and S3 refusing
+// every upload (the log bucket is gone): both instances are terminated all the same, each
+// failure is in FleetTerminated.
+func TestArchiveFailureStillTerminates(t *testing.T) {
+	e := newEnv(t)
+	out := e.Subscribe(t, bus.FleetTerminated)
+	hk := cloudtest.NewHostKey(t)
+	fleetTags := map[string]string{tags.Stack: e.Topology.Prefix, tags.JobID: "job-fail", tags.Fleet: "job-fail",
+		tags.LeaseExpires: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}
+	fleet := e.launch(2, hk.UserData, fleetTags)
+	unreachable, refused := fleet[0], fleet[1]
+	e.writeLog(refused.ID, "log\n")
+	// EC2 says the unreachable one listens where nobody does.
+	if _, err := e.EC2.CreateTags(t.Context(), &ec2.CreateTagsInput{Resources: []string{unreachable.ID},
+		Tags: []ec2types.Tag{{Key: aws.String(tags.SSHEndpoint), Value: aws.String(cloudtest.FreeAddr(t))}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.S3.DeleteBucket(t.Context(), &s3.DeleteBucketInput{Bucket: aws.String(e.Topology.BucketName())}); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	e.Publish(t, events.JobFinished{
+		Header: events.NewHeader("job-fail", "corr-fail", time.Now()), FleetID: "job-fail", Template: "test",
+		Outcome: events.OutcomeSucceeded, Instances: fleet, HostKey: hk.Authorized, KeyName: e.key.Name,
+	})
+	got := e.receive(t, out, "job-fail")
+	if want := sortedIDs(fleet...); !slices.Equal(got.TerminatedInstanceIDs, want) {
+		t.Fatalf("terminated %v, want %v", got.TerminatedInstanceIDs, want)
+	}
+	for id, st := range e.states(unreachable.ID, refused.ID) {
+		if st != ec2types.InstanceStateNameTerminated {
+			t.Errorf("instance %s is %s, want terminated", id, st)
+		}
+	}
+	failures := map[string]string{}
+	for _, f := range got.ArchiveFailures {
+		failures[f.InstanceID] = f.Error
+	}
+	if len(got.Archives) != 0 || len(failures) != 2 {
+		t.Fatalf("archives %+v, failures %+v: want two failures", got.Archives, got.ArchiveFailures)
+	}
+	if !strings.Contains(failures[unreachable.ID], "dialing ssh") {
+		t.Errorf("unreachable instance's failure %q does not say SSH", failures[unreachable.ID])
+	}
+	if !strings.Contains(failures[refused.ID], "s3://"+e.Topology.BucketName()) {
+		t.Errorf("refused upload's failure %q does not name the bucket", failures[refused.ID])
+	}
+}
