@@ -58,6 +58,7 @@ func validFleetPlanned() FleetPlanned {
 		EstimatedSeconds: 494.5,
 		MeetsDeadline:    true,
 		Rationale:        "m3.medium does 10 items/min: ceil(202 / (10 * (600-90)/60)) = 3 instances",
+		Nonce:            "q1fTxb0nVZ4Rk3yHc2o8Ww",
 	}
 }
 

@@ -42,7 +42,7 @@ type JobFinished struct {
 	FailingInstance string        `json:"failing_instance,omitempty"` // one of Instances
 	LogTail         []string      `json:"log_tail,omitempty"`         // the failing log's last lines, oldest first
 	Instances       []InstanceRef `json:"instances,omitempty"`        // every instance to archive and terminate
-	HostKey         string        `json:"host_key,omitempty"`         // required when Instances is not empty
+	HostKey         string        `json:"host_key,omitempty"`         // the fleet's derived key; empty for instance host keys (read from the console)
 	KeyName         string        `json:"key_name,omitempty"`         // required when Instances is not empty
 	Logs            []string      `json:"logs,omitempty"`             // workload logs outside .sortie, relative paths
 	TasksSucceeded  int           `json:"tasks_succeeded"`
@@ -87,7 +87,7 @@ func (e JobFinished) Validate() error {
 		}
 	}
 	if len(e.Instances) > 0 {
-		c.hostKey("host_key", e.HostKey)
+		c.optionalHostKey("host_key", e.HostKey)
 		c.keyName("key_name", e.KeyName)
 	} else {
 		c.text("host_key", e.HostKey, MaxHostKeyBytes, false)

@@ -136,7 +136,7 @@ func fleetIDRules[T Event](set func(*T, string)) []rule[T] {
 func hostKeyRules[T Event](set func(*T, string)) []rule[T] {
 	to := func(s string) func(*T) { return func(v *T) { set(v, s) } }
 	return []rule[T]{
-		{"host_key empty", to(""), "host_key", false},
+		{"host_key empty ok (instance host keys)", to(""), "", false},
 		{"host_key garbage", to("not a key"), "host_key", false},
 		{"host_key bad base64", to("ssh-ed25519 AAAA!!!!"), "host_key", false},
 		{"host_key type mismatch", to("ssh-rsa " + strings.Fields(testHostKey)[1]), "host_key", false},
@@ -286,6 +286,11 @@ func TestFleetPlannedRules(t *testing.T) {
 		{"rationale NUL", func(v *T) { v.Rationale = "a\x00" }, "rationale", false},
 		{"rationale bad UTF-8", func(v *T) { v.Rationale = "\xff" }, "rationale", true},
 		{"rationale multi-line ok", func(v *T) { v.Rationale = "line 1\nline 2 — ok" }, "", false},
+		{"nonce empty ok (a plan of the earlier form)", func(v *T) { v.Nonce = "" }, "", false},
+		{"nonce too short", func(v *T) { v.Nonce = "AAECAwQFBgcICQo" }, "nonce", false},
+		{"nonce too long", func(v *T) { v.Nonce = repeat("A", 65) }, "nonce", false},
+		{"nonce padding", func(v *T) { v.Nonce = "AAECAwQFBgcICQoLDA0ODw==" }, "nonce", false},
+		{"nonce standard base64", func(v *T) { v.Nonce = "AAECAwQFBgcICQoL+/0ODw" }, "nonce", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, nameRules("template", func(v *T, s string) { v.Template = s })...)

@@ -45,9 +45,11 @@ func owners(t *testing.T, s stack, topo bus.Topology) map[string]owner {
 			}
 		}
 	}
-	if _, err := s.s3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(topo.BucketName())}); err == nil {
-		if out[topo.BucketName()], err = tg.bucketOwner(ctx, topo.BucketName()); err != nil {
-			t.Fatal(err)
+	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
+		if _, err := s.s3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b)}); err == nil {
+			if out[b], err = tg.bucketOwner(ctx, b); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	return out
@@ -58,7 +60,7 @@ func TestUpTagsEverythingWithTheStack(t *testing.T) {
 	topo := bus.Topology{Prefix: uniquePrefix(t)}
 	up(t, s, topo)
 	got := owners(t, s, topo)
-	if want := len(bus.EventTypes) + len(queueNames(topo)) + 1; len(got) != want {
+	if want := len(bus.EventTypes) + len(queueNames(topo)) + 2; len(got) != want {
 		t.Fatalf("%d resources found, want %d", len(got), want)
 	}
 	for name, o := range got {
