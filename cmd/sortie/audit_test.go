@@ -15,8 +15,8 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 )
 
-// TestAudit runs `sortie audit` on a stack as `task up` leaves it (infra up, then demo
-// prepare, which creates the secrets bucket), then with a bare bucket added.
+// TestAudit runs `sortie audit` on a stack as `task up` leaves it (infra up, which creates
+// both buckets, then demo prepare), then with a bare bucket added.
 func TestAudit(t *testing.T) {
 	cloud := useCloud(t)
 	prefix := "au" + strings.ToLower(randomHex(3))
@@ -25,13 +25,13 @@ func TestAudit(t *testing.T) {
 	if out, err := runCLI(t, "--prefix", prefix, "infra", "up"); err != nil {
 		t.Fatalf("infra up: %v\n%s", err, out)
 	}
-	t.Run("before the secrets bucket exists", func(t *testing.T) {
+	t.Run("infra up makes both buckets compliant", func(t *testing.T) {
 		out, err := runCLI(t, "--prefix", prefix, "audit")
 		if err != nil {
 			t.Fatalf("audit: %v\n%s", err, out)
 		}
-		if status(out, secrets, audit.RuleExists) != audit.Missing || !strings.HasSuffix(out, "2 buckets, 5 findings: 4 compliant, 0 non-compliant, 1 missing\n") {
-			t.Errorf("want the log bucket compliant and the secrets bucket missing:\n%s", out)
+		if status(out, secrets, audit.RuleExists) == audit.Missing || !strings.HasSuffix(out, "2 buckets, 8 findings: 8 compliant, 0 non-compliant\n") {
+			t.Errorf("want the log and secrets buckets compliant (infra up secures both):\n%s", out)
 		}
 	})
 
