@@ -73,13 +73,15 @@ func TestReaper(t *testing.T) {
 	}
 	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
 	expired := e.launch(1, userData, sweepTags(past))[0]
+	// Expired an hour ago, beyond SweepArchiveWindow: terminated without an archive attempt.
+	longGone := e.launch(1, userData, sweepTags(time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)))[0]
 	leased := e.launch(1, userData, sweepTags(live))[0]
 	unleased := e.launch(1, userData, sweepTags(""))[0]
 	garbage := e.launch(1, userData, sweepTags("next tuesday"))[0]
 	expiredOtherStack := e.launch(1, userData, with(sweepTags(past), tags.Stack, "t-someone-else"))[0]
 	expiredNoStack := e.launch(1, userData, with(sweepTags(past), tags.Stack, ""))[0]
 	untouched := []events.InstanceRef{otherFleet, otherStack, noStack, prodDB, expiredOtherStack, expiredNoStack}
-	for _, in := range []events.InstanceRef{a, b, c, d, expired, expiredOtherStack, expiredNoStack} {
+	for _, in := range []events.InstanceRef{a, b, c, d, expired, longGone, expiredOtherStack, expiredNoStack} {
 		e.writeLog(in.ID, "log of "+in.ID+"\n")
 	}
 	// A workload log outside .sortie, named in JobFinished.Logs: written on A only (a
@@ -264,6 +266,15 @@ func TestReaper(t *testing.T) {
 			}
 			return nil
 		})
+		cloudtest.Eventually(t, 20*time.Second, func() error {
+			if st := e.states(longGone.ID)[longGone.ID]; st == ec2types.InstanceStateNameRunning {
+				return errors.New("instance " + longGone.ID + " expired an hour ago still running")
+			}
+			return nil
+		})
+		if _, err := e.S3.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey("job-sweep", longGone.ID))}); err == nil {
+			t.Errorf("instance %s, expired beyond the archive window, was archived before termination", longGone.ID)
+		}
 		for id, st := range e.states(leased.ID, unleased.ID, garbage.ID) {
 			if st != ec2types.InstanceStateNameRunning {
 				t.Errorf("instance %s with a live lease is %s", id, st)
@@ -316,6 +327,7 @@ func (e *env) start() {
 		ArchiveTimeout:      1500 * time.Millisecond,
 		SweepInterval:       time.Second,
 		SweepArchiveTimeout: 5 * time.Second,
+		SweepArchiveWindow:  10 * time.Minute,
 		WaiterMinDelay:      100 * time.Millisecond,
 		WaiterMaxDelay:      500 * time.Millisecond,
 		TerminateTimeout:    20 * time.Second,
