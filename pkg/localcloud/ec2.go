@@ -20,6 +20,7 @@ var handlers = map[string]ec2Handler{
 	"DescribeInstanceAttribute":     (*Cloud).describeInstanceAttribute,
 	"CreateTags":                    (*Cloud).createTags,
 	"DeleteTags":                    (*Cloud).deleteTags,
+	"DescribeTags":                  (*Cloud).describeTags,
 	"CreateKeyPair":                 (*Cloud).createKeyPair,
 	"ImportKeyPair":                 (*Cloud).importKeyPair,
 	"DescribeKeyPairs":              (*Cloud).describeKeyPairs,

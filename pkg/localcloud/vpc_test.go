@@ -123,6 +123,12 @@ func TestSecurityGroups(t *testing.T) {
 		t.Errorf("group %+v", g)
 	}
 
+	described, err := client.DescribeTags(ctx, &ec2.DescribeTagsInput{Filters: []types.Filter{filter("resource-id", id)}})
+	if err != nil || len(described.Tags) != 1 || described.Tags[0].ResourceType != types.ResourceTypeSecurityGroup ||
+		aws.ToString(described.Tags[0].Key) != "team" || aws.ToString(described.Tags[0].Value) != "sortie" {
+		t.Fatalf("DescribeTags of the group: %v %+v", err, described)
+	}
+
 	tests := []struct {
 		name string
 		call func() error
