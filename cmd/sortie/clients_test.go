@@ -164,7 +164,9 @@ func TestAWSCLIAgainstLocalcloud(t *testing.T) {
 		if len(subnets.Subnets) != 3 {
 			t.Errorf("default subnets: %+v", subnets)
 		}
-		var groups struct{ SecurityGroups []struct{ GroupId, GroupName string } }
+		var groups struct {
+			SecurityGroups []struct{ GroupId, GroupName string }
+		}
 		aws.json(&groups, "ec2", "describe-security-groups", "--filters", "Name=group-name,Values=default", "Name=vpc-id,Values="+vpcs.Vpcs[0].VpcId)
 		if len(groups.SecurityGroups) != 1 {
 			t.Errorf("default security group: %+v", groups)
@@ -183,7 +185,9 @@ func TestAWSCLIAgainstLocalcloud(t *testing.T) {
 		aws := aws.on(t)
 		launch := []string{"ec2", "run-instances", "--image-id", "ami-0123456789abcdef0", "--instance-type", "t3.micro", "--count", "2",
 			"--client-token", "cli-token-1", "--tag-specifications", "ResourceType=instance,Tags=[{Key=team,Value=cli}]"}
-		type reservation struct{ Instances []struct{ InstanceId, SubnetId, VpcId string } }
+		type reservation struct {
+			Instances []struct{ InstanceId, SubnetId, VpcId string }
+		}
 		var first, second reservation
 		aws.json(&first, launch...)
 		aws.json(&second, launch...)
