@@ -64,7 +64,10 @@ func newNetwork() *network {
 			cidr: "172.31." + strconv.Itoa(16*i) + ".0/20", defaultForAZ: true, tags: map[string]string{},
 		})
 	}
-	n.groups = append(n.groups, newSecurityGroup(v.id, defaultSecurityGroup, defaultGroupDescripton))
+	g := newSecurityGroup(v.id, defaultSecurityGroup, defaultGroupDescripton)
+	// As on AWS, the default group lets its own members reach each other.
+	g.ingress = []rule{{protocol: "-1", fromPort: -1, toPort: -1, groups: []string{g.id}}}
+	n.groups = append(n.groups, g)
 	return n
 }
 

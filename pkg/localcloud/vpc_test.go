@@ -230,7 +230,10 @@ func TestInstancePlacement(t *testing.T) {
 		{"unknown zone", func(in *ec2.RunInstancesInput) {
 			in.Placement = &types.Placement{AvailabilityZone: aws.String("eu-west-9z")}
 		}, "", "", "InvalidParameterValue"},
+		{"unknown group name", func(in *ec2.RunInstancesInput) { in.SecurityGroups = []string{"no-such-group"} }, "", "", "InvalidGroup.NotFound"},
+		{"malformed group id", func(in *ec2.RunInstancesInput) { in.SecurityGroupIds = []string{"group-1"} }, "", "", "InvalidGroupId.Malformed"},
 	}
+	launched := 0
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := runInput(launch{})
@@ -243,6 +246,7 @@ func TestInstancePlacement(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			launched++
 			inst := describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: []string{aws.ToString(out.Instances[0].InstanceId)}})[0]
 			if aws.ToString(inst.SubnetId) != tt.subnet || aws.ToString(inst.VpcId) != vpcID || aws.ToString(inst.Placement.AvailabilityZone) != tt.zone ||
 				len(inst.SecurityGroups) != 1 || aws.ToString(inst.SecurityGroups[0].GroupName) != "default" {
@@ -254,6 +258,10 @@ func TestInstancePlacement(t *testing.T) {
 				t.Errorf("vpc-id and availability-zone filters found %d", len(byVPC))
 			}
 		})
+	}
+	// A refused launch leaves nothing behind.
+	if all := describe(t, client, &ec2.DescribeInstancesInput{}); len(all) != launched {
+		t.Errorf("%d instances exist, %d launches succeeded", len(all), launched)
 	}
 }
 
