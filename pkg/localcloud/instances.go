@@ -54,6 +54,7 @@ type instance struct {
 	launchTime    time.Time
 	privateIP     string
 	userData      []byte
+	metadata      metadataOptions
 
 	stop   chan struct{} // closed when termination starts
 	booted chan struct{} // closed when the boot goroutine is done
@@ -145,6 +146,10 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
+	metadata, err := parseMetadataOptions(form)
+	if err != nil {
+		return nil, err
+	}
 	fingerprint := fingerprintForm(form)
 
 	c.mu.Lock()
@@ -208,6 +213,7 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			launchTime:    now,
 			privateIP:     c.nextPrivateIPLocked(),
 			userData:      userData,
+			metadata:      metadata,
 			stop:          make(chan struct{}),
 			booted:        make(chan struct{}),
 			state:         statePending,
@@ -356,6 +362,7 @@ func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 		Hypervisor:         "xen",
 		IamInstanceProfile: inst.profile,
 		PlatformDetails:    "Linux/UNIX",
+		MetadataOptions:    inst.metadata.render(),
 	}
 	if inst.state != stateTerminated {
 		x.PrivateIPAddress = inst.privateIP
