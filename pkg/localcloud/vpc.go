@@ -1,7 +1,9 @@
 package localcloud
 
 import (
+	"encoding/binary"
 	"encoding/xml"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -25,9 +27,9 @@ var zones = []struct{ name, id string }{
 	{"us-east-1c", "use1-az4"},
 }
 
-// The default VPC's address space and its subnets' (a /20 per zone), as AWS creates them.
+// The default VPC's address space and its subnets' (a /20 per zone, as AWS lays them out).
 const (
-	defaultVPCCIDR         = "172.31.0.0/16"
+	defaultVPCCIDR         = "10.0.0.0/16"
 	defaultSecurityGroup   = "default"
 	defaultGroupDescripton = "default VPC security group"
 )
@@ -52,16 +54,17 @@ type network struct {
 	vpcs    []*vpc
 	subnets []*subnet
 	groups  []*securityGroup
+	nextIP  map[string]int // by subnet CIDR: the host number the next private address gets
 }
 
 func newNetwork() *network {
-	n := &network{}
+	n := &network{nextIP: map[string]int{}}
 	v := &vpc{id: newID("vpc-"), cidr: defaultVPCCIDR, isDefault: true, tags: map[string]string{}}
 	n.vpcs = append(n.vpcs, v)
 	for i, z := range zones {
 		n.subnets = append(n.subnets, &subnet{
 			id: newID("subnet-"), vpcID: v.id, zone: z.name, zoneID: z.id,
-			cidr: "172.31." + strconv.Itoa(16*i) + ".0/20", defaultForAZ: true, tags: map[string]string{},
+			cidr: "10.0." + strconv.Itoa(16*i) + ".0/20", defaultForAZ: true, tags: map[string]string{},
 		})
 	}
 	g := newSecurityGroup(v.id, defaultSecurityGroup, defaultGroupDescripton)
@@ -101,9 +104,24 @@ func (n *network) defaultSubnet(zone string) *subnet {
 	return nil
 }
 
-// placement is where an instance runs: its subnet, VPC and zone.
+// placement is where an instance runs: its subnet, VPC and zone, and the address range
+// its private address comes from.
 type placement struct {
-	subnetID, vpcID, zone string
+	subnetID, vpcID, zone, cidr string
+}
+
+// nextPrivateIPLocked hands out the subnet's addresses in turn from .10 (never connected
+// to; just data), wrapping around when the range is used up.
+func (n *network) nextPrivateIPLocked(cidr string) string {
+	prefix := netip.MustParsePrefix(cidr)
+	size := 1 << (32 - prefix.Bits())
+	host := n.nextIP[cidr]%max(size-20, 1) + 10
+	n.nextIP[cidr]++
+	base := prefix.Addr().As4()
+	v := binary.BigEndian.Uint32(base[:]) + uint32(host)
+	var out [4]byte
+	binary.BigEndian.PutUint32(out[:], v)
+	return netip.AddrFrom4(out).String()
 }
 
 // placeLocked resolves RunInstances' SubnetId and Placement.AvailabilityZone.
@@ -118,18 +136,16 @@ func (n *network) placeLocked(form url.Values) (placement, *apiError) {
 	}
 	if id == "" {
 		s := n.defaultSubnet(zone)
-		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone}, nil
+		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone, cidr: s.cidr}, nil
 	}
 	if !strings.HasPrefix(id, "subnet-") {
 		return placement{}, clientError("InvalidSubnetID.Malformed", "Invalid id: %q (expecting \"subnet-...\")", id)
 	}
 	if s := n.subnet(id); s != nil {
-		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone}, nil
+		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone, cidr: s.cidr}, nil
 	}
-	if zone == "" {
-		zone = availabilityZone
-	}
-	return placement{subnetID: id, vpcID: n.defaultVPC().id, zone: zone}, nil
+	s := n.defaultSubnet(zone) // addresses of the zone's default subnet
+	return placement{subnetID: id, vpcID: n.defaultVPC().id, zone: s.zone, cidr: s.cidr}, nil
 }
 
 func zoneID(name string) string {

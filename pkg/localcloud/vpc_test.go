@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"testing"
@@ -253,6 +254,9 @@ func TestInstancePlacement(t *testing.T) {
 				t.Errorf("instance in subnet %s, vpc %s, zone %s, groups %+v", aws.ToString(inst.SubnetId), aws.ToString(inst.VpcId),
 					aws.ToString(inst.Placement.AvailabilityZone), inst.SecurityGroups)
 			}
+			if ip, err := netip.ParseAddr(aws.ToString(inst.PrivateIpAddress)); err != nil || !netip.MustParsePrefix(c.network.defaultSubnet(tt.zone).cidr).Contains(ip) {
+				t.Errorf("private address %s outside the %s subnet %s", aws.ToString(inst.PrivateIpAddress), tt.zone, c.network.defaultSubnet(tt.zone).cidr)
+			}
 			byVPC := describe(t, client, &ec2.DescribeInstancesInput{Filters: []types.Filter{filter("vpc-id", vpcID), filter("availability-zone", tt.zone), filter("instance-id", aws.ToString(inst.InstanceId))}})
 			if len(byVPC) != 1 {
 				t.Errorf("vpc-id and availability-zone filters found %d", len(byVPC))
@@ -348,5 +352,24 @@ func TestInvalidActionDocument(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusBadRequest || len(doc.Errors) != 1 || doc.Errors[0].Code != "InvalidAction" || doc.RequestID == "" {
 		t.Errorf("status %d, body %s", resp.StatusCode, body)
+	}
+}
+
+func TestNextPrivateIP(t *testing.T) {
+	n := newNetwork()
+	cidr := n.defaultSubnet("us-east-1b").cidr
+	first := n.nextPrivateIPLocked(cidr)
+	second := n.nextPrivateIPLocked(cidr)
+	if first != "10.0.16.10" || second != "10.0.16.11" {
+		t.Fatalf("first addresses %s, %s", first, second)
+	}
+	for range 4096 - 20 - 2 {
+		n.nextPrivateIPLocked(cidr)
+	}
+	if again := n.nextPrivateIPLocked(cidr); again != first {
+		t.Errorf("after the range is used up: %s, want %s again", again, first)
+	}
+	if other := n.nextPrivateIPLocked(n.defaultSubnet("us-east-1a").cidr); other != "10.0.0.10" {
+		t.Errorf("another subnet starts at %s", other)
 	}
 }
