@@ -362,6 +362,7 @@ func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 		x.PrivateDNSName = "ip-" + strings.ReplaceAll(inst.privateIP, ".", "-") + ".ec2.internal"
 	}
 	x.Groups = c.network.renderGroups(inst.groups)
+	c.attachmentsLocked(inst, &x)
 	return x
 }
 

@@ -257,6 +257,11 @@ func TestInstancePlacement(t *testing.T) {
 			if ip, err := netip.ParseAddr(aws.ToString(inst.PrivateIpAddress)); err != nil || !netip.MustParsePrefix(c.network.defaultSubnet(tt.zone).cidr).Contains(ip) {
 				t.Errorf("private address %s outside the %s subnet %s", aws.ToString(inst.PrivateIpAddress), tt.zone, c.network.defaultSubnet(tt.zone).cidr)
 			}
+			if len(inst.NetworkInterfaces) != 1 || aws.ToString(inst.NetworkInterfaces[0].SubnetId) != tt.subnet ||
+				aws.ToString(inst.NetworkInterfaces[0].PrivateIpAddress) != aws.ToString(inst.PrivateIpAddress) ||
+				len(inst.BlockDeviceMappings) != 1 || aws.ToString(inst.BlockDeviceMappings[0].DeviceName) != rootDevice {
+				t.Errorf("interfaces %+v, block devices %+v", inst.NetworkInterfaces, inst.BlockDeviceMappings)
+			}
 			byVPC := describe(t, client, &ec2.DescribeInstancesInput{Filters: []types.Filter{filter("vpc-id", vpcID), filter("availability-zone", tt.zone), filter("instance-id", aws.ToString(inst.InstanceId))}})
 			if len(byVPC) != 1 {
 				t.Errorf("vpc-id and availability-zone filters found %d", len(byVPC))
@@ -318,6 +323,9 @@ func TestImagesStatusAttributes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTerminated(t, client, ids)
+	if dead := describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: ids})[0]; len(dead.NetworkInterfaces) != 0 || len(dead.BlockDeviceMappings) != 0 {
+		t.Errorf("a terminated instance keeps interfaces %+v and volumes %+v", dead.NetworkInterfaces, dead.BlockDeviceMappings)
+	}
 	gone, err := client.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: ids})
 	if err != nil || len(gone.InstanceStatuses) != 0 {
 		t.Errorf("status of a terminated instance without IncludeAllInstances: %v %+v", err, gone)
