@@ -19,6 +19,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
@@ -283,7 +285,8 @@ func TestAWSCLIAgainstLocalcloud(t *testing.T) {
 	})
 }
 
-// ansiblePlaybook is what the test runs: a security group with SSH open to the world, two
+// ansiblePlaybook is what the test runs: the default VPC, an SQS queue (community.aws, whose
+// boto3 speaks SQS's Query protocol), a security group with SSH open to the world, two
 // instances launched with count and wait, exact_count holding then shrinking them,
 // ec2_instance_info with filters, and state: absent by filter.
 const ansiblePlaybook = `- hosts: localhost
@@ -299,6 +302,23 @@ const ansiblePlaybook = `- hosts: localhost
     team: "{{ lookup('env', 'SORTIE_TEST_TEAM') }}"
     image: ami-0123456789abcdef0
   tasks:
+    - name: the default VPC
+      amazon.aws.ec2_vpc_net_info:
+        filters: {isDefault: "true"}
+      register: vpcs
+    - assert:
+        that: [vpcs.vpcs | length == 1]
+    - name: a queue, through boto3's SQS Query protocol
+      community.aws.sqs_queue:
+        name: "{{ team }}"
+        default_visibility_timeout: 7
+        endpoint_url: "{{ lookup('env', 'AWS_ENDPOINT_URL') }}"
+        region: us-east-1
+        aws_access_key: test
+        aws_secret_key: test
+      register: queue
+    - assert:
+        that: [queue.changed]
     - name: security group
       amazon.aws.ec2_security_group:
         name: "ssh-{{ team }}"
@@ -373,8 +393,10 @@ func TestAnsibleEC2InstanceAgainstLocalcloud(t *testing.T) {
 		cloudtest.MissingTool(t, "ansible-playbook is not installed (apt-get install ansible python3-boto3)")
 	}
 	galaxy, _ := exec.LookPath("ansible-galaxy")
-	if out, err := exec.Command(galaxy, "collection", "list", "amazon.aws").CombinedOutput(); err != nil || !bytes.Contains(out, []byte("amazon.aws")) {
-		cloudtest.MissingTool(t, "the amazon.aws Ansible collection is not installed (Debian's ansible package ships it)")
+	for _, collection := range []string{"amazon.aws", "community.aws"} {
+		if out, err := exec.Command(galaxy, "collection", "list", collection).CombinedOutput(); err != nil || !bytes.Contains(out, []byte(collection)) {
+			cloudtest.MissingTool(t, "the "+collection+" Ansible collection is not installed (Debian's ansible package ships it)")
+		}
 	}
 	if err := exec.Command("python3", "-c", "import boto3").Run(); err != nil {
 		cloudtest.MissingTool(t, "boto3 is not installed (apt-get install python3-boto3)")
@@ -414,6 +436,14 @@ func TestAnsibleEC2InstanceAgainstLocalcloud(t *testing.T) {
 		if i.State.Name != ec2types.InstanceStateNameTerminated {
 			t.Errorf("%s is %s after state: absent", aws.ToString(i.InstanceId), i.State.Name)
 		}
+	}
+	sqsc := sqs.NewFromConfig(awsx.ForEndpoint(endpoint))
+	attrs, err := sqsc.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(cloudtest.QueueURL(t, sqsc, team)),
+		AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameVisibilityTimeout},
+	})
+	if err != nil || attrs.Attributes["VisibilityTimeout"] != "7" {
+		t.Errorf("the playbook's queue: %v %v, want VisibilityTimeout 7", err, attrs)
 	}
 	groups, err := ec2c.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []ec2types.Filter{
 		{Name: aws.String("group-name"), Values: []string{"ssh-" + team}},

@@ -404,3 +404,46 @@ func (n *network) tagsLocked(id string) (map[string]string, *apiError) {
 	}
 	return nil, clientError("InvalidID", "The ID '%s' is not valid", id)
 }
+
+type describeVpcAttributeResponse struct {
+	XMLName xml.Name `xml:"DescribeVpcAttributeResponse"`
+	responseMeta
+	VpcID              string    `xml:"vpcId"`
+	EnableDNSSupport   *xmlValue `xml:"enableDnsSupport,omitempty"`
+	EnableDNSHostnames *xmlValue `xml:"enableDnsHostnames,omitempty"`
+	EnableNAUMetrics   *xmlValue `xml:"enableNetworkAddressUsageMetrics,omitempty"`
+}
+
+// describeVpcAttribute answers as for a default VPC: DNS resolution and hostnames on.
+func (c *Cloud) describeVpcAttribute(requestID string, form url.Values) (any, *apiError) {
+	id, attr := form.Get("VpcId"), form.Get("Attribute")
+	if id == "" {
+		return nil, missingParameter("VpcId")
+	}
+	c.mu.Lock()
+	v := c.network.vpc(id)
+	c.mu.Unlock()
+	if v == nil {
+		return nil, clientError("InvalidVpcID.NotFound", "The vpc ID '%s' does not exist", id)
+	}
+	resp := describeVpcAttributeResponse{responseMeta: meta(requestID), VpcID: v.id}
+	switch attr {
+	case "enableDnsSupport":
+		resp.EnableDNSSupport = &xmlValue{"true"}
+	case "enableDnsHostnames":
+		resp.EnableDNSHostnames = &xmlValue{"true"}
+	case "enableNetworkAddressUsageMetrics":
+		resp.EnableNAUMetrics = &xmlValue{"false"}
+	case "":
+		return nil, missingParameter("Attribute")
+	default:
+		return nil, invalidParameter("Value (%s) for parameter attribute is invalid. Unknown attribute.", attr)
+	}
+	return resp, nil
+}
+
+// classicLinkRetired answers the ClassicLink actions as AWS has since ClassicLink retired
+// (clients such as Ansible's ec2_vpc_net_info expect this answer).
+func classicLinkRetired(*Cloud, string, url.Values) (any, *apiError) {
+	return nil, clientError("UnsupportedOperation", "The functionality you requested is not available in this region.")
+}

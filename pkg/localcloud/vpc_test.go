@@ -78,6 +78,15 @@ func TestDefaultNetwork(t *testing.T) {
 		t.Fatalf("default security group: %v %+v", err, groups)
 	}
 
+	dns, err := client.DescribeVpcAttribute(ctx, &ec2.DescribeVpcAttributeInput{VpcId: aws.String(vpcID), Attribute: types.VpcAttributeNameEnableDnsHostnames})
+	if err != nil || dns.EnableDnsHostnames == nil || !aws.ToBool(dns.EnableDnsHostnames.Value) {
+		t.Fatalf("DescribeVpcAttribute enableDnsHostnames: %v %+v", err, dns)
+	}
+	_, err = client.DescribeVpcAttribute(ctx, &ec2.DescribeVpcAttributeInput{VpcId: aws.String("vpc-0123456789abcdef0"), Attribute: types.VpcAttributeNameEnableDnsSupport})
+	wantCode(t, err, "InvalidVpcID.NotFound")
+	_, err = client.DescribeVpcClassicLink(ctx, &ec2.DescribeVpcClassicLinkInput{VpcIds: []string{vpcID}})
+	wantCode(t, err, "UnsupportedOperation")
+
 	zonesOut, err := client.DescribeAvailabilityZones(ctx, &ec2.DescribeAvailabilityZonesInput{})
 	if err != nil || len(zonesOut.AvailabilityZones) != len(zones) || aws.ToString(zonesOut.AvailabilityZones[0].RegionName) != region {
 		t.Fatalf("availability zones: %v %+v", err, zonesOut)
