@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,7 +48,7 @@ func Up(ctx context.Context, c Clients, topo bus.Topology, opts ...UpOptions) (R
 	if len(opts) > 1 {
 		return Report{}, errors.New("more than one UpOptions")
 	}
-	u := upper{c: c}
+	u := upper{c: c, tagger: stackTagger{c: c, stack: topo.Prefix}}
 	if len(opts) == 1 {
 		u.o = opts[0]
 	}
@@ -71,6 +72,7 @@ func (u *upper) visibility() int {
 type upper struct {
 	c      Clients
 	o      UpOptions
+	tagger stackTagger
 	report Report
 }
 
@@ -82,11 +84,14 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 	topicARNs := make(map[string]string)
 	for _, et := range bus.EventTypes {
 		name := topo.TopicName(et)
-		arn, err := u.ensureTopic(ctx, name, existing)
+		arn, created, err := u.ensureTopic(ctx, name, existing)
 		if err != nil {
 			return err
 		}
 		topicARNs[name] = arn
+		if err := u.ensureTopicPolicy(ctx, topo, et, arn, created); err != nil {
+			return err
+		}
 	}
 
 	for _, s := range topo.Subscriptions() {
@@ -107,13 +112,22 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
-	if err := u.ensureTable(ctx, topo.LedgerTableName()); err != nil {
+	if err := u.ensureTable(ctx, topo.LedgerTableName(), topo.Prefix); err != nil {
 		return err
 	}
 
-	lines, err := SecureBucket(ctx, u.c.S3, u.c.Region, topo.BucketName(), u.o.KMSKeyID)
-	u.report.Lines = append(u.report.Lines, lines...)
-	return err
+	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
+		lines, err := SecureBucket(ctx, u.c.S3, u.c.Region, b, u.o.KMSKeyID)
+		u.report.Lines = append(u.report.Lines, lines...)
+		if err != nil {
+			return err
+		}
+		created := slices.Contains(lines, Line{Action: Created, Kind: KindBucket, Name: b})
+		if err := u.tagger.claimBucket(ctx, &u.report, b, created); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // listTopics maps the name of every topic in the account and region to its ARN.
@@ -134,18 +148,65 @@ func listTopics(ctx context.Context, api SNSAPI) (map[string]string, error) {
 }
 
 // ensureTopic relies on CreateTopic being idempotent (same name, same ARN); existing only
-// tells created from exists.
-func (u *upper) ensureTopic(ctx context.Context, name string, existing map[string]string) (string, error) {
-	out, err := u.c.SNS.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(name)})
+// tells created from exists. A new topic is created with its stack tag; an existing one is
+// claimed (AWS refuses CreateTopic with tags other than an existing topic's).
+func (u *upper) ensureTopic(ctx context.Context, name string, existing map[string]string) (arn string, created bool, err error) {
+	in := &sns.CreateTopicInput{Name: aws.String(name)}
+	_, exists := existing[name]
+	if !exists {
+		in.Tags = u.tagger.snsTags()
+	}
+	out, err := u.c.SNS.CreateTopic(ctx, in)
 	if err != nil {
-		return "", fmt.Errorf("creating topic %s: %w", name, err)
+		return "", false, fmt.Errorf("creating topic %s: %w", name, err)
 	}
-	action := Created
-	if _, ok := existing[name]; ok {
-		action = Exists
+	arn = aws.ToString(out.TopicArn)
+	if !exists {
+		u.report.add(Created, KindTopic, name, "")
+		return arn, true, nil
 	}
-	u.report.add(action, KindTopic, name, "")
-	return aws.ToString(out.TopicArn), nil
+	u.report.add(Exists, KindTopic, name, "")
+	if err := u.tagger.claimTopic(ctx, &u.report, name, arn); err != nil {
+		return "", false, err
+	}
+	return arn, false, nil
+}
+
+// ensureTopicPolicy gives the topic TopicPolicy (only its producers publish) unless it has
+// it. The account is the topic ARN's.
+func (u *upper) ensureTopicPolicy(ctx context.Context, topo bus.Topology, eventType, topicARN string, created bool) error {
+	name := topo.TopicName(eventType)
+	parts := strings.Split(topicARN, ":")
+	if len(parts) != 6 || parts[4] == "" {
+		return fmt.Errorf("topic %s: ARN %q names no account", name, topicARN)
+	}
+	policy, err := TopicPolicy(topo, eventType, parts[4])
+	if err != nil {
+		return err
+	}
+	action, detail := Created, ""
+	if !created {
+		out, err := u.c.SNS.GetTopicAttributes(ctx, &sns.GetTopicAttributesInput{TopicArn: aws.String(topicARN)})
+		if err != nil {
+			return fmt.Errorf("reading policy of topic %s: %w", name, err)
+		}
+		have := out.Attributes["Policy"]
+		if sameJSON(have, string(policy)) {
+			u.report.add(Exists, KindTopicPolicy, name, "")
+			return nil
+		}
+		action, detail = Updated, "policy changed"
+		if strings.Contains(have, "__default_policy_ID") {
+			detail = "default policy replaced"
+		}
+	}
+	if _, err := u.c.SNS.SetTopicAttributes(ctx, &sns.SetTopicAttributesInput{
+		TopicArn: aws.String(topicARN), AttributeName: aws.String("Policy"), AttributeValue: aws.String(string(policy)),
+	}); err != nil {
+		return fmt.Errorf("setting policy of topic %s: %w", name, err)
+	}
+	u.report.add(action, KindTopicPolicy, name, detail)
+	return nil
 }
 
 // ensureQueuePair makes the DLQ, then the queue redriving to it; with a topicARN the
@@ -220,7 +281,7 @@ func (u *upper) ensureQueue(ctx context.Context, kind Kind, name string, want ma
 		return "", err
 	}
 	if url == "" {
-		out, err := u.c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: want})
+		out, err := u.c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: want, Tags: u.tagger.sqsTags()})
 		switch {
 		case err == nil:
 			attrs, err := queueAttrs(ctx, u.c.SQS, name, aws.ToString(out.QueueUrl), nil)
@@ -241,6 +302,9 @@ func (u *upper) ensureQueue(ctx context.Context, kind Kind, name string, want ma
 		}
 	}
 
+	if err := u.tagger.claimQueue(ctx, &u.report, kind, name, url); err != nil {
+		return "", err
+	}
 	have, err := queueAttrs(ctx, u.c.SQS, name, url, want)
 	if err != nil {
 		return "", err

@@ -44,6 +44,8 @@ type instance struct {
 	keyName       string
 	authorizedKey ssh.PublicKey // the key pair's public key at launch; nil: nobody logs in
 	subnetID      string
+	vpcID         string
+	zone          string
 	groups        []string
 	profile       *xmlProfile
 	roleName      string
@@ -52,6 +54,7 @@ type instance struct {
 	launchTime    time.Time
 	privateIP     string
 	userData      []byte
+	metadata      metadataOptions
 
 	stop   chan struct{} // closed when termination starts
 	booted chan struct{} // closed when the boot goroutine is done
@@ -79,13 +82,6 @@ func newID(prefix string) string {
 	var b [9]byte
 	_, _ = rand.Read(b[:])
 	return prefix + hex.EncodeToString(b[:])[:17]
-}
-
-// nextPrivateIPLocked hands out addresses from 10.0.0.0/16 (never connected to; just data).
-func (c *Cloud) nextPrivateIPLocked() string {
-	n := c.nextIP%65000 + 10
-	c.nextIP++
-	return fmt.Sprintf("10.0.%d.%d", n/256, n%256)
 }
 
 func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError) {
@@ -143,7 +139,10 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
-	groups := list(form, "SecurityGroupId")
+	metadata, err := parseMetadataOptions(form)
+	if err != nil {
+		return nil, err
+	}
 	fingerprint := fingerprintForm(form)
 
 	c.mu.Lock()
@@ -170,6 +169,15 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 		authorized = kp.public
 	}
 
+	where, netErr := c.network.placeLocked(form)
+	if netErr != nil {
+		return nil, netErr
+	}
+	groups, netErr := c.network.groupsLocked(form, where.vpcID)
+	if netErr != nil {
+		return nil, netErr
+	}
+
 	count, capErr := c.launchableLocked(instanceType, minCount, maxCount)
 	if capErr != nil {
 		return nil, capErr
@@ -187,15 +195,18 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			instanceType:  instanceType,
 			keyName:       keyName,
 			authorizedKey: authorized,
-			subnetID:      form.Get("SubnetId"),
+			subnetID:      where.subnetID,
+			vpcID:         where.vpcID,
+			zone:          where.zone,
 			groups:        groups,
 			profile:       profile,
 			roleName:      roleName,
 			clientToken:   token,
 			launchIndex:   i,
 			launchTime:    now,
-			privateIP:     c.nextPrivateIPLocked(),
+			privateIP:     c.network.nextPrivateIPLocked(where.cidr),
 			userData:      userData,
+			metadata:      metadata,
 			stop:          make(chan struct{}),
 			booted:        make(chan struct{}),
 			state:         statePending,
@@ -315,12 +326,12 @@ func tagSpecifications(form url.Values, resourceType string) (map[string]string,
 func (c *Cloud) renderReservationLocked(id string, insts []*instance) xmlReservation {
 	r := xmlReservation{ReservationID: id, OwnerID: ownerID}
 	for _, inst := range insts {
-		r.Instances = append(r.Instances, inst.render())
+		r.Instances = append(r.Instances, c.renderInstanceLocked(inst))
 	}
 	return r
 }
 
-func (inst *instance) render() xmlInstance {
+func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 	x := xmlInstance{
 		InstanceID:         inst.id,
 		ImageID:            inst.imageID,
@@ -330,9 +341,10 @@ func (inst *instance) render() xmlInstance {
 		AmiLaunchIndex:     inst.launchIndex,
 		InstanceType:       inst.instanceType,
 		LaunchTime:         formatTime(inst.launchTime),
-		Placement:          xmlPlacement{AvailabilityZone: availabilityZone, Tenancy: "default"},
+		Placement:          xmlPlacement{AvailabilityZone: inst.zone, Tenancy: "default"},
 		Monitoring:         xmlMonitoring{State: "disabled"},
 		SubnetID:           inst.subnetID,
+		VpcID:              inst.vpcID,
 		StateReason:        inst.stateReason,
 		Architecture:       "x86_64",
 		RootDeviceType:     "ebs",
@@ -343,14 +355,14 @@ func (inst *instance) render() xmlInstance {
 		Hypervisor:         "xen",
 		IamInstanceProfile: inst.profile,
 		PlatformDetails:    "Linux/UNIX",
+		MetadataOptions:    inst.metadata.render(),
 	}
 	if inst.state != stateTerminated {
 		x.PrivateIPAddress = inst.privateIP
 		x.PrivateDNSName = "ip-" + strings.ReplaceAll(inst.privateIP, ".", "-") + ".ec2.internal"
 	}
-	for _, g := range inst.groups {
-		x.Groups = append(x.Groups, xmlGroup{GroupID: g})
-	}
+	x.Groups = c.network.renderGroups(inst.groups)
+	c.attachmentsLocked(inst, &x)
 	return x
 }
 
@@ -432,7 +444,7 @@ func (c *Cloud) describeInstances(requestID string, form url.Values) (any, *apiE
 			resp.Reservations = append(resp.Reservations, xmlReservation{ReservationID: inst.reservationID, OwnerID: ownerID})
 			n++
 		}
-		resp.Reservations[n-1].Instances = append(resp.Reservations[n-1].Instances, inst.render())
+		resp.Reservations[n-1].Instances = append(resp.Reservations[n-1].Instances, c.renderInstanceLocked(inst))
 	}
 	return resp, nil
 }

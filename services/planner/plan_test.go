@@ -134,7 +134,7 @@ func TestResolve(t *testing.T) {
 			if tt.ops != nil {
 				o = tt.ops
 			}
-			sel, err := resolve(o, tt.job)
+			sel, err := resolve(o, tt.job, "sortie-secrets")
 			if len(tt.wantErrs) > 0 {
 				if err == nil {
 					t.Fatal("resolve accepted the job")
@@ -216,7 +216,7 @@ func TestBuildPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sel, err := resolve(ops, tt.job)
+			sel, err := resolve(ops, tt.job, "sortie-secrets")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -538,5 +538,27 @@ func TestHandleDuplicates(t *testing.T) {
 	pub2 := &cloudtest.Recorder{}
 	if err := newHandler(l2, pub2).handle(t.Context(), &bus.Message{Payload: body}); err != nil || len(pub2.Published) != 1 {
 		t.Fatalf("redelivery after a failed publish: %v, %d published; want the plan", err, len(pub2.Published))
+	}
+}
+
+// A job planned twice (its first plan's publish failed, or on two stacks) gets two nonces:
+// which key the fleet gets is settled by the provisioner, which keeps the nonce its
+// instances were launched with. (A duplicate JobSubmitted is planned once: the ledger.)
+func TestEveryPlanHasItsOwnNonce(t *testing.T) {
+	pub := &cloudtest.Recorder{}
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
+	for range 2 {
+		h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub,
+			ledger: cloudtest.NewStack(t, cloud).Ledger()}
+		if err := h.handle(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, demoJob())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(pub.Published) != 2 {
+		t.Fatalf("published %d plans, want 2", len(pub.Published))
+	}
+	a, b := pub.Published[0].(events.FleetPlanned), pub.Published[1].(events.FleetPlanned)
+	if a.Nonce == "" || a.Nonce == b.Nonce || a.FleetID != b.FleetID {
+		t.Errorf("plans of %s/%s carry nonces %q and %q: want two different ones", a.FleetID, b.FleetID, a.Nonce, b.Nonce)
 	}
 }
