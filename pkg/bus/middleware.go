@@ -77,7 +77,7 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 				attrs = append(attrs, "event_type", et)
 			}
 			logger := r.cfg.Logger.With(attrs...)
-			ctx := WithLogger(WithIDs(msg.Context(), jobID, correlationID), logger)
+			ctx := WithMessageID(WithLogger(WithIDs(msg.Context(), jobID, correlationID), logger), msg.UUID)
 			msg.SetContext(ctx)
 			if d.logger != nil {
 				d.logger.Store(logger) // the heartbeat's lines carry the ids too

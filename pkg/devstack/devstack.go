@@ -188,7 +188,7 @@ func (s *Stack) startServices(opts Options) error {
 				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, LaunchTimeout: time.Minute}, d)
 		}},
 		{bus.Bootstrapper, func(ctx context.Context, d service.Deps) error {
-			return bootstrapper.Run(ctx, bootstrapper.Config{Base: base, SSHKey: s.SSHKey, DialTimeout: 30 * time.Second}, d)
+			return bootstrapper.Run(ctx, bootstrapper.Config{Base: base, SSHKey: s.SSHKey, DialTimeout: 30 * time.Second, PollWait: time.Second}, d)
 		}},
 		{bus.Monitor, func(ctx context.Context, d service.Deps) error {
 			return monitor.Run(ctx, monitor.Config{Base: base, SSHKey: s.SSHKey, Interval: opts.MonitorInterval,

@@ -78,6 +78,7 @@ type TakenError struct {
 	Stage     Stage
 	DoneAt    string    // when the stage was done; empty while it is held
 	HeldUntil time.Time // the lease of the holder; zero when done
+	holderMsg string    // the message the holder handles
 }
 
 func (e *TakenError) Error() string {
@@ -149,6 +150,7 @@ func Key(jobID string) map[string]types.AttributeValue {
 func atAttr(s Stage) string     { return string(s) + "_at" }
 func holderAttr(s Stage) string { return string(s) + "_holder" }
 func untilAttr(s Stage) string  { return string(s) + "_until" }
+func msgAttr(s Stage) string    { return string(s) + "_msg" }
 
 func str(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
 func num(v int64) types.AttributeValue {
@@ -158,21 +160,45 @@ func num(v int64) types.AttributeValue {
 // Claim wins the stage of a job for this caller, or returns a *TakenError (ErrTaken) when
 // the stage is done or another caller's lease on it runs. A won claim is renewed in the
 // background until Done or Release; its Context is cancelled if the lease is lost.
+//
+// The claim records the id of the message being handled (bus.MessageID). A message that
+// finds the stage held under its own id is the holder's own message, delivered again while
+// the holder still runs (its handling outlived the router's MaxHandle): acknowledging it
+// would leave nothing to redeliver should the holder die, so Claim waits instead, until the
+// holder is done (ErrTaken) or its lease runs out (then it claims).
 func (l *Ledger) Claim(ctx context.Context, jobID string, stage Stage) (*Claim, error) {
+	for {
+		c, err := l.claim(ctx, jobID, stage)
+		var te *TakenError
+		if !errors.As(err, &te) || te.DoneAt != "" || te.holderMsg == "" || te.holderMsg != bus.MessageID(ctx) {
+			return c, err
+		}
+		bus.Logger(ctx).Info("this message is the holder's own, delivered again while its holder runs: waiting for the holder",
+			"stage", stage, "held_until", te.HeldUntil)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("claiming %s of job %s: %w", stage, jobID, ctx.Err())
+		case <-time.After(l.cfg.Lease / 3):
+		}
+	}
+}
+
+func (l *Ledger) claim(ctx context.Context, jobID string, stage Stage) (*Claim, error) {
 	holder := uuid.NewString()
 	now := l.cfg.Now()
 	_, err := l.cfg.API.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:           aws.String(l.cfg.Table),
 		Key:                 Key(jobID),
-		UpdateExpression:    aws.String("SET #h = :h, #u = :u, #job = :job, #exp = :exp"),
+		UpdateExpression:    aws.String("SET #h = :h, #u = :u, #m = :m, #job = :job, #exp = :exp"),
 		ConditionExpression: aws.String("attribute_not_exists(#at) AND (attribute_not_exists(#u) OR #u < :now)"),
 		ExpressionAttributeNames: map[string]string{
-			"#h": holderAttr(stage), "#u": untilAttr(stage), "#at": atAttr(stage),
+			"#h": holderAttr(stage), "#u": untilAttr(stage), "#at": atAttr(stage), "#m": msgAttr(stage),
 			"#job": AttrJobID, "#exp": AttrExpires,
 		},
 		ExpressionAttributeValues: map[string]types.AttributeValue{
 			":h":   str(holder),
 			":u":   num(now.Add(l.cfg.Lease).UnixMilli()),
+			":m":   str(bus.MessageID(ctx)),
 			":now": num(now.UnixMilli()),
 			":job": str(jobID),
 			":exp": num(now.Add(l.cfg.TTL).Unix()),
@@ -196,7 +222,7 @@ func (l *Ledger) taken(ctx context.Context, jobID string, stage Stage) error {
 	if err != nil {
 		return fmt.Errorf("claiming %s of job %s: %w", stage, jobID, err)
 	}
-	te := &TakenError{JobID: jobID, Stage: stage, DoneAt: rec.Attrs[atAttr(stage)]}
+	te := &TakenError{JobID: jobID, Stage: stage, DoneAt: rec.Attrs[atAttr(stage)], holderMsg: rec.Attrs[msgAttr(stage)]}
 	if ms, err := strconv.ParseInt(rec.Attrs[untilAttr(stage)], 10, 64); err == nil {
 		te.HeldUntil = time.UnixMilli(ms)
 	}
@@ -347,7 +373,8 @@ func (c *Claim) Done(ctx context.Context, fields Fields) error {
 		expr += ", " + n + " = " + p
 		i++
 	}
-	expr += " REMOVE #h, #u"
+	names["#m"] = msgAttr(c.Stage)
+	expr += " REMOVE #h, #u, #m"
 	_, err := c.l.cfg.API.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                 aws.String(c.l.cfg.Table),
 		Key:                       Key(c.JobID),

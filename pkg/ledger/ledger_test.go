@@ -378,3 +378,40 @@ func TestReserveWithinCaps(t *testing.T) {
 		t.Error("2 instances fit a template cap of 1")
 	}
 }
+
+// TestOwnMessageWaitsForItsHolder: the holder's own message delivered again while it runs
+// waits for the holder (and then finds the stage done) instead of being acknowledged; a
+// duplicate (another message) is refused at once.
+func TestOwnMessageWaitsForItsHolder(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{Lease: time.Second})
+	ctx := bus.WithMessageID(t.Context(), "msg-1")
+	c, err := l.Claim(ctx, "job-w", ledger.Bootstrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Claim(bus.WithMessageID(t.Context(), "msg-2"), "job-w", ledger.Bootstrapped); !errors.Is(err, ledger.ErrTaken) {
+		t.Fatalf("a duplicate's claim: %v, want ErrTaken at once", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.Claim(ctx, "job-w", ledger.Bootstrapped)
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("the holder's own message returned %v while the holder runs, want it to wait", err)
+	case <-time.After(1500 * time.Millisecond): // past a lease: the holder renews it
+	}
+	if err := c.Done(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		var te *ledger.TakenError
+		if !errors.As(err, &te) || te.DoneAt == "" {
+			t.Errorf("after the holder is done: %v, want ErrTaken, done", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting claim did not return after the holder was done")
+	}
+}

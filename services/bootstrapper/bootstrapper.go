@@ -83,6 +83,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	}
 	router, err := bus.NewRouter(bus.Config{
 		Topology: cfg.Topology(), Service: bus.Bootstrapper, OnDeadLetter: deps.Rejecter(cfg.Base, bus.Bootstrapper).OnDeadLetter, AWS: deps.AWS, Logger: deps.Logger,
+		MaxHandle: cfg.MaxHandle, WaitTime: cfg.PollWait,
 	})
 	if err != nil {
 		return fmt.Errorf("bootstrapper: %w", err)

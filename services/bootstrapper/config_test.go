@@ -15,7 +15,7 @@ func TestConfigFromEnv(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ConfigFromEnv: %v", err)
 		}
-		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 16, DialTimeout: 2 * time.Minute, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl"}
+		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 16, DialTimeout: 2 * time.Minute, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl", MaxHandle: 15 * time.Minute, PollWait: 20 * time.Second}
 		want.Prefix = "sortie"
 		if cfg != want {
 			t.Fatalf("config = %+v, want %+v", cfg, want)
