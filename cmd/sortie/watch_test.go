@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/devstack"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/watch"
 )
 
@@ -123,6 +127,36 @@ func TestSubmitWatch(t *testing.T) {
 		}
 		if d := time.Since(start); d > 30*time.Second {
 			t.Errorf("the answer took %v", d)
+		}
+	})
+
+	t.Run("status --ledger shows both jobs, ended", func(t *testing.T) {
+		// The ledger is written just after each event is published: poll.
+		cloudtest.Eventually(t, 10*time.Second, func() error {
+			out, err := runCLI(t, "--prefix", prefix, "status", "--ledger", "--json")
+			if err != nil {
+				return fmt.Errorf("status --ledger: %v\n%s", err, out)
+			}
+			var jobs []ledger.Summary
+			if err := json.Unmarshal([]byte(out), &jobs); err != nil {
+				return fmt.Errorf("%v\n%s", err, out)
+			}
+			byID := map[string]ledger.Summary{}
+			for _, j := range jobs {
+				byID[j.JobID] = j
+			}
+			ok, bad := byID[okID], byID[badID]
+			if ok.State != "terminated" || ok.Outcome != "succeeded" || ok.Plan == "" || ok.InstanceSeconds == "" || ok.Tasks["succeeded"] != 30 || len(ok.Stages) != len(ledger.Stages) {
+				return fmt.Errorf("the job that ran: %+v", ok)
+			}
+			if bad.State != "rejected" || !strings.Contains(bad.Reason, "no-such-template") {
+				return fmt.Errorf("the rejected job: %+v", bad)
+			}
+			return nil
+		})
+		text, err := runCLI(t, "--prefix", prefix, "status", "--ledger", okID)
+		if err != nil || !strings.Contains(text, okID) || !strings.Contains(text, "terminated") || strings.Contains(text, badID) {
+			t.Errorf("status --ledger %s: %v\n%s", okID, err, text)
 		}
 	})
 }

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -504,4 +506,71 @@ func (l *Ledger) Note(ctx context.Context, jobID string, fields Fields) error {
 		return fmt.Errorf("noting on job %s: %w", jobID, err)
 	}
 	return nil
+}
+
+// ScanAPI is the DynamoDB call List makes.
+type ScanAPI interface {
+	Scan(ctx context.Context, params *dynamodb.ScanInput, optFns ...func(*dynamodb.Options)) (*dynamodb.ScanOutput, error)
+}
+
+// List returns every job's record the table holds (until the TTL takes it), by job id.
+func List(ctx context.Context, api ScanAPI, table string) ([]Record, error) {
+	var out []Record
+	p := dynamodb.NewScanPaginator(api, &dynamodb.ScanInput{
+		TableName:                 aws.String(table),
+		FilterExpression:          aws.String("begins_with(#k, :p)"),
+		ExpressionAttributeNames:  map[string]string{"#k": AttrKey},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":p": str("job#")},
+	})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing the jobs of %s: %w", table, err)
+		}
+		for _, item := range page.Items {
+			attrs := flatten(item)
+			out = append(out, Record{JobID: attrs[AttrJobID], Attrs: attrs})
+		}
+	}
+	slices.SortFunc(out, func(a, b Record) int { return strings.Compare(a.JobID, b.JobID) })
+	return out, nil
+}
+
+// Summary is a job's record as `sortie status --ledger` shows it.
+type Summary struct {
+	JobID           string            `json:"job_id"`
+	State           string            `json:"state"`
+	Plan            string            `json:"plan,omitempty"` // "3 × m3.medium"
+	Outcome         string            `json:"outcome,omitempty"`
+	Reason          string            `json:"reason,omitempty"`
+	InstanceSeconds string            `json:"instance_seconds,omitempty"`
+	Tasks           map[string]int    `json:"tasks,omitempty"`
+	Waiting         string            `json:"waiting_for_capacity,omitempty"`
+	Stages          map[string]string `json:"stages"` // stage → when it was done
+}
+
+// Summarize turns a record into its Summary.
+func (r Record) Summarize() Summary {
+	s := Summary{JobID: r.JobID, State: r.State(), Outcome: r.Attrs["outcome"], Reason: r.Attrs["reason"],
+		InstanceSeconds: r.Attrs["instance_seconds"], Stages: map[string]string{}}
+	if n, t := r.Attrs["count"], r.Attrs["instance_type"]; n != "" && t != "" {
+		s.Plan = n + " × " + t
+	}
+	for _, st := range append(slices.Clone(Stages), Rejected) {
+		if at := r.DoneAt(st); at != "" {
+			s.Stages[string(st)] = at
+		}
+	}
+	for _, o := range []string{"succeeded", "failed"} {
+		if n := r.Tasks(o); n > 0 {
+			if s.Tasks == nil {
+				s.Tasks = map[string]int{}
+			}
+			s.Tasks[o] = n
+		}
+	}
+	if s.State != string(Terminated) && s.State != string(Rejected) {
+		s.Waiting = r.Attrs["waiting_for_capacity"]
+	}
+	return s
 }
