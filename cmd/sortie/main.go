@@ -26,6 +26,7 @@ type CLI struct {
 	Audit      AuditCmd      `cmd:"" help:"Check that the stack's buckets (log, secrets, any --bucket) enforce TLS only, SSE-KMS and a public access block; exit non-zero if not."`
 	Status     StatusCmd     `cmd:"" help:"List the stack's (--prefix) Sortie instances by job (from their tags), flagging expired leases."`
 	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3."`
+	Dlq        DlqCmd        `cmd:"" help:"List the stack's dead letters with their reasons, or move them back to their queue."`
 }
 
 // Globals are handed to every command's Run.

@@ -159,4 +159,40 @@ func TestSubmitWatch(t *testing.T) {
 			t.Errorf("status --ledger %s: %v\n%s", okID, err, text)
 		}
 	})
+
+	t.Run("dlq list shows the rejected job's message with its reason; redrive moves it back", func(t *testing.T) {
+		var bad DeadLetter
+		cloudtest.Eventually(t, 10*time.Second, func() error {
+			out, err := runCLI(t, "--prefix", prefix, "dlq", "list", "--json")
+			if err != nil {
+				return fmt.Errorf("dlq list: %v\n%s", err, out)
+			}
+			var all []DeadLetter
+			if err := json.Unmarshal([]byte(out), &all); err != nil {
+				return fmt.Errorf("%v\n%s", err, out)
+			}
+			for _, d := range all {
+				if d.JobID == badID {
+					bad = d
+					return nil
+				}
+			}
+			return fmt.Errorf("no dead letter of %s in %s", badID, out)
+		})
+		if !strings.Contains(bad.Reason, `unknown template "no-such-template"`) || bad.DLQ != prefix+"-planner-job-submitted-dlq" || bad.ID == "" || bad.EventType != "JobSubmitted" {
+			t.Errorf("dead letter %+v", bad)
+		}
+		out, err := runCLI(t, "--prefix", prefix, "dlq", "redrive", prefix+"-planner-job-submitted", "--id", bad.ID)
+		if err != nil || !strings.Contains(out, "moved 1 messages") {
+			t.Fatalf("redrive: %v\n%s", err, out)
+		}
+		// Still invalid: the planner dead-letters it again, with its reason.
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			out, err := runCLI(t, "--prefix", prefix, "dlq", "list")
+			if err != nil || !strings.Contains(out, badID) || !strings.Contains(out, "no-such-template") {
+				return fmt.Errorf("not back in the DLQ yet: %v\n%s", err, out)
+			}
+			return nil
+		})
+	})
 }

@@ -124,6 +124,7 @@ func (r *Router) logPermanent(rt route, dlq string) message.HandlerMiddleware {
 
 // DeadLetter is a message about to reach its DLQ, as Config.OnDeadLetter sees it.
 type DeadLetter struct {
+	MessageID            string // the message's id: the same on every delivery
 	JobID, CorrelationID string
 	EventType            string
 	Queue, DLQ           string
@@ -140,11 +141,12 @@ func (r *Router) deadLetter(msg *message.Message, rt route, dlq string, reason e
 	}
 	ctx := msg.Context()
 	d := DeadLetter{
-		JobID: JobID(ctx), CorrelationID: CorrelationID(ctx), EventType: cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType),
+		MessageID: msg.UUID,
+		JobID:     JobID(ctx), CorrelationID: CorrelationID(ctx), EventType: cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType),
 		Queue: rt.queue, DLQ: dlq, Reason: reason.Error(), Exhausted: !IsPermanent(reason),
 	}
-	if d.JobID == "" {
-		return nil // nothing to answer: not even the job is known
+	if d.JobID == "" && !d.Exhausted {
+		return nil // nothing to answer, and the DLQ message carries its reason
 	}
 	return r.cfg.OnDeadLetter(ctx, d)
 }

@@ -415,3 +415,22 @@ func TestOwnMessageWaitsForItsHolder(t *testing.T) {
 		t.Fatal("the waiting claim did not return after the holder was done")
 	}
 }
+
+// TestExhaustedDeadLetterReason: a message SQS moves to its DLQ after its last delivery
+// failed has no reason attribute; the rejecter records its last error by message id.
+func TestExhaustedDeadLetterReason(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	pub := &recorder{}
+	rej := ledger.Rejecter{Ledger: l, Publisher: pub, Service: "bootstrapper"}
+	err := rej.OnDeadLetter(t.Context(), bus.DeadLetter{MessageID: "m-42", JobID: "job-x", CorrelationID: "c", EventType: bus.FleetLaunched,
+		Queue: "q", DLQ: "q-dlq", Reason: "ssh: connection refused", Exhausted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l.DeadLetterReason(t.Context(), "m-42"); err != nil || r != "retries exhausted: ssh: connection refused" {
+		t.Errorf("recorded reason %q (%v)", r, err)
+	}
+	if len(pub.got) != 1 || !strings.Contains(pub.got[0].(events.FleetTerminated).Reason, "bootstrapper: retries exhausted") {
+		t.Errorf("rejections %+v, want the job rejected with the reason", pub.got)
+	}
+}

@@ -5,7 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 	"unicode/utf8"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
@@ -88,13 +93,22 @@ func (r Rejecter) Reject(ctx context.Context, jobID, correlationID, reason strin
 
 // OnDeadLetter is a bus.Config.OnDeadLetter: a job whose message reaches a DLQ is rejected
 // with the reason. TaskReported is the exception: one bad task report does not end a job.
+//
+// A message SQS itself moves to the DLQ (its last delivery failed) carries no reason
+// attribute, so its last error is recorded in the ledger by message id first, for `sortie
+// dlq list`.
 func (r Rejecter) OnDeadLetter(ctx context.Context, d bus.DeadLetter) error {
-	if d.EventType == bus.TaskReported {
-		return nil
-	}
 	reason := d.Reason
 	if d.Exhausted {
 		reason = "retries exhausted: " + reason
+		if d.MessageID != "" {
+			if err := r.Ledger.RecordDeadLetter(ctx, d.MessageID, d.DLQ, reason); err != nil {
+				return err
+			}
+		}
+	}
+	if d.EventType == bus.TaskReported || d.JobID == "" {
+		return nil
 	}
 	return r.Reject(ctx, d.JobID, d.CorrelationID, r.Service+": "+reason)
 }
@@ -159,4 +173,32 @@ func ReuseReason(jobID string, earlier Record) string {
 	default:
 		return fmt.Sprintf("job id %s reused: the job submitted %s with that id is still running (state %s)", jobID, when, earlier.State())
 	}
+}
+
+func deadLetterKey(messageID string) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{AttrKey: str("dlq#" + messageID)}
+}
+
+// RecordDeadLetter keeps the reason of a message SQS moves to a DLQ after its last
+// delivery failed, by the message's id (the _watermill_message_uuid attribute).
+func (l *Ledger) RecordDeadLetter(ctx context.Context, messageID, dlq, reason string) error {
+	item := deadLetterKey(messageID)
+	item["reason"] = str(truncate(reason, events.MaxTextBytes))
+	item["dlq"] = str(dlq)
+	item["at"] = str(l.cfg.Now().UTC().Format(time.RFC3339Nano))
+	item[AttrExpires] = num(l.cfg.Now().Add(l.cfg.TTL).Unix())
+	_, err := l.cfg.API.PutItem(ctx, &dynamodb.PutItemInput{TableName: aws.String(l.cfg.Table), Item: item})
+	if err != nil {
+		return fmt.Errorf("recording the dead letter %s: %w", messageID, err)
+	}
+	return nil
+}
+
+// DeadLetterReason returns the reason recorded for a dead-lettered message ("" if none).
+func (l *Ledger) DeadLetterReason(ctx context.Context, messageID string) (string, error) {
+	out, err := l.cfg.API.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(l.cfg.Table), Key: deadLetterKey(messageID)})
+	if err != nil {
+		return "", fmt.Errorf("reading the dead letter %s: %w", messageID, err)
+	}
+	return flatten(out.Item)["reason"], nil
 }
