@@ -1,6 +1,7 @@
 package service
 
 import (
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -46,7 +47,7 @@ func TestBaseFromEnvAndLoadOps(t *testing.T) {
 	if b.Prefix != "sortie" || b.OpsConfig != "" {
 		t.Fatalf("defaults = %+v", b)
 	}
-	ops, err := b.LoadOps()
+	ops, err := b.LoadOps(t.Context(), aws.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

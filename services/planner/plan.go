@@ -40,7 +40,7 @@ var (
 
 // planner turns a JobSubmitted into a FleetPlanned.
 type planner struct {
-	ops     *opsconfig.Config
+	ops     opsconfig.Source // read once per job
 	queues  QueueAPI
 	objects BucketAPI
 	now     func() time.Time
@@ -49,7 +49,7 @@ type planner struct {
 // plan checks the job against the ops config before touching AWS, measures its work and
 // sizes its fleet. Errors that no retry can fix are marked bus.Permanent.
 func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.FleetPlanned, error) {
-	sel, err := resolve(p.ops, job)
+	sel, err := resolve(p.ops.Current(), job)
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}

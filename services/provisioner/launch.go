@@ -24,6 +24,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Instance tags (see the issue 3 notes): EC2 tags are the state of a fleet.
@@ -49,9 +50,11 @@ var errFleetEnded = errors.New("the fleet of this plan revision was launched bef
 type launcher struct {
 	stack  string // the stack's prefix: every instance and volume is tagged sortie:stack=stack
 	ec2    EC2API
-	ops    *opsconfig.Config
+	ops    opsconfig.Source // read once per plan
 	secret []byte
 	now    func() time.Time
+	// metrics counts the instances launched; nil counts nothing.
+	metrics *telemetry.Telemetry
 
 	waiterMinDelay, waiterMaxDelay, timeout time.Duration
 }
@@ -59,7 +62,7 @@ type launcher struct {
 // launch launches the planned fleet, or finds it when a delivery of the same FleetPlanned
 // already did, waits for it to be running and returns the FleetLaunched to publish.
 func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
-	t, err := l.ops.Template(fp.Template)
+	t, err := l.ops.Current().Template(fp.Template)
 	if err != nil {
 		return events.FleetLaunched{}, bus.Permanent(err)
 	}
@@ -278,6 +281,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 				return nil, errFleetEnded
 			}
 			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
+			l.metrics.InstancesLaunched(a.InstanceType, len(ids))
 			return ids, nil
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
