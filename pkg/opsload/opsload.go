@@ -4,7 +4,6 @@
 package opsload
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -180,7 +179,8 @@ type Reloader struct {
 	// Observe, when set, sees every reload's result (and the time a new config was applied).
 	Observe func(r Result, at time.Time)
 
-	last [sha256.Size]byte // digest of the source in force; zero until the first Prime
+	last     [sha256.Size]byte // digest of the source in force; zero until the first Prime
+	rejected [sha256.Size]byte // digest of the last invalid source, logged once
 }
 
 // Prime loads the configuration the service starts with and puts it in the holder
@@ -216,7 +216,7 @@ func (r *Reloader) Reload(ctx context.Context) (Result, error) {
 		return Rejected, err
 	}
 	sum := sha256.Sum256(data)
-	if bytes.Equal(sum[:], r.last[:]) {
+	if sum == r.last {
 		logger.Debug("ops config unchanged")
 		r.observe(Unchanged)
 		return Unchanged, nil
@@ -224,7 +224,12 @@ func (r *Reloader) Reload(ctx context.Context) (Result, error) {
 	c, err := opsconfig.Parse(data)
 	if err != nil {
 		err = fmt.Errorf("ops config %s: %w", r.Loader.Location, err)
-		logger.Error("ops config invalid: keeping the one in force", "error", err.Error())
+		if sum == r.rejected {
+			logger.Debug("ops config still invalid: keeping the one in force", "error", err.Error())
+		} else {
+			logger.Error("ops config invalid: keeping the one in force", "error", err.Error())
+		}
+		r.rejected = sum
 		r.observe(Rejected)
 		return Rejected, err
 	}

@@ -254,15 +254,18 @@ func Serve[C Config](name string, fromEnv func() (C, error), run func(context.Co
 		if err != nil {
 			return err
 		}
-		return serve(ctx, name, cfg.base(), awsCfg, logger, func(ctx context.Context, deps Deps) error {
+		return Run(ctx, name, cfg.base(), awsCfg, logger, func(ctx context.Context, deps Deps) error {
 			return run(ctx, cfg, deps)
 		})
 	})
 }
 
-// serve runs one stage with its telemetry endpoint and ops config reloads until ctx is
-// cancelled and run has returned.
-func serve(ctx context.Context, name string, base Base, awsCfg aws.Config, logger *slog.Logger, run func(context.Context, Deps) error) (err error) {
+// Run runs one stage as Serve does once its configuration is read: the health and
+// metrics endpoint on base.HTTPAddr, the ops config from base.OpsConfig (reloaded on
+// SIGHUP and every base.ConfigReload), a publisher, then run until it returns. When ctx
+// is cancelled the service is not ready any more; the endpoint stays up until run has
+// drained and returned.
+func Run(ctx context.Context, name string, base Base, awsCfg aws.Config, logger *slog.Logger, run func(context.Context, Deps) error) (err error) {
 	tel := telemetry.New(name)
 	if base.HTTPAddr != "" {
 		srv, err := telemetry.Listen(tel, base.HTTPAddr, logger)
