@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,6 +88,8 @@ func TestAwaitQueuesAndObserver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var readyCalls atomic.Int32
+	r.OnReady(func(context.Context) error { readyCalls.Add(1); return nil })
 	slow := make(chan struct{})
 	r.Handle(bus.JobSubmitted, func(_ context.Context, m *bus.Message) error {
 		switch m.JobID {
@@ -107,11 +110,15 @@ func TestAwaitQueuesAndObserver(t *testing.T) {
 		return c != nil && errors.Is(c[q], bus.ErrNotProvisioned) && errors.Is(c[bus.DLQName(q)], bus.ErrNotProvisioned)
 	})
 
+	if n := readyCalls.Load(); n != 0 {
+		t.Errorf("OnReady ran %d times before the queues existed", n)
+	}
 	e.createStack(stackOpts{})
 	eventually(t, 20*time.Second, "a check finding every queue", func() bool {
 		c := rec.lastCheck()
 		return c != nil && c[q] == nil && c[bus.DLQName(q)] == nil && len(c) == 2
 	})
+	eventually(t, 10*time.Second, "OnReady once the queues exist", func() bool { return readyCalls.Load() == 1 })
 
 	p := e.publisher()
 	for _, id := range []string{"ok", "bad", "flaky", "slow"} {
@@ -159,5 +166,23 @@ func TestAwaitQueuesCancelled(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "waiting for queues") {
 		t.Errorf("no log line says what the router waits for:\n%s", e.logs)
+	}
+}
+
+// TestOnReadyError: an OnReady hook that fails makes Run fail, before any receive.
+func TestOnReadyError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.createStack(stackOpts{})
+	r, err := bus.NewRouter(e.routerConfig(bus.Reaper))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.HandleTimers(func(context.Context, *bus.Message) error { return nil })
+	r.OnReady(func(context.Context) error { return errors.New("arming the sweep: boom") })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Run(ctx); err == nil || !strings.Contains(err.Error(), "arming the sweep: boom") {
+		t.Errorf("Run = %v, want the hook's error", err)
 	}
 }

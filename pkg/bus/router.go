@@ -161,8 +161,9 @@ type Router struct {
 	wmLog  watermill.LoggerAdapter
 	dlq    message.Publisher
 
-	routes []route
-	errs   []error
+	routes  []route
+	errs    []error
+	onReady []func(ctx context.Context) error
 
 	heartbeats atomic.Int64 // messages being kept hidden right now
 }
@@ -222,6 +223,13 @@ func (r *Router) HandleTimers(h HandlerFunc) {
 	}
 }
 
+// OnReady registers f to run once every queue has been found, before the first receive
+// (arming a timer on the service's own timer queue, say): with AwaitQueues it runs only
+// after the queues exist. An error from f makes Run fail.
+func (r *Router) OnReady(f func(ctx context.Context) error) {
+	r.onReady = append(r.onReady, f)
+}
+
 func (r *Router) add(rt route) {
 	for _, have := range r.routes {
 		if have.queue == rt.queue {
@@ -257,6 +265,11 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	if visibility == nil {
 		return nil // cancelled while waiting for the queues: nothing was received
+	}
+	for _, f := range r.onReady {
+		if err := f(ctx); err != nil {
+			return fmt.Errorf("router for %s: %w", r.cfg.Service, err)
+		}
 	}
 
 	sub := newSubscriber(r.api, r.queues, subscriberConfig{

@@ -73,9 +73,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	}
 	router.Handle(bus.JobFinished, st.handleJobFinished)
 	router.HandleTimers(st.handleTimer)
-	if err := st.armSweep(ctx); err != nil {
-		return fmt.Errorf("reaper: %w", err)
-	}
+	router.OnReady(st.armSweep) // once the timer queue exists
 	return router.Run(ctx)
 }
 
