@@ -339,16 +339,20 @@ func TestEndToEnd(t *testing.T) {
 			if code, body := cloudtest.Get(t, ep.URL+"/readyz"); code != 200 {
 				t.Errorf("%s /readyz %d %q", ep.Service, code, body)
 			}
-			m, err := cloudtest.Scrape(t, ep.URL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if v := m.Value(moved[ep.Service], "service", ep.Service); v <= 0 {
-				t.Errorf("%s %s = %v after the demo job, want > 0", ep.Service, moved[ep.Service], v)
-			}
-			if v := m.Value("sortie_messages_total", "outcome", "handled"); v <= 0 {
-				t.Errorf("%s handled no message", ep.Service)
-			}
+			// A handler's delivery is counted once it returns, just after it published: poll.
+			cloudtest.Eventually(t, 30*time.Second, func() error {
+				m, err := cloudtest.Scrape(t, ep.URL)
+				if err != nil {
+					return err
+				}
+				if v := m.Value(moved[ep.Service], "service", ep.Service); v <= 0 {
+					return fmt.Errorf("%s %s = %v after the demo job, want > 0", ep.Service, moved[ep.Service], v)
+				}
+				if v := m.Value("sortie_messages_total", "outcome", "handled"); v <= 0 {
+					return fmt.Errorf("%s handled no message", ep.Service)
+				}
+				return nil
+			})
 		}
 		if len(seen) != 5 {
 			t.Errorf("endpoints of %v, want the five services", seen)

@@ -92,6 +92,10 @@ type Loader struct {
 	Location Location
 	S3       GetObjectAPI
 	SSM      GetParameterAPI
+	// Check, when set, is what the service requires of a configuration beyond
+	// opsconfig's own validation (that no recipe may fetch from the secrets bucket, say);
+	// a configuration it refuses is invalid.
+	Check func(*opsconfig.Config) error
 }
 
 // Read returns the raw bytes at the location, at most MaxBytes.
@@ -150,7 +154,15 @@ func (l Loader) Load(ctx context.Context) (*opsconfig.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	return l.Parse(data)
+}
+
+// Parse parses and validates what Read returned, Check included; errors name the location.
+func (l Loader) Parse(data []byte) (*opsconfig.Config, error) {
 	c, err := opsconfig.Parse(data)
+	if err == nil && l.Check != nil {
+		err = l.Check(c)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ops config %s: %w", l.Location, err)
 	}
@@ -190,9 +202,9 @@ func (r *Reloader) Prime(ctx context.Context) (*opsconfig.Holder, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := opsconfig.Parse(data)
+	c, err := r.Loader.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("ops config %s: %w", r.Loader.Location, err)
+		return nil, err
 	}
 	if r.Holder == nil {
 		r.Holder = opsconfig.NewHolder(c)
@@ -221,9 +233,8 @@ func (r *Reloader) Reload(ctx context.Context) (Result, error) {
 		r.observe(Unchanged)
 		return Unchanged, nil
 	}
-	c, err := opsconfig.Parse(data)
+	c, err := r.Loader.Parse(data)
 	if err != nil {
-		err = fmt.Errorf("ops config %s: %w", r.Loader.Location, err)
 		if sum == r.rejected {
 			logger.Debug("ops config still invalid: keeping the one in force", "error", err.Error())
 		} else {

@@ -3,6 +3,8 @@ package service_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -146,22 +148,29 @@ func TestOpsConfigDelivery(t *testing.T) {
 			if plan.Template != "extra" || plan.Count < 1 {
 				t.Errorf("extra-3 planned %+v", plan)
 			}
-			m, err = cloudtest.Scrape(t, url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n := m.Value("sortie_config_reloads_total", "result", "applied"); n < 2 {
-				t.Errorf("sortie_config_reloads_total{result=applied} = %v, want >= 2 (start-up and the reload)", n)
-			}
-			if n := m.Value("sortie_messages_total", "event_type", bus.JobSubmitted, "outcome", "dead_lettered"); n != 2 {
-				t.Errorf("dead-lettered JobSubmitted = %v, want 2", n)
-			}
-			if n := m.Value("sortie_messages_total", "event_type", bus.JobSubmitted, "outcome", "handled"); n != 1 {
-				t.Errorf("handled JobSubmitted = %v, want 1", n)
-			}
-			if n := m.Value("sortie_fleets_planned_total"); n != 1 {
-				t.Errorf("sortie_fleets_planned_total = %v, want 1", n)
-			}
+			// The handler counts once it has published: poll.
+			cloudtest.Eventually(t, 30*time.Second, func() error {
+				m, err := cloudtest.Scrape(t, url)
+				if err != nil {
+					return err
+				}
+				var errs []error
+				for _, c := range []struct {
+					name   string
+					labels []string
+					want   float64
+				}{
+					{"sortie_config_reloads_total", []string{"result", "applied"}, 2}, // start-up and the reload
+					{"sortie_messages_total", []string{"event_type", bus.JobSubmitted, "outcome", "dead_lettered"}, 2},
+					{"sortie_messages_total", []string{"event_type", bus.JobSubmitted, "outcome", "handled"}, 1},
+					{"sortie_fleets_planned_total", nil, 1},
+				} {
+					if n := m.Value(c.name, c.labels...); n != c.want {
+						errs = append(errs, fmt.Errorf("%s%v = %v, want %v", c.name, c.labels, n, c.want))
+					}
+				}
+				return errors.Join(errs...)
+			})
 		})
 	}
 }

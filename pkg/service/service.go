@@ -102,10 +102,15 @@ func (b Base) base() Base { return b }
 func (b Base) Topology() bus.Topology { return bus.Topology{Prefix: b.Prefix} }
 
 // LoadOps reads the ops configuration the base names once (a file, S3 or SSM; awsCfg is
-// used for the last two).
+// used for the last two) and refuses one whose recipes may fetch from the stack's
+// secrets bucket.
 func (b Base) LoadOps(ctx context.Context, awsCfg aws.Config) (*opsconfig.Config, error) {
 	if b.OpsConfig == "" {
-		return opsconfig.Default(), nil
+		ops := opsconfig.Default()
+		if err := b.checkOps(ops); err != nil {
+			return nil, err
+		}
+		return ops, nil
 	}
 	l, err := b.opsLoader(awsCfg)
 	if err != nil {
@@ -114,12 +119,20 @@ func (b Base) LoadOps(ctx context.Context, awsCfg aws.Config) (*opsconfig.Config
 	return l.Load(ctx)
 }
 
+// checkOps is what the stack requires of an ops configuration beyond its own validity.
+func (b Base) checkOps(ops *opsconfig.Config) error {
+	if err := ops.CheckStack(b.Topology().SecretsBucketName()); err != nil {
+		return fmt.Errorf("ops config: %w", err)
+	}
+	return nil
+}
+
 func (b Base) opsLoader(awsCfg aws.Config) (opsload.Loader, error) {
 	loc, err := opsload.ParseLocation(b.OpsConfig)
 	if err != nil {
 		return opsload.Loader{}, fmt.Errorf("SORTIE_CONFIG: %w", err)
 	}
-	l := opsload.Loader{Location: loc}
+	l := opsload.Loader{Location: loc, Check: b.checkOps}
 	switch {
 	case loc.Bucket != "":
 		l.S3 = s3.NewFromConfig(awsCfg, awsx.S3Options(awsCfg))
@@ -159,10 +172,16 @@ func (d Deps) Bus(c bus.Config) bus.Config {
 // nil for the embedded default) and a publisher. tel may be nil.
 func NewDeps(ctx context.Context, awsCfg aws.Config, base Base, logger *slog.Logger, tel *telemetry.Telemetry) (Deps, *opsload.Reloader, error) {
 	var (
-		ops    opsconfig.Source = opsconfig.Default()
+		ops    opsconfig.Source
 		reload *opsload.Reloader
 	)
-	if base.OpsConfig != "" {
+	if base.OpsConfig == "" {
+		def, err := base.LoadOps(ctx, awsCfg)
+		if err != nil {
+			return Deps{}, nil, err
+		}
+		ops = def
+	} else {
 		l, err := base.opsLoader(awsCfg)
 		if err != nil {
 			return Deps{}, nil, err
@@ -177,7 +196,8 @@ func NewDeps(ctx context.Context, awsCfg aws.Config, base Base, logger *slog.Log
 		if ops, err = reload.Prime(ctx); err != nil {
 			return Deps{}, nil, fmt.Errorf("loading ops config: %w", err)
 		}
-	} else {
+	}
+	if reload == nil {
 		tel.ConfigApplied(time.Now())
 	}
 	tel.ConfigLoaded(nil)

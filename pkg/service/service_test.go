@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
 func TestBaseValidate(t *testing.T) {
@@ -119,5 +121,28 @@ func TestDurationEnv(t *testing.T) {
 	t.Setenv("X_DELAY", "soon")
 	if _, err := DurationEnv("X_DELAY", time.Second); err == nil || !strings.Contains(err.Error(), "X_DELAY") {
 		t.Errorf("bad value: want an error naming the variable, got %v", err)
+	}
+}
+
+// TestLoadOpsRefusesSecretsBucket: an ops config whose recipe lists the stack's secrets
+// bucket among the buckets it may fetch from stops the service at start-up.
+func TestLoadOpsRefusesSecretsBucket(t *testing.T) {
+	yaml := strings.Replace(string(opsconfig.DefaultYAML()), "recipes:\n", `recipes:
+  tools:
+    fetch_buckets: [stack-a-tools, stack-a-secrets]
+    steps:
+      - name: tool
+        fetch: {bucket: stack-a-secrets, key: keys/sortie-dev.pem, path: key.pem}
+`, 1)
+	path := filepath.Join(t.TempDir(), "ops.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (Base{Prefix: "stack-b", OpsConfig: path}).LoadOps(t.Context(), aws.Config{}); err != nil {
+		t.Errorf("another stack's prefix: %v, want the config accepted", err)
+	}
+	_, err := Base{Prefix: "stack-a", OpsConfig: path}.LoadOps(t.Context(), aws.Config{})
+	if err == nil || !strings.Contains(err.Error(), `recipes.tools.fetch_buckets[1]: "stack-a-secrets" is the stack's secrets bucket`) {
+		t.Errorf("LoadOps = %v, want the secrets bucket refused", err)
 	}
 }
