@@ -17,38 +17,38 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
-	. "github.com/sortie-fleet/sortie/pkg/opsload"
+	"github.com/sortie-fleet/sortie/pkg/opsload"
 )
 
 func TestParseLocation(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    Location
+		want    opsload.Location
 		wantErr string
 	}{
-		{"/etc/sortie/ops.yaml", Location{Path: "/etc/sortie/ops.yaml"}, ""},
-		{"ops.yaml", Location{Path: "ops.yaml"}, ""},
-		{"s3://sortie-config/prod/ops.yaml", Location{Bucket: "sortie-config", Key: "prod/ops.yaml"}, ""},
-		{"ssm:/sortie/prod/ops", Location{Parameter: "/sortie/prod/ops"}, ""},
-		{"ssm:sortie-ops", Location{Parameter: "sortie-ops"}, ""},
-		{"", Location{}, "empty"},
-		{"s3://bucket-only", Location{}, "both parts"},
-		{"s3:///key", Location{}, "both parts"},
-		{"ssm:", Location{}, "ssm:/parameter/name"},
-		{"ssm:/", Location{}, "ssm:/parameter/name"},
-		{"https://example.com/ops.yaml", Location{}, "want a file path"},
+		{"/etc/sortie/ops.yaml", opsload.Location{Path: "/etc/sortie/ops.yaml"}, ""},
+		{"ops.yaml", opsload.Location{Path: "ops.yaml"}, ""},
+		{"s3://sortie-config/prod/ops.yaml", opsload.Location{Bucket: "sortie-config", Key: "prod/ops.yaml"}, ""},
+		{"ssm:/sortie/prod/ops", opsload.Location{Parameter: "/sortie/prod/ops"}, ""},
+		{"ssm:sortie-ops", opsload.Location{Parameter: "sortie-ops"}, ""},
+		{"", opsload.Location{}, "empty"},
+		{"s3://bucket-only", opsload.Location{}, "both parts"},
+		{"s3:///key", opsload.Location{}, "both parts"},
+		{"ssm:", opsload.Location{}, "ssm:/parameter/name"},
+		{"ssm:/", opsload.Location{}, "ssm:/parameter/name"},
+		{"https://example.com/ops.yaml", opsload.Location{}, "want a file path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseLocation(tt.in)
+			got, err := opsload.ParseLocation(tt.in)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("ParseLocation(%q) = %+v, %v; want an error with %q", tt.in, got, err, tt.wantErr)
+					t.Fatalf("opsload.ParseLocation(%q) = %+v, %v; want an error with %q", tt.in, got, err, tt.wantErr)
 				}
 				return
 			}
 			if err != nil || got != tt.want {
-				t.Fatalf("ParseLocation(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+				t.Fatalf("opsload.ParseLocation(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 			}
 			if got.String() != tt.in {
 				t.Errorf("String() = %q, want %q", got.String(), tt.in)
@@ -73,7 +73,7 @@ func (f *fakeSSM) GetParameter(_ context.Context, in *ssm.GetParameterInput, _ .
 
 func TestLoaderReadsSSMWithDecryption(t *testing.T) {
 	f := &fakeSSM{value: string(opsconfig.DefaultYAML())}
-	c, err := Loader{Location: Location{Parameter: "/sortie/ops"}, SSM: f}.Load(t.Context())
+	c, err := opsload.Loader{Location: opsload.Location{Parameter: "/sortie/ops"}, SSM: f}.Load(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,15 +83,15 @@ func TestLoaderReadsSSMWithDecryption(t *testing.T) {
 	if len(f.decrypted) != 1 || !f.decrypted[0] {
 		t.Errorf("GetParameter WithDecryption = %v, want [true]", f.decrypted)
 	}
-	if _, err := (Loader{Location: Location{Parameter: "/sortie/ops"}}).Load(t.Context()); err == nil || !strings.Contains(err.Error(), "no SSM client") {
+	if _, err := (opsload.Loader{Location: opsload.Location{Parameter: "/sortie/ops"}}).Load(t.Context()); err == nil || !strings.Contains(err.Error(), "no SSM client") {
 		t.Errorf("without a client: %v", err)
 	}
 }
 
 func TestLoaderRefusesOversized(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ops.yaml")
-	cloudtest.WriteFile(t, path, bytes.Repeat([]byte("#"), MaxBytes+1), 0o600)
-	_, err := Loader{Location: Location{Path: path}}.Load(t.Context())
+	cloudtest.WriteFile(t, path, bytes.Repeat([]byte("#"), opsload.MaxBytes+1), 0o600)
+	_, err := opsload.Loader{Location: opsload.Location{Path: path}}.Load(t.Context())
 	if err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("Load = %v, want a size error", err)
 	}
@@ -105,11 +105,11 @@ func TestReloader(t *testing.T) {
 	write := func(data []byte) { cloudtest.WriteFile(t, path, data, 0o600) }
 	write(opsconfig.DefaultYAML())
 	logs := &cloudtest.Buffer{}
-	var results []Result
-	r := &Reloader{
-		Loader:  Loader{Location: Location{Path: path}},
+	var results []opsload.Result
+	r := &opsload.Reloader{
+		Loader:  opsload.Loader{Location: opsload.Location{Path: path}},
 		Logger:  slog.New(slog.NewJSONHandler(logs, nil)),
-		Observe: func(res Result, _ time.Time) { results = append(results, res) },
+		Observe: func(res opsload.Result, _ time.Time) { results = append(results, res) },
 	}
 	h, err := r.Prime(t.Context())
 	if err != nil {
@@ -118,7 +118,7 @@ func TestReloader(t *testing.T) {
 	first := h.Current()
 
 	res, err := r.Reload(t.Context())
-	if res != Unchanged || err != nil || h.Current() != first {
+	if res != opsload.Unchanged || err != nil || h.Current() != first {
 		t.Fatalf("unchanged file: %s, %v; config replaced %t", res, err, h.Current() != first)
 	}
 
@@ -126,7 +126,7 @@ func TestReloader(t *testing.T) {
 	write(bad)
 	for range 2 {
 		res, err = r.Reload(t.Context())
-		if res != Rejected || err == nil || !strings.Contains(err.Error(), "templates.demo.max_instances") {
+		if res != opsload.Rejected || err == nil || !strings.Contains(err.Error(), "templates.demo.max_instances") {
 			t.Fatalf("invalid file: %s, %v; want rejected naming the field", res, err)
 		}
 	}
@@ -140,7 +140,7 @@ func TestReloader(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if res, err = r.Reload(t.Context()); res != Rejected || err == nil || h.Current() != first {
+	if res, err = r.Reload(t.Context()); res != opsload.Rejected || err == nil || h.Current() != first {
 		t.Fatalf("missing file: %s, %v", res, err)
 	}
 	if !strings.Contains(logs.String(), "ops config not reloaded: keeping the one in force") {
@@ -164,7 +164,7 @@ func TestReloader(t *testing.T) {
 	})
 	cancel()
 	<-done
-	want := []Result{Applied, Unchanged, Rejected, Rejected, Rejected, Applied}
+	want := []opsload.Result{opsload.Applied, opsload.Unchanged, opsload.Rejected, opsload.Rejected, opsload.Rejected, opsload.Applied}
 	if !equal(results, want) {
 		t.Errorf("results %v, want %v", results, want)
 	}
@@ -173,7 +173,7 @@ func TestReloader(t *testing.T) {
 func TestReloaderInterval(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ops.yaml")
 	cloudtest.WriteFile(t, path, opsconfig.DefaultYAML(), 0o600)
-	r := &Reloader{Loader: Loader{Location: Location{Path: path}}, Interval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	r := &opsload.Reloader{Loader: opsload.Loader{Location: opsload.Location{Path: path}}, Interval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
 	h, err := r.Prime(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +191,7 @@ func TestReloaderInterval(t *testing.T) {
 	})
 }
 
-func equal(a, b []Result) bool {
+func equal(a, b []opsload.Result) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -201,4 +201,33 @@ func equal(a, b []Result) bool {
 		}
 	}
 	return true
+}
+
+// TestReloaderCheck: a configuration the service's own Check refuses is rejected on a
+// reload like an invalid one, and the one in force is kept.
+func TestReloaderCheck(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ops.yaml")
+	cloudtest.WriteFile(t, path, opsconfig.DefaultYAML(), 0o600)
+	r := &opsload.Reloader{Logger: slog.New(slog.DiscardHandler), Loader: opsload.Loader{
+		Location: opsload.Location{Path: path},
+		Check: func(c *opsconfig.Config) error {
+			if t, _ := c.Template("demo"); t.MaxInstances > 10 {
+				return errors.New("templates.demo.max_instances: over the stack's cap")
+			}
+			return nil
+		},
+	}}
+	h, err := r.Prime(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := h.Current()
+	cloudtest.WriteFile(t, path, bytes.Replace(opsconfig.DefaultYAML(), []byte("max_instances: 10"), []byte("max_instances: 50"), 1), 0o600)
+	res, err := r.Reload(t.Context())
+	if res != opsload.Rejected || err == nil || !strings.Contains(err.Error(), "over the stack's cap") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Reload = %s, %v; want rejected with the check's reason and the location", res, err)
+	}
+	if h.Current() != first {
+		t.Error("a configuration the check refused was put in force")
+	}
 }
