@@ -186,3 +186,52 @@ func ready(t *testing.T, url string) error {
 	}
 	return nil
 }
+
+// TestRunRefusesBadOpsConfig: a service whose ops config is missing or invalid at
+// start-up does not start: Run returns an error naming the location and why, runs
+// nothing, and leaves its health port closed.
+func TestRunRefusesBadOpsConfig(t *testing.T) {
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
+	s := cloudtest.NewStack(t, cloud)
+	bucket := s.Topology.Prefix + "-config"
+	if _, err := s.S3.CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.S3.PutObject(t.Context(), &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("bad.yaml"),
+		Body: bytes.NewReader(withTemplate("not-an-ami"))}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		location string
+		want     []string
+	}{
+		{"missing SSM parameter", "ssm:/" + s.Topology.Prefix + "/none", []string{"ssm:/" + s.Topology.Prefix + "/none", "ParameterNotFound"}},
+		{"missing S3 object", "s3://" + bucket + "/none.yaml", []string{"s3://" + bucket + "/none.yaml"}},
+		{"invalid config", "s3://" + bucket + "/bad.yaml", []string{"s3://" + bucket + "/bad.yaml", "templates.extra.ami"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := cloudtest.FreeAddr(t)
+			base := service.Base{Prefix: s.Topology.Prefix, OpsConfig: tt.location, HTTPAddr: addr}
+			ran := false
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			err := service.Run(ctx, bus.Planner, base, s.AWS, s.Logger, func(context.Context, service.Deps) error {
+				ran = true
+				return nil
+			})
+			if err == nil || ran {
+				t.Fatalf("Run = %v (stage ran: %t), want an error and nothing run", err, ran)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if code, _ := cloudtest.Get(t, "http://"+addr+"/healthz"); code != 0 {
+				t.Errorf("health port still answers (%d) after Run returned", code)
+			}
+		})
+	}
+}
