@@ -33,12 +33,40 @@ type Observer interface {
 	// from: an error when a receive failed, nil when receiving works again.
 	QueueStatus(queue string, err error)
 	// MessageReceived reports a message's age when it was received: the time since SQS
-	// first accepted it (its SentTimestamp).
+	// first accepted it (its SentTimestamp). Timer queues' messages, delayed on purpose,
+	// are not reported.
 	MessageReceived(queue string, age time.Duration)
 	// HandlerStarted and HandlerDone bracket the handling of one delivery, retries
 	// included. eventType is the queue's event type, or TimerEventType.
 	HandlerStarted(eventType string)
 	HandlerDone(eventType string, took time.Duration, outcome Outcome)
+}
+
+// subscriberObserver is the Observer the subscriber reports to: the configured one, without
+// the ages of timer messages, which wait in their queue on purpose (nil without one).
+func (r *Router) subscriberObserver() Observer {
+	if r.cfg.Observer == nil {
+		return nil
+	}
+	timers := map[string]bool{}
+	for _, rt := range r.routes {
+		if rt.timer {
+			timers[rt.queue] = true
+		}
+	}
+	return timerAges{Observer: r.cfg.Observer, timers: timers}
+}
+
+// timerAges drops MessageReceived for timer queues.
+type timerAges struct {
+	Observer
+	timers map[string]bool
+}
+
+func (t timerAges) MessageReceived(queue string, age time.Duration) {
+	if !t.timers[queue] {
+		t.Observer.MessageReceived(queue, age)
+	}
 }
 
 // sentAge returns the time between m's SentTimestamp and now; false without one.

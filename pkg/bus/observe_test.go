@@ -18,7 +18,7 @@ type recorder struct {
 	mu       sync.Mutex
 	checks   []map[string]error
 	status   map[string]error
-	ages     []time.Duration
+	ages     []string // the queue of each age reported
 	started  map[string]int
 	outcomes map[string]int // "JobSubmitted/handled" → count
 	took     []time.Duration
@@ -40,10 +40,10 @@ func (r *recorder) QueueStatus(q string, err error) {
 	r.status[q] = err
 }
 
-func (r *recorder) MessageReceived(_ string, age time.Duration) {
+func (r *recorder) MessageReceived(queue string, _ time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ages = append(r.ages, age)
+	r.ages = append(r.ages, queue)
 }
 
 func (r *recorder) HandlerStarted(et string) {
@@ -184,5 +184,42 @@ func TestOnReadyError(t *testing.T) {
 	defer cancel()
 	if err := r.Run(ctx); err == nil || !strings.Contains(err.Error(), "arming the sweep: boom") {
 		t.Errorf("Run = %v, want the hook's error", err)
+	}
+}
+
+// TestTimerAgesLeftOut: the ages of timer messages, delayed on purpose, are not reported;
+// their deliveries are, under the timer event type.
+func TestTimerAgesLeftOut(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.createStack(stackOpts{})
+	rec := newRecorder()
+	cfg := e.routerConfig(bus.Reaper)
+	cfg.Observer = rec
+	r, err := bus.NewRouter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Handle(bus.JobFinished, func(context.Context, *bus.Message) error { return nil })
+	r.HandleTimers(func(context.Context, *bus.Message) error { return nil })
+	stop := e.run(r)
+	p := e.publisher()
+	if err := p.After(context.Background(), bus.Reaper, time.Second, []byte(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.PublishBody(context.Background(), fakeEvent{bus.JobFinished, "j", "c"}, []byte(`{"job_id":"j"}`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the timer and the event handled", func() bool {
+		return rec.outcome(bus.TimerEventType+"/handled") == 1 && rec.outcome(bus.JobFinished+"/handled") == 1
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	want := e.topo.QueueName(bus.Reaper, bus.JobFinished)
+	if len(rec.ages) != 1 || rec.ages[0] != want {
+		t.Errorf("ages reported for %v, want only %s", rec.ages, want)
 	}
 }

@@ -280,7 +280,7 @@ func (r *Router) Run(ctx context.Context) error {
 		visibility:   visibility,
 		maxHandle:    r.cfg.MaxHandle,
 		heartbeats:   &r.heartbeats,
-		observer:     r.cfg.Observer,
+		observer:     r.subscriberObserver(),
 	})
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.CloseTimeout}, r.wmLog)
 	if err != nil {
