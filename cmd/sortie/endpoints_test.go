@@ -263,7 +263,12 @@ func TestServiceEndpoints(t *testing.T) {
 			break // VmRSS comes from /proc
 		}
 		kb := vmRSS(t, procs[name].cmd.Process.Pid)
-		t.Logf("idle RSS of %s: %.1f MiB", name, float64(kb)/1024)
+		ms, err := cloudtest.Scrape(t, urls[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("idle RSS of %s: %.1f MiB (Go heap in use %.1f MiB, runtime total from the OS %.1f MiB)", name, float64(kb)/1024,
+			ms.Value("go_memstats_heap_inuse_bytes")/(1<<20), ms.Value("go_memstats_sys_bytes")/(1<<20))
 		if kb > maxRSS {
 			t.Errorf("%s idles at %.1f MiB RSS, over %d MiB", name, float64(kb)/1024, maxRSS>>10)
 		}
