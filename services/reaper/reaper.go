@@ -354,7 +354,7 @@ func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instan
 		template = tg[tags.Template]
 	}
 	mode := sshaddr.Mode{Local: s.cfg.LocalMode}
-	if tmpl, err := s.deps.Ops.Template(template); err == nil {
+	if tmpl, err := s.deps.Ops.Current().Template(template); err == nil {
 		mode.PublicIP = tmpl.PublicAddress()
 	}
 	addr, err := mode.Of(in)
