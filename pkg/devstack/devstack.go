@@ -58,6 +58,10 @@ type Options struct {
 	MonitorInterval time.Duration
 	// OnExec sees every command run on an instance (the local cloud's audit hook).
 	OnExec func(instanceID, command string)
+	// Recorder, when set, records every AWS call each service makes (each service gets its
+	// own wrapped config, as it would its own task role); the least-privilege test checks
+	// the calls against the Terraform's policies.
+	Recorder *awsx.Recorder
 }
 
 // Stack is a running Sortie on the local cloud.
@@ -184,12 +188,16 @@ func (s *Stack) startServices(opts Options) error {
 	}
 	for _, sv := range services {
 		logger := opts.Logger.With("service", sv.name)
-		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
+		awsCfg := s.AWS
+		if opts.Recorder != nil {
+			awsCfg = opts.Recorder.Wrap(s.AWS, sv.name)
+		}
+		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: awsCfg, Logger: logger})
 		if err != nil {
 			return err
 		}
 		s.closers = append(s.closers, pub.Close)
-		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now}
+		deps := service.Deps{AWS: awsCfg, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
