@@ -311,12 +311,20 @@ resource "aws_iam_role_policy" "worker" {
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = concat(
-      [{
-        Sid      = "ReportTasks"
-        Effect   = "Allow"
-        Action   = "sns:Publish"
-        Resource = aws_sns_topic.event["TaskReported"].arn
-      }],
+      [
+        {
+          Sid      = "ReportTasks"
+          Effect   = "Allow"
+          Action   = "sns:Publish"
+          Resource = aws_sns_topic.event["TaskReported"].arn
+        },
+        {
+          Sid      = "ResolveTopics"
+          Effect   = "Allow"
+          Action   = "sns:ListTopics"
+          Resource = "*"
+        },
+      ],
       [for x in [1] : {
         Sid      = "FetchRecipeObjects"
         Effect   = "Allow"

@@ -2,6 +2,10 @@ package awsx
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
 	"net/url"
 	"reflect"
 	"slices"
@@ -41,6 +45,62 @@ type Recorder struct {
 
 	mu    sync.Mutex
 	calls []Call
+	sink  io.Writer // when set, each call is also written as a JSON line
+}
+
+// EnvCallLog names a file to which Load appends every AWS call of the process as JSON
+// lines (Call), for checking a separately started process (the worker on an instance,
+// `task up`'s services) against its IAM policy. Unset: nothing is recorded.
+const EnvCallLog = "SORTIE_AWS_CALL_LOG"
+
+// ReadCallLog reads the calls a process appended to an EnvCallLog file.
+func ReadCallLog(path string) ([]Call, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading call log: %w", err)
+	}
+	defer f.Close()
+	var out []Call
+	dec := json.NewDecoder(f)
+	for {
+		var c Call
+		if err := dec.Decode(&c); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return out, fmt.Errorf("reading call log %s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+}
+
+// WithAccount fills in the account of the call's ARNs that lack one: a recorder made from
+// EnvCallLog does not know its account (that would take an STS call), so a request naming a
+// queue by name or an instance by id records an ARN without it.
+func (c Call) WithAccount(account string) Call {
+	res := slices.Clone(c.Resources)
+	for i, r := range res {
+		parts := strings.SplitN(r, ":", 6)
+		if len(parts) == 6 && parts[4] == "" && parts[3] != "" { // S3 and IAM ARNs have no region and keep no account
+			parts[4] = account
+			res[i] = strings.Join(parts, ":")
+		}
+	}
+	c.Resources = res
+	return c
+}
+
+// wrapFromEnv wraps cfg with a recorder writing to the EnvCallLog file when it is set.
+func wrapFromEnv(cfg aws.Config, service string) (aws.Config, error) {
+	path := os.Getenv(EnvCallLog)
+	if path == "" {
+		return cfg, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return cfg, fmt.Errorf("%s: %w", EnvCallLog, err)
+	}
+	r := &Recorder{sink: f}
+	return r.Wrap(cfg, service), nil
 }
 
 // NewRecorder returns an empty recorder for account.
@@ -94,8 +154,16 @@ func (r *Recorder) ResourceTags(tagsOf func(instanceID string) map[string]string
 func (r *Recorder) record(service, region, serviceID, op string, params any) {
 	calls := r.describe(service, region, serviceID, op, params)
 	r.mu.Lock()
-	r.calls = append(r.calls, calls...)
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	if r.sink == nil {
+		r.calls = append(r.calls, calls...)
+		return
+	}
+	for _, c := range calls {
+		if line, err := json.Marshal(c); err == nil {
+			_, _ = r.sink.Write(append(line, '\n')) // one write per line: appends from several processes stay whole
+		}
+	}
 }
 
 // iamPrefix maps the SDK's service ids to IAM's service prefixes.

@@ -106,6 +106,8 @@ type e2e struct {
 	*Stack
 	t     testing.TB
 	calls *awsx.Recorder // every AWS call of every service
+	// workerCalls is the file the workers on the instances append their AWS calls to.
+	workerCalls string
 	w     *watch.Watcher
 	mu    sync.Mutex
 	execs []string // every command run on any instance: "<id> <command>"
@@ -120,7 +122,7 @@ func startE2E(t testing.TB) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &e2e{t: t, calls: awsx.NewRecorder(localcloud.Account)}
+	e := &e2e{t: t, calls: awsx.NewRecorder(localcloud.Account), workerCalls: filepath.Join(t.TempDir(), "worker-calls.jsonl")}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := Start(ctx, Options{
@@ -128,6 +130,7 @@ func startE2E(t testing.TB) *e2e {
 		Ops:           e2eOps(t),
 		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
 		Recorder:      e.calls,
+		WorkerEnv:     []string{awsx.EnvCallLog + "=" + e.workerCalls},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
 			e.execs = append(e.execs, id+" "+cmd)

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/iampolicy"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/tfmodule"
@@ -69,11 +70,22 @@ func (e *e2e) checkCalls(t *testing.T, demo Demo) {
 	if len(recorded) == 0 {
 		t.Fatal("no AWS call recorded")
 	}
+	// The workers on the instances, separate processes, logged theirs to a file.
+	workers, err := awsx.ReadCallLog(e.workerCalls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range workers {
+		recorded = append(recorded, c.WithAccount(localcloud.Account))
+	}
 	byService := map[string]int{}
 	denied := map[string]bool{}
 	for _, c := range recorded {
 		byService[c.Service]++
 		role := e.Topology.RoleName(c.Service)
+		if c.Service == "worker" {
+			role = e.Topology.WorkerRoleName()
+		}
 		p, ok := policies[role]
 		if !ok {
 			t.Fatalf("no policy for %s's role %s", c.Service, role)
@@ -89,8 +101,8 @@ func (e *e2e) checkCalls(t *testing.T, demo Demo) {
 		t.Errorf("not allowed by the Terraform: %s", d)
 	}
 	t.Logf("%d calls checked: %v", len(recorded), byService)
-	if len(byService) != 5 {
-		t.Errorf("calls recorded for %v, want all five services", slices.Sorted(maps.Keys(byService)))
+	if len(byService) != 6 {
+		t.Errorf("calls recorded for %v, want the five services and the worker", slices.Sorted(maps.Keys(byService)))
 	}
 }
 
