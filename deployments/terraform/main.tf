@@ -222,7 +222,8 @@ resource "aws_s3_bucket_policy" "logs" {
 # Each topic's policy lets only its producing role publish (pkg/bus Producers: the planner
 # FleetPlanned, ..., the upstream role JobSubmitted, the worker role TaskReported) and denies
 # sns:Publish to every other principal, including this account's administrators' roles.
-# pkg/infra TopicPolicy generates the same document for `infra up` and `sortie audit`.
+# pkg/infra TopicPolicy generates the same document (the topic ARN's region a wildcard) for
+# `infra up` and `sortie audit`; TestTerraformTopicPolicies compares them.
 
 data "aws_caller_identity" "current" {}
 
@@ -262,14 +263,14 @@ resource "aws_sns_topic_policy" "producers" {
         Effect    = "Allow"
         Principal = { AWS = [for p in local.producers[each.key] : local.producer_role_arns[p]] }
         Action    = "sns:Publish"
-        Resource  = aws_sns_topic.event[each.key].arn
+        Resource  = "arn:aws:sns:*:${local.account_id}:${var.prefix}-${each.value}"
       },
       {
-        Sid       = "DenyOthersPublish"
+        Sid       = "DenyPublishByOthers"
         Effect    = "Deny"
         Principal = "*"
         Action    = "sns:Publish"
-        Resource  = aws_sns_topic.event[each.key].arn
+        Resource  = "arn:aws:sns:*:${local.account_id}:${var.prefix}-${each.value}"
         Condition = { ArnNotEquals = { "aws:PrincipalArn" = [for p in local.producers[each.key] : local.producer_role_arns[p]] } }
       },
     ]

@@ -128,7 +128,13 @@ func TestTerraformTopicPolicies(t *testing.T) {
 		if want := m.Region; !strings.HasSuffix(topic, ":"+topo.TopicName(et)) || !strings.Contains(topic, want) {
 			t.Errorf("%s: policy on %s, want topic %s", et, topic, topo.TopicName(et))
 		}
-		p, err := iampolicy.Parse([]byte(str(t, i, "policy")))
+		doc := str(t, i, "policy")
+		if want, err := TopicPolicy(topo, et, tfAccount); err != nil {
+			t.Fatal(err)
+		} else if !sameJSON(doc, string(want)) {
+			t.Errorf("%s: topic policy\n%s\nwant infra.TopicPolicy's\n%s", et, doc, want)
+		}
+		p, err := iampolicy.Parse([]byte(doc))
 		if err != nil {
 			t.Fatal(err)
 		}
