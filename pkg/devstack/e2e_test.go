@@ -108,9 +108,9 @@ type e2e struct {
 	calls *awsx.Recorder // every AWS call of every service
 	// workerCalls is the file the workers on the instances append their AWS calls to.
 	workerCalls string
-	w     *watch.Watcher
-	mu    sync.Mutex
-	execs []string // every command run on any instance: "<id> <command>"
+	w           *watch.Watcher
+	mu          sync.Mutex
+	execs       []string // every command run on any instance: "<id> <command>"
 }
 
 func startE2E(t testing.TB) *e2e {
