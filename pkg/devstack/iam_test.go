@@ -14,6 +14,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/iampolicy"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/tfmodule"
@@ -79,30 +80,75 @@ func (e *e2e) checkCalls(t *testing.T, demo Demo) {
 		recorded = append(recorded, c.WithAccount(localcloud.Account))
 	}
 	byService := map[string]int{}
-	denied := map[string]bool{}
 	for _, c := range recorded {
 		byService[c.Service]++
-		role := e.Topology.RoleName(c.Service)
-		if c.Service == "worker" {
-			role = e.Topology.WorkerRoleName()
+	}
+	for _, d := range deniedCalls(t, e.Topology, policies, recorded) {
+		t.Errorf("not allowed by the Terraform: %s", d)
+	}
+	t.Logf("%d calls checked: %v", len(recorded), byService)
+	if len(byService) != 6 {
+		t.Errorf("calls recorded for %v, want the five services and the worker", slices.Sorted(maps.Keys(byService)))
+	}
+}
+
+// deniedCalls lists, once each, the calls that the caller's role would be refused.
+func deniedCalls(t *testing.T, topo bus.Topology, policies map[string]iampolicy.Policy, calls []awsx.Call) []string {
+	t.Helper()
+	denied := map[string]bool{}
+	for _, c := range calls {
+		role := topo.RoleName(c.Service)
+		if c.Service == bus.WorkerProducer {
+			role = topo.WorkerRoleName()
 		}
 		p, ok := policies[role]
 		if !ok {
 			t.Fatalf("no policy for %s's role %s", c.Service, role)
 		}
 		for _, res := range c.Resources {
-			d := p.Decide(iampolicy.Request{Action: c.Action, Resource: res, Context: c.Context})
-			if !d.Allowed {
+			if d := p.Decide(iampolicy.Request{Action: c.Action, Resource: res, Context: c.Context}); !d.Allowed {
 				denied[fmt.Sprintf("%s (%s): %s on %s with %v", c.Service, role, c.Action, res, c.Context)] = true
 			}
 		}
 	}
-	for _, d := range slices.Sorted(maps.Keys(denied)) {
-		t.Errorf("not allowed by the Terraform: %s", d)
-	}
-	t.Logf("%d calls checked: %v", len(recorded), byService)
-	if len(byService) != 6 {
-		t.Errorf("calls recorded for %v, want the five services and the worker", slices.Sorted(maps.Keys(byService)))
+	return slices.Sorted(maps.Keys(denied))
+}
+
+// The check fails on what the policies do not allow: calls a service could make by mistake
+// or under attack, recorded as the recorder would.
+func TestDeniedCalls(t *testing.T) {
+	e := &e2e{Stack: &Stack{Topology: bus.Topology{Prefix: "e2e"}, SSHKey: "s3://e2e-secrets/keys/sortie-dev.pem"}}
+	policies := e.stackPolicies(t, DemoFor("e2e"))
+	const R, A = "us-east-1", localcloud.Account
+	inst := "arn:aws:ec2:" + R + ":" + A + ":instance/i-0123456789abcdef0"
+	for _, c := range []struct {
+		name    string
+		call    awsx.Call
+		allowed bool
+	}{
+		{"reaper terminates its stack's instance", awsx.Call{Service: bus.Reaper, Action: "ec2:TerminateInstances", Resources: []string{inst},
+			Context: map[string][]string{"aws:ResourceTag/sortie:stack": {"e2e"}}}, true},
+		{"reaper terminates another stack's instance", awsx.Call{Service: bus.Reaper, Action: "ec2:TerminateInstances", Resources: []string{inst},
+			Context: map[string][]string{"aws:ResourceTag/sortie:stack": {"prod"}}}, false},
+		{"monitor terminates", awsx.Call{Service: bus.Monitor, Action: "ec2:TerminateInstances", Resources: []string{inst},
+			Context: map[string][]string{"aws:ResourceTag/sortie:stack": {"e2e"}}}, false},
+		{"provisioner launches untagged", awsx.Call{Service: bus.Provisioner, Action: "ec2:RunInstances",
+			Resources: []string{"arn:aws:ec2:" + R + ":" + A + ":instance/*"}}, false},
+		{"planner publishes JobFinished", awsx.Call{Service: bus.Planner, Action: "sns:Publish",
+			Resources: []string{"arn:aws:sns:" + R + ":" + A + ":e2e-job-finished"}}, false},
+		{"monitor writes another namespace", awsx.Call{Service: bus.Monitor, Action: "cloudwatch:PutMetricData", Resources: []string{"*"},
+			Context: map[string][]string{"cloudwatch:namespace": {"AWS/EC2"}}}, false},
+		{"worker reads the login key", awsx.Call{Service: bus.WorkerProducer, Action: "s3:GetObject",
+			Resources: []string{"arn:aws:s3:::e2e-secrets/keys/sortie-dev.pem"}}, false},
+		{"worker publishes TaskReported", awsx.Call{Service: bus.WorkerProducer, Action: "sns:Publish",
+			Resources: []string{"arn:aws:sns:" + R + ":" + A + ":e2e-task-reported"}}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			denied := deniedCalls(t, e.Topology, policies, []awsx.Call{c.call})
+			if (len(denied) == 0) != c.allowed {
+				t.Errorf("denied %q, want allowed %v", denied, c.allowed)
+			}
+		})
 	}
 }
 
