@@ -331,7 +331,21 @@ resource "aws_iam_role_policy" "worker" {
         Action   = "s3:GetObject"
         Resource = local.fetch_object_arns
       } if length(var.fetch_buckets) > 0],
-      # The workload's own data: the work items it drains and the results it writes.
+    )
+  })
+}
+
+# The workload's own data, apart from what Sortie itself needs: the work items it reads and
+# drains and the results it writes (the demo workload's needs; none when no work bucket or
+# queue is given).
+resource "aws_iam_role_policy" "worker_workload" {
+  count = length(var.work_buckets) + length(var.work_queues) > 0 ? 1 : 0
+
+  name = "workload"
+  role = aws_iam_role.worker.name
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
       [for x in [1] : {
         Sid      = "WorkloadReadsWork"
         Effect   = "Allow"

@@ -52,9 +52,12 @@ func (e *e2e) stackPolicies(t *testing.T, demo Demo) map[string]iampolicy.Policy
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out[role], err = iampolicy.Parse([]byte(doc)); err != nil {
+		p, err := iampolicy.Parse([]byte(doc))
+		if err != nil {
 			t.Fatalf("%s: %v", role, err)
 		}
+		p.Statement = append(out[role].Statement, p.Statement...) // a role's policies together
+		out[role] = p
 	}
 	return out
 }

@@ -62,12 +62,43 @@ func policies(t *testing.T, m *tfmodule.Module) map[string]iampolicy.Policy {
 			t.Fatalf("%s: %v", i, err)
 		}
 		role := str(t, i, "role")
-		if _, dup := out[role]; dup {
-			t.Fatalf("role %s has two inline policies", role)
+		if prev, ok := out[role]; ok { // a role's policies together: IAM unions them
+			p.Statement = append(prev.Statement, p.Statement...)
 		}
 		out[role] = p
 	}
 	return out
+}
+
+// The worker's own policy (apart from the workload's, from variables) lets the instances
+// publish TaskReported and read what the recipes fetch: nothing else.
+func TestTerraformWorkerPolicy(t *testing.T) {
+	m := loadStack(t, "prodstack", nil)
+	p, err := iampolicy.Parse([]byte(str(t, m.Instances("aws_iam_role_policy", "worker")[0], "policy")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range p.Statement {
+		for _, a := range s.Action {
+			got = append(got, a+" "+strings.Join(s.Resource, ","))
+		}
+	}
+	want := []string{
+		"s3:GetObject arn:aws:s3:::prodstack-tools/*",
+		"sns:ListTopics *",
+		"sns:Publish arn:aws:sns:us-east-1:" + tfAccount + ":prodstack-task-reported",
+	}
+	if slices.Sort(got); !slices.Equal(got, want) {
+		t.Errorf("worker grants\n%q\nwant\n%q", got, want)
+	}
+	// Without work buckets or queues, no workload policy at all.
+	bare := loadStack(t, "prodstack", map[string]cty.Value{
+		"work_buckets": cty.ListValEmpty(cty.String), "work_queues": cty.ListValEmpty(cty.String),
+	})
+	if n := len(bare.Instances("aws_iam_role_policy", "worker_workload")); n != 0 {
+		t.Errorf("%d workload policies without work buckets or queues", n)
+	}
 }
 
 func TestTerraformNamesAreTopology(t *testing.T) {
