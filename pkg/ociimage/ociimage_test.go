@@ -6,8 +6,13 @@ import (
 	"context"
 	"debug/elf"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -98,9 +103,48 @@ func TestBuildPlannerImage(t *testing.T) {
 		if !bytes.Contains(bin, []byte("x509roots/fallback")) {
 			t.Error("planner does not embed golang.org/x/crypto/x509roots/fallback")
 		}
+		checkHealthcheck(t, bin)
 	}
 	if !slices.Equal(files, []string{"planner"}) {
 		t.Errorf("layer holds %q, want only planner", files)
+	}
+}
+
+// checkHealthcheck runs the image's binary as ECS's health check does, `/planner
+// healthcheck`, against a /healthz that answers 200 and then 503.
+func checkHealthcheck(t *testing.T, bin []byte) {
+	t.Helper()
+	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
+		t.Logf("not running the linux/amd64 binary on %s/%s", runtime.GOOS, runtime.GOARCH)
+		return
+	}
+	exe := filepath.Join(t.TempDir(), "planner")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	status := http.StatusOK
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	for _, c := range []struct {
+		status int
+		ok     bool
+	}{{http.StatusOK, true}, {http.StatusServiceUnavailable, false}} {
+		status = c.status
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, exe, "healthcheck")
+		cmd.Env = []string{"SORTIE_HTTP_ADDR=:" + port}
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if (err == nil) != c.ok {
+			t.Errorf("planner healthcheck with /healthz %d: %v, want success %v\n%s", c.status, err, c.ok, out)
+		}
 	}
 }
 
