@@ -100,6 +100,16 @@ locals {
     Resource = "${aws_s3_bucket.secrets.arn}/${local.ssh_key_object}"
   }
 
+  # Instances that generate their own host key print its fingerprints to the console; the
+  # stages that SSH in read them there (templates with host_keys = instance).
+  read_own_consoles = {
+    Sid       = "ReadOwnConsoles"
+    Effect    = "Allow"
+    Action    = "ec2:GetConsoleOutput"
+    Resource  = local.ec2_instances
+    Condition = { StringEquals = { "aws:ResourceTag/sortie:stack" = var.prefix } }
+  }
+
   describe_instances = {
     Sid      = "DescribeInstances"
     Effect   = "Allow"
@@ -107,11 +117,11 @@ locals {
     Resource = "*"
   }
 
-  # Tag writes on this stack's instances only, and only of the tags the service owns.
+  # Tag writes on this stack's instances only, and only of the tags the service owns (the
+  # provisioner tags at launch; the reaper writes no tag).
   tag_own_instances = {
     bootstrapper = ["sortie:stage"]
     monitor      = ["sortie:stage", "sortie:lease-expires"]
-    reaper       = ["sortie:stage", "sortie:lease-expires"]
   }
 
   service_statements = {
@@ -159,9 +169,9 @@ locals {
         Condition = { StringEquals = { "ec2:CreateAction" = "RunInstances", "aws:RequestTag/sortie:stack" = var.prefix } }
       },
       {
-        Sid       = "ManageOwnInstances"
+        Sid       = "TerminateOwnInstances"
         Effect    = "Allow"
-        Action    = ["ec2:TerminateInstances", "ec2:GetConsoleOutput"]
+        Action    = "ec2:TerminateInstances"
         Resource  = local.ec2_instances
         Condition = { StringEquals = { "aws:ResourceTag/sortie:stack" = var.prefix } }
       },
@@ -178,13 +188,7 @@ locals {
       [
         local.describe_instances,
         local.read_login_key,
-        {
-          Sid       = "ReadOwnConsoles"
-          Effect    = "Allow"
-          Action    = "ec2:GetConsoleOutput"
-          Resource  = local.ec2_instances
-          Condition = { StringEquals = { "aws:ResourceTag/sortie:stack" = var.prefix } }
-        },
+        local.read_own_consoles,
       ],
       [for x in [1] : {
         Sid      = "PresignRecipeFetches"
@@ -197,6 +201,7 @@ locals {
     monitor = [
       local.describe_instances,
       local.read_login_key,
+      local.read_own_consoles,
       {
         Sid       = "PutSortieMetrics"
         Effect    = "Allow"
@@ -215,6 +220,7 @@ locals {
     reaper = [
       local.describe_instances,
       local.read_login_key,
+      local.read_own_consoles,
       {
         Sid       = "TerminateOwnInstances"
         Effect    = "Allow"

@@ -283,6 +283,9 @@ func TestTerraformLeastPrivilege(t *testing.T) {
 
 		{topo.RoleName(bus.Reaper), rq("ec2:TerminateInstances", inst, own), true},
 		{topo.RoleName(bus.Reaper), rq("ec2:TerminateInstances", inst, other), false},
+		{topo.RoleName(bus.Reaper), rq("ec2:CreateTags", inst, stage), false},
+		{topo.RoleName(bus.Reaper), rq("ec2:GetConsoleOutput", inst, own), true},
+		{topo.RoleName(bus.Provisioner), rq("ec2:GetConsoleOutput", inst, own), false},
 		{topo.RoleName(bus.Reaper), rq("ec2:TerminateInstances", inst, nil), false},
 		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.BucketName()+"/logs/job/i-1.tar.gz", nil), true},
 		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie.pem", nil), false},
