@@ -275,7 +275,7 @@ func (r *Recorder) resources(prefix, region, op string, v reflect.Value) ([]stri
 		}
 		requestTags(v, ctx)
 		if op == "RunInstances" {
-			res = append(res, "arn:aws:ec2:"+region+":"+r.Account+":instance/*")
+			res = append(res, r.launchResources(region, v)...)
 		}
 	case "secretsmanager":
 		if id := str(v, "SecretId"); id != "" {
@@ -294,6 +294,34 @@ func (r *Recorder) resources(prefix, region, op string, v reflect.Value) ([]stri
 		ctx = nil
 	}
 	return res, ctx
+}
+
+// launchResources are the resources IAM authorises a RunInstances on: what it creates
+// (instances, their network interfaces, volumes when tagged at launch) and what it uses
+// (image, subnet, security groups, key pair).
+func (r *Recorder) launchResources(region string, v reflect.Value) []string {
+	ec2ARN := func(account, typ, id string) string { return "arn:aws:ec2:" + region + ":" + account + ":" + typ + "/" + id }
+	res := []string{ec2ARN(r.Account, "instance", "*"), ec2ARN(r.Account, "network-interface", "*")}
+	specs := field(v, "TagSpecifications")
+	for i := 0; specs.IsValid() && specs.Kind() == reflect.Slice && i < specs.Len(); i++ {
+		if rt := field(specs.Index(i), "ResourceType"); rt.IsValid() && rt.String() == "volume" {
+			res = append(res, ec2ARN(r.Account, "volume", "*"))
+		}
+	}
+	if id := str(v, "ImageId"); id != "" {
+		res = append(res, ec2ARN("", "image", id)) // public and shared images have no account of ours
+	}
+	if id := str(v, "SubnetId"); id != "" {
+		res = append(res, ec2ARN(r.Account, "subnet", id))
+	}
+	sgs := field(v, "SecurityGroupIds")
+	for i := 0; sgs.IsValid() && sgs.Kind() == reflect.Slice && i < sgs.Len(); i++ {
+		res = append(res, ec2ARN(r.Account, "security-group", sgs.Index(i).String()))
+	}
+	if k := str(v, "KeyName"); k != "" {
+		res = append(res, ec2ARN(r.Account, "key-pair", k))
+	}
+	return res
 }
 
 // requestTags collects the tags a request asks for (CreateTags' Tags, RunInstances'

@@ -103,6 +103,17 @@ func TestRecorder(t *testing.T) {
 		{"cloudwatch:PutMetricData", "*", map[string]string{"cloudwatch:namespace": "Sortie"}},
 	}
 	calls := rec.Calls()
+	for _, c := range calls {
+		if c.Action != "ec2:RunInstances" {
+			continue
+		}
+		for _, r := range []string{"arn:aws:ec2:" + R + "::image/ami-0123456789abcdef0", "arn:aws:ec2:" + R + ":" + A + ":key-pair/" + kp.Name,
+			"arn:aws:ec2:" + R + ":" + A + ":network-interface/*"} {
+			if !slices.Contains(c.Resources, r) {
+				t.Errorf("RunInstances resources %v lack %s", c.Resources, r)
+			}
+		}
+	}
 	if len(calls) != len(want) {
 		t.Errorf("%d calls recorded, want %d: %+v", len(calls), len(want), calls)
 	}
