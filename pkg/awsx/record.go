@@ -300,7 +300,9 @@ func (r *Recorder) resources(prefix, region, op string, v reflect.Value) ([]stri
 // (instances, their network interfaces, volumes when tagged at launch) and what it uses
 // (image, subnet, security groups, key pair).
 func (r *Recorder) launchResources(region string, v reflect.Value) []string {
-	ec2ARN := func(account, typ, id string) string { return "arn:aws:ec2:" + region + ":" + account + ":" + typ + "/" + id }
+	ec2ARN := func(account, typ, id string) string {
+		return "arn:aws:ec2:" + region + ":" + account + ":" + typ + "/" + id
+	}
 	res := []string{ec2ARN(r.Account, "instance", "*"), ec2ARN(r.Account, "network-interface", "*")}
 	specs := field(v, "TagSpecifications")
 	for i := 0; specs.IsValid() && specs.Kind() == reflect.Slice && i < specs.Len(); i++ {
