@@ -78,9 +78,9 @@ variable "target_message_age_seconds" {
 }
 
 variable "ssh_key_name" {
-  description = "EC2 key pair the fleets log in with; its private key is read from s3://<prefix>-secrets/keys/<name>.pem (`sortie demo prepare` stores one there)."
+  description = "EC2 key pair the fleets log in with (the templates' key_name); its private key is read from s3://<prefix>-secrets/keys/<name>.pem (`sortie demo prepare` stores one there). The default is the embedded ops configuration's."
   type        = string
-  default     = "sortie"
+  default     = "sortie-dev"
 }
 
 variable "ops_config" {

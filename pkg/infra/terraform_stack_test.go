@@ -12,6 +12,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/iampolicy"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/tfmodule"
 )
 
@@ -145,6 +146,21 @@ func TestTerraformNamesAreTopology(t *testing.T) {
 	}
 }
 
+// With the embedded ops configuration (ops_config empty), the templates' instance profile
+// and key pair are the ones the Terraform declares and hands the services.
+func TestTerraformMatchesDefaultOpsConfig(t *testing.T) {
+	m := loadStack(t, "sortie", nil)
+	keyName := m.Var("ssh_key_name").AsString()
+	for name, tpl := range opsconfig.Default().Templates {
+		if !m.Declared("aws_iam_instance_profile", "name", tpl.InstanceProfile) {
+			t.Errorf("template %s: instance profile %s is not the Terraform's", name, tpl.InstanceProfile)
+		}
+		if tpl.KeyName != keyName {
+			t.Errorf("template %s: key pair %s, the services read keys/%s.pem", name, tpl.KeyName, keyName)
+		}
+	}
+}
+
 // Only producers publish: each topic's policy allows exactly the roles of bus.Producers and
 // denies everyone else.
 func TestTerraformTopicPolicies(t *testing.T) {
@@ -254,7 +270,7 @@ func TestTerraformLeastPrivilege(t *testing.T) {
 		{topo.RoleName(bus.Planner), rq("sqs:ReceiveMessage", queue(topo.QueueName(bus.Reaper, bus.JobFinished)), nil), false},
 		{topo.RoleName(bus.Planner), rq("sqs:DeleteQueue", queue(topo.QueueName(bus.Planner, bus.JobSubmitted)), nil), false},
 		{topo.RoleName(bus.Planner), rq("ec2:RunInstances", "arn:aws:ec2:"+R+":"+A+":instance/*", map[string][]string{"aws:RequestTag/sortie:stack": {topo.Prefix}}), false},
-		{topo.RoleName(bus.Planner), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie.pem", nil), false},
+		{topo.RoleName(bus.Planner), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie-dev.pem", nil), false},
 
 		{topo.RoleName(bus.Provisioner), rq("ec2:RunInstances", "arn:aws:ec2:"+R+":"+A+":instance/*", map[string][]string{"aws:RequestTag/sortie:stack": {topo.Prefix}}), true},
 		{topo.RoleName(bus.Provisioner), rq("ec2:RunInstances", "arn:aws:ec2:"+R+":"+A+":instance/*", map[string][]string{"aws:RequestTag/sortie:stack": {"otherstack"}}), false},
@@ -266,7 +282,7 @@ func TestTerraformLeastPrivilege(t *testing.T) {
 		{topo.RoleName(bus.Provisioner), rq("ec2:TerminateInstances", inst, other), false},
 		{topo.RoleName(bus.Provisioner), rq("secretsmanager:GetSecretValue", "arn:aws:secretsmanager:"+R+":"+A+":secret:"+topo.HostKeySecretName()+"-AbCdEf", nil), false},
 
-		{topo.RoleName(bus.Bootstrapper), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie.pem", nil), true},
+		{topo.RoleName(bus.Bootstrapper), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie-dev.pem", nil), true},
 		{topo.RoleName(bus.Bootstrapper), rq("s3:GetObject", "arn:aws:s3:::prodstack-tools/bin/tool", nil), true},
 		{topo.RoleName(bus.Bootstrapper), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/other.pem", nil), false},
 		{topo.RoleName(bus.Bootstrapper), rq("s3:GetObject", "arn:aws:s3:::someone-elses-bucket/x", nil), false},
@@ -288,13 +304,13 @@ func TestTerraformLeastPrivilege(t *testing.T) {
 		{topo.RoleName(bus.Provisioner), rq("ec2:GetConsoleOutput", inst, own), false},
 		{topo.RoleName(bus.Reaper), rq("ec2:TerminateInstances", inst, nil), false},
 		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.BucketName()+"/logs/job/i-1.tar.gz", nil), true},
-		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie.pem", nil), false},
+		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie-dev.pem", nil), false},
 		{topo.RoleName(bus.Reaper), rq("s3:DeleteObject", "arn:aws:s3:::"+topo.BucketName()+"/logs/job/i-1.tar.gz", nil), false},
 
 		{topo.WorkerRoleName(), rq("sns:Publish", topic(bus.TaskReported), nil), true},
 		{topo.WorkerRoleName(), rq("sns:Publish", topic(bus.JobFinished), nil), false},
 		{topo.WorkerRoleName(), rq("s3:GetObject", "arn:aws:s3:::prodstack-tools/bin/tool", nil), true},
-		{topo.WorkerRoleName(), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie.pem", nil), false},
+		{topo.WorkerRoleName(), rq("s3:GetObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie-dev.pem", nil), false},
 		{topo.WorkerRoleName(), rq("s3:PutObject", "arn:aws:s3:::prodstack-input/results/job/x.json", nil), true},
 		{topo.WorkerRoleName(), rq("s3:PutObject", "arn:aws:s3:::prodstack-input/x", nil), false},
 		{topo.WorkerRoleName(), rq("ec2:TerminateInstances", inst, own), false},
