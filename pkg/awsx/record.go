@@ -181,7 +181,6 @@ var actionNames = map[string]string{
 	"s3:ListMultipartUploads": "s3:ListBucketMultipartUploads", "s3:ListParts": "s3:ListMultipartUploadParts",
 	"sqs:SendMessageBatch": "sqs:SendMessage", "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
 	"sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility", "sns:PublishBatch": "sns:Publish",
-	"dynamodb:BatchWriteItem": "dynamodb:BatchWriteItem",
 }
 
 // describe turns one request into the calls IAM authorises: one per action (a DynamoDB
