@@ -68,7 +68,7 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		return events.FleetLaunched{}, bus.Permanent(fmt.Errorf("instance type %q is not one of template %q's (%s)",
 			fp.InstanceType, fp.Template, strings.Join(t.InstanceTypes, ", ")))
 	}
-	atts := attempts(t, fp)
+	atts := attempts(l.stack, t, fp)
 	found, err := l.find(ctx, fp.FleetID, tokens(atts))
 	if err != nil {
 		return events.FleetLaunched{}, err
@@ -162,10 +162,11 @@ func clientToken(parts ...string) string {
 
 // attempts lists the launches to try, in order: the planned type, then the template's
 // other types in its order, in the first subnet; then the same in the next subnet. The
-// first attempt's token is hex(sha256(job_id + "/" + plan_revision)); each fallback has
-// its own (type and subnet appended), because EC2 refuses a token reused with other
-// parameters (IdempotentParameterMismatch).
-func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
+// first attempt's token is hex(sha256(stack + "/" + job_id + "/" + plan_revision)); each
+// fallback has its own (type and subnet appended), because EC2 refuses a token reused with
+// other parameters (IdempotentParameterMismatch). The stack is part of the token so that two
+// stacks in one account never collide on a job id.
+func attempts(stack string, t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	types := []string{fp.InstanceType}
 	for _, it := range t.InstanceTypes {
 		if it != fp.InstanceType {
@@ -180,9 +181,9 @@ func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	var out []attempt
 	for _, subnet := range subnets {
 		for _, it := range types {
-			token := clientToken(fp.JobID, rev)
+			token := clientToken(stack, fp.JobID, rev)
 			if len(out) > 0 {
-				token = clientToken(fp.JobID, rev, it, subnet)
+				token = clientToken(stack, fp.JobID, rev, it, subnet)
 			}
 			out = append(out, attempt{InstanceType: it, Subnet: subnet, Token: token})
 		}
