@@ -31,6 +31,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 	"github.com/sortie-fleet/sortie/pkg/watch"
 	"github.com/sortie-fleet/sortie/services/bootstrapper"
 	"github.com/sortie-fleet/sortie/services/monitor"
@@ -60,6 +61,17 @@ type Options struct {
 	MonitorInterval time.Duration
 	// OnExec sees every command run on an instance (the local cloud's audit hook).
 	OnExec func(instanceID, command string)
+	// HTTPAddr is where each service serves /healthz, /readyz and /metrics, each on a
+	// listener of its own (default 127.0.0.1:0: a free port each); "-": not served.
+	HTTPAddr string
+	// Recorder, when set, records every AWS call each service makes (each service gets its
+	// own wrapped config, as it would its own task role); the least-privilege test checks
+	// the calls against the Terraform's policies.
+	Recorder *awsx.Recorder
+	// Cloud, if set, is a local cloud the stack shares with others (tests of several stacks
+	// in one account): the stack uses it and leaves it running on Close; Addr, DataDir,
+	// WorkerCommand, WorkerEnv and OnExec are then the cloud's business.
+	Cloud *localcloud.Cloud
 	// Replicas is the number of instances of every service (default 1), each with its own
 	// publisher and ledger client, competing for the same queues as separate processes do.
 	Replicas int
@@ -90,6 +102,11 @@ type Stack struct {
 	Ledger *ledger.Ledger
 	// SSHKey is where the services read the instances' login key: s3://<prefix>-secrets/keys/<name>.pem.
 	SSHKey string
+	// Endpoints is each service's health and metrics base URL (http://host:port), by
+	// service, in the order the services start; empty when not served.
+	Endpoints []Endpoint
+	// Telemetry is each service's metrics and readiness, by service name.
+	Telemetry map[string]*telemetry.Telemetry
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -116,6 +133,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if opts.MonitorInterval == 0 {
 		opts.MonitorInterval = time.Second
 	}
+	if opts.HTTPAddr == "" {
+		opts.HTTPAddr = "127.0.0.1:0"
+	}
 	s := &Stack{Topology: bus.Topology{Prefix: opts.Prefix}, Ops: opts.Ops}
 	defer func() {
 		if err != nil {
@@ -136,14 +156,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	env := append([]string{"PATH=" + s.binDir + ":/usr/local/bin:/usr/bin:/bin"}, opts.WorkerEnv...)
 
-	s.Cloud, err = localcloud.New(localcloud.Options{
-		Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
-		BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("starting local cloud: %w", err)
+	if s.Cloud = opts.Cloud; s.Cloud == nil {
+		s.Cloud, err = localcloud.New(localcloud.Options{
+			Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
+			BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("starting local cloud: %w", err)
+		}
+		s.closers = append(s.closers, s.Cloud.Close)
 	}
-	s.closers = append(s.closers, s.Cloud.Close)
 	s.AWS = awsx.ForEndpoint(s.Cloud.URL())
 	s.EC2 = ec2.NewFromConfig(s.AWS)
 	s.S3 = s3.NewFromConfig(s.AWS, awsx.S3Options(s.AWS))
@@ -199,31 +221,55 @@ func (s *Stack) startServices(opts Options) error {
 				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, PollWait: time.Second, SweepInterval: 10 * time.Second}, d)
 		}},
 	}
+	s.Telemetry = map[string]*telemetry.Telemetry{}
 	replicas := max(opts.Replicas, 1)
 	for _, sv := range services {
 		for r := range replicas {
+			name := sv.name
+			if r > 0 {
+				name = fmt.Sprintf("%s-%d", sv.name, r+1)
+			}
 			logger := opts.Logger.With("service", sv.name)
 			if replicas > 1 {
-				logger = logger.With("replica", r)
+				logger = logger.With("replica", r+1)
 			}
-			pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
+			awsCfg := s.AWS
+			if opts.Recorder != nil {
+				awsCfg = opts.Recorder.Wrap(s.AWS, sv.name)
+			}
+			pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: awsCfg, Logger: logger})
 			if err != nil {
 				return err
 			}
 			s.closers = append(s.closers, pub.Close)
 			led, err := ledger.New(ledger.Config{
-				API: dynamodb.NewFromConfig(s.AWS), Table: s.Topology.LedgerTableName(), Lease: opts.Lease, Fault: opts.Fault,
+				API: dynamodb.NewFromConfig(awsCfg), Table: s.Topology.LedgerTableName(), Lease: opts.Lease, Fault: opts.Fault,
 			})
 			if err != nil {
 				return err
 			}
-			deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Ledger: led}
+			tel := telemetry.New(sv.name)
+			tel.ConfigLoaded(nil)
+			s.Telemetry[name] = tel
+			if opts.HTTPAddr != "-" {
+				srv, err := telemetry.Listen(tel, opts.HTTPAddr, logger)
+				if err != nil {
+					return err
+				}
+				s.closers = append(s.closers, srv.Close)
+				s.Endpoints = append(s.Endpoints, Endpoint{Service: name, URL: srv.URL()})
+			}
+			deps := service.Deps{AWS: awsCfg, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel, Ledger: led}
 			s.wg.Add(1)
+			go func() {
+				<-ctx.Done() // Close: not ready while draining
+				tel.Drain()
+			}()
 			go func() {
 				defer s.wg.Done()
 				if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
 					s.mu.Lock()
-					s.errs = append(s.errs, fmt.Errorf("%s: %w", sv.name, err))
+					s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
 					s.mu.Unlock()
 					logger.Error("service stopped", "error", err.Error())
 				}
@@ -233,6 +279,12 @@ func (s *Stack) startServices(opts Options) error {
 	return nil
 }
 
+// Endpoint is where one service serves /healthz, /readyz and /metrics.
+type Endpoint struct {
+	Service string
+	URL     string // http://host:port
+}
+
 // Err reports services that stopped on their own (nil while all run).
 func (s *Stack) Err() error {
 	s.mu.Lock()
@@ -240,8 +292,8 @@ func (s *Stack) Err() error {
 	return errors.Join(s.errs...)
 }
 
-// Close stops the services (letting in-flight handlers finish), then the local cloud,
-// which terminates every instance still running.
+// Close stops the services (letting in-flight handlers finish), then the local cloud
+// unless it was given (Options.Cloud), which terminates every instance still running.
 func (s *Stack) Close() error {
 	if s.cancel != nil {
 		s.cancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Run consumes JobSubmitted until ctx is cancelled, publishing a FleetPlanned for every
@@ -29,13 +30,13 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	if deps.Ops == nil || deps.Publisher == nil {
 		return errors.New("planner: deps need an ops config and a publisher")
 	}
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology:     cfg.Topology(),
 		Service:      bus.Planner,
 		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Planner).OnDeadLetter,
 		AWS:          deps.AWS,
 		Logger:       deps.Logger,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("planner: %w", err)
 	}
@@ -47,9 +48,10 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			objects:       s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)),
 			now:           deps.Now,
 		},
-		pub:    deps.Publisher,
-		ledger: deps.LedgerFor(cfg.Base),
-		reuse:  deps.Rejecter(cfg.Base, bus.Planner),
+		pub:     deps.Publisher,
+		metrics: deps.Telemetry,
+		ledger:  deps.LedgerFor(cfg.Base),
+		reuse:   deps.Rejecter(cfg.Base, bus.Planner),
 	}
 	router.Handle(bus.JobSubmitted, h.handle)
 	return router.Run(ctx)
@@ -83,6 +85,7 @@ type handler struct {
 	pub     publisher
 	ledger  claimer
 	reuse   reuseAnswerer
+	metrics *telemetry.Telemetry // counts the fleets planned; nil counts nothing
 }
 
 // handle decodes a JobSubmitted, claims the job's planned stage in the ledger, plans its
@@ -132,6 +135,7 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	}); err != nil {
 		bus.Logger(ctx).Error("recording the plan in the ledger", "error", err.Error())
 	}
+	h.metrics.FleetPlanned()
 	bus.Logger(ctx).Info("fleet planned", "items", plan.Items, "instance_type", plan.InstanceType,
 		"count", plan.Count, "meets_deadline", plan.MeetsDeadline, "rationale", plan.Rationale)
 	return nil

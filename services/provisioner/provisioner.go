@@ -30,13 +30,13 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	if deps.Ops == nil || deps.Publisher == nil {
 		return errors.New("provisioner: deps need an ops config and a publisher")
 	}
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology:     cfg.Topology(),
 		Service:      bus.Provisioner,
 		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Provisioner).OnDeadLetter,
 		AWS:          deps.AWS,
 		Logger:       deps.Logger,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("provisioner: %w", err)
 	}
@@ -51,6 +51,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			waiterMinDelay: cfg.WaiterMinDelay,
 			waiterMaxDelay: cfg.WaiterMaxDelay,
 			timeout:        cfg.LaunchTimeout,
+			metrics:        deps.Telemetry,
 		},
 		pub:    deps.Publisher,
 		ledger: deps.LedgerFor(cfg.Base),
@@ -165,7 +166,8 @@ func launchedType(e events.FleetLaunched) string {
 // tries again every poll; once the fleet could no longer meet its deadline if it started
 // now, the job is rejected (a permanent error: dead-lettered, and answered).
 func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
-	caps := h.launcher.ops.Caps
+	ops := h.launcher.ops.Current() // one configuration for the whole wait
+	caps := ops.Caps
 	poll := cmp.Or(h.poll, time.Second)
 	log := bus.Logger(ctx).With("fleet_id", fp.FleetID)
 	var since time.Time
@@ -191,7 +193,7 @@ func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (even
 		}
 	}
 	if caps.Any() {
-		t, err := h.launcher.ops.Template(fp.Template)
+		t, err := ops.Template(fp.Template)
 		if err != nil {
 			return events.FleetLaunched{}, bus.Permanent(err)
 		}
