@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -205,6 +206,13 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		dup.Nonce = nonceB
 		// As if the first launch's handler had died after its publish and before marking
 		// the stage done in the ledger: the duplicate wins the claim and launches again.
+		cloudtest.Eventually(t, 10*time.Second, func() error { // the mark follows the publish
+			rec, err := s.Ledger().Get(t.Context(), "fleet-e")
+			if err == nil && rec.DoneAt(ledger.Launched) == "" {
+				err = errors.New("launch not marked done yet")
+			}
+			return err
+		})
 		if _, err := dynamodb.NewFromConfig(s.AWS).UpdateItem(t.Context(), &dynamodb.UpdateItemInput{
 			TableName: aws.String(s.Topology.LedgerTableName()), Key: ledger.Key("fleet-e"),
 			UpdateExpression: aws.String("REMOVE launched_at"),
