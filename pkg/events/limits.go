@@ -27,6 +27,10 @@ const (
 	// OutcomeRejected ends a job that a stage refused (invalid, unknown names, a reused
 	// job id, a permanent error, retries exhausted): only FleetTerminated carries it.
 	OutcomeRejected = "rejected"
+	// OutcomeCancelled ends a job an operator cancelled (`sortie cancel`): JobFinished
+	// and FleetTerminated carry it. Added in schema version 1 (an optional value):
+	// consumers written before it skip such an event as invalid.
+	OutcomeCancelled = "cancelled"
 )
 
 // Limits enforced by Validate. They bound what one message may ask for or carry.

@@ -36,7 +36,7 @@ type JobFinished struct {
 	Header
 	FleetID  string `json:"fleet_id"`
 	Template string `json:"template,omitempty"` // carried, optional
-	Outcome  string `json:"outcome"`            // OutcomeSucceeded, OutcomeFailed or OutcomeTimedOut
+	Outcome  string `json:"outcome"`            // OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut or OutcomeCancelled (schema version 1)
 	// Reason explains the outcome; required unless the job succeeded.
 	Reason          string        `json:"reason,omitempty"`
 	FailingInstance string        `json:"failing_instance,omitempty"` // one of Instances
@@ -66,7 +66,7 @@ func (e JobFinished) Validate() error {
 	e.Header.check(&c)
 	c.fleetID("fleet_id", e.FleetID)
 	c.optionalName("template", e.Template)
-	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut)
+	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeCancelled)
 	c.text("reason", e.Reason, MaxTextBytes, e.Outcome != OutcomeSucceeded)
 	c.lines("log_tail", e.LogTail)
 	if c.count("instances", len(e.Instances), MaxInstances) {
@@ -173,8 +173,8 @@ func (e FleetTerminated) Validate() error {
 	var c checker
 	e.Header.check(&c)
 	c.fleetID("fleet_id", e.FleetID)
-	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeRejected)
-	c.text("reason", e.Reason, MaxTextBytes, e.Outcome == OutcomeRejected)
+	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeRejected, OutcomeCancelled)
+	c.text("reason", e.Reason, MaxTextBytes, e.Outcome == OutcomeRejected || e.Outcome == OutcomeCancelled)
 	if e.RejectedBy != "" || e.Outcome == OutcomeRejected {
 		c.name("rejected_by", e.RejectedBy)
 	}

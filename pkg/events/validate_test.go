@@ -427,6 +427,8 @@ func TestJobFinishedRules(t *testing.T) {
 		{"outcome empty", func(v *T) { v.Outcome = "" }, "outcome", false},
 		{"outcome unknown", func(v *T) { v.Outcome = "stalled" }, "outcome", false},
 		{"outcome timed_out ok", func(v *T) { v.Outcome = OutcomeTimedOut }, "", false},
+		{"outcome cancelled ok", func(v *T) { v.Outcome = OutcomeCancelled }, "", false},
+		{"reason missing on cancel", func(v *T) { v.Outcome, v.Reason = OutcomeCancelled, "" }, "reason", false},
 		{"reason missing on failure", func(v *T) { v.Reason = "" }, "reason", false},
 		{"reason missing on timeout", func(v *T) { v.Outcome, v.Reason = OutcomeTimedOut, "" }, "reason", false},
 		{"reason missing on success ok", func(v *T) { v.Outcome, v.Reason, v.FailingInstance = OutcomeSucceeded, "", "" }, "", false},
@@ -495,6 +497,8 @@ func TestFleetTerminatedRules(t *testing.T) {
 	rules := []rule[T]{
 		{"outcome unknown", func(v *T) { v.Outcome = "ok" }, "outcome", false},
 		{"outcome succeeded ok", func(v *T) { v.Outcome, v.Reason = OutcomeSucceeded, "" }, "", false},
+		{"outcome cancelled ok", func(v *T) { v.Outcome, v.Reason = OutcomeCancelled, "cancelled by ops" }, "", false},
+		{"outcome cancelled without reason", func(v *T) { v.Outcome, v.Reason = OutcomeCancelled, "" }, "reason", false},
 		{"reason NUL", func(v *T) { v.Reason = "\x00" }, "reason", false},
 		{"reason too long", func(v *T) { v.Reason = repeat("r", MaxTextBytes+1) }, "reason", false},
 		{"archives none ok", func(v *T) { v.Archives = nil }, "", false},

@@ -548,12 +548,40 @@ type Summary struct {
 	Tasks           map[string]int    `json:"tasks,omitempty"`
 	Waiting         string            `json:"waiting_for_capacity,omitempty"`
 	Stages          map[string]string `json:"stages"` // stage → when it was done
+	// Hold is the operator's hold on the job's instances, while it is in force; State is
+	// "held" when it keeps a finished job's instances.
+	Hold *HoldSummary `json:"hold,omitempty"`
+	// Cancelled says who cancelled the job and why.
+	Cancelled string `json:"cancelled,omitempty"`
 }
 
-// Summarize turns a record into its Summary.
-func (r Record) Summarize() Summary {
+// HoldSummary is a hold as `sortie status` shows it.
+type HoldSummary struct {
+	By        string    `json:"by,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	Until     time.Time `json:"until"`
+	OnFailure bool      `json:"on_failure,omitempty"`
+}
+
+// StateHeld is the state of a finished job whose instances a hold keeps.
+const StateHeld = "held"
+
+// Summarize turns a record into its Summary, now.
+func (r Record) Summarize() Summary { return r.SummarizeAt(time.Now()) }
+
+// SummarizeAt turns a record into its Summary at now.
+func (r Record) SummarizeAt(now time.Time) Summary {
 	s := Summary{JobID: r.JobID, State: r.State(), Outcome: r.Attrs["outcome"], Reason: r.Attrs["reason"],
 		InstanceSeconds: r.Attrs["instance_seconds"], Stages: map[string]string{}}
+	if h := r.Hold(); s.State != string(Terminated) && s.State != string(Rejected) && h.Active(now, s.Outcome) {
+		s.Hold = &HoldSummary{By: h.By, Reason: h.Reason, Until: h.Until.UTC(), OnFailure: h.OnFailure}
+		if r.DoneAt(Finished) != "" {
+			s.State = StateHeld
+		}
+	}
+	if c, ok := r.Cancelled(); ok {
+		s.Cancelled = c.Text()
+	}
 	if n, t := r.Attrs["count"], r.Attrs["instance_type"]; n != "" && t != "" {
 		s.Plan = n + " × " + t
 	}
