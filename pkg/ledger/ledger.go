@@ -21,6 +21,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/events"
 )
 
 // API lists the DynamoDB calls the ledger makes, with the SDK's signatures.
@@ -249,6 +250,9 @@ func (r Record) DoneAt(s Stage) string { return r.Attrs[atAttr(s)] }
 // "rejected" for a job that was rejected and not terminated.
 func (r Record) State() string {
 	if r.DoneAt(Rejected) != "" && r.DoneAt(Terminated) == "" {
+		if r.Attrs["outcome"] == events.OutcomeCancelled {
+			return events.OutcomeCancelled
+		}
 		return string(Rejected)
 	}
 	state := "submitted"

@@ -48,9 +48,9 @@ type Hold struct {
 }
 
 // Active says whether the hold still keeps a job's instances at now, given the job's
-// outcome ("" while it runs).
+// outcome ("" while it runs). A cancelled job is never held: cancel terminates.
 func (h Hold) Active(now time.Time, outcome string) bool {
-	if h.Until.IsZero() || h.Released || !now.Before(h.Until) {
+	if h.Until.IsZero() || h.Released || !now.Before(h.Until) || outcome == events.OutcomeCancelled {
 		return false
 	}
 	return !h.OnFailure || outcome != events.OutcomeSucceeded

@@ -38,16 +38,29 @@ type Rejecter struct {
 // terminated, or that was rejected before, gets nothing more; nor does a job id that
 // cannot be answered (it is not a valid id).
 func (r Rejecter) Reject(ctx context.Context, jobID, correlationID, reason string) error {
+	return r.end(ctx, jobID, correlationID, events.OutcomeRejected, reason)
+}
+
+// AnswerCancel ends a job an operator cancelled before its launch with a FleetTerminated
+// whose outcome is cancelled, once per job (the rejected stage records it: the job never
+// ran).
+func (r Rejecter) AnswerCancel(ctx context.Context, jobID, correlationID string, c Cancel) error {
+	return r.end(ctx, jobID, correlationID, events.OutcomeCancelled, c.Text())
+}
+
+func (r Rejecter) end(ctx context.Context, jobID, correlationID, outcome, reason string) error {
 	log := r.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	ev := events.FleetTerminated{
-		Header:     events.NewHeader(jobID, correlationID, r.Ledger.cfg.Now()),
-		FleetID:    jobID,
-		Outcome:    events.OutcomeRejected,
-		Reason:     truncate(reason, events.MaxTextBytes),
-		RejectedBy: r.Service,
+		Header:  events.NewHeader(jobID, correlationID, r.Ledger.cfg.Now()),
+		FleetID: jobID,
+		Outcome: outcome,
+		Reason:  truncate(reason, events.MaxTextBytes),
+	}
+	if outcome == events.OutcomeRejected {
+		ev.RejectedBy = r.Service
 	}
 	if ev.CorrelationID == "" {
 		ev.CorrelationID = jobID
@@ -79,10 +92,10 @@ func (r Rejecter) Reject(ctx context.Context, jobID, correlationID, reason strin
 	if err := r.Publisher.Publish(ctx, ev); err != nil {
 		return fmt.Errorf("rejecting job %s: %w", jobID, err)
 	}
-	if err := claim.Done(ctx, Fields{"outcome": events.OutcomeRejected, "reason": ev.Reason, "rejected_by": r.Service}); err != nil {
+	if err := claim.Done(ctx, Fields{"outcome": outcome, "reason": ev.Reason, "rejected_by": r.Service}); err != nil {
 		log.Error("recording the rejection in the ledger", "job_id", jobID, "error", err.Error())
 	}
-	log.Warn("job rejected", "job_id", jobID, "reason", ev.Reason)
+	log.Warn("job ended before its launch", "job_id", jobID, "outcome", outcome, "reason", ev.Reason)
 	// A rejected job no longer holds capacity; instances it may have left (with a lease)
 	// are the sweep's.
 	if err := r.Ledger.Release(ctx, jobID); err != nil {

@@ -46,6 +46,10 @@ type Base struct {
 	// LocalMode says the stack runs on the local cloud (SORTIE_LOCAL_MODE=1): the
 	// sortie:ssh-endpoint tag is honoured (see pkg/sshaddr). Never on by default.
 	LocalMode bool
+	// MaxHold is the longest an operator's hold keeps a job's instances after the job
+	// ends (SORTIE_MAX_HOLD, default DefaultMaxHold), whatever the hold asked; the
+	// template's TTL caps it too.
+	MaxHold time.Duration
 
 	envErr error // a variable BaseFromEnv could not parse; Validate reports it
 }
@@ -62,7 +66,10 @@ func BaseFromEnv() Base {
 	if v, ok := os.LookupEnv("SORTIE_HTTP_ADDR"); ok {
 		b.HTTPAddr = v
 	}
-	b.ConfigReload, b.envErr = DurationEnv("SORTIE_CONFIG_RELOAD", 0)
+	var reloadErr, holdErr error
+	b.ConfigReload, reloadErr = DurationEnv("SORTIE_CONFIG_RELOAD", 0)
+	b.MaxHold, holdErr = DurationEnv("SORTIE_MAX_HOLD", DefaultMaxHold)
+	b.envErr = errors.Join(reloadErr, holdErr)
 	return b
 }
 
@@ -85,6 +92,9 @@ func (b Base) Validate() error {
 			errs = append(errs, fmt.Errorf("SORTIE_CONFIG: %w", err))
 		}
 	}
+	if b.MaxHold < 0 {
+		errs = append(errs, fmt.Errorf("SORTIE_MAX_HOLD %s: want >= 0 (0: DefaultMaxHold)", b.MaxHold))
+	}
 	if b.ConfigReload < 0 {
 		errs = append(errs, fmt.Errorf("SORTIE_CONFIG_RELOAD %s: want >= 0 (0: only on SIGHUP)", b.ConfigReload))
 	}
@@ -94,6 +104,22 @@ func (b Base) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DefaultMaxHold is the stack's longest hold when SORTIE_MAX_HOLD is not set.
+const DefaultMaxHold = 4 * time.Hour
+
+// HoldEnd is when the hold h ends in this stack: its own end, capped at MaxHold after it
+// was placed.
+func (b Base) HoldEnd(h ledger.Hold) time.Time {
+	maxHold := b.MaxHold
+	if maxHold <= 0 {
+		maxHold = DefaultMaxHold
+	}
+	if !h.At.IsZero() && h.Until.After(h.At.Add(maxHold)) {
+		return h.At.Add(maxHold)
+	}
+	return h.Until
 }
 
 // base lets Serve reach the Base every stage's Config embeds.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -119,6 +120,7 @@ type (
 		Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
 		CountTask(ctx context.Context, jobID, taskID, outcome string) (ledger.TaskCount, error)
 		MarkTaskSent(ctx context.Context, jobID, taskID, outcome string) error
+		Get(ctx context.Context, jobID string) (ledger.Record, error)
 	}
 )
 
@@ -267,6 +269,13 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
 	}
 	owned := ownedIDs(ids, states) // the only instances probed and tagged
+	var cancel ledger.Cancel
+	var cancelled bool
+	if rec, err := m.ledger.Get(ctx, e.JobID); err != nil {
+		log.Warn("reading the job's record for a cancel; checking again at the next check", "error", err.Error())
+	} else {
+		cancel, cancelled = rec.Cancelled()
+	}
 	var v verdict
 	var wl []recipe.Workload
 	switch gone := goneInstance(states, ids); {
@@ -275,6 +284,9 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	case finished(states):
 		log.Info("job already finished: stopping the checks")
 		return nil
+	case cancelled:
+		log.Info("job cancelled by an operator: ending it", "cancelled_by", cancel.By, "reason", cancel.Reason)
+		v = verdict{Done: true, Outcome: events.OutcomeCancelled, Reason: cancel.Text()}
 	case gone != "":
 		v = verdict{Done: true, Outcome: events.OutcomeFailed, FailingInstance: gone,
 			Reason: fmt.Sprintf("instance %s is %s before its workloads finished", gone, states[gone].state)}
@@ -452,7 +464,53 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 	if err := m.tag(ctx, ids, tags.Stage, StageFinished); err != nil {
 		log.Warn("tagging instances finished", "error", err.Error())
 	}
+	m.holdLeases(ctx, log, jf, ids)
 	return nil
+}
+
+// holdLeases extends the leases of a finished job's instances to the end of the
+// operator's hold on it, if one applies to its outcome: capped by the stack's longest hold
+// (SORTIE_MAX_HOLD) and by each instance's template TTL from its launch. The reaper keeps
+// them until then; the sweep takes them when the lease runs out.
+func (m *monitor) holdLeases(ctx context.Context, log *slog.Logger, jf events.JobFinished, ids []string) {
+	rec, err := m.ledger.Get(ctx, jf.JobID)
+	if err != nil {
+		log.Warn("reading the job's hold; its instances keep their lease", "error", err.Error())
+		return
+	}
+	h := rec.Hold()
+	now := m.now()
+	if !h.Active(now, jf.Outcome) || len(ids) == 0 {
+		return
+	}
+	end := m.cfg.HoldEnd(h)
+	var ttl time.Duration
+	if t, err := m.ops.Current().Template(jf.Template); err == nil {
+		ttl = t.TTL.Std()
+	}
+	states, _, err := m.describe(ctx, jf.FleetID, ids)
+	if err != nil {
+		log.Warn("describing the held instances; they keep their lease", "error", err.Error())
+		return
+	}
+	for _, id := range ids {
+		lease := end
+		if st, ok := states[id]; ok && ttl > 0 && st.instance.LaunchTime != nil {
+			lease = minTime(lease, st.instance.LaunchTime.Add(ttl))
+		}
+		if err := m.tag(ctx, []string{id}, tags.LeaseExpires, lease.UTC().Format(time.RFC3339)); err != nil {
+			log.Warn("extending a held instance's lease", "instance_id", id, "error", err.Error())
+			continue
+		}
+		log.Info("instance held", "instance_id", id, "lease_expires", lease.UTC(), "hold_by", h.By, "hold_reason", h.Reason)
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // instanceState is what EC2 says of one instance of the fleet.

@@ -53,8 +53,9 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			timeout:        cfg.LaunchTimeout,
 			metrics:        deps.Telemetry,
 		},
-		pub:    deps.Publisher,
-		ledger: deps.LedgerFor(cfg.Base),
+		pub:     deps.Publisher,
+		ledger:  deps.LedgerFor(cfg.Base),
+		cancels: deps.Rejecter(cfg.Base, bus.Provisioner),
 	}
 	router.Handle(bus.FleetPlanned, h.handle)
 	return router.Run(ctx)
@@ -88,17 +89,25 @@ type claimer interface {
 	Reserve(ctx context.Context, jobID string, r ledger.Reservation, lim ledger.Limits) (bool, error)
 	Release(ctx context.Context, jobID string) error
 	Note(ctx context.Context, jobID string, fields ledger.Fields) error
+	Get(ctx context.Context, jobID string) (ledger.Record, error)
+}
+
+// canceller answers a job an operator cancelled before its launch with its terminal event.
+type canceller interface {
+	AnswerCancel(ctx context.Context, jobID, correlationID string, c ledger.Cancel) error
 }
 
 var (
 	_ publisher = (*bus.Publisher)(nil)
 	_ claimer   = (*ledger.Ledger)(nil)
+	_ canceller = ledger.Rejecter{}
 )
 
 type handler struct {
 	launcher *launcher
 	pub      publisher
 	ledger   claimer
+	cancels  canceller
 	// poll is how often a fleet waiting for capacity tries again (default 1 s).
 	poll time.Duration
 }
@@ -120,7 +129,14 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
 	}
 	defer claim.Release(ctx)
+	if c, ok := h.cancelled(ctx, fp.JobID); ok {
+		return h.answerCancel(ctx, fp, c)
+	}
 	launched, err := h.launchWithin(claim.Context(), fp)
+	var ce *cancelledError
+	if errors.As(err, &ce) {
+		return h.answerCancel(ctx, fp, ce.c)
+	}
 	if errors.Is(err, errFleetEnded) || bus.IsPermanent(err) {
 		if rerr := h.ledger.Release(ctx, fp.JobID); rerr != nil {
 			bus.Logger(ctx).Error("releasing the fleet's capacity", "error", rerr.Error())
@@ -147,6 +163,35 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 		bus.Logger(ctx).Error("recording the launch in the ledger", "error", err.Error())
 	}
 	bus.Logger(ctx).Info("fleet launched", "fleet_id", fp.FleetID, "instances", ids, "host_key", launched.HostKey)
+	return nil
+}
+
+// cancelled reads whether an operator cancelled the job. A record that cannot be read is
+// not a cancel (the monitor ends a cancelled job that was launched).
+func (h handler) cancelled(ctx context.Context, jobID string) (ledger.Cancel, bool) {
+	rec, err := h.ledger.Get(ctx, jobID)
+	if err != nil {
+		bus.Logger(ctx).Warn("reading the job's record for a cancel", "error", err.Error())
+		return ledger.Cancel{}, false
+	}
+	return rec.Cancelled()
+}
+
+// cancelledError stops a wait for capacity: the job was cancelled.
+type cancelledError struct{ c ledger.Cancel }
+
+func (e *cancelledError) Error() string { return e.c.Text() }
+
+// answerCancel does not launch a cancelled job: it gives back any capacity the job
+// reserved and ends it with a FleetTerminated whose outcome is cancelled.
+func (h handler) answerCancel(ctx context.Context, fp events.FleetPlanned, c ledger.Cancel) error {
+	bus.Logger(ctx).Info("job cancelled before its launch: not launching", "fleet_id", fp.FleetID, "cancelled_by", c.By, "reason", c.Reason)
+	if err := h.ledger.Release(ctx, fp.JobID); err != nil {
+		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
+	}
+	if err := h.cancels.AnswerCancel(ctx, fp.JobID, fp.CorrelationID, c); err != nil {
+		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
+	}
 	return nil
 }
 
@@ -189,8 +234,11 @@ func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (even
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(poll):
-			return nil
 		}
+		if c, ok := h.cancelled(ctx, fp.JobID); ok {
+			return &cancelledError{c: c}
+		}
+		return nil
 	}
 	if caps.Any() {
 		t, err := ops.Template(fp.Template)

@@ -99,6 +99,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 type Claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
 	Release(ctx context.Context, jobID string) error
+	Get(ctx context.Context, jobID string) (ledger.Record, error)
 }
 
 var _ Claimer = (*ledger.Ledger)(nil)
@@ -125,10 +126,40 @@ var _ metricsSink = (*metrics.Batcher)(nil)
 // handleJobFinished: JobFinished → claim the job's terminated stage → archive every
 // instance's logs → terminate → FleetTerminated. A duplicate JobFinished whose job is
 // terminated (or being reaped by another replica) does nothing.
+//
+// A job an operator holds (`sortie hold`, `submit --hold-on-failure`) is not reaped while
+// the hold is in force: its instances keep running (the monitor extended their leases to
+// the hold's end), and a held timer checks the hold again at its end, or every sweep
+// interval, so a release is acted on within one; FleetTerminated is published when the
+// fleet is finally reaped.
 func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
 	ev, err := events.DecodeJobFinished(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered at once (the sweep still reaps the fleet)
+	}
+	return s.finishJob(ctx, ev, m.Payload)
+}
+
+// finishJob reaps a finished job's fleet unless a hold keeps it.
+func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byte) error {
+	rec, err := s.ledger.Get(ctx, ev.JobID)
+	if err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	if rec.DoneAt(ledger.Terminated) != "" {
+		bus.Logger(ctx).Debug("duplicate JobFinished: nothing to do", "fleet_id", ev.FleetID)
+		return nil
+	}
+	now := s.deps.Now()
+	if h := rec.Hold(); h.Active(now, ev.Outcome) && now.Before(s.cfg.HoldEnd(h)) {
+		end := s.cfg.HoldEnd(h)
+		wait := min(end.Sub(now)+time.Second, s.cfg.SweepInterval)
+		if err := s.deps.Publisher.After(ctx, bus.Reaper, wait, body, map[string]string{AttrTimer: TimerHeld}); err != nil {
+			return fmt.Errorf("fleet %s: arming the held check: %w", ev.FleetID, err)
+		}
+		bus.Logger(ctx).Info("job held: its fleet is kept", "fleet_id", ev.FleetID, "hold_by", h.By,
+			"hold_reason", h.Reason, "hold_until", end.UTC(), "next_check", wait.String())
+		return nil
 	}
 	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.Terminated)
 	if errors.Is(err, ledger.ErrTaken) {
@@ -449,6 +480,13 @@ func (s *stage) armSweep(ctx context.Context) error {
 // chains do not multiply). A sweep's failures are logged, never returned: a retry would
 // arm another timer.
 func (s *stage) handleTimer(ctx context.Context, m *bus.Message) error {
+	if m.Attributes[AttrTimer] == TimerHeld {
+		ev, err := events.DecodeJobFinished(m.Payload)
+		if err != nil {
+			return err
+		}
+		return s.finishJob(ctx, ev, m.Payload)
+	}
 	if kind := m.Attributes[AttrTimer]; kind != TimerSweep {
 		return bus.Permanent(fmt.Errorf("unknown timer %q (want %s=%s)", kind, AttrTimer, TimerSweep))
 	}

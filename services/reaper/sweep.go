@@ -20,6 +20,7 @@ import (
 const (
 	AttrTimer    = "sortie_timer"     // the timer's kind
 	TimerSweep   = "sweep"            // AttrTimer of the sweep
+	TimerHeld    = "held"             // AttrTimer of a held job's check: its body is the JobFinished
 	AttrSweepDue = "sortie_sweep_due" // when the sweep timer was due (RFC 3339)
 )
 
