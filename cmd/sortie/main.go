@@ -27,6 +27,10 @@ type CLI struct {
 	Status     StatusCmd     `cmd:"" help:"List the stack's (--prefix) Sortie instances by job (from their tags), flagging expired leases."`
 	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3."`
 	Dlq        DlqCmd        `cmd:"" help:"List the stack's dead letters with their reasons, or move them back to their queue."`
+	Watch      WatchCmd      `cmd:"" help:"Follow a job, running or finished: its history from the ledger, then its live events with a progress line; exit non-zero unless it succeeded."`
+	Hold       HoldCmd       `cmd:"" help:"Keep a job's instances when it ends (for --for), to look at them; status shows it HELD."`
+	Release    ReleaseCmd    `cmd:"" help:"End a job's hold: its fleet is reaped."`
+	Cancel     CancelCmd     `cmd:"" help:"End a job with outcome cancelled: not launched if it was not yet, else logs archived and instances terminated."`
 }
 
 // Globals are handed to every command's Run.

@@ -106,7 +106,17 @@ func (c *StatusCmd) runLedger(ctx context.Context, g *Globals, api ledger.ScanAP
 		if j.Tasks != nil {
 			tasks = fmt.Sprintf("%d ok/%d failed", j.Tasks["succeeded"], j.Tasks["failed"])
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.JobID, j.State, dash(j.Plan), dash(tasks), dash(j.InstanceSeconds), dash(outcome), strings.Join(stages, " "))
+		state := j.State
+		if j.Hold != nil {
+			if state == ledger.StateHeld {
+				state = "HELD"
+			}
+			state += fmt.Sprintf(" (by %s until %s: %s)", dash(j.Hold.By), j.Hold.Until.Local().Format(time.RFC3339), dash(j.Hold.Reason))
+		}
+		if j.Cancelled != "" && j.State != ledger.StateHeld {
+			outcome = strings.TrimSuffix(j.Cancelled+"; "+outcome, "; -")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.JobID, state, dash(j.Plan), dash(tasks), dash(j.InstanceSeconds), dash(outcome), strings.Join(stages, " "))
 	}
 	return tw.Flush()
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/watch"
 )
 
@@ -36,6 +37,10 @@ type SubmitCmd struct {
 	Param    map[string]string `help:"Recipe parameter (repeatable)." placeholder:"KEY=VALUE"`
 	Watch    bool              `help:"Follow the job until its fleet is terminated; exit non-zero unless it succeeded."`
 	Timeout  time.Duration     `help:"With --watch: give up after this long." default:"1h"`
+	// HoldOnFailure places a hold before the job is published that applies only if it
+	// does not succeed.
+	HoldOnFailure time.Duration `help:"If the job does not succeed, keep its instances this long after its deadline (a hold; sortie release ends it)." placeholder:"30m"`
+	By            string        `help:"Who places the --hold-on-failure." env:"SORTIE_OPERATOR"`
 }
 
 // Run validates the job locally (the same rules the planner applies), publishes it and,
@@ -52,6 +57,18 @@ func (c *SubmitCmd) Run(ctx context.Context, g *Globals) error {
 	cfg, err := awsx.Load(ctx, "cli")
 	if err != nil {
 		return err
+	}
+	l := ledger.ForStack(cfg, topo)
+	if c.HoldOnFailure != 0 {
+		if err := checkHold(c.HoldOnFailure); err != nil {
+			return err
+		}
+		// From the deadline on: the job cannot fail later than that (and its grace).
+		h := ledger.Hold{Until: time.Now().Add(time.Duration(job.DeadlineSeconds)*time.Second + c.HoldOnFailure),
+			By: operator(c.By), Reason: "submit --hold-on-failure", OnFailure: true}
+		if err := l.PlaceHold(ctx, job.JobID, h, true); err != nil {
+			return fmt.Errorf("job not submitted: %w", err)
+		}
 	}
 	var w *watch.Watcher
 	if c.Watch {
@@ -75,22 +92,7 @@ func (c *SubmitCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	return follow(wctx, w, job.JobID, g)
-}
-
-// follow prints the job's events and returns an error unless it ended in success.
-func follow(ctx context.Context, w *watch.Watcher, jobID string, g *Globals) error {
-	start := time.Now()
-	ft, err := w.Follow(ctx, jobID, func(ev events.Event) {
-		fmt.Fprintf(g.Stdout, "%6.1fs  %s\n", time.Since(start).Seconds(), watch.Describe(ev))
-	})
-	if err != nil {
-		return err
-	}
-	if ft.Outcome != events.OutcomeSucceeded {
-		return fmt.Errorf("job %s %s: %s", jobID, ft.Outcome, ft.Reason)
-	}
-	return nil
+	return followJob(wctx, w, l, job.JobID, newJobPrinter(g.Stdout, false))
 }
 
 func (c *SubmitCmd) job(now time.Time) (events.JobSubmitted, error) {

@@ -20,6 +20,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/tags"
@@ -595,8 +596,10 @@ func TestHandle(t *testing.T) {
 		wantErr   string
 		permanent bool
 		wantPub   int
+		cancelled bool
 	}{
 		{name: "launched and published", payload: body, ec2: &fakeEC2{}, wantPub: 1},
+		{name: "cancelled before its launch: not launched, ended cancelled", payload: body, ec2: &fakeEC2{}, wantPub: 1, cancelled: true},
 		{name: "invalid body", payload: []byte(`{"schema_version":1}`), ec2: &fakeEC2{}, wantErr: "fleet_id", permanent: true},
 		{name: "ended fleet: acknowledged, nothing published", payload: body, ec2: ended},
 		{name: "publish fails: retried", payload: body, ec2: &fakeEC2{}, pubErr: errors.New("sns down"), wantErr: "sns down"},
@@ -605,11 +608,30 @@ func TestHandle(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pub := &cloudtest.Recorder{Err: tt.pubErr}
+			l := cloudtest.NewStack(t, cloud).Ledger()
 			h := handler{launcher: &launcher{
 				stack: "sortie", ec2: tt.ec2, ops: opsconfig.Default(), secret: testSecret, now: time.Now,
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
-			}, pub: pub, ledger: cloudtest.NewStack(t, cloud).Ledger()}
+			}, pub: pub, ledger: l, cancels: ledger.Rejecter{Ledger: l, Publisher: pub, Service: bus.Provisioner}}
+			if tt.cancelled {
+				if _, err := l.Submit(t.Context(), "job-42", "digest"); err != nil {
+					t.Fatal(err)
+				}
+				if err := l.CancelJob(t.Context(), "job-42", ledger.Cancel{By: "ops", Reason: "wrong input"}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			err := h.handle(context.Background(), &bus.Message{Payload: tt.payload})
+			if tt.cancelled {
+				ft, ok := pub.Published[0].(events.FleetTerminated)
+				if !ok || ft.Outcome != events.OutcomeCancelled || ft.Reason != "cancelled by ops: wrong input" || len(tt.ec2.runs) != 0 {
+					t.Errorf("published %+v after %d RunInstances, want a cancelled FleetTerminated and no launch", pub.Published[0], len(tt.ec2.runs))
+				}
+				rec, _ := l.Get(t.Context(), "job-42")
+				if rec.State() != events.OutcomeCancelled {
+					t.Errorf("state %s, want cancelled", rec.State())
+				}
+			}
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || bus.IsPermanent(err) != tt.permanent {
 					t.Fatalf("error %v, want one containing %q (permanent %t)", err, tt.wantErr, tt.permanent)
