@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
@@ -151,6 +151,18 @@ func TestOperatorDay(t *testing.T) {
 			if !strings.Contains(out, want) {
 				t.Errorf("watch output lacks %q:\n%s", want, out)
 			}
+		}
+		out, _ = runCLI(t, "--prefix", prefix, "watch", "--json", jobID)
+		var stages []string
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var h HistoryLine
+			if err := json.Unmarshal([]byte(line), &h); err != nil || h.Type != "history" || h.JobID != jobID {
+				t.Errorf("watch --json line %q: %v", line, err)
+			}
+			stages = append(stages, h.Stage)
+		}
+		if strings.Join(stages, " ") != "submitted planned launched bootstrapped watching finished terminated" {
+			t.Errorf("watch --json stages %v", stages)
 		}
 		if out, err := runCLI(t, "--prefix", prefix, "hold", jobID); err == nil || !strings.Contains(err.Error(), "ended") {
 			t.Errorf("hold of a terminated job: %v\n%s", err, out)

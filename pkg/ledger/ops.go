@@ -86,7 +86,7 @@ func (r Record) Cancelled() (Cancel, bool) {
 	return c, true
 }
 
-// Reason is how a cancel is told in events: "cancelled by WHO: WHY".
+// Text is how a cancel is told in events: "cancelled by WHO: WHY".
 func (c Cancel) Text() string {
 	s := "cancelled"
 	if c.By != "" {

@@ -46,8 +46,8 @@ type Base struct {
 	// LocalMode says the stack runs on the local cloud (SORTIE_LOCAL_MODE=1): the
 	// sortie:ssh-endpoint tag is honoured (see pkg/sshaddr). Never on by default.
 	LocalMode bool
-	// MaxHold is the longest an operator's hold keeps a job's instances after the job
-	// ends (SORTIE_MAX_HOLD, default DefaultMaxHold), whatever the hold asked; the
+	// MaxHold is the longest an operator's hold keeps a job's instances after it was
+	// placed (SORTIE_MAX_HOLD; 0 means DefaultMaxHold), whatever the hold asked; the
 	// template's TTL caps it too.
 	MaxHold time.Duration
 
@@ -68,7 +68,7 @@ func BaseFromEnv() Base {
 	}
 	var reloadErr, holdErr error
 	b.ConfigReload, reloadErr = DurationEnv("SORTIE_CONFIG_RELOAD", 0)
-	b.MaxHold, holdErr = DurationEnv("SORTIE_MAX_HOLD", DefaultMaxHold)
+	b.MaxHold, holdErr = DurationEnv("SORTIE_MAX_HOLD", 0) // 0: DefaultMaxHold
 	b.envErr = errors.Join(reloadErr, holdErr)
 	return b
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
@@ -27,6 +28,7 @@ func TestBaseValidate(t *testing.T) {
 		{"SSM location without a name", Base{Prefix: "sortie", OpsConfig: "ssm:"}, []string{"SORTIE_CONFIG", "ssm:/parameter/name"}},
 		{"another scheme", Base{Prefix: "sortie", OpsConfig: "https://example.com/ops.yaml"}, []string{"SORTIE_CONFIG"}},
 		{"negative reload interval", Base{Prefix: "sortie", ConfigReload: -time.Second}, []string{"SORTIE_CONFIG_RELOAD"}},
+		{"negative max hold", Base{Prefix: "sortie", MaxHold: -time.Second}, []string{"SORTIE_MAX_HOLD"}},
 		{"http addr without a port", Base{Prefix: "sortie", HTTPAddr: "localhost"}, []string{"SORTIE_HTTP_ADDR"}},
 		{"http addr :8080", Base{Prefix: "sortie", HTTPAddr: ":8080"}, nil},
 	}
@@ -144,5 +146,27 @@ func TestLoadOpsRefusesSecretsBucket(t *testing.T) {
 	_, err := Base{Prefix: "stack-a", OpsConfig: path}.LoadOps(t.Context(), aws.Config{})
 	if err == nil || !strings.Contains(err.Error(), `recipes.tools.fetch_buckets[1]: "stack-a-secrets" is the stack's secrets bucket`) {
 		t.Errorf("LoadOps = %v, want the secrets bucket refused", err)
+	}
+}
+
+func TestHoldEnd(t *testing.T) {
+	at := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		maxHold time.Duration
+		until   time.Time
+		want    time.Time
+	}{
+		{"within the default", 0, at.Add(time.Hour), at.Add(time.Hour)},
+		{"capped by the default", 0, at.Add(10 * time.Hour), at.Add(DefaultMaxHold)},
+		{"capped by the stack", 30 * time.Minute, at.Add(time.Hour), at.Add(30 * time.Minute)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Base{MaxHold: tt.maxHold}.HoldEnd(ledger.Hold{At: at, Until: tt.until})
+			if !got.Equal(tt.want) {
+				t.Errorf("HoldEnd = %s, want %s", got, tt.want)
+			}
+		})
 	}
 }
