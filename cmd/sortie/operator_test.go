@@ -18,6 +18,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/fleetview"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
@@ -39,7 +40,10 @@ func TestOperatorDay(t *testing.T) {
 		t.Skip("end-to-end: starts the whole stack")
 	}
 	const prefix = "cliops"
-	st, demo := startDevStack(t, prefix, 3)
+	// Caps, so that the fleets reserve capacity and its release can be seen.
+	ops := opsconfig.Default()
+	ops.Caps = opsconfig.Caps{MaxInstances: 20}
+	st, demo := startDevStackWith(t, devstack.Options{Prefix: prefix, Ops: ops}, 3)
 	ctx := t.Context()
 	w, err := watch.Open(ctx, st.SNS, st.SQS, st.Topology, "ops-test-"+randomHex(2))
 	if err != nil {
@@ -131,6 +135,9 @@ func TestOperatorDay(t *testing.T) {
 		if seen.has(jobID, events.TypeFleetTerminated) {
 			t.Fatal("FleetTerminated published for a held job")
 		}
+		if n, _, _, err := st.Ledger.InUse(ctx); err != nil || n != len(held) {
+			t.Errorf("capacity in use while held: %d instances (%v), want the held fleet's %d", n, err, len(held))
+		}
 
 		out, err = runCLI(t, "--prefix", prefix, "release", jobID)
 		if err != nil || !strings.Contains(out, "released") {
@@ -190,6 +197,9 @@ func TestOperatorDay(t *testing.T) {
 			t.Fatalf("submit: %v\n%s", err, out)
 		}
 		seen.waitFor(t, jobID, events.TypeFleetBootstrapped, 90*time.Second)
+		if n, _, _, err := st.Ledger.InUse(ctx); err != nil || n == 0 {
+			t.Errorf("capacity in use while running: %d instances (%v), want the fleet's", n, err)
+		}
 		type result struct {
 			out string
 			err error

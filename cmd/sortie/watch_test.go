@@ -36,13 +36,20 @@ func TestMain(m *testing.M) {
 // commands) at it. The stack closes when the test ends.
 func startDevStack(t *testing.T, prefix string, files int) (*devstack.Stack, devstack.Demo) {
 	t.Helper()
+	return startDevStackWith(t, devstack.Options{Prefix: prefix}, files)
+}
+
+// startDevStackWith is startDevStack with options (its WorkerCommand is set here).
+func startDevStackWith(t *testing.T, opts devstack.Options, files int) (*devstack.Stack, devstack.Demo) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, err := devstack.Start(ctx, devstack.Options{Prefix: prefix, WorkerCommand: []string{"/usr/bin/env", testWorkerEnv + "=1", exe}})
+	opts.WorkerCommand = []string{"/usr/bin/env", testWorkerEnv + "=1", exe}
+	st, err := devstack.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
