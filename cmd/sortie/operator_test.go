@@ -176,6 +176,38 @@ func TestOperatorDay(t *testing.T) {
 		}
 	})
 
+	t.Run("held before it ends, reaped at the hold's end", func(t *testing.T) {
+		jobID := "ops-until-" + randomHex(4)
+		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", jobID, "--template", "demo", "--profile", "demo-fast",
+			"--recipe", "demo-worker", "--count", "2", "--param", "bucket="+demo.Bucket, "--param", "queue=no-such-queue-"+randomHex(3),
+			"--deadline", "60s")
+		if err != nil {
+			t.Fatalf("submit: %v\n%s", err, out)
+		}
+		// As soon as the ledger knows the job (the planner's first write).
+		var placed time.Time
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			placed = time.Now()
+			out, err := runCLI(t, "--prefix", prefix, "hold", jobID, "--for", "15s", "--reason", "look at it")
+			if err != nil {
+				return fmt.Errorf("hold: %v\n%s", err, out)
+			}
+			return nil
+		})
+		rec, err := st.Ledger.Get(ctx, jobID)
+		if err != nil || rec.DoneAt(ledger.Finished) != "" {
+			t.Fatalf("the hold was placed after the job finished (%v): the test proves nothing", err)
+		}
+		ft := seen.waitFor(t, jobID, events.TypeFleetTerminated, 90*time.Second).(events.FleetTerminated)
+		if ft.Outcome != events.OutcomeFailed || len(ft.TerminatedInstanceIDs) == 0 || len(ft.Archives) != len(ft.TerminatedInstanceIDs) {
+			t.Errorf("FleetTerminated %+v", ft)
+		}
+		if ft.Time.Before(placed.Add(15 * time.Second)) {
+			t.Errorf("reaped at %s, before the hold's end %s", ft.Time, placed.Add(15*time.Second))
+		}
+		assertReaped(t, st, jobID)
+	})
+
 	t.Run("cancelled mid-run while watched", func(t *testing.T) {
 		jobID := "ops-cancel-" + randomHex(4)
 		// One item kept in flight by the test: the workers keep polling until it comes
