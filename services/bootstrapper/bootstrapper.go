@@ -61,13 +61,14 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		ec2:     ec2.NewFromConfig(deps.AWS),
 		presign: s3.NewPresignClient(s3c),
 		runner: &runner{
-			dial:        dialRemote,
-			signer:      signer,
-			dialTimeout: cfg.DialTimeout,
-			stepTimeout: cfg.StepTimeout,
-			concurrency: cfg.Concurrency,
-			prefix:      cfg.Prefix,
-			now:         deps.Now,
+			dial:             dialRemote,
+			signer:           signer,
+			dialTimeout:      cfg.DialTimeout,
+			stepTimeout:      cfg.StepTimeout,
+			concurrency:      cfg.Concurrency,
+			handshakeTimeout: cfg.HandshakeTimeout,
+			prefix:           cfg.Prefix,
+			now:              deps.Now,
 		},
 	}
 	router, err := bus.NewRouter(bus.Config{
