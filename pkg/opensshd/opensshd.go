@@ -180,7 +180,9 @@ func start(cfg Config, username, addr, keyFile, authFile string) (*Server, error
 		"UseDNS no",
 		"MaxStartups 1000",
 		"MaxSessions 100",
-		"SetEnv " + HostEnv + "=" + cfg.StateDir,
+		// HOME is the instance's directory before the user's shell starts, so that shell
+		// reads no startup file of the machine's own user.
+		fmt.Sprintf("SetEnv %q %q", HostEnv+"="+cfg.StateDir, "HOME="+cfg.Dir),
 		"ForceCommand " + force,
 		"",
 	}, "\n")

@@ -26,26 +26,25 @@ type Bookkeeping struct {
 // b.Done and exiting 0 when it exists) and writes the job environment before its step;
 // the last command writes the marker once its step succeeded, keeping the step's exit
 // status. Every other field of the steps is unchanged. Both additions are idempotent, so
-// a folded step may be rerun as its step may.
+// a folded step may be rerun as its step may. They cost the instance as few processes as
+// they can (a bootstrapper on a small task shares its CPU with hundreds of these shells):
+// one subshell for the environment's umask, mkdir only where the directory is missing.
 func Fold(steps []Step, b Bookkeeping) []Step {
 	out := append([]Step(nil), steps...)
 	if len(out) == 0 {
 		return out
 	}
 	first, last := &out[0], &out[len(out)-1]
-	suffix := fmt.Sprintf("; rc=$?; if test $rc -eq 0; then %s || echo %s >&2; fi; exit $rc",
+	// The step runs in the shell itself, in braces (a newline ends it, whatever its last
+	// word); the marker is written after it with the shell's umask set, as the shell exits
+	// right after.
+	suffix := fmt.Sprintf("\n}; rc=$?; if test $rc -eq 0; then umask 077; %s || echo %s >&2; fi; exit $rc",
 		writeFile(b.MarkerPath, b.MarkerContent), q("sortie: writing "+b.MarkerPath+" failed"))
-	last.Command = "( " + last.Command + " )" + suffix
-	last.Redacted = "( " + last.Redacted + " )" + suffix
-	prefix := fmt.Sprintf("if test -f %s; then echo %s; exit 0; fi; %s || exit 1; ",
+	last.Command = "{ " + last.Command + suffix
+	last.Redacted = "{ " + last.Redacted + suffix
+	prefix := fmt.Sprintf("if test -f %s; then echo %s; exit 0; fi; (umask 077; %s) || exit 1; ",
 		q(b.MarkerPath), q(b.Done), writeFile(b.EnvPath, b.EnvContent))
-	if len(out) == 1 {
-		// The step is already in a subshell: its umask stays there.
-		first.Command, first.Redacted = prefix+first.Command, prefix+first.Redacted
-		return out
-	}
-	first.Command = prefix + "( " + first.Command + " )"
-	first.Redacted = prefix + "( " + first.Redacted + " )"
+	first.Command, first.Redacted = prefix+first.Command, prefix+first.Redacted
 	return out
 }
 
@@ -55,11 +54,9 @@ func IsDone(b Bookkeeping, exitCode int, stdout []byte) bool {
 	return exitCode == 0 && string(stdout) == b.Done+"\n"
 }
 
-// writeFile is a command writing content to p (0600) atomically, in a subshell so its umask
-// stays there.
+// writeFile is a command writing content to p, creating its directory if missing.
 func writeFile(p string, content []byte) string {
 	p = safePath(p)
-	tmp := p + ".tmp"
-	return fmt.Sprintf("(umask 077; mkdir -p %s && printf %%s %s > %s && mv -f %s %s)",
-		q(path.Dir(p)), q(string(content)), q(tmp), q(tmp), q(p))
+	d := q(path.Dir(p))
+	return fmt.Sprintf("{ test -d %s || mkdir -p %s; } && printf %%s %s > %s", d, d, q(string(content)), q(p))
 }

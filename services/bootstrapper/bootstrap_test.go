@@ -200,7 +200,7 @@ func newFake() *fakeSession {
 var (
 	stepCmdRe = regexp.MustCompile(`cmd-[a-z]`)
 	doneRe    = regexp.MustCompile(`then echo '(sortie: already bootstrapped [0-9a-f]+)'; exit 0`)
-	writeRe   = regexp.MustCompile(`(?s)printf %s '((?:[^']|'"'"')*)' > ([^ ]+)\.tmp`)
+	writeRe   = regexp.MustCompile(`(?s)printf %s '((?:[^']|'"'"')*)' > ([^ )]+)`)
 )
 
 func (f *fakeSession) Run(_ context.Context, cmd string, stdin io.Reader) (remote.Result, error) {
@@ -215,7 +215,7 @@ func (f *fakeSession) Run(_ context.Context, cmd string, stdin io.Reader) (remot
 	if strings.Contains(cmd, JobEnvPath) {
 		call += " +env"
 	}
-	if strings.Contains(cmd, "> "+MarkerPath+".tmp") {
+	if strings.Contains(cmd, "> "+MarkerPath+" ") {
 		call += " +marker"
 	}
 	f.calls = append(f.calls, call)
