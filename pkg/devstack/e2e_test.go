@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,7 +24,9 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/opensshd"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/watch"
@@ -111,6 +114,12 @@ type e2e struct {
 
 func startE2E(t testing.TB) *e2e {
 	t.Helper()
+	return startE2EWith(t, localcloud.SSHEmbedded)
+}
+
+// startE2EWith starts the stack with the given SSH server on the instances.
+func startE2EWith(t testing.TB, sshServer string) *e2e {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
 	}
@@ -124,6 +133,7 @@ func startE2E(t testing.TB) *e2e {
 	st, err := Start(ctx, Options{
 		Prefix:        "e2e",
 		Ops:           e2eOps(t),
+		SSH:           sshServer,
 		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
@@ -481,4 +491,56 @@ func (r rawEvent) IDs() (jobID, correlationID string) { return r.jobID, "corr-" 
 func (e *e2e) allInstances() []ec2types.Instance {
 	e.t.Helper()
 	return cloudtest.DescribeInstances(e.t, e.EC2, &ec2.DescribeInstancesInput{})
+}
+
+// TestEndToEndOpenSSH runs the demo job with every instance a Debian sshd
+// (`sortie localcloud --ssh openssh`): the bootstrapper, monitor and reaper against the
+// real server, host keys pinned from user data.
+func TestEndToEndOpenSSH(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts the whole stack")
+	}
+	if err := opensshd.Available(""); err != nil {
+		cloudtest.MissingTool(t, "the OpenSSH end-to-end run needs sshd: "+err.Error())
+	}
+	e := startE2EWith(t, localcloud.SSHOpenSSH)
+	ctx := context.Background()
+	demo, err := e.SeedDemo(ctx, DemoFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	submitted := time.Now()
+	job := DemoJob(demo, "e2e-openssh"+cloudtest.Unique("-"), "corr-openssh", submitted)
+	tr := e.run(job, 1)
+	if tr.Bootstrapped == nil || len(tr.Bootstrapped.Instances) != 3 {
+		t.Fatalf("bootstrapped = %+v", tr.Bootstrapped)
+	}
+	for _, in := range tr.Bootstrapped.Instances {
+		if !in.OK || len(in.Steps) != 3 {
+			t.Errorf("instance %s not bootstrapped by sshd: %+v", in.ID, in)
+		}
+	}
+	if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeSucceeded || tr.Finished.TasksSucceeded != DemoFiles {
+		t.Fatalf("finished = %+v, want %d tasks succeeded", tr.Finished, DemoFiles)
+	}
+	if tr.Terminated == nil || len(tr.Terminated.Archives) != 3 {
+		t.Fatalf("terminated = %+v, want 3 archives", tr.Terminated)
+	}
+	for _, a := range tr.Terminated.Archives {
+		files := e.archive(a)
+		found := false
+		for name, body := range files {
+			found = found || (strings.HasSuffix(name, "worker.log") && strings.Contains(body, "input/file-"))
+		}
+		if !found {
+			t.Errorf("archive %s: no worker log (files %v)", a.Key, slices.Sorted(maps.Keys(files)))
+		}
+	}
+	e.waitTerminated(job.JobID, 3)
+	for _, in := range tr.Bootstrapped.Instances {
+		if c, err := net.DialTimeout("tcp", in.SSHEndpoint, time.Second); err == nil {
+			c.Close()
+			t.Errorf("instance %s: sshd still listening on %s after terminate", in.ID, in.SSHEndpoint)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,6 +59,8 @@ type Config struct {
 	// StateDir holds sshd's configuration, keys, pid file and log, sshd.log (not reachable
 	// through Dir).
 	StateDir string
+	// Env is extra environment ("K=V") for every session; it wins over sshd's own.
+	Env []string
 }
 
 func (c Config) validate() error {
@@ -73,6 +76,11 @@ func (c Config) validate() error {
 	}
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		errs = append(errs, fmt.Errorf("StateDir: %q must be an absolute path", c.StateDir))
+	}
+	for _, kv := range c.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsAny(kv, "\x00\n\r\"\\") {
+			errs = append(errs, fmt.Errorf("Env: %q is not K=V without quotes, backslashes or line breaks", kv))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -182,7 +190,7 @@ func start(cfg Config, username, addr, keyFile, authFile string) (*Server, error
 		"MaxSessions 100",
 		// HOME is the instance's directory before the user's shell starts, so that shell
 		// reads no startup file of the machine's own user.
-		fmt.Sprintf("SetEnv %q %q", HostEnv+"="+cfg.StateDir, "HOME="+cfg.Dir),
+		setEnv(append(slices.Clone(cfg.Env), HostEnv+"="+cfg.StateDir, "HOME="+cfg.Dir)),
 		"ForceCommand " + force,
 		"",
 	}, "\n")
@@ -229,6 +237,16 @@ func start(cfg Config, username, addr, keyFile, authFile string) (*Server, error
 		}
 		time.Sleep(tick)
 	}
+}
+
+// setEnv is sshd's SetEnv line for env (validated: no quotes, backslashes or line breaks).
+func setEnv(env []string) string {
+	var b strings.Builder
+	b.WriteString("SetEnv")
+	for _, kv := range env {
+		b.WriteString(` "` + kv + `"`)
+	}
+	return b.String()
 }
 
 // Addr is the host:port sshd listens on.
