@@ -47,8 +47,8 @@ func Available(path string) error {
 
 // Config describes one sshd.
 type Config struct {
-	Path    string     // the sshd binary, DefaultPath when empty
-	Addr    string     // 127.0.0.1:PORT; empty or port 0: a free port
+	Path string // the sshd binary, DefaultPath when empty
+	Addr string // 127.0.0.1:PORT; empty or port 0: a free port
 	// HostKeyPEM is the only host key the server presents: a private key in PEM (OpenSSH
 	// or PKCS#8 form), as cloud-init's ssh_keys carries it. Required.
 	HostKeyPEM []byte
