@@ -134,6 +134,31 @@ func TestRenderDefaultDemoGolden(t *testing.T) {
 	golden(t, "default-demo-worker", format(steps))
 }
 
+// TestRenderDefaultAnsibleGolden pins the commands of the embedded ansible recipe and
+// refuses bundle and playbook names that could leave their directory or the bucket's prefix.
+func TestRenderDefaultAnsibleGolden(t *testing.T) {
+	r, err := opsconfig.Default().Recipe("ansible")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := Render(r, map[string]string{"bundle": "web-1.2"}, RenderEnv{Presign: fakePresign})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "default-ansible", format(steps))
+	for _, bad := range []map[string]string{
+		{"bundle": "../secrets/keys"},
+		{"bundle": "a b"},
+		{"bundle": "x", "playbook": "../../etc/passwd.yml"},
+		{"bundle": "x", "playbook": "site.yml; rm -rf ~"},
+		{},
+	} {
+		if _, err := Render(r, bad, RenderEnv{Presign: fakePresign}); !errors.Is(err, ErrInvalidParam) {
+			t.Errorf("params %v: error %v, want ErrInvalidParam", bad, err)
+		}
+	}
+}
+
 // TestFoldDefaultDemoGolden pins the commands the bootstrapper sends for the demo recipe:
 // one session per step, the bookkeeping folded into the first and last.
 func TestFoldDefaultDemoGolden(t *testing.T) {
