@@ -4,34 +4,44 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/sortie-fleet/sortie/pkg/audit"
 	"github.com/sortie-fleet/sortie/pkg/awsx"
-	"github.com/sortie-fleet/sortie/pkg/bus"
-	"github.com/sortie-fleet/sortie/pkg/devstack"
+	"github.com/sortie-fleet/sortie/pkg/service"
 )
 
 // AuditCmd is `sortie audit`.
 type AuditCmd struct {
 	Bucket []string `help:"Audit this bucket too (repeatable)." placeholder:"NAME" sep:"none"`
-	JSON   bool     `name:"json" help:"Print the report as JSON."`
+	Config string   `help:"The ops configuration whose templates' security groups are audited (default: the embedded one)." env:"SORTIE_CONFIG" placeholder:"FILE"`
+	JSON   bool     `name:"json" help:"Print the evaluations as JSON, in the shape of AWS Config's PutEvaluations."`
 }
 
-// Run audits the stack's log and secrets buckets and any --bucket, prints the report, and
-// fails when a finding is non-compliant. A bucket that does not exist is reported MISSING
-// and does not fail the audit.
+// Run audits the stack (its buckets, topics, roles and instances, the templates' security
+// groups) and any --bucket, prints the report, and fails when an evaluation is
+// NON_COMPLIANT, a bucket or topic the stack uses does not exist included.
 func (c *AuditCmd) Run(ctx context.Context, g *Globals) error {
-	topo := bus.Topology{Prefix: g.Prefix}
+	base := service.Base{Prefix: g.Prefix, OpsConfig: c.Config}
+	topo := base.Topology()
 	if err := topo.Validate(); err != nil {
 		return err
+	}
+	ops, err := base.LoadOps()
+	if err != nil {
+		return err
+	}
+	var groups []string
+	for _, name := range slices.Sorted(maps.Keys(ops.Templates)) {
+		groups = append(groups, ops.Templates[name].SecurityGroups...)
 	}
 	cfg, err := awsx.Load(ctx, "cli")
 	if err != nil {
 		return err
 	}
-	buckets := append([]string{topo.BucketName(), devstack.SecretsBucket(g.Prefix)}, c.Bucket...)
-	report, err := audit.Audit(ctx, audit.NewClients(cfg), buckets)
+	report, err := audit.Audit(ctx, audit.NewClients(cfg), audit.Target{Topology: topo, Buckets: c.Bucket, SecurityGroups: groups})
 	if err != nil {
 		return err
 	}
@@ -52,9 +62,9 @@ func (c *AuditCmd) Run(ctx context.Context, g *Globals) error {
 	if n > 1 {
 		findings += "s"
 	}
-	bad := report.NonCompliantBuckets()
+	bad := report.NonCompliantResources()
 	if len(bad) == 1 {
-		return fmt.Errorf("%s in bucket %s", findings, bad[0])
+		return fmt.Errorf("%s: %s", findings, bad[0])
 	}
-	return fmt.Errorf("%s in %d buckets: %s", findings, len(bad), strings.Join(bad, ", "))
+	return fmt.Errorf("%s in %d resources: %s", findings, len(bad), strings.Join(bad, ", "))
 }

@@ -2,111 +2,257 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 
 	"github.com/sortie-fleet/sortie/pkg/audit"
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
-// TestAudit runs `sortie audit` on a stack as `task up` leaves it (infra up, then demo
-// prepare, which creates the secrets bucket), then with a bare bucket added.
+// TestAudit runs `sortie audit` on a stack made by `infra up` on the local cloud (exit 0),
+// then breaks one thing at a time: each must make it exit 1 naming the resource and rule.
 func TestAudit(t *testing.T) {
 	cloud := useCloud(t)
+	ctx := t.Context()
 	prefix := "au" + strings.ToLower(randomHex(3))
-	logs, secrets := prefix+"-logs", prefix+"-secrets"
+	topo := bus.Topology{Prefix: prefix}
+	cfg := awsx.ForEndpoint(cloud.URL())
+	s3c := s3.NewFromConfig(cfg, awsx.S3Options(cfg))
+	snsc := sns.NewFromConfig(cfg)
 
-	if out, err := runCLI(t, "--prefix", prefix, "infra", "up"); err != nil {
-		t.Fatalf("infra up: %v\n%s", err, out)
+	infraUp := func(t *testing.T) {
+		t.Helper()
+		if out, err := runCLI(t, "--prefix", prefix, "infra", "up"); err != nil {
+			t.Fatalf("infra up: %v\n%s", err, out)
+		}
 	}
-	t.Run("before the secrets bucket exists", func(t *testing.T) {
+	// failsWith runs the audit and wants exit 1 with exactly one non-compliant resource,
+	// and the finding's line.
+	failsWith := func(t *testing.T, typ, resource string, rule audit.Rule, reason string, args ...string) string {
+		t.Helper()
+		out, err := runCLI(t, append([]string{"--prefix", prefix, "audit"}, args...)...)
+		if err == nil || !strings.HasSuffix(err.Error(), ": "+typ+" "+resource) {
+			t.Fatalf("audit: error %v, want one non-compliant %s %s\n%s", err, typ, resource, out)
+		}
+		if st, why := finding(out, typ, resource, rule); st != audit.NonCompliant || !strings.Contains(why, reason) {
+			t.Errorf("%s %s %s: %s %q, want NON_COMPLIANT with %q\n%s", typ, resource, rule, st, why, reason, out)
+		}
+		return out
+	}
+
+	infraUp(t)
+	t.Run("a stack made by infra up passes", func(t *testing.T) {
 		out, err := runCLI(t, "--prefix", prefix, "audit")
 		if err != nil {
 			t.Fatalf("audit: %v\n%s", err, out)
 		}
-		if status(out, secrets, audit.RuleExists) != audit.Missing || !strings.HasSuffix(out, "2 buckets, 5 findings: 4 compliant, 0 non-compliant, 1 missing\n") {
-			t.Errorf("want the log bucket compliant and the secrets bucket missing:\n%s", out)
-		}
-	})
-
-	if out, err := runCLI(t, "--prefix", prefix, "demo", "prepare", "--files", "1"); err != nil {
-		t.Fatalf("demo prepare: %v\n%s", err, out)
-	}
-	t.Run("compliant stack", func(t *testing.T) {
-		out, err := runCLI(t, "--prefix", prefix, "audit")
-		if err != nil {
-			t.Fatalf("audit of a fresh stack: %v\n%s", err, out)
-		}
-		for _, b := range []string{logs, secrets} {
+		for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
 			for _, rule := range audit.Rules {
-				if got := status(out, b, rule); got != audit.Compliant {
-					t.Errorf("%s %s is %q, want COMPLIANT:\n%s", b, rule, got, out)
+				if st, _ := finding(out, "bucket", b, rule); st != audit.Compliant {
+					t.Errorf("bucket %s %s is %q, want COMPLIANT:\n%s", b, rule, st, out)
 				}
 			}
 		}
-		if strings.Contains(out, "NON_COMPLIANT") || !strings.HasSuffix(out, "2 buckets, 8 findings: 8 compliant, 0 non-compliant\n") {
-			t.Errorf("want every finding compliant:\n%s", out)
+		for _, et := range bus.EventTypes {
+			if st, _ := finding(out, "topic", topo.TopicName(et), audit.RuleProducersOnly); st != audit.Compliant {
+				t.Errorf("topic %s is %q, want COMPLIANT:\n%s", topo.TopicName(et), st, out)
+			}
+		}
+		for _, role := range audit.StackRoles(topo) {
+			if st, _ := finding(out, "role", role, audit.RuleLeastPrivilege); st != audit.NotApplicable {
+				t.Errorf("role %s is %q, want NOT_APPLICABLE (infra up creates no roles):\n%s", role, st, out)
+			}
+		}
+		if strings.Contains(out, "NON_COMPLIANT") {
+			t.Errorf("a fresh stack has a non-compliant finding:\n%s", out)
 		}
 	})
 
-	bare := prefix + "-bare"
-	cfg := awsx.ForEndpoint(cloud.URL())
-	if _, err := s3.NewFromConfig(cfg, awsx.S3Options(cfg)).CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(bare)}); err != nil {
-		t.Fatal(err)
-	}
-	t.Run("a bare bucket", func(t *testing.T) {
-		out, err := runCLI(t, "--prefix", prefix, "audit", "--bucket", bare)
-		if err == nil || err.Error() != "4 non-compliant findings in bucket "+bare {
-			t.Fatalf("want an error counting 4 findings in %s, got %v\n%s", bare, err, out)
-		}
-		for _, rule := range audit.Rules {
-			if got := status(out, bare, rule); got != audit.NonCompliant {
-				t.Errorf("%s %s is %q, want NON_COMPLIANT:\n%s", bare, rule, got, out)
-			}
-		}
-	})
-	t.Run("json", func(t *testing.T) {
+	t.Run("a bucket named on the command line that does not exist", func(t *testing.T) {
+		nope := prefix + "-nope"
+		failsWith(t, "bucket", nope, audit.RuleExists, "bucket does not exist", "--bucket", nope)
+
 		var stdout, stderr bytes.Buffer
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		err := run(ctx, []string{"--prefix", prefix, "audit", "--json", "--bucket", bare, "--bucket", logs}, &stdout, &stderr)
+		err := run(ctx, []string{"--prefix", prefix, "audit", "--json", "--bucket", nope}, &stdout, &stderr)
 		if err == nil {
-			t.Fatal("want an error for the bare bucket")
+			t.Fatal("--json: want an error for the missing bucket")
 		}
 		var r struct {
-			audit.Report
-			NonCompliant int `json:"non_compliant"`
-			Missing      int `json:"missing"`
+			Evaluations []struct {
+				ConfigRuleName, ComplianceResourceType, ComplianceResourceId, ComplianceType, Annotation string
+				OrderingTimestamp                                                                        time.Time
+			}
 		}
 		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 			t.Fatalf("stdout is not JSON: %v\n%s", err, stdout.String())
 		}
-		var names []string
-		for _, b := range r.Buckets {
-			names = append(names, b.Bucket)
+		var bad []string
+		for _, e := range r.Evaluations {
+			if e.ComplianceType != "NON_COMPLIANT" {
+				continue
+			}
+			bad = append(bad, e.ComplianceResourceId)
+			if e.ComplianceResourceType != "AWS::S3::Bucket" || e.ComplianceResourceId != nope || e.ConfigRuleName != "exists" ||
+				e.Annotation != "bucket does not exist" || time.Since(e.OrderingTimestamp) > time.Hour {
+				t.Errorf("evaluation %+v, want the missing bucket NON_COMPLIANT", e)
+			}
 		}
-		if strings.Join(names, " ") != logs+" "+secrets+" "+bare || r.NonCompliant != 4 || r.Missing != 0 {
-			t.Errorf("JSON report of buckets %v with %d non-compliant and %d missing, want [%s %s %s], 4 and 0:\n%s",
-				names, r.NonCompliant, r.Missing, logs, secrets, bare, stdout.String())
+		if len(bad) != 1 {
+			t.Errorf("non-compliant %v, want only %s:\n%s", bad, nope, stdout.String())
 		}
-		if f := r.Buckets[2].Findings; len(f) != 4 || f[0].Status != audit.NonCompliant || f[0].Reason != "no bucket policy" {
-			t.Errorf("bare bucket's findings %+v", f)
+	})
+
+	t.Run("the stack's secrets bucket does not exist", func(t *testing.T) {
+		if _, err := s3c.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(topo.SecretsBucketName())}); err != nil {
+			t.Fatal(err)
 		}
+		failsWith(t, "bucket", topo.SecretsBucketName(), audit.RuleExists, "bucket does not exist")
+		infraUp(t)
+	})
+
+	topicARN := func(t *testing.T, et string) string {
+		t.Helper()
+		out, err := snsc.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(topo.TopicName(et))}) // idempotent: its ARN
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(out.TopicArn)
+	}
+	t.Run("a topic anyone may publish to", func(t *testing.T) {
+		open := `{"Version":"2012-10-17","Statement":[{"Sid":"Open","Effect":"Allow","Principal":{"AWS":"*"},"Action":"sns:Publish","Resource":"*"}]}`
+		if _, err := snsc.SetTopicAttributes(ctx, &sns.SetTopicAttributesInput{
+			TopicArn: aws.String(topicARN(t, bus.FleetLaunched)), AttributeName: aws.String("Policy"), AttributeValue: aws.String(open),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		failsWith(t, "topic", topo.TopicName(bus.FleetLaunched), audit.RuleProducersOnly, "Open: lets any principal (*) publish")
+		infraUp(t)
+	})
+
+	t.Run("a topic with the default policy", func(t *testing.T) {
+		arn := topicARN(t, bus.TaskReported)
+		if _, err := snsc.DeleteTopic(ctx, &sns.DeleteTopicInput{TopicArn: aws.String(arn)}); err != nil {
+			t.Fatal(err)
+		}
+		failsWith(t, "topic", topo.TopicName(bus.TaskReported), audit.RuleExists, "topic does not exist")
+		topicARN(t, bus.TaskReported) // back, with SNS's default policy
+		failsWith(t, "topic", topo.TopicName(bus.TaskReported), audit.RuleProducersOnly, "default policy: any principal of the account may publish")
+		infraUp(t)
+	})
+
+	ec2c := ec2.NewFromConfig(cfg)
+	t.Run("a template's security group open to SSH from anywhere", func(t *testing.T) {
+		group := func(name string, open bool) string {
+			t.Helper()
+			g, err := ec2c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String(prefix + "-" + name), Description: aws.String(name)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			perm := ec2types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(22), ToPort: aws.Int32(22),
+				IpRanges: []ec2types.IpRange{{CidrIp: aws.String("10.0.0.0/8")}}}
+			if open {
+				perm.IpRanges = []ec2types.IpRange{{CidrIp: aws.String("0.0.0.0/0")}}
+				perm.Ipv6Ranges = []ec2types.Ipv6Range{{CidrIpv6: aws.String("::/0")}}
+			}
+			if _, err := ec2c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: g.GroupId, IpPermissions: []ec2types.IpPermission{perm}}); err != nil {
+				t.Fatal(err)
+			}
+			return aws.ToString(g.GroupId)
+		}
+		closed, open := group("closed", false), group("open", true)
+		config := func(groups ...string) string {
+			t.Helper()
+			yaml := strings.Replace(string(opsconfig.DefaultYAML()), "security_groups: [sg-0123456789abcdef0]", "security_groups: ["+strings.Join(groups, ", ")+"]", 1)
+			path := filepath.Join(t.TempDir(), "ops.yaml")
+			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}
+		out, err := runCLI(t, "--prefix", prefix, "audit", "--config", config(closed))
+		if st, why := finding(out, "security-group", closed, audit.RuleRestrictedSSH); err != nil || st != audit.Compliant {
+			t.Errorf("SSH from 10.0.0.0/8 only: %v, %s %q\n%s", err, st, why, out)
+		}
+		failsWith(t, "security-group", open, audit.RuleRestrictedSSH, "port 22 open to 0.0.0.0/0 (tcp 22-22); port 22 open to ::/0 (tcp 22-22)",
+			"--config", config(closed, open))
+	})
+
+	t.Run("an instance of the stack without IMDSv2", func(t *testing.T) {
+		key := cloudtest.NewKeyPair(t, ec2c, prefix+"-key")
+		launch := func(tokens ec2types.HttpTokensState) string {
+			t.Helper()
+			run, err := ec2c.RunInstances(ctx, &ec2.RunInstancesInput{
+				ImageId: aws.String(cloudtest.Image), InstanceType: ec2types.InstanceTypeT3Micro, MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+				KeyName:         aws.String(key.Name),
+				MetadataOptions: &ec2types.InstanceMetadataOptionsRequest{HttpTokens: tokens, HttpPutResponseHopLimit: aws.Int32(1)},
+				TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeInstance,
+					Tags: []ec2types.Tag{{Key: aws.String(tags.Stack), Value: aws.String(prefix)}}}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return aws.ToString(run.Instances[0].InstanceId)
+		}
+		v2, v1 := launch(ec2types.HttpTokensStateRequired), launch(ec2types.HttpTokensStateOptional)
+		out := failsWith(t, "instance", v1, audit.RuleIMDSv2, "HttpTokens optional, want required: IMDSv1 answers")
+		if st, why := finding(out, "instance", v2, audit.RuleIMDSv2); st != audit.Compliant || why != "HttpTokens required, hop limit 1" {
+			t.Errorf("instance launched with IMDSv2: %s %q\n%s", st, why, out)
+		}
+		if _, err := ec2c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{v1, v2}}); err != nil {
+			t.Fatal(err)
+		}
+		cloudtest.Eventually(t, time.Minute, func() error {
+			out, err := runCLI(t, "--prefix", prefix, "audit")
+			if err != nil {
+				return err
+			}
+			if strings.Contains(out, v1) || strings.Contains(out, v2) {
+				return errors.New("a terminated instance is still audited")
+			}
+			return nil
+		})
+	})
+
+	t.Run("a role of the stack with Action *", func(t *testing.T) {
+		iamc := iam.NewFromConfig(cfg)
+		role := topo.RoleName(bus.Reaper)
+		if _, err := iamc.CreateRole(ctx, &iam.CreateRoleInput{RoleName: aws.String(role),
+			AssumeRolePolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}`),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := iamc.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String(role), PolicyName: aws.String("everything"),
+			PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Sid":"Admin","Effect":"Allow","Action":"*","Resource":"*"}]}`),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		failsWith(t, "role", role, audit.RuleLeastPrivilege, "everything/Admin: Action *")
 	})
 }
 
-// status is the STATUS column of the report line about bucket and rule ("" when none).
-func status(report, bucket string, rule audit.Rule) audit.Status {
+// finding is the STATUS and REASON of the report line about a resource and rule.
+func finding(report, typ, resource string, rule audit.Rule) (audit.Status, string) {
 	for _, line := range strings.Split(report, "\n") {
-		if f := strings.Fields(line); len(f) >= 3 && f[0] == bucket && f[1] == string(rule) {
-			return audit.Status(f[2])
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[0] == typ && f[1] == resource && f[2] == string(rule) {
+			return audit.Status(f[3]), strings.Join(f[4:], " ")
 		}
 	}
-	return ""
+	return "", ""
 }

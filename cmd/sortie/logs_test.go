@@ -95,18 +95,18 @@ wait:
 	}
 
 	t.Run("status after the job", func(t *testing.T) {
-		out, err := runCLI(t, "status", jobID)
+		out, err := runCLI(t, "--prefix", prefix, "status", jobID)
 		if err != nil || strings.TrimSpace(out) != "no Sortie instances" {
 			t.Errorf("status %s = %q, %v; want no instances", jobID, out, err)
 		}
-		jobs := statusJSON(t, "--all", jobID)
+		jobs := statusJSON(t, "--prefix", prefix, "--all", jobID)
 		if len(jobs) != 1 || len(jobs[0].Instances) == 0 || jobs[0].States["terminated"] != len(jobs[0].Instances) || jobs[0].Expired {
 			t.Fatalf("status --all %s = %+v: want every instance terminated", jobID, jobs)
 		}
 		if jobs[0].Stage != "finished" {
 			t.Errorf("stage = %q, want finished", jobs[0].Stage)
 		}
-		out, err = runCLI(t, "status", "--all", jobID)
+		out, err = runCLI(t, "--prefix", prefix, "status", "--all", jobID)
 		if err != nil || !strings.Contains(out, jobID) || !strings.Contains(out, "terminated") {
 			t.Errorf("status --all %s table = %q, %v", jobID, out, err)
 		}

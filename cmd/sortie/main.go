@@ -24,7 +24,7 @@ type CLI struct {
 	Submit     SubmitCmd     `cmd:"" help:"Submit a job (from a JSON file or flags); --watch follows it until its fleet is terminated."`
 	Demo       DemoCmd       `cmd:"" help:"Prepare and submit the demo job against services run separately (task up)."`
 	Audit      AuditCmd      `cmd:"" help:"Check that the stack's buckets (log, secrets, any --bucket) enforce TLS only, SSE-KMS and a public access block; exit non-zero if not."`
-	Status     StatusCmd     `cmd:"" help:"List Sortie's instances by job (from their tags), flagging expired leases."`
+	Status     StatusCmd     `cmd:"" help:"List the stack's (--prefix) Sortie instances by job (from their tags), flagging expired leases."`
 	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3."`
 }
 

@@ -12,21 +12,22 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/fleetview"
 )
 
-// StatusCmd is `sortie status`: Sortie's instances by job, from their EC2 tags.
+// StatusCmd is `sortie status`: the stack's (--prefix) Sortie instances by job, from their
+// EC2 tags.
 type StatusCmd struct {
 	JobID string `arg:"" optional:"" name:"job-id" help:"Only this job."`
 	All   bool   `help:"Include terminated instances."`
 	JSON  bool   `name:"json" help:"Print the jobs as JSON."`
 }
 
-// Run lists the instances tagged sortie:job-id, grouped by job, flagging leases that have
+// Run lists the instances tagged sortie:stack = the prefix and sortie:job-id, grouped by job, flagging leases that have
 // expired on instances still running (leaks the reaper's sweep should take).
 func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 	cfg, err := awsx.Load(ctx, "cli")
 	if err != nil {
 		return err
 	}
-	insts, err := fleetview.Describe(ctx, ec2.NewFromConfig(cfg), fleetview.Query{JobID: c.JobID, All: c.All})
+	insts, err := fleetview.Describe(ctx, ec2.NewFromConfig(cfg), fleetview.Query{Stack: g.Prefix, JobID: c.JobID, All: c.All})
 	if err != nil {
 		return err
 	}

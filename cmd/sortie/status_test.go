@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -59,13 +60,17 @@ func TestStatusShowsLeaks(t *testing.T) {
 		t.Fatalf("status on an empty cloud = %q, %v; want %q", out, err, "no Sortie instances")
 	}
 
+	stack := map[string]string{"sortie:stack": "sortie"} // the default --prefix
+	with := func(m map[string]string) map[string]string { maps.Copy(m, stack); return m }
+	expired := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 	runInstance(t, client, map[string]string{"Name": "not-sortie"}) // untagged: never listed
-	leak := runInstance(t, client, map[string]string{"sortie:job-id": "leak-1",
-		"sortie:lease-expires": time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)})
-	runInstance(t, client, map[string]string{"sortie:job-id": "live-1", "sortie:fleet": "live-1", "sortie:template": "demo",
-		"sortie:stage": "bootstrapped", "sortie:lease-expires": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
-	gone := runInstance(t, client, map[string]string{"sortie:job-id": "gone-1",
-		"sortie:lease-expires": time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)})
+	// Sortie's tags but no stack, or another stack's: never listed (but by that stack's prefix).
+	runInstance(t, client, map[string]string{"sortie:job-id": "nostack-1", "sortie:lease-expires": expired})
+	runInstance(t, client, map[string]string{"sortie:stack": "other", "sortie:job-id": "other-1", "sortie:lease-expires": expired})
+	leak := runInstance(t, client, with(map[string]string{"sortie:job-id": "leak-1", "sortie:lease-expires": expired}))
+	runInstance(t, client, with(map[string]string{"sortie:job-id": "live-1", "sortie:fleet": "live-1", "sortie:template": "demo",
+		"sortie:stage": "bootstrapped", "sortie:lease-expires": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}))
+	gone := runInstance(t, client, with(map[string]string{"sortie:job-id": "gone-1", "sortie:lease-expires": expired}))
 	if _, err := client.TerminateInstances(t.Context(), &ec2.TerminateInstancesInput{InstanceIds: []string{gone}}); err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +114,25 @@ func TestStatusShowsLeaks(t *testing.T) {
 		}
 		if jobs[0].Instances[0].SSHEndpoint == "" && jobs[0].Instances[0].State == "running" {
 			t.Errorf("running instance without the local cloud's ssh endpoint: %+v", jobs[0].Instances[0])
+		}
+	})
+
+	t.Run("--prefix: that stack's instances only", func(t *testing.T) {
+		out, err := runCLI(t, "--prefix", "other", "status", "--json")
+		if err != nil {
+			t.Fatalf("status: %v\n%s", err, out)
+		}
+		var jobs []fleetview.Job
+		if err := json.Unmarshal([]byte(out), &jobs); err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) != 1 || jobs[0].JobID != "other-1" {
+			t.Fatalf("status --prefix other = %+v, want other-1 only", jobs)
+		}
+		for _, j := range statusJSON(t, "--all") {
+			if j.JobID == "other-1" || j.JobID == "nostack-1" {
+				t.Errorf("status of stack sortie lists %s, not its own", j.JobID)
+			}
 		}
 	})
 

@@ -1,18 +1,26 @@
-// Package audit checks that the S3 buckets a Sortie stack uses enforce Sortie's rules (TLS
-// only, SSE-KMS by default and on every upload, no public access): `sortie audit`.
+// Package audit checks that a Sortie stack's AWS resources enforce Sortie's rules — buckets
+// (TLS only, SSE-KMS, no public access), topics (only producers publish), the stack's IAM
+// roles (no wildcard or untagged mutating grants), the templates' security groups (no SSH
+// from the internet) and the stack's instances (IMDSv2) — for `sortie audit`.
 package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
 )
 
 // S3API lists the S3 calls Audit makes: it only reads.
@@ -23,19 +31,54 @@ type S3API interface {
 	GetPublicAccessBlock(ctx context.Context, params *s3.GetPublicAccessBlockInput, optFns ...func(*s3.Options)) (*s3.GetPublicAccessBlockOutput, error)
 }
 
-var _ S3API = (*s3.Client)(nil)
+// SNSAPI lists the SNS calls Audit makes.
+type SNSAPI interface {
+	ListTopics(ctx context.Context, params *sns.ListTopicsInput, optFns ...func(*sns.Options)) (*sns.ListTopicsOutput, error)
+	GetTopicAttributes(ctx context.Context, params *sns.GetTopicAttributesInput, optFns ...func(*sns.Options)) (*sns.GetTopicAttributesOutput, error)
+}
 
-// Clients are the AWS clients Audit uses.
+// IAMAPI lists the IAM calls Audit makes to read a role's inline and attached policies.
+type IAMAPI interface {
+	ListRolePolicies(ctx context.Context, params *iam.ListRolePoliciesInput, optFns ...func(*iam.Options)) (*iam.ListRolePoliciesOutput, error)
+	GetRolePolicy(ctx context.Context, params *iam.GetRolePolicyInput, optFns ...func(*iam.Options)) (*iam.GetRolePolicyOutput, error)
+	ListAttachedRolePolicies(ctx context.Context, params *iam.ListAttachedRolePoliciesInput, optFns ...func(*iam.Options)) (*iam.ListAttachedRolePoliciesOutput, error)
+	GetPolicy(ctx context.Context, params *iam.GetPolicyInput, optFns ...func(*iam.Options)) (*iam.GetPolicyOutput, error)
+	GetPolicyVersion(ctx context.Context, params *iam.GetPolicyVersionInput, optFns ...func(*iam.Options)) (*iam.GetPolicyVersionOutput, error)
+}
+
+// EC2API lists the EC2 calls Audit makes.
+type EC2API interface {
+	DescribeSecurityGroups(ctx context.Context, params *ec2.DescribeSecurityGroupsInput, optFns ...func(*ec2.Options)) (*ec2.DescribeSecurityGroupsOutput, error)
+	DescribeInstances(ctx context.Context, params *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
+}
+
+var (
+	_ S3API  = (*s3.Client)(nil)
+	_ SNSAPI = (*sns.Client)(nil)
+	_ IAMAPI = (*iam.Client)(nil)
+	_ EC2API = (*ec2.Client)(nil)
+)
+
+// Clients are the AWS clients Audit uses. A nil client leaves its resources out (tests
+// of one kind of resource); `sortie audit` sets them all.
 type Clients struct {
-	S3 S3API
+	S3  S3API
+	SNS SNSAPI
+	IAM IAMAPI
+	EC2 EC2API
 }
 
 // NewClients builds the clients from cfg (S3 path-style when an endpoint override is set).
 func NewClients(cfg aws.Config) Clients {
-	return Clients{S3: s3.NewFromConfig(cfg, awsx.S3Options(cfg))}
+	return Clients{
+		S3:  s3.NewFromConfig(cfg, awsx.S3Options(cfg)),
+		SNS: sns.NewFromConfig(cfg),
+		IAM: iam.NewFromConfig(cfg),
+		EC2: ec2.NewFromConfig(cfg),
+	}
 }
 
-// Rule is one thing Sortie requires of a bucket.
+// Rule is one thing Sortie requires of a resource.
 type Rule string
 
 // The rules, in the order a report lists them.
@@ -53,44 +96,102 @@ const (
 	RuleDenyUnencryptedPuts Rule = "deny-unencrypted-puts"
 	// RulePublicAccessBlock: the bucket's public access block has all four settings on.
 	RulePublicAccessBlock Rule = "public-access-block"
-	// RuleExists is the one finding about a bucket that does not exist.
+	// RuleExists is the one finding about a bucket or topic the stack uses that does not
+	// exist: NON_COMPLIANT.
 	RuleExists Rule = "exists"
+	// RuleProducersOnly: the topic's policy lets only the event type's producers publish
+	// (see CheckTopicPolicy).
+	RuleProducersOnly Rule = "producers-only"
+	// RuleLeastPrivilege: no statement of the role's policies allows every action, every
+	// action of a service, or a mutating action on Resource "*" without a tag condition
+	// (see CheckRolePolicies).
+	RuleLeastPrivilege Rule = "least-privilege"
+	// RuleRestrictedSSH is AWS Config's restricted-ssh: no ingress rule opens port 22 to
+	// 0.0.0.0/0 or ::/0.
+	RuleRestrictedSSH Rule = "restricted-ssh"
+	// RuleIMDSv2 is AWS Config's ec2-imdsv2-check: the instance's metadata service
+	// requires session tokens (HttpTokens required).
+	RuleIMDSv2 Rule = "ec2-imdsv2-check"
 )
 
 // Rules are the rules every existing bucket is checked against.
 var Rules = []Rule{RuleSSLOnly, RuleSSEKMS, RuleDenyUnencryptedPuts, RulePublicAccessBlock}
 
-// Audit checks every bucket against Rules, in the order given (a repeated name once). A
-// bucket that does not exist gets one MISSING finding, not an error; an error means a
-// bucket could not be read (access denied, network), and the report holds the buckets
-// checked before it.
-func Audit(ctx context.Context, c Clients, buckets []string) (Report, error) {
-	var r Report
+// Target is what Audit checks.
+type Target struct {
+	// Topology names the stack's buckets (log and secrets), topics and roles, and tags
+	// its instances.
+	Topology bus.Topology
+	// Buckets are more buckets to check (`--bucket`).
+	Buckets []string
+	// SecurityGroups are the security groups of the ops config's templates.
+	SecurityGroups []string
+	// Now stamps the evaluations (OrderingTimestamp); zero means time.Now().
+	Now time.Time
+}
+
+// Audit checks the target's resources and returns one evaluation per resource and rule: the
+// stack's log and secrets buckets and the target's other buckets (a bucket that does not
+// exist is NON_COMPLIANT), the stack's topics, its roles, the templates' security groups and
+// the stack's instances. An error means something could not be read (access denied,
+// network, an unparsable answer); the report then holds what was checked before it.
+func Audit(ctx context.Context, c Clients, t Target) (Report, error) {
+	if err := t.Topology.Validate(); err != nil {
+		return Report{}, fmt.Errorf("auditing: %w", err)
+	}
+	now := t.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	a := auditor{c: c, now: now}
+	steps := []func(context.Context, Target) error{a.buckets, a.topics, a.roles, a.securityGroups, a.instances}
+	for _, step := range steps {
+		if err := step(ctx, t); err != nil {
+			return a.report, err
+		}
+	}
+	return a.report, nil
+}
+
+// auditor accumulates a report.
+type auditor struct {
+	c      Clients
+	now    time.Time
+	report Report
+}
+
+func (a *auditor) add(t ResourceType, id string, fs ...Finding) { a.report.add(t, id, a.now, fs...) }
+
+// buckets checks the stack's buckets and the target's, in that order, each once.
+func (a *auditor) buckets(ctx context.Context, t Target) error {
+	if a.c.S3 == nil {
+		return nil
+	}
 	seen := make(map[string]bool)
-	for _, b := range buckets {
+	for _, b := range append([]string{t.Topology.BucketName(), t.Topology.SecretsBucketName()}, t.Buckets...) {
 		if b == "" {
-			return r, fmt.Errorf("auditing: empty bucket name")
+			return errors.New("auditing: empty bucket name")
 		}
 		if seen[b] {
 			continue
 		}
 		seen[b] = true
-		br, err := auditBucket(ctx, c.S3, b)
+		fs, err := auditBucket(ctx, a.c.S3, b)
 		if err != nil {
-			return r, fmt.Errorf("auditing bucket %s: %w", b, err)
+			return fmt.Errorf("auditing bucket %s: %w", b, err)
 		}
-		r.Buckets = append(r.Buckets, br)
+		a.add(TypeBucket, b, fs...)
 	}
-	return r, nil
+	return nil
 }
 
-func auditBucket(ctx context.Context, api S3API, bucket string) (BucketReport, error) {
-	missing := BucketReport{Bucket: bucket, Findings: []Finding{{RuleExists, Missing, "bucket does not exist"}}}
+func auditBucket(ctx context.Context, api S3API, bucket string) ([]Finding, error) {
+	missing := []Finding{{RuleExists, NonCompliant, "bucket does not exist"}}
 	in := aws.String(bucket)
 	if _, err := api.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: in}); awsx.IsNotFound(err) {
 		return missing, nil
 	} else if err != nil {
-		return BucketReport{}, err
+		return nil, err
 	}
 
 	// Each setting may be unset (its own error code); a bucket deleted meanwhile says
@@ -104,7 +205,7 @@ func auditBucket(ctx context.Context, api S3API, bucket string) (BucketReport, e
 	case code == "NoSuchBucket":
 		return missing, nil
 	case code != "NoSuchBucketPolicy":
-		return BucketReport{}, fmt.Errorf("reading policy: %w", err)
+		return nil, fmt.Errorf("reading policy: %w", err)
 	}
 
 	var enc *s3types.ServerSideEncryptionConfiguration
@@ -115,7 +216,7 @@ func auditBucket(ctx context.Context, api S3API, bucket string) (BucketReport, e
 	case code == "NoSuchBucket":
 		return missing, nil
 	case code != "ServerSideEncryptionConfigurationNotFoundError":
-		return BucketReport{}, fmt.Errorf("reading default encryption: %w", err)
+		return nil, fmt.Errorf("reading default encryption: %w", err)
 	}
 
 	var pab *s3types.PublicAccessBlockConfiguration
@@ -126,15 +227,15 @@ func auditBucket(ctx context.Context, api S3API, bucket string) (BucketReport, e
 	case code == "NoSuchBucket":
 		return missing, nil
 	case code != "NoSuchPublicAccessBlockConfiguration":
-		return BucketReport{}, fmt.Errorf("reading public access block: %w", err)
+		return nil, fmt.Errorf("reading public access block: %w", err)
 	}
 
-	return BucketReport{Bucket: bucket, Findings: []Finding{
+	return []Finding{
 		policyFinding(RuleSSLOnly, policy, policyErr, insecureTransport(bucket)),
 		CheckEncryption(enc),
 		policyFinding(RuleDenyUnencryptedPuts, policy, policyErr, wrongEncryptionHeader(bucket), noEncryptionHeader(bucket)),
 		CheckPublicAccessBlock(pab),
-	}}, nil
+	}, nil
 }
 
 // CheckSSLOnly checks RuleSSLOnly on a bucket's policy (nil: the bucket has none).

@@ -78,24 +78,28 @@ func TestCheckPublicAccessBlock(t *testing.T) {
 	}
 }
 
-// sampleReport has every status and a multi-bucket layout, for the golden files.
+var auditTime = time.Date(2026, 12, 2, 14, 0, 0, 0, time.UTC)
+
+// sampleReport has every status and resource type, for the golden files.
 func sampleReport() Report {
-	return Report{Buckets: []BucketReport{
-		{Bucket: "sortie-logs", Findings: []Finding{
-			{RuleSSLOnly, Compliant, "requests without TLS denied by DenyInsecureTransport"},
-			{RuleSSEKMS, Compliant, "default encryption aws:kms with the AWS managed key aws/s3"},
-			{RuleDenyUnencryptedPuts, Compliant, "uploads with an SSE header other than aws:kms denied by DenyIncorrectEncryptionHeader; " +
-				"uploads without an SSE header denied by DenyUnencryptedObjectUploads"},
-			{RulePublicAccessBlock, Compliant, "all four settings on"},
-		}},
-		{Bucket: "sortie-secrets", Findings: []Finding{{RuleExists, Missing, "bucket does not exist"}}},
-		{Bucket: "scratch", Findings: []Finding{
-			{RuleSSLOnly, NonCompliant, "no bucket policy"},
-			{RuleSSEKMS, NonCompliant, "default encryption AES256 (SSE-S3), want aws:kms"},
-			{RuleDenyUnencryptedPuts, NonCompliant, "no bucket policy"},
-			{RulePublicAccessBlock, NonCompliant, "RestrictPublicBuckets off"},
-		}},
-	}}
+	var r Report
+	r.add(TypeBucket, "sortie-logs", auditTime,
+		Finding{RuleSSLOnly, Compliant, "requests without TLS denied by DenyInsecureTransport"},
+		Finding{RuleSSEKMS, Compliant, "default encryption aws:kms with the AWS managed key aws/s3"},
+		Finding{RuleDenyUnencryptedPuts, Compliant, "uploads with an SSE header other than aws:kms denied by DenyIncorrectEncryptionHeader; " +
+			"uploads without an SSE header denied by DenyUnencryptedObjectUploads"},
+		Finding{RulePublicAccessBlock, Compliant, "all four settings on"})
+	r.add(TypeBucket, "sortie-secrets", auditTime, Finding{RuleExists, NonCompliant, "bucket does not exist"})
+	r.add(TypeBucket, "scratch", auditTime,
+		Finding{RuleSSLOnly, NonCompliant, "no bucket policy"},
+		Finding{RuleSSEKMS, NonCompliant, "default encryption AES256 (SSE-S3), want aws:kms"},
+		Finding{RuleDenyUnencryptedPuts, NonCompliant, "no bucket policy"},
+		Finding{RulePublicAccessBlock, NonCompliant, "RestrictPublicBuckets off"})
+	r.add(TypeTopic, "sortie-job-submitted", auditTime, Finding{RuleProducersOnly, NonCompliant, defaultPolicyReason})
+	r.add(TypeRole, "sortie-planner", auditTime, Finding{RuleLeastPrivilege, NotApplicable, "role does not exist"})
+	r.add(TypeSecurityGroup, "sg-0123456789abcdef0", auditTime, Finding{RuleRestrictedSSH, Compliant, "port 22 not open to 0.0.0.0/0 or ::/0"})
+	r.add(TypeInstance, "i-0123456789abcdef0", auditTime, Finding{RuleIMDSv2, Compliant, "HttpTokens required, hop limit 1"})
+	return r
 }
 
 func golden(t *testing.T, name string, got []byte) {
@@ -117,14 +121,15 @@ func golden(t *testing.T, name string, got []byte) {
 
 func TestReportGolden(t *testing.T) {
 	r := sampleReport()
-	if n := r.NonCompliant(); n != 4 {
-		t.Errorf("NonCompliant() = %d, want 4", n)
+	if n := r.NonCompliant(); n != 6 {
+		t.Errorf("NonCompliant() = %d, want 6", n)
 	}
-	if n := r.Missing(); n != 1 {
-		t.Errorf("Missing() = %d, want 1", n)
+	if n := r.Count(NotApplicable); n != 1 {
+		t.Errorf("Count(NotApplicable) = %d, want 1", n)
 	}
-	if got := r.NonCompliantBuckets(); !slices.Equal(got, []string{"scratch"}) {
-		t.Errorf("NonCompliantBuckets() = %v, want [scratch]", got)
+	want := []string{"bucket sortie-secrets", "bucket scratch", "topic sortie-job-submitted"}
+	if got := r.NonCompliantResources(); !slices.Equal(got, want) {
+		t.Errorf("NonCompliantResources() = %v, want %v", got, want)
 	}
 	golden(t, "report.golden.txt", []byte(r.String()))
 
@@ -140,9 +145,21 @@ func TestReportGolden(t *testing.T) {
 	if back.String() != r.String() {
 		t.Errorf("JSON round trip changed the report:\n%s", back)
 	}
+	// The fields of AWS Config's Evaluation, by their AWS names.
+	var raw struct {
+		Evaluations []map[string]any
+	}
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw.Evaluations) != len(r.Evaluations) {
+		t.Fatalf("JSON %s: %v", b, err)
+	}
+	for _, k := range []string{"ComplianceType", "ComplianceResourceType", "ComplianceResourceId", "Annotation", "OrderingTimestamp"} {
+		if _, ok := raw.Evaluations[0][k]; !ok {
+			t.Errorf("evaluation lacks %s: %v", k, raw.Evaluations[0])
+		}
+	}
 
 	empty, err := json.Marshal(Report{})
-	if err != nil || string(empty) != `{"buckets":[],"non_compliant":0,"missing":0}` {
+	if err != nil || string(empty) != `{"Evaluations":[]}` {
 		t.Errorf("empty report as JSON = %s, %v", empty, err)
 	}
 }
@@ -185,24 +202,24 @@ var _ S3API = failingS3{}
 func TestAuditFailsWhenABucketCannotBeRead(t *testing.T) {
 	for _, call := range []string{"HeadBucket", "GetBucketPolicy", "GetBucketEncryption", "GetPublicAccessBlock"} {
 		t.Run(call, func(t *testing.T) {
-			_, err := Audit(context.Background(), Clients{S3: failingS3{on: call}}, []string{"b1"})
-			if err == nil || !strings.Contains(err.Error(), "auditing bucket b1") || !strings.Contains(err.Error(), "AccessDenied") {
-				t.Fatalf("want an error naming b1 and AccessDenied, got %v", err)
+			_, err := Audit(context.Background(), Clients{S3: failingS3{on: call}}, Target{Topology: bus.Topology{Prefix: "t"}})
+			if err == nil || !strings.Contains(err.Error(), "auditing bucket t-logs") || !strings.Contains(err.Error(), "AccessDenied") {
+				t.Fatalf("want an error naming t-logs and AccessDenied, got %v", err)
 			}
 		})
 	}
 	t.Run("a policy that does not parse is a finding", func(t *testing.T) {
-		r, err := Audit(context.Background(), Clients{S3: failingS3{}}, []string{"b1"})
+		r, err := Audit(context.Background(), Clients{S3: failingS3{}}, Target{Topology: bus.Topology{Prefix: "t"}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := r.Buckets[0].Findings
-		if f[0].Status != NonCompliant || !strings.Contains(f[0].Reason, "no statements") || f[2].Reason != f[0].Reason {
+		f := r.Findings(TypeBucket, "t-logs")
+		if f[RuleSSLOnly].Status != NonCompliant || !strings.Contains(f[RuleSSLOnly].Reason, "no statements") || f[RuleDenyUnencryptedPuts].Reason != f[RuleSSLOnly].Reason {
 			t.Errorf("findings %+v, want the policy rules non-compliant for an empty policy", f)
 		}
 	})
 	t.Run("empty name", func(t *testing.T) {
-		if _, err := Audit(context.Background(), Clients{S3: failingS3{}}, []string{""}); err == nil {
+		if _, err := Audit(context.Background(), Clients{S3: failingS3{}}, Target{Topology: bus.Topology{Prefix: "t"}, Buckets: []string{""}}); err == nil {
 			t.Fatal("want an error for an empty bucket name")
 		}
 	})
@@ -210,17 +227,11 @@ func TestAuditFailsWhenABucketCannotBeRead(t *testing.T) {
 
 func findings(t *testing.T, r Report, bucket string) map[Rule]Finding {
 	t.Helper()
-	for _, b := range r.Buckets {
-		if b.Bucket == bucket {
-			out := make(map[Rule]Finding)
-			for _, f := range b.Findings {
-				out[f.Rule] = f
-			}
-			return out
-		}
+	f := r.Findings(TypeBucket, bucket)
+	if len(f) == 0 {
+		t.Fatalf("bucket %s not in the report:\n%s", bucket, r)
 	}
-	t.Fatalf("bucket %s not in the report:\n%s", bucket, r)
-	return nil
+	return f
 }
 
 func allCompliant(t *testing.T, r Report, bucket string) {
@@ -274,16 +285,20 @@ func TestAuditOnLocalCloud(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r, err := Audit(ctx, NewClients(cfg), []string{topo.BucketName(), bare, aes, weak, missing, bare})
+	s3only := Clients{S3: NewClients(cfg).S3}
+	r, err := Audit(ctx, s3only, Target{Topology: topo, Buckets: []string{topo.BucketName(), bare, aes, weak, missing, bare}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("report:\n%s", r)
-	if got := len(r.Buckets); got != 5 {
-		t.Errorf("%d buckets in the report, want 5 (bare once)", got)
+	if got := len(r.NonCompliantResources()); got != 4 {
+		t.Errorf("%d non-compliant buckets in the report, want 4 (bare once):\n%s", got, r)
 	}
 
-	t.Run("log bucket after infra up", func(t *testing.T) { allCompliant(t, r, topo.BucketName()) })
+	t.Run("log and secrets buckets after infra up", func(t *testing.T) {
+		allCompliant(t, r, topo.BucketName())
+		allCompliant(t, r, topo.SecretsBucketName())
+	})
 	t.Run("bare bucket", func(t *testing.T) {
 		got := findings(t, r, bare)
 		for rule, reason := range map[Rule]string{
@@ -314,22 +329,23 @@ func TestAuditOnLocalCloud(t *testing.T) {
 	})
 	t.Run("missing bucket", func(t *testing.T) {
 		got := findings(t, r, missing)
-		if len(got) != 1 || got[RuleExists] != (Finding{RuleExists, Missing, "bucket does not exist"}) {
-			t.Errorf("findings %+v, want one MISSING", got)
+		if len(got) != 1 || got[RuleExists] != (Finding{RuleExists, NonCompliant, "bucket does not exist"}) {
+			t.Errorf("findings %+v, want one NON_COMPLIANT exists", got)
 		}
 	})
-	if n, m := r.NonCompliant(), r.Missing(); n != 4+4+1 || m != 1 {
-		t.Errorf("NonCompliant() = %d, Missing() = %d, want 9 and 1", n, m)
+	if n := r.NonCompliant(); n != 4+4+1+1 {
+		t.Errorf("NonCompliant() = %d, want 10:\n%s", n, r)
 	}
-	if got := r.NonCompliantBuckets(); !slices.Equal(got, []string{bare, aes, weak}) {
-		t.Errorf("NonCompliantBuckets() = %v, want [%s %s %s]", got, bare, aes, weak)
+	want := []string{"bucket " + bare, "bucket " + aes, "bucket " + weak, "bucket " + missing}
+	if got := r.NonCompliantResources(); !slices.Equal(got, want) {
+		t.Errorf("NonCompliantResources() = %v, want %v", got, want)
 	}
 
 	t.Run("SecureBucket makes the bare bucket compliant", func(t *testing.T) {
 		if _, err := infra.SecureBucket(ctx, s3c, "", bare, ""); err != nil {
 			t.Fatal(err)
 		}
-		r, err := Audit(ctx, NewClients(cfg), []string{bare})
+		r, err := Audit(ctx, s3only, Target{Topology: topo, Buckets: []string{bare}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -126,14 +126,14 @@ func (p *Principal) String() string {
 	return string(b)
 }
 
-// ParsePolicy parses a bucket policy document.
+// ParsePolicy parses a policy document (a bucket's, a topic's or an IAM policy).
 func ParsePolicy(doc string) (*Policy, error) {
 	var p Policy
 	if err := json.Unmarshal([]byte(doc), &p); err != nil {
-		return nil, fmt.Errorf("parsing bucket policy: %w", err)
+		return nil, fmt.Errorf("parsing policy: %w", err)
 	}
 	if len(p.Statement) == 0 {
-		return nil, errors.New("parsing bucket policy: no statements")
+		return nil, errors.New("parsing policy: no statements")
 	}
 	return &p, nil
 }

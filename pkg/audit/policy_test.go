@@ -68,7 +68,7 @@ func TestParsePolicy(t *testing.T) {
 		}
 	})
 	for _, tt := range []struct{ name, doc, want string }{
-		{"not JSON", `{"Statement": [`, "parsing bucket policy"},
+		{"not JSON", `{"Statement": [`, "parsing policy"},
 		{"no statements", `{"Version": "2012-10-17", "Statement": []}`, "no statements"},
 		{"object as a value", `{"Statement": [{"Effect": "Deny", "Action": {"s3": "*"}}]}`, "want a string"},
 		{"principal neither * nor an object", `{"Statement": [{"Effect": "Deny", "Principal": "someone"}]}`, "principal"},

@@ -173,14 +173,22 @@ func (t Topology) ClusterName() string { return t.Prefix }
 // LogGroupName is the CloudWatch Logs group of a service's ECS tasks.
 func (t Topology) LogGroupName(service string) string { return "/" + t.Prefix + "/" + service }
 
-// Producers maps each event type to the services allowed to publish it; "upstream" stands for
-// the upstream role (JobSubmitted) and "worker" for the worker instance profile (TaskReported).
+// Producers that are not services: the upstream role (UpstreamRoleName) and the fleet's
+// instances (WorkerRoleName).
+const (
+	UpstreamProducer = "upstream"
+	WorkerProducer   = "worker"
+)
+
+// Producers maps each event type to the services allowed to publish it; UpstreamProducer
+// stands for the upstream role (JobSubmitted) and WorkerProducer for the worker instance
+// profile (TaskReported).
 var Producers = map[string][]string{
-	JobSubmitted:      {"upstream"},
+	JobSubmitted:      {UpstreamProducer},
 	FleetPlanned:      {Planner},
 	FleetLaunched:     {Provisioner},
 	FleetBootstrapped: {Bootstrapper},
-	TaskReported:      {"worker"},
+	TaskReported:      {WorkerProducer},
 	JobFinished:       {Monitor},
 	FleetTerminated:   {Reaper},
 }

@@ -58,6 +58,7 @@ func validFleetPlanned() FleetPlanned {
 		EstimatedSeconds: 494.5,
 		MeetsDeadline:    true,
 		Rationale:        "m3.medium does 10 items/min: ceil(202 / (10 * (600-90)/60)) = 3 instances",
+		Nonce:            "q1fTxb0nVZ4Rk3yHc2o8Ww",
 	}
 }
 
@@ -145,8 +146,13 @@ func validFleetTerminated() FleetTerminated {
 			{InstanceID: instanceA, Bucket: "sortie-logs", Key: "jobs/job-202-files/i-0a1b2c3d4e5f60718.tar.gz", SizeBytes: 18231},
 			{InstanceID: instanceB, Bucket: "sortie-logs", Key: "jobs/job-202-files/i-0a1b2c3d4e5f60719.tar.gz", SizeBytes: 9120},
 		},
-		TerminatedInstanceIDs: []string{instanceA, instanceB},
+		TerminatedInstanceIDs: []string{instanceA, instanceB, instanceC},
 		InstanceSeconds:       1290.25,
+		ArchiveFailures:       []ArchiveFailure{{InstanceID: instanceC, Error: "archiving logs of i-0a1b2c3d4e5f6071a: dialing ssh: connection refused"}},
+		Refused: []RefusedInstance{
+			{InstanceID: "i-0f00000000000000d", Reason: RefusedOtherFleet, Detail: "sortie:fleet is job-other-r1"},
+			{InstanceID: "i-0f00000000000000e", Reason: RefusedUntagged, Detail: "no sortie:stack tag"},
+		},
 	}
 }
 

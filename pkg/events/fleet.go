@@ -22,6 +22,12 @@ type FleetPlanned struct {
 	EstimatedSeconds float64 `json:"estimated_seconds"` // boot plus processing, as planned
 	MeetsDeadline    bool    `json:"meets_deadline"`
 	Rationale        string  `json:"rationale"` // the arithmetic, for humans
+
+	// Nonce is a random value the planner draws for each plan (16-64 characters of
+	// base64url), mixed into the fleet's derived SSH host key so that a job id reused by
+	// another submission never gets the same key. Optional: added in schema version 1;
+	// plans without one derive the key from the fleet and revision alone.
+	Nonce string `json:"nonce,omitempty"`
 }
 
 var _ Event = FleetPlanned{}
@@ -51,6 +57,7 @@ func (e FleetPlanned) Validate() error {
 	c.intRange("count", int64(e.Count), 1, MaxInstances)
 	c.seconds("estimated_seconds", e.EstimatedSeconds, MaxEstimatedSeconds)
 	c.text("rationale", e.Rationale, MaxTextBytes, true)
+	c.nonce("nonce", e.Nonce)
 	return c.err()
 }
 
@@ -66,12 +73,17 @@ type FleetLaunched struct {
 	Params     map[string]string `json:"params,omitempty"`
 	DeadlineAt time.Time         `json:"deadline_at"`
 
-	KeyName   string     `json:"key_name"` // the EC2 key pair the instances accept
-	HostKey   string     `json:"host_key"` // the fleet's pinned SSH host public key, authorized_keys format
+	KeyName string `json:"key_name"` // the EC2 key pair the instances accept
+	// HostKey is the fleet's derived SSH host public key, authorized_keys format. Empty
+	// when the template's instances generate their own host keys (host_keys: instance),
+	// read from each instance's console output instead (empty allowed since schema
+	// version 1 gained instance host keys).
+	HostKey   string     `json:"host_key"`
 	Instances []Instance `json:"instances"`
 }
 
-// Instance is one launched instance.
+// Instance is one launched instance. SSHEndpoint and PrivateIP are informational:
+// consumers take the address to connect to from EC2's description of the instance.
 type Instance struct {
 	ID           string    `json:"id"`
 	InstanceType string    `json:"instance_type"`
@@ -96,7 +108,7 @@ func (e FleetLaunched) Validate() error {
 	c.params("params", e.Params)
 	c.time("deadline_at", e.DeadlineAt)
 	c.keyName("key_name", e.KeyName)
-	c.hostKey("host_key", e.HostKey)
+	c.optionalHostKey("host_key", e.HostKey)
 	if len(e.Instances) == 0 {
 		c.fail("instances", "must list at least one instance")
 	} else if c.count("instances", len(e.Instances), MaxInstances) {
@@ -125,7 +137,7 @@ type FleetBootstrapped struct {
 	Recipe     string            `json:"recipe"`
 	Params     map[string]string `json:"params,omitempty"`
 	DeadlineAt time.Time         `json:"deadline_at"`
-	HostKey    string            `json:"host_key"`
+	HostKey    string            `json:"host_key"` // as in FleetLaunched: empty for instance host keys
 	KeyName    string            `json:"key_name"`
 
 	Instances []InstanceResult `json:"instances"`
@@ -164,7 +176,7 @@ func (e FleetBootstrapped) Validate() error {
 	c.name("recipe", e.Recipe)
 	c.params("params", e.Params)
 	c.time("deadline_at", e.DeadlineAt)
-	c.hostKey("host_key", e.HostKey)
+	c.optionalHostKey("host_key", e.HostKey)
 	c.keyName("key_name", e.KeyName)
 	if len(e.Instances) == 0 {
 		c.fail("instances", "must list at least one instance")

@@ -42,7 +42,7 @@ type JobFinished struct {
 	FailingInstance string        `json:"failing_instance,omitempty"` // one of Instances
 	LogTail         []string      `json:"log_tail,omitempty"`         // the failing log's last lines, oldest first
 	Instances       []InstanceRef `json:"instances,omitempty"`        // every instance to archive and terminate
-	HostKey         string        `json:"host_key,omitempty"`         // required when Instances is not empty
+	HostKey         string        `json:"host_key,omitempty"`         // the fleet's derived key; empty for instance host keys (read from the console)
 	KeyName         string        `json:"key_name,omitempty"`         // required when Instances is not empty
 	Logs            []string      `json:"logs,omitempty"`             // workload logs outside .sortie, relative paths
 	TasksSucceeded  int           `json:"tasks_succeeded"`
@@ -87,7 +87,7 @@ func (e JobFinished) Validate() error {
 		}
 	}
 	if len(e.Instances) > 0 {
-		c.hostKey("host_key", e.HostKey)
+		c.optionalHostKey("host_key", e.HostKey)
 		c.keyName("key_name", e.KeyName)
 	} else {
 		c.text("host_key", e.HostKey, MaxHostKeyBytes, false)
@@ -113,6 +113,37 @@ type FleetTerminated struct {
 	Archives              []Archive `json:"archives,omitempty"`
 	TerminatedInstanceIDs []string  `json:"terminated_instance_ids,omitempty"`
 	InstanceSeconds       float64   `json:"instance_seconds"` // summed lifetime of the fleet's instances
+	// ArchiveFailures are the instances whose logs were not archived, and why; they were
+	// terminated all the same. Added in schema version 1 (optional, absent when every
+	// archive was stored).
+	ArchiveFailures []ArchiveFailure `json:"archive_failures,omitempty"`
+	// Refused are the instances JobFinished named (or EC2 listed for the fleet) that the
+	// reaper did not touch: another fleet's, another stack's, untagged, or unknown to EC2.
+	// Added in schema version 1 (optional, absent when nothing was refused).
+	Refused []RefusedInstance `json:"refused,omitempty"`
+}
+
+// ArchiveFailure is an instance whose logs could not be archived before it was terminated.
+// Added in schema version 1.
+type ArchiveFailure struct {
+	InstanceID string `json:"instance_id"`
+	Error      string `json:"error"`
+}
+
+// Why the reaper refuses to act on an instance (RefusedInstance.Reason).
+const (
+	RefusedOtherFleet = "other-fleet" // its sortie:fleet tag names another fleet
+	RefusedOtherStack = "other-stack" // its sortie:stack tag names another stack
+	RefusedUntagged   = "untagged"    // it lacks sortie:fleet or sortie:stack
+	RefusedUnknown    = "unknown"     // EC2 does not know it
+)
+
+// RefusedInstance is an instance the reaper neither archived nor terminated, and why.
+// Added in schema version 1.
+type RefusedInstance struct {
+	InstanceID string `json:"instance_id"`
+	Reason     string `json:"reason"`           // RefusedOtherFleet, RefusedOtherStack, RefusedUntagged or RefusedUnknown
+	Detail     string `json:"detail,omitempty"` // what the tags said
 }
 
 // Archive is one instance's logs, uploaded to S3.
@@ -151,5 +182,22 @@ func (e FleetTerminated) Validate() error {
 		c.uniqueIDs("terminated_instance_ids", len(e.TerminatedInstanceIDs), func(i int) string { return e.TerminatedInstanceIDs[i] })
 	}
 	c.seconds("instance_seconds", e.InstanceSeconds, MaxInstanceSeconds)
+	if c.count("archive_failures", len(e.ArchiveFailures), MaxInstances) {
+		for i, a := range e.ArchiveFailures {
+			f := index("archive_failures", i)
+			c.instanceID(f+".instance_id", a.InstanceID)
+			c.text(f+".error", a.Error, MaxTextBytes, true)
+		}
+		c.uniqueIDs("archive_failures", len(e.ArchiveFailures), func(i int) string { return e.ArchiveFailures[i].InstanceID })
+	}
+	if c.count("refused", len(e.Refused), MaxInstances) {
+		for i, r := range e.Refused {
+			f := index("refused", i)
+			c.instanceID(f+".instance_id", r.InstanceID)
+			c.outcome(f+".reason", r.Reason, RefusedOtherFleet, RefusedOtherStack, RefusedUntagged, RefusedUnknown)
+			c.text(f+".detail", r.Detail, MaxTextBytes, false)
+		}
+		c.uniqueIDs("refused", len(e.Refused), func(i int) string { return e.Refused[i].InstanceID })
+	}
 	return c.err()
 }

@@ -25,6 +25,7 @@ const (
 	paramKeyPattern     = `[A-Za-z_][A-Za-z0-9_]{0,63}`
 	instanceTypePattern = `[a-z][a-z0-9-]{0,31}\.[a-z0-9-]{1,31}`
 	bucketPattern       = `[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]`
+	noncePattern        = `[A-Za-z0-9_-]{16,64}`
 	hostPattern         = `[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*`
 )
 
@@ -37,6 +38,7 @@ var (
 	instanceTypeRE = anchored(instanceTypePattern)
 	bucketRE       = anchored(bucketPattern)
 	hostRE         = anchored(hostPattern)
+	nonceRE        = anchored(noncePattern)
 	portRE         = anchored(`[0-9]{1,5}`)
 )
 
@@ -200,6 +202,20 @@ func (c *checker) ip(field, s string) {
 	}
 	if addr, err := netip.ParseAddr(s); err != nil || addr.Zone() != "" {
 		c.fail(field, "must be an IP address, got %s", quote(s))
+	}
+}
+
+// nonce checks an optional per-plan nonce.
+func (c *checker) nonce(field, s string) {
+	if s != "" {
+		c.match(field, s, nonceRE, noncePattern)
+	}
+}
+
+// optionalHostKey checks a host key that may be left empty (instance host keys).
+func (c *checker) optionalHostKey(field, s string) {
+	if s != "" {
+		c.hostKey(field, s)
 	}
 }
 

@@ -136,7 +136,7 @@ func fleetIDRules[T Event](set func(*T, string)) []rule[T] {
 func hostKeyRules[T Event](set func(*T, string)) []rule[T] {
 	to := func(s string) func(*T) { return func(v *T) { set(v, s) } }
 	return []rule[T]{
-		{"host_key empty", to(""), "host_key", false},
+		{"host_key empty ok (instance host keys)", to(""), "", false},
 		{"host_key garbage", to("not a key"), "host_key", false},
 		{"host_key bad base64", to("ssh-ed25519 AAAA!!!!"), "host_key", false},
 		{"host_key type mismatch", to("ssh-rsa " + strings.Fields(testHostKey)[1]), "host_key", false},
@@ -286,6 +286,11 @@ func TestFleetPlannedRules(t *testing.T) {
 		{"rationale NUL", func(v *T) { v.Rationale = "a\x00" }, "rationale", false},
 		{"rationale bad UTF-8", func(v *T) { v.Rationale = "\xff" }, "rationale", true},
 		{"rationale multi-line ok", func(v *T) { v.Rationale = "line 1\nline 2 — ok" }, "", false},
+		{"nonce empty ok (a plan of the earlier form)", func(v *T) { v.Nonce = "" }, "", false},
+		{"nonce too short", func(v *T) { v.Nonce = "AAECAwQFBgcICQo" }, "nonce", false},
+		{"nonce too long", func(v *T) { v.Nonce = repeat("A", 65) }, "nonce", false},
+		{"nonce padding", func(v *T) { v.Nonce = "AAECAwQFBgcICQoLDA0ODw==" }, "nonce", false},
+		{"nonce standard base64", func(v *T) { v.Nonce = "AAECAwQFBgcICQoL+/0ODw" }, "nonce", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, nameRules("template", func(v *T, s string) { v.Template = s })...)
@@ -515,6 +520,37 @@ func TestFleetTerminatedRules(t *testing.T) {
 		{"instance_seconds too large", func(v *T) { v.InstanceSeconds = MaxInstanceSeconds + 1 }, "instance_seconds", false},
 		{"instance_seconds NaN", func(v *T) { v.InstanceSeconds = math.NaN() }, "instance_seconds", true},
 		{"instance_seconds zero ok", func(v *T) { v.InstanceSeconds = 0 }, "", false},
+		{"archive failures none ok", func(v *T) { v.ArchiveFailures = nil }, "", false},
+		{"archive failure instance_id bad", func(v *T) { v.ArchiveFailures[0].InstanceID = "i-x" }, "archive_failures[0].instance_id", false},
+		{"archive failure error empty", func(v *T) { v.ArchiveFailures[0].Error = "" }, "archive_failures[0].error", false},
+		{"archive failure error too long", func(v *T) { v.ArchiveFailures[0].Error = repeat("e", MaxTextBytes+1) }, "archive_failures[0].error", false},
+		{"archive failure duplicate", func(v *T) {
+			v.ArchiveFailures = append(v.ArchiveFailures, v.ArchiveFailures[0])
+		}, "archive_failures[1]", false},
+		{"archive failures over MaxInstances", func(v *T) {
+			v.ArchiveFailures = make([]ArchiveFailure, MaxInstances+1)
+			for i, id := range ids(MaxInstances + 1) {
+				v.ArchiveFailures[i] = ArchiveFailure{InstanceID: id, Error: "e"}
+			}
+		}, "archive_failures", false},
+		{"refused none ok", func(v *T) { v.Refused = nil }, "", false},
+		{"refused instance_id bad", func(v *T) { v.Refused[1].InstanceID = "i-x" }, "refused[1].instance_id", false},
+		{"refused reason unknown", func(v *T) { v.Refused[0].Reason = "mine" }, "refused[0].reason", false},
+		{"refused reason empty", func(v *T) { v.Refused[0].Reason = "" }, "refused[0].reason", false},
+		{"refused every reason ok", func(v *T) {
+			v.Refused = []RefusedInstance{
+				{InstanceID: "i-00000001", Reason: RefusedOtherFleet}, {InstanceID: "i-00000002", Reason: RefusedOtherStack},
+				{InstanceID: "i-00000003", Reason: RefusedUntagged}, {InstanceID: "i-00000004", Reason: RefusedUnknown},
+			}
+		}, "", false},
+		{"refused detail NUL", func(v *T) { v.Refused[0].Detail = "\x00" }, "refused[0].detail", false},
+		{"refused duplicate", func(v *T) { v.Refused[1].InstanceID = v.Refused[0].InstanceID }, "refused[1]", false},
+		{"refused over MaxInstances", func(v *T) {
+			v.Refused = make([]RefusedInstance, MaxInstances+1)
+			for i, id := range ids(MaxInstances + 1) {
+				v.Refused[i] = RefusedInstance{InstanceID: id, Reason: RefusedUnknown}
+			}
+		}, "refused", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, instanceIDRules("terminated_instance_ids[0]", func(v *T, s string) { v.TerminatedInstanceIDs[0] = s })...)

@@ -36,13 +36,17 @@ var _ EC2API = (*ec2.Client)(nil)
 
 // Query selects the instances of a status.
 type Query struct {
+	Stack string // the stack (its prefix): only instances tagged sortie:stack with it; required
 	JobID string // one job; empty: every job
 	All   bool   // include terminated instances
 }
 
 // Filters are the DescribeInstances filters for q.
 func (q Query) Filters() []ec2types.Filter {
-	f := []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{tags.JobID}}}
+	f := []ec2types.Filter{
+		{Name: aws.String("tag:" + tags.Stack), Values: []string{q.Stack}},
+		{Name: aws.String("tag-key"), Values: []string{tags.JobID}},
+	}
 	if q.JobID != "" {
 		f = append(f, ec2types.Filter{Name: aws.String("tag:" + tags.JobID), Values: []string{q.JobID}})
 	}
@@ -52,8 +56,11 @@ func (q Query) Filters() []ec2types.Filter {
 	return f
 }
 
-// Describe returns every Sortie instance q selects, across pages.
+// Describe returns every Sortie instance of the stack q selects, across pages.
 func Describe(ctx context.Context, api EC2API, q Query) ([]ec2types.Instance, error) {
+	if q.Stack == "" {
+		return nil, fmt.Errorf("describing instances: no stack: a status lists one stack's instances")
+	}
 	var out []ec2types.Instance
 	p := ec2.NewDescribeInstancesPaginator(api, &ec2.DescribeInstancesInput{Filters: q.Filters(), MaxResults: aws.Int32(1000)})
 	for p.HasMorePages() {

@@ -152,10 +152,10 @@ func TestQueryFilters(t *testing.T) {
 		q    Query
 		want []string
 	}{
-		{Query{}, []string{"tag-key=sortie:job-id", "instance-state-name=pending,running,shutting-down,stopping,stopped"}},
-		{Query{All: true}, []string{"tag-key=sortie:job-id"}},
-		{Query{JobID: "j1"}, []string{"tag-key=sortie:job-id", "tag:sortie:job-id=j1", "instance-state-name=pending,running,shutting-down,stopping,stopped"}},
-		{Query{JobID: "j1", All: true}, []string{"tag-key=sortie:job-id", "tag:sortie:job-id=j1"}},
+		{Query{Stack: "s"}, []string{"tag:sortie:stack=s", "tag-key=sortie:job-id", "instance-state-name=pending,running,shutting-down,stopping,stopped"}},
+		{Query{Stack: "s", All: true}, []string{"tag:sortie:stack=s", "tag-key=sortie:job-id"}},
+		{Query{Stack: "s", JobID: "j1"}, []string{"tag:sortie:stack=s", "tag-key=sortie:job-id", "tag:sortie:job-id=j1", "instance-state-name=pending,running,shutting-down,stopping,stopped"}},
+		{Query{Stack: "prod", JobID: "j1", All: true}, []string{"tag:sortie:stack=prod", "tag-key=sortie:job-id", "tag:sortie:job-id=j1"}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.want, " "), func(t *testing.T) {
@@ -197,15 +197,18 @@ func TestDescribeFollowsPages(t *testing.T) {
 	api := &pagedEC2{insts: []ec2types.Instance{
 		inst("i-1", "running", now, tags.JobID, "a"), inst("i-2", "running", now, tags.JobID, "a"), inst("i-3", "running", now, tags.JobID, "b"),
 	}}
-	got, err := Describe(t.Context(), api, Query{JobID: "a"})
+	got, err := Describe(t.Context(), api, Query{Stack: "s", JobID: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 3 || api.calls != 3 {
 		t.Fatalf("got %d instances in %d calls, want 3 in 3", len(got), api.calls)
 	}
-	if len(api.seen[0].Filters) != 3 {
-		t.Errorf("first call's filters = %d, want 3", len(api.seen[0].Filters))
+	if len(api.seen[0].Filters) != 4 {
+		t.Errorf("first call's filters = %d, want 4", len(api.seen[0].Filters))
+	}
+	if _, err := Describe(t.Context(), api, Query{JobID: "a"}); err == nil || api.calls != 3 {
+		t.Errorf("a query without a stack: err %v after %d calls; want an error before any call", err, api.calls)
 	}
 }
 

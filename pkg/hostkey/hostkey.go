@@ -1,10 +1,13 @@
-// Package hostkey derives a fleet's SSH host key from a secret and renders the cloud-init user data that installs it.
+// Package hostkey makes and reads SSH host keys of fleets: it derives a fleet's key from a
+// secret and a per-plan nonce, renders the cloud-init user data that installs it, and reads
+// the keys an instance generated itself from the block cloud-init prints to its console.
 package hostkey
 
 import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -22,11 +25,29 @@ import (
 // the ed25519 seed it produces.
 const MinSecretBytes = 32
 
-// Derive returns the host key of one plan revision of a fleet: the ed25519 key whose seed
-// is HMAC-SHA256(secret, fleetID + "/" + revision). Every replica of the provisioner, and
-// every redelivery of the same FleetPlanned, derives the same key, so a duplicated launch
-// (same ClientToken, same instances) pins the same key.
-func Derive(secret []byte, fleetID string, revision int) (ed25519.PrivateKey, ssh.Signer, error) {
+// Label separates the derivation of fleet host keys from any other use of the secret.
+const Label = "sortie fleet ssh host key v2"
+
+// NonceBytes is the size of NewNonce's nonces before encoding.
+const NonceBytes = 16
+
+// NewNonce returns a fresh per-plan nonce: NonceBytes from crypto/rand, base64url.
+func NewNonce() (string, error) {
+	b := make([]byte, NonceBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("reading a nonce: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// Derive returns the host key of one plan of a fleet: the ed25519 key whose seed is
+// HMAC-SHA256(secret, Label ‖ fleetID ‖ revision ‖ nonce), each part prefixed with its
+// length. Every replica of the provisioner, and every redelivery of the same FleetPlanned,
+// derives the same key; the planner's per-plan nonce makes it differ between submissions
+// of the same job id, so the secret and a job id alone never determine a key. An empty
+// nonce (a plan of the earlier form, without one) is allowed; pkg/events checks the form of
+// the nonces plans carry.
+func Derive(secret []byte, fleetID string, revision int, nonce string) (ed25519.PrivateKey, ssh.Signer, error) {
 	var errs []error
 	if len(secret) < MinSecretBytes {
 		errs = append(errs, fmt.Errorf("secret is %d bytes, want at least %d", len(secret), MinSecretBytes))
@@ -41,7 +62,12 @@ func Derive(secret []byte, fleetID string, revision int) (ed25519.PrivateKey, ss
 		return nil, nil, fmt.Errorf("deriving host key: %w", err)
 	}
 	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(fleetID + "/" + strconv.Itoa(revision)))
+	for _, part := range []string{Label, fleetID, strconv.Itoa(revision), nonce} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
+		mac.Write(n[:])
+		mac.Write([]byte(part))
+	}
 	priv := ed25519.NewKeyFromSeed(mac.Sum(nil))
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {

@@ -22,9 +22,17 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 // testSecret is a fixed 32-byte secret: the golden files depend on it.
 var testSecret = []byte("0123456789abcdef0123456789abcdef")
 
+// testNonce is a fixed nonce: the golden files depend on it.
+const testNonce = "AAECAwQFBgcICQoLDA0ODw"
+
 func derive(t *testing.T, secret []byte, fleet string, rev int) ed25519.PrivateKey {
 	t.Helper()
-	priv, signer, err := Derive(secret, fleet, rev)
+	return deriveNonce(t, secret, fleet, rev, testNonce)
+}
+
+func deriveNonce(t *testing.T, secret []byte, fleet string, rev int, nonce string) ed25519.PrivateKey {
+	t.Helper()
+	priv, signer, err := Derive(secret, fleet, rev, nonce)
 	if err != nil {
 		t.Fatalf("Derive(%q, %d): %v", fleet, rev, err)
 	}
@@ -46,6 +54,9 @@ func TestDeriveIsDeterministicAndSeparatesFleets(t *testing.T) {
 		"another secret":   derive(t, otherSecret, "job-42", 1),
 		// "job-4" + "/" + "21" must not collide with "job-42" + "/" + "1".
 		"shifted separator": derive(t, testSecret, "job-4", 21),
+		// A reused job id: the planner gives every plan a fresh nonce.
+		"another nonce": deriveNonce(t, testSecret, "job-42", 1, "ZZECAwQFBgcICQoLDA0ODw"),
+		"no nonce":      deriveNonce(t, testSecret, "job-42", 1, ""),
 	} {
 		if base.Equal(priv) {
 			t.Errorf("%s gave the same key", name)
@@ -66,9 +77,10 @@ func TestDeriveRejects(t *testing.T) {
 		{"empty fleet", testSecret, "", 1, "empty fleet id"},
 		{"revision 0", testSecret, "job-1", 0, "plan revision 0"},
 	}
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			priv, signer, err := Derive(tt.secret, tt.fleet, tt.rev)
+			priv, signer, err := Derive(tt.secret, tt.fleet, tt.rev, testNonce)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Derive: error %v, want one containing %q", err, tt.wantErr)
 			}
@@ -241,7 +253,7 @@ func TestParseSecret(t *testing.T) {
 }
 
 func TestDerivedKeyVerifiesSignatures(t *testing.T) {
-	_, signer, err := Derive(testSecret, "job-42", 1)
+	_, signer, err := Derive(testSecret, "job-42", 1, testNonce)
 	if err != nil {
 		t.Fatal(err)
 	}

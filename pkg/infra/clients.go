@@ -1,5 +1,6 @@
-// Package infra creates and removes the SNS topics, SQS queues, DLQs, subscriptions and log
-// bucket of one Sortie stack (`sortie infra up | down`), idempotently and by name.
+// Package infra creates and removes the SNS topics (each with its producers-only policy), SQS
+// queues, DLQs, subscriptions, log bucket and secrets bucket of one Sortie stack
+// (`sortie infra up | down`), idempotently and by name.
 package infra
 
 import (
@@ -21,6 +22,8 @@ type SNSAPI interface {
 	ListSubscriptionsByTopic(ctx context.Context, params *sns.ListSubscriptionsByTopicInput, optFns ...func(*sns.Options)) (*sns.ListSubscriptionsByTopicOutput, error)
 	GetSubscriptionAttributes(ctx context.Context, params *sns.GetSubscriptionAttributesInput, optFns ...func(*sns.Options)) (*sns.GetSubscriptionAttributesOutput, error)
 	SetSubscriptionAttributes(ctx context.Context, params *sns.SetSubscriptionAttributesInput, optFns ...func(*sns.Options)) (*sns.SetSubscriptionAttributesOutput, error)
+	GetTopicAttributes(ctx context.Context, params *sns.GetTopicAttributesInput, optFns ...func(*sns.Options)) (*sns.GetTopicAttributesOutput, error)
+	SetTopicAttributes(ctx context.Context, params *sns.SetTopicAttributesInput, optFns ...func(*sns.Options)) (*sns.SetTopicAttributesOutput, error)
 }
 
 // SQSAPI lists the SQS calls infra makes.

@@ -110,7 +110,11 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
-	return d.deleteBucket(ctx, topo.BucketName())
+	// The secrets bucket goes only when empty: Down never deletes a login key.
+	if err := d.deleteBucket(ctx, topo.SecretsBucketName(), false); err != nil {
+		return err
+	}
+	return d.deleteBucket(ctx, topo.BucketName(), d.o.EmptyBucket)
 }
 
 // unsubscribe removes the topic's SQS subscriptions whose endpoint is the queue (by name:
@@ -164,9 +168,9 @@ func (d *downer) deleteQueue(ctx context.Context, kind Kind, name string) error 
 	return nil
 }
 
-// deleteBucket deletes the log bucket when it is empty, or emptied first with EmptyBucket.
-// Its policy, encryption and public access block go with it.
-func (d *downer) deleteBucket(ctx context.Context, name string) error {
+// deleteBucket deletes a bucket when it is empty, or emptied first with empty. Its policy,
+// encryption and public access block go with it.
+func (d *downer) deleteBucket(ctx context.Context, name string, empty bool) error {
 	_, err := d.c.S3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(name)})
 	if awsx.IsNotFound(err) {
 		d.report.add(Absent, KindBucket, name, "")
@@ -176,7 +180,7 @@ func (d *downer) deleteBucket(ctx context.Context, name string) error {
 		return fmt.Errorf("checking bucket %s: %w", name, err)
 	}
 
-	if d.o.EmptyBucket {
+	if empty {
 		n, err := d.emptyBucket(ctx, name)
 		if err != nil {
 			return err

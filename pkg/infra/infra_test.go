@@ -59,7 +59,7 @@ type resource struct {
 func upResources(topo bus.Topology) []resource {
 	var out []resource
 	for _, et := range bus.EventTypes {
-		out = append(out, resource{KindTopic, topo.TopicName(et)})
+		out = append(out, resource{KindTopic, topo.TopicName(et)}, resource{KindTopicPolicy, topo.TopicName(et)})
 	}
 	for _, s := range topo.Subscriptions() {
 		out = append(out, resource{KindDLQ, s.DLQ}, resource{KindQueue, s.Queue}, resource{KindSubscription, s.Topic + " -> " + s.Queue})
@@ -68,8 +68,10 @@ func upResources(topo bus.Topology) []resource {
 		q := topo.TimerQueueName(svc)
 		out = append(out, resource{KindDLQ, bus.DLQName(q)}, resource{KindTimerQueue, q})
 	}
-	b := topo.BucketName()
-	return append(out, resource{KindBucket, b}, resource{KindBucketEncryption, b}, resource{KindPublicAccessBlock, b}, resource{KindBucketPolicy, b})
+	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
+		out = append(out, resource{KindBucket, b}, resource{KindBucketEncryption, b}, resource{KindPublicAccessBlock, b}, resource{KindBucketPolicy, b})
+	}
+	return out
 }
 
 // queueNames is every queue of topo: consuming queues, timer queues and their DLQs.
@@ -701,7 +703,7 @@ func topoNames(topo bus.Topology) []string {
 	for _, et := range bus.EventTypes {
 		out = append(out, topo.TopicName(et))
 	}
-	return append(append(out, queueNames(topo)...), topo.BucketName())
+	return append(append(out, queueNames(topo)...), topo.SecretsBucketName(), topo.BucketName())
 }
 
 func TestDownOnMissingStackSucceeds(t *testing.T) {
@@ -803,4 +805,67 @@ func TestRejectsBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUpSetsTopicPolicies: every topic gets TopicPolicy, a topic made by someone else keeps
+// the default policy only until Up replaces it, and a policy changed later is put back.
+func TestUpSetsTopicPolicies(t *testing.T) {
+	ctx := context.Background()
+	s := newStack(t)
+	topo := bus.Topology{Prefix: uniquePrefix(t)}
+	pre, err := s.sns.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(topo.TopicName(bus.JobSubmitted))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policyOf := func(arn string) string {
+		t.Helper()
+		out, err := s.sns.GetTopicAttributes(ctx, &sns.GetTopicAttributesInput{TopicArn: aws.String(arn)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Attributes["Policy"]
+	}
+	line := func(r Report, et string) Line {
+		t.Helper()
+		for _, l := range r.Lines {
+			if l.Kind == KindTopicPolicy && l.Name == topo.TopicName(et) {
+				return l
+			}
+		}
+		t.Fatalf("no topic-policy line for %s:\n%s", et, r)
+		return Line{}
+	}
+
+	r := up(t, s, topo)
+	if l := line(r, bus.JobSubmitted); l.Action != Updated || l.Detail != "default policy replaced" {
+		t.Errorf("pre-existing topic: %+v, want its default policy replaced", l)
+	}
+	if l := line(r, bus.FleetPlanned); l.Action != Created {
+		t.Errorf("new topic: %+v, want its policy created", l)
+	}
+	arns := s.topicARNs(t)
+	account := strings.Split(aws.ToString(pre.TopicArn), ":")[4]
+	for _, et := range bus.EventTypes {
+		want, err := TopicPolicy(topo, et, account)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := policyOf(arns[topo.TopicName(et)]); !sameJSON(got, string(want)) {
+			t.Errorf("%s policy:\n%s\nwant:\n%s", et, got, want)
+		}
+	}
+
+	open := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"sns:Publish","Resource":"*"}]}`
+	arn := arns[topo.TopicName(bus.FleetLaunched)]
+	if _, err := s.sns.SetTopicAttributes(ctx, &sns.SetTopicAttributesInput{TopicArn: aws.String(arn), AttributeName: aws.String("Policy"), AttributeValue: aws.String(open)}); err != nil {
+		t.Fatal(err)
+	}
+	r = up(t, s, topo)
+	if l := line(r, bus.FleetLaunched); l.Action != Updated || l.Detail != "policy changed" {
+		t.Errorf("opened topic: %+v, want its policy put back", l)
+	}
+	if r.Count(Updated) != 1 {
+		t.Errorf("want only the opened topic's policy updated:\n%s", r)
+	}
+	wantAll(t, up(t, s, topo), Exists)
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
 )
 
 // Statement ids of the generated policies. deployments/terraform/main.tf uses the same ones;
@@ -16,6 +18,8 @@ const (
 	SidDenyIncorrectEncryptionHeader = "DenyIncorrectEncryptionHeader"
 	SidDenyUnencryptedObjectUploads  = "DenyUnencryptedObjectUploads"
 	SidAllowTopicSendMessage         = "AllowTopicSendMessage"
+	SidAllowProducersPublish         = "AllowProducersPublish"
+	SidDenyPublishByOthers           = "DenyPublishByOthers"
 )
 
 const policyVersion = "2012-10-17"
@@ -27,12 +31,12 @@ type policyDocument struct {
 }
 
 type statement struct {
-	Sid       string                       `json:"Sid"`
-	Effect    string                       `json:"Effect"`
-	Principal any                          `json:"Principal"`
-	Action    string                       `json:"Action"`
-	Resource  stringOrList                 `json:"Resource"`
-	Condition map[string]map[string]string `json:"Condition"` // encoding/json sorts map keys
+	Sid       string                             `json:"Sid"`
+	Effect    string                             `json:"Effect"`
+	Principal any                                `json:"Principal"`
+	Action    string                             `json:"Action"`
+	Resource  stringOrList                       `json:"Resource"`
+	Condition map[string]map[string]stringOrList `json:"Condition,omitempty"` // encoding/json sorts map keys
 }
 
 // stringOrList marshals one element as a plain string, several as a list, as IAM writes them.
@@ -63,7 +67,7 @@ func BucketPolicy(bucket string) ([]byte, error) {
 				Principal: "*",
 				Action:    "s3:*",
 				Resource:  stringOrList{arn, objects},
-				Condition: map[string]map[string]string{"Bool": {"aws:SecureTransport": "false"}},
+				Condition: map[string]map[string]stringOrList{"Bool": {"aws:SecureTransport": {"false"}}},
 			},
 			{
 				Sid:       SidDenyIncorrectEncryptionHeader,
@@ -71,7 +75,7 @@ func BucketPolicy(bucket string) ([]byte, error) {
 				Principal: "*",
 				Action:    "s3:PutObject",
 				Resource:  stringOrList{objects},
-				Condition: map[string]map[string]string{"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"}},
+				Condition: map[string]map[string]stringOrList{"StringNotEquals": {"s3:x-amz-server-side-encryption": {"aws:kms"}}},
 			},
 			{
 				Sid:       SidDenyUnencryptedObjectUploads,
@@ -79,7 +83,7 @@ func BucketPolicy(bucket string) ([]byte, error) {
 				Principal: "*",
 				Action:    "s3:PutObject",
 				Resource:  stringOrList{objects},
-				Condition: map[string]map[string]string{"Null": {"s3:x-amz-server-side-encryption": "true"}},
+				Condition: map[string]map[string]stringOrList{"Null": {"s3:x-amz-server-side-encryption": {"true"}}},
 			},
 		},
 	})
@@ -98,8 +102,65 @@ func QueuePolicy(queueARN, topicARN string) ([]byte, error) {
 			Principal: map[string]string{"Service": "sns.amazonaws.com"},
 			Action:    "sqs:SendMessage",
 			Resource:  stringOrList{queueARN},
-			Condition: map[string]map[string]string{"ArnEquals": {"aws:SourceArn": topicARN}},
+			Condition: map[string]map[string]stringOrList{"ArnEquals": {"aws:SourceArn": {topicARN}}},
 		}},
+	})
+}
+
+// ProducerARNs are the IAM roles allowed to publish eventType in the stack (bus.Producers:
+// a service's task role, the upstream role for JobSubmitted, the worker role for
+// TaskReported), as ARNs in accountID.
+func ProducerARNs(topo bus.Topology, eventType, accountID string) ([]string, error) {
+	producers, ok := bus.Producers[eventType]
+	if !ok || accountID == "" {
+		return nil, fmt.Errorf("producers of %q in account %q: unknown event type or empty account", eventType, accountID)
+	}
+	var out []string
+	for _, p := range producers {
+		role := topo.RoleName(p)
+		switch p {
+		case bus.UpstreamProducer:
+			role = topo.UpstreamRoleName()
+		case bus.WorkerProducer:
+			role = topo.WorkerRoleName()
+		}
+		out = append(out, "arn:aws:iam::"+accountID+":role/"+role)
+	}
+	return out, nil
+}
+
+// TopicPolicy is the policy of eventType's topic: only its producers (ProducerARNs) may
+// publish. The Allow admits them; the Deny refuses sns:Publish to every other principal,
+// so that identity policies in the account cannot grant it either. The topic ARN's region
+// is a wildcard, so one policy serves a stack in any region.
+func TopicPolicy(topo bus.Topology, eventType, accountID string) ([]byte, error) {
+	if err := topo.Validate(); err != nil {
+		return nil, fmt.Errorf("topic policy: %w", err)
+	}
+	arns, err := ProducerARNs(topo, eventType, accountID)
+	if err != nil {
+		return nil, fmt.Errorf("topic policy: %w", err)
+	}
+	topic := "arn:aws:sns:*:" + accountID + ":" + topo.TopicName(eventType)
+	return marshalPolicy(policyDocument{
+		Version: policyVersion,
+		Statement: []statement{
+			{
+				Sid:       SidAllowProducersPublish,
+				Effect:    "Allow",
+				Principal: map[string]stringOrList{"AWS": arns},
+				Action:    "sns:Publish",
+				Resource:  stringOrList{topic},
+			},
+			{
+				Sid:       SidDenyPublishByOthers,
+				Effect:    "Deny",
+				Principal: "*",
+				Action:    "sns:Publish",
+				Resource:  stringOrList{topic},
+				Condition: map[string]map[string]stringOrList{"ArnNotEquals": {"aws:PrincipalArn": arns}},
+			},
+		},
 	})
 }
 

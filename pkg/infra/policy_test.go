@@ -3,6 +3,8 @@ package infra
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/sortie-fleet/sortie/pkg/bus"
 )
 
 const (
@@ -19,6 +21,12 @@ func TestPolicyGolden(t *testing.T) {
 		{"bucket-policy.golden.json", func() ([]byte, error) { return BucketPolicy("sortie-logs") }},
 		{"queue-policy.golden.json", func() ([]byte, error) { return QueuePolicy(testQueueARN, testTopicARN) }},
 		{"redrive-policy.golden.json", func() ([]byte, error) { return RedrivePolicy(testDLQARN, 5) }},
+		{"topic-policy-job-submitted.golden.json", func() ([]byte, error) {
+			return TopicPolicy(bus.Topology{Prefix: "sortie"}, bus.JobSubmitted, "123456789012")
+		}},
+		{"topic-policy-fleet-planned.golden.json", func() ([]byte, error) {
+			return TopicPolicy(bus.Topology{Prefix: "sortie"}, bus.FleetPlanned, "123456789012")
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -48,6 +56,11 @@ func TestPolicyGeneratorsRejectEmptyInput(t *testing.T) {
 		{"queue policy without topic", func() ([]byte, error) { return QueuePolicy(testQueueARN, "") }},
 		{"redrive without DLQ", func() ([]byte, error) { return RedrivePolicy("", 5) }},
 		{"redrive with zero receives", func() ([]byte, error) { return RedrivePolicy(testDLQARN, 0) }},
+		{"topic policy without account", func() ([]byte, error) { return TopicPolicy(bus.Topology{Prefix: "sortie"}, bus.FleetPlanned, "") }},
+		{"topic policy of an unknown event", func() ([]byte, error) { return TopicPolicy(bus.Topology{Prefix: "sortie"}, "Nope", "123456789012") }},
+		{"topic policy of a bad prefix", func() ([]byte, error) {
+			return TopicPolicy(bus.Topology{Prefix: "Bad_"}, bus.FleetPlanned, "123456789012")
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -75,8 +75,8 @@ func TestUpReconcilesWhatAppearedMeanwhile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Up: %v\n%s", err, r)
 	}
-	if len(ls3.created) != 1 {
-		t.Errorf("CreateBucket called %d times, want 1", len(ls3.created))
+	if len(ls3.created) != 2 { // the log bucket and the secrets bucket, each once
+		t.Errorf("CreateBucket called %d times, want 2", len(ls3.created))
 	}
 	for _, l := range r.Lines {
 		want := Exists
@@ -109,15 +109,17 @@ func TestUpCreatesBucketInItsRegion(t *testing.T) {
 			if r, err := Up(context.Background(), c, topo); err != nil {
 				t.Fatalf("Up: %v\n%s", err, r)
 			}
-			if len(ls3.created) != 1 {
-				t.Fatalf("CreateBucket called %d times", len(ls3.created))
+			if len(ls3.created) != 2 {
+				t.Fatalf("CreateBucket called %d times, want 2 (log and secrets buckets)", len(ls3.created))
 			}
-			var got s3types.BucketLocationConstraint
-			if cfg := ls3.created[0].CreateBucketConfiguration; cfg != nil {
-				got = cfg.LocationConstraint
-			}
-			if got != tt.want {
-				t.Errorf("LocationConstraint = %q, want %q", got, tt.want)
+			for _, in := range ls3.created {
+				var got s3types.BucketLocationConstraint
+				if cfg := in.CreateBucketConfiguration; cfg != nil {
+					got = cfg.LocationConstraint
+				}
+				if got != tt.want {
+					t.Errorf("%s: LocationConstraint = %q, want %q", *in.Bucket, got, tt.want)
+				}
 			}
 		})
 	}

@@ -28,6 +28,7 @@ type Kind string
 // Kinds of resources.
 const (
 	KindTopic             Kind = "topic"
+	KindTopicPolicy       Kind = "topic-policy"
 	KindQueue             Kind = "queue"
 	KindTimerQueue        Kind = "timer-queue"
 	KindDLQ               Kind = "dlq"

@@ -69,11 +69,14 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 	topicARNs := make(map[string]string)
 	for _, et := range bus.EventTypes {
 		name := topo.TopicName(et)
-		arn, err := u.ensureTopic(ctx, name, existing)
+		arn, created, err := u.ensureTopic(ctx, name, existing)
 		if err != nil {
 			return err
 		}
 		topicARNs[name] = arn
+		if err := u.ensureTopicPolicy(ctx, topo, et, arn, created); err != nil {
+			return err
+		}
 	}
 
 	for _, s := range topo.Subscriptions() {
@@ -94,9 +97,14 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
-	lines, err := SecureBucket(ctx, u.c.S3, u.c.Region, topo.BucketName(), u.o.KMSKeyID)
-	u.report.Lines = append(u.report.Lines, lines...)
-	return err
+	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
+		lines, err := SecureBucket(ctx, u.c.S3, u.c.Region, b, u.o.KMSKeyID)
+		u.report.Lines = append(u.report.Lines, lines...)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // listTopics maps the name of every topic in the account and region to its ARN.
@@ -118,17 +126,55 @@ func listTopics(ctx context.Context, api SNSAPI) (map[string]string, error) {
 
 // ensureTopic relies on CreateTopic being idempotent (same name, same ARN); existing only
 // tells created from exists.
-func (u *upper) ensureTopic(ctx context.Context, name string, existing map[string]string) (string, error) {
+func (u *upper) ensureTopic(ctx context.Context, name string, existing map[string]string) (arn string, created bool, err error) {
 	out, err := u.c.SNS.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(name)})
 	if err != nil {
-		return "", fmt.Errorf("creating topic %s: %w", name, err)
+		return "", false, fmt.Errorf("creating topic %s: %w", name, err)
 	}
+	_, ok := existing[name]
 	action := Created
-	if _, ok := existing[name]; ok {
+	if ok {
 		action = Exists
 	}
 	u.report.add(action, KindTopic, name, "")
-	return aws.ToString(out.TopicArn), nil
+	return aws.ToString(out.TopicArn), !ok, nil
+}
+
+// ensureTopicPolicy gives the topic TopicPolicy (only its producers publish) unless it has
+// it. The account is the topic ARN's.
+func (u *upper) ensureTopicPolicy(ctx context.Context, topo bus.Topology, eventType, topicARN string, created bool) error {
+	name := topo.TopicName(eventType)
+	parts := strings.Split(topicARN, ":")
+	if len(parts) != 6 || parts[4] == "" {
+		return fmt.Errorf("topic %s: ARN %q names no account", name, topicARN)
+	}
+	policy, err := TopicPolicy(topo, eventType, parts[4])
+	if err != nil {
+		return err
+	}
+	action, detail := Created, ""
+	if !created {
+		out, err := u.c.SNS.GetTopicAttributes(ctx, &sns.GetTopicAttributesInput{TopicArn: aws.String(topicARN)})
+		if err != nil {
+			return fmt.Errorf("reading policy of topic %s: %w", name, err)
+		}
+		have := out.Attributes["Policy"]
+		if sameJSON(have, string(policy)) {
+			u.report.add(Exists, KindTopicPolicy, name, "")
+			return nil
+		}
+		action, detail = Updated, "policy changed"
+		if strings.Contains(have, "__default_policy_ID") {
+			detail = "default policy replaced"
+		}
+	}
+	if _, err := u.c.SNS.SetTopicAttributes(ctx, &sns.SetTopicAttributesInput{
+		TopicArn: aws.String(topicARN), AttributeName: aws.String("Policy"), AttributeValue: aws.String(string(policy)),
+	}); err != nil {
+		return fmt.Errorf("setting policy of topic %s: %w", name, err)
+	}
+	u.report.add(action, KindTopicPolicy, name, detail)
+	return nil
 }
 
 // ensureQueuePair makes the DLQ, then the queue redriving to it; with a topicARN the

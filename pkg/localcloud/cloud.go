@@ -21,6 +21,7 @@ import (
 	"github.com/sivchari/kumo"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/localcloud/sqsquery"
 	"github.com/sortie-fleet/sortie/pkg/opensshd"
 )
 
@@ -93,7 +94,8 @@ type Cloud struct {
 
 	kumo      *kumo.Server
 	proxy     *httputil.ReverseProxy
-	transport *http.Transport // the proxy's, to kumo
+	sqsQuery  *sqsquery.Handler // SQS's Query protocol, translated to kumo's JSON
+	transport *http.Transport   // the proxy's, to kumo
 	sts       roleAssumer
 	ln        net.Listener
 	server    *http.Server
@@ -110,6 +112,7 @@ type Cloud struct {
 	reservations map[string][]*instance
 	tokens       map[string]clientTokenRecord
 	keyPairs     map[string]*keyPair // by name
+	network      *network
 	nextIP       uint32
 	capacity     map[string]int
 	throttle     throttleState
@@ -153,6 +156,7 @@ func New(opts Options) (*Cloud, error) {
 		reservations: map[string][]*instance{},
 		tokens:       map[string]clientTokenRecord{},
 		keyPairs:     map[string]*keyPair{},
+		network:      newNetwork(),
 		capacity:     map[string]int{},
 		throttle:     throttleState{every: opts.ThrottleEvery},
 	}
@@ -190,6 +194,7 @@ func New(opts Options) (*Cloud, error) {
 	c.transport = http.DefaultTransport.(*http.Transport).Clone()
 	c.transport.MaxIdleConnsPerHost = 64
 	c.proxy = newProxy(target, c.transport, logger)
+	c.sqsQuery = sqsquery.New(c.kumo.URL, &http.Client{Transport: c.transport}, logger)
 	c.sts = sts.NewFromConfig(awsx.ForEndpoint(c.kumo.URL))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
@@ -308,15 +313,16 @@ const (
 	MaxUserDataBytes = 16 << 10
 )
 
-// ServeHTTP answers EC2 instance, tag and key pair actions itself and proxies every other
-// request to kumo.
+// ServeHTTP answers EC2 itself (an action it does not implement gets EC2's InvalidAction),
+// translates SQS Query requests to kumo's SQS JSON protocol, and proxies every other request
+// to kumo.
 func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	service := signingName(r)
-	if service != "" && service != "ec2" {
+	if service != "" && service != "ec2" && service != "sqs" {
 		c.proxy.ServeHTTP(w, r)
 		return
 	}
-	if !isForm(r) {
+	if !isForm(r) { // SQS's JSON protocol among others
 		c.proxy.ServeHTTP(w, r)
 		return
 	}
@@ -342,11 +348,18 @@ func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			form[k] = v
 		}
 	}
-	action := form.Get("Action")
-	handler, ok := handlers[action]
-	if !ok || (service == "" && form.Get("Version") != ec2Version) || c.foreignTagRequest(action, form) {
+	if service == "sqs" || (service == "" && form.Get("Version") == sqsquery.Version) {
+		c.sqsQuery.Serve(w, r, form)
+		return
+	}
+	if service == "" && form.Get("Version") != ec2Version {
 		c.proxy.ServeHTTP(w, r)
 		return
+	}
+	action := form.Get("Action")
+	handler, ok := handlers[action]
+	if !ok {
+		handler = unknownAction
 	}
 	c.serveEC2(w, action, form, handler)
 }

@@ -3,7 +3,6 @@ package localcloud
 import (
 	"net/http"
 	"net/url"
-	"strings"
 
 	"github.com/google/uuid"
 )
@@ -11,41 +10,43 @@ import (
 // ec2Handler answers one EC2 action; it returns the response document or an error.
 type ec2Handler func(c *Cloud, requestID string, form url.Values) (any, *apiError)
 
-// handlers lists the EC2 actions the local cloud implements; other EC2 actions (VPCs,
-// subnets, security groups, …) go to kumo.
+// handlers lists the EC2 actions the local cloud implements; any other EC2 action gets
+// InvalidAction.
 var handlers = map[string]ec2Handler{
-	"RunInstances":       (*Cloud).runInstances,
-	"DescribeInstances":  (*Cloud).describeInstances,
-	"TerminateInstances": (*Cloud).terminateInstances,
-	"CreateTags":         (*Cloud).createTags,
-	"DeleteTags":         (*Cloud).deleteTags,
-	"CreateKeyPair":      (*Cloud).createKeyPair,
-	"ImportKeyPair":      (*Cloud).importKeyPair,
-	"DescribeKeyPairs":   (*Cloud).describeKeyPairs,
-	"DeleteKeyPair":      (*Cloud).deleteKeyPair,
-	"GetConsoleOutput":   (*Cloud).getConsoleOutput,
+	"RunInstances":                  (*Cloud).runInstances,
+	"DescribeInstances":             (*Cloud).describeInstances,
+	"TerminateInstances":            (*Cloud).terminateInstances,
+	"DescribeInstanceStatus":        (*Cloud).describeInstanceStatus,
+	"DescribeInstanceAttribute":     (*Cloud).describeInstanceAttribute,
+	"CreateTags":                    (*Cloud).createTags,
+	"DeleteTags":                    (*Cloud).deleteTags,
+	"CreateKeyPair":                 (*Cloud).createKeyPair,
+	"ImportKeyPair":                 (*Cloud).importKeyPair,
+	"DescribeKeyPairs":              (*Cloud).describeKeyPairs,
+	"DeleteKeyPair":                 (*Cloud).deleteKeyPair,
+	"GetConsoleOutput":              (*Cloud).getConsoleOutput,
+	"DescribeVpcs":                  (*Cloud).describeVpcs,
+	"DescribeSubnets":               (*Cloud).describeSubnets,
+	"DescribeAvailabilityZones":     (*Cloud).describeAvailabilityZones,
+	"DescribeRegions":               (*Cloud).describeRegions,
+	"DescribeImages":                (*Cloud).describeImages,
+	"DescribeSecurityGroups":        (*Cloud).describeSecurityGroups,
+	"CreateSecurityGroup":           (*Cloud).createSecurityGroup,
+	"DeleteSecurityGroup":           (*Cloud).deleteSecurityGroup,
+	"AuthorizeSecurityGroupIngress": (*Cloud).authorizeIngress,
+	"AuthorizeSecurityGroupEgress":  (*Cloud).authorizeEgress,
+	"RevokeSecurityGroupIngress":    (*Cloud).revokeIngress,
+	"RevokeSecurityGroupEgress":     (*Cloud).revokeEgress,
 }
 
-// foreignTagRequest reports whether a CreateTags/DeleteTags call names only resources the
-// local cloud does not own (security groups, subnets, … live in kumo).
-func (c *Cloud) foreignTagRequest(action string, form url.Values) bool {
-	if action != "CreateTags" && action != "DeleteTags" {
-		return false
+// unknownAction answers an EC2 action the local cloud does not implement, as AWS answers
+// one that does not exist.
+func unknownAction(_ *Cloud, _ string, form url.Values) (any, *apiError) {
+	action := form.Get("Action")
+	if action == "" {
+		return nil, missingParameter("Action")
 	}
-	ids := list(form, "ResourceId")
-	if len(ids) == 0 {
-		return false
-	}
-	for _, id := range ids {
-		if ownedResource(id) {
-			return false
-		}
-	}
-	return true
-}
-
-func ownedResource(id string) bool {
-	return strings.HasPrefix(id, "i-") || strings.HasPrefix(id, "key-")
+	return nil, clientError("InvalidAction", "The action %s is not valid for this web service.", action)
 }
 
 func (c *Cloud) serveEC2(w http.ResponseWriter, action string, form url.Values, h ec2Handler) {

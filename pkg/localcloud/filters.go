@@ -117,6 +117,11 @@ var instanceAttributes = map[string]attribute[*instance]{
 	"reservation-id":      func(i *instance) []string { return []string{i.reservationID} },
 	"client-token":        func(i *instance) []string { return one(i.clientToken) },
 	"subnet-id":           func(i *instance) []string { return one(i.subnetID) },
+	"vpc-id":              func(i *instance) []string { return one(i.vpcID) },
+	"availability-zone":   func(i *instance) []string { return []string{i.zone} },
+	"private-ip-address":  func(i *instance) []string { return []string{i.privateIP} },
+	"instance.group-id":   func(i *instance) []string { return i.groups },
+	"group-id":            func(i *instance) []string { return i.groups },
 }
 
 func instanceFilter(fs []formFilter) (func(*instance) bool, *apiError) {

@@ -42,6 +42,8 @@ type instance struct {
 	keyName       string
 	authorizedKey ssh.PublicKey // the key pair's public key at launch; nil: nobody logs in
 	subnetID      string
+	vpcID         string
+	zone          string
 	groups        []string
 	profile       *xmlProfile
 	roleName      string
@@ -50,6 +52,7 @@ type instance struct {
 	launchTime    time.Time
 	privateIP     string
 	userData      []byte
+	metadata      metadataOptions
 
 	stop   chan struct{} // closed when termination starts
 	booted chan struct{} // closed when the boot goroutine is done
@@ -141,7 +144,10 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
-	groups := list(form, "SecurityGroupId")
+	metadata, err := parseMetadataOptions(form)
+	if err != nil {
+		return nil, err
+	}
 	fingerprint := fingerprintForm(form)
 
 	c.mu.Lock()
@@ -168,6 +174,15 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 		authorized = kp.public
 	}
 
+	where, netErr := c.network.placeLocked(form)
+	if netErr != nil {
+		return nil, netErr
+	}
+	groups, netErr := c.network.groupsLocked(form, where.vpcID)
+	if netErr != nil {
+		return nil, netErr
+	}
+
 	count, capErr := c.launchableLocked(instanceType, minCount, maxCount)
 	if capErr != nil {
 		return nil, capErr
@@ -185,7 +200,9 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			instanceType:  instanceType,
 			keyName:       keyName,
 			authorizedKey: authorized,
-			subnetID:      form.Get("SubnetId"),
+			subnetID:      where.subnetID,
+			vpcID:         where.vpcID,
+			zone:          where.zone,
 			groups:        groups,
 			profile:       profile,
 			roleName:      roleName,
@@ -194,6 +211,7 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			launchTime:    now,
 			privateIP:     c.nextPrivateIPLocked(),
 			userData:      userData,
+			metadata:      metadata,
 			stop:          make(chan struct{}),
 			booted:        make(chan struct{}),
 			state:         statePending,
@@ -313,12 +331,12 @@ func tagSpecifications(form url.Values, resourceType string) (map[string]string,
 func (c *Cloud) renderReservationLocked(id string, insts []*instance) xmlReservation {
 	r := xmlReservation{ReservationID: id, OwnerID: ownerID}
 	for _, inst := range insts {
-		r.Instances = append(r.Instances, inst.render())
+		r.Instances = append(r.Instances, c.renderInstanceLocked(inst))
 	}
 	return r
 }
 
-func (inst *instance) render() xmlInstance {
+func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 	x := xmlInstance{
 		InstanceID:         inst.id,
 		ImageID:            inst.imageID,
@@ -328,9 +346,10 @@ func (inst *instance) render() xmlInstance {
 		AmiLaunchIndex:     inst.launchIndex,
 		InstanceType:       inst.instanceType,
 		LaunchTime:         formatTime(inst.launchTime),
-		Placement:          xmlPlacement{AvailabilityZone: availabilityZone, Tenancy: "default"},
+		Placement:          xmlPlacement{AvailabilityZone: inst.zone, Tenancy: "default"},
 		Monitoring:         xmlMonitoring{State: "disabled"},
 		SubnetID:           inst.subnetID,
+		VpcID:              inst.vpcID,
 		StateReason:        inst.stateReason,
 		Architecture:       "x86_64",
 		RootDeviceType:     "ebs",
@@ -341,14 +360,13 @@ func (inst *instance) render() xmlInstance {
 		Hypervisor:         "xen",
 		IamInstanceProfile: inst.profile,
 		PlatformDetails:    "Linux/UNIX",
+		MetadataOptions:    inst.metadata.render(),
 	}
 	if inst.state != stateTerminated {
 		x.PrivateIPAddress = inst.privateIP
 		x.PrivateDNSName = "ip-" + strings.ReplaceAll(inst.privateIP, ".", "-") + ".ec2.internal"
 	}
-	for _, g := range inst.groups {
-		x.Groups = append(x.Groups, xmlGroup{GroupID: g})
-	}
+	x.Groups = c.network.renderGroups(inst.groups)
 	return x
 }
 
@@ -430,7 +448,7 @@ func (c *Cloud) describeInstances(requestID string, form url.Values) (any, *apiE
 			resp.Reservations = append(resp.Reservations, xmlReservation{ReservationID: inst.reservationID, OwnerID: ownerID})
 			n++
 		}
-		resp.Reservations[n-1].Instances = append(resp.Reservations[n-1].Instances, inst.render())
+		resp.Reservations[n-1].Instances = append(resp.Reservations[n-1].Instances, c.renderInstanceLocked(inst))
 	}
 	return resp, nil
 }

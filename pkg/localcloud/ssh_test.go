@@ -289,8 +289,16 @@ func TestBadHostKeyInUserDataFailsTheLaunch(t *testing.T) {
 	c := newCloud(t, Options{})
 	client, _ := ec2Client(t, c)
 	ids := run(t, client, launch{userData: "#cloud-config\nssh_keys:\n  ed25519_private: not a key\n"})
-	waitTerminated(t, client, ids)
-	inst := describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: ids})[0]
+	// Not the terminated waiter: it gives up on the pending state a loaded machine may show
+	// first.
+	var inst types.Instance
+	deadline := time.Now().Add(20 * time.Second)
+	for inst = describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: ids})[0]; inst.State.Name != types.InstanceStateNameTerminated; inst = describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: ids})[0] {
+		if time.Now().After(deadline) {
+			t.Fatalf("instance with a bad host key is %s, want terminated", inst.State.Name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if inst.StateReason == nil || aws.ToString(inst.StateReason.Code) != "Server.InternalError" {
 		t.Errorf("state reason = %+v, want Server.InternalError", inst.StateReason)
 	}

@@ -85,7 +85,8 @@ func (c *Cloud) deleteTags(requestID string, form url.Values) (any, *apiError) {
 	return returnResponse{XMLName: xmlName("DeleteTagsResponse"), responseMeta: meta(requestID), Return: true}, nil
 }
 
-// taggablesLocked returns the tag maps of instances and key pairs by id.
+// taggablesLocked returns the tag maps of instances, key pairs, VPCs, subnets and security
+// groups by id.
 func (c *Cloud) taggablesLocked(ids []string) ([]map[string]string, *apiError) {
 	out := make([]map[string]string, 0, len(ids))
 	for _, id := range ids {
@@ -103,7 +104,11 @@ func (c *Cloud) taggablesLocked(ids []string) ([]map[string]string, *apiError) {
 			}
 			out = append(out, kp.tags)
 		default:
-			return nil, clientError("InvalidID", "The ID '%s' is not valid", id)
+			m, err := c.network.tagsLocked(id)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, m)
 		}
 	}
 	return out, nil

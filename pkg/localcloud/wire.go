@@ -123,32 +123,44 @@ type xmlMonitoring struct {
 	State string `xml:"state"`
 }
 
+// xmlMetadataOptions is an instance's metadataOptions (InstanceMetadataOptionsResponse).
+type xmlMetadataOptions struct {
+	State                   string `xml:"state"`
+	HTTPTokens              string `xml:"httpTokens"`
+	HTTPPutResponseHopLimit int    `xml:"httpPutResponseHopLimit"`
+	HTTPEndpoint            string `xml:"httpEndpoint"`
+	HTTPProtocolIPv6        string `xml:"httpProtocolIpv6"`
+	InstanceMetadataTags    string `xml:"instanceMetadataTags"`
+}
+
 type xmlInstance struct {
-	InstanceID         string          `xml:"instanceId"`
-	ImageID            string          `xml:"imageId"`
-	State              xmlState        `xml:"instanceState"`
-	PrivateDNSName     string          `xml:"privateDnsName"`
-	DNSName            string          `xml:"dnsName"`
-	Reason             string          `xml:"reason"`
-	KeyName            string          `xml:"keyName,omitempty"`
-	AmiLaunchIndex     int             `xml:"amiLaunchIndex"`
-	InstanceType       string          `xml:"instanceType"`
-	LaunchTime         string          `xml:"launchTime"`
-	Placement          xmlPlacement    `xml:"placement"`
-	Monitoring         xmlMonitoring   `xml:"monitoring"`
-	SubnetID           string          `xml:"subnetId,omitempty"`
-	PrivateIPAddress   string          `xml:"privateIpAddress,omitempty"`
-	Groups             []xmlGroup      `xml:"groupSet>item"`
-	StateReason        *xmlStateReason `xml:"stateReason,omitempty"`
-	Architecture       string          `xml:"architecture"`
-	RootDeviceType     string          `xml:"rootDeviceType"`
-	RootDeviceName     string          `xml:"rootDeviceName"`
-	VirtualizationType string          `xml:"virtualizationType"`
-	ClientToken        string          `xml:"clientToken,omitempty"`
-	Tags               []xmlTag        `xml:"tagSet>item,omitempty"`
-	Hypervisor         string          `xml:"hypervisor"`
-	IamInstanceProfile *xmlProfile     `xml:"iamInstanceProfile,omitempty"`
-	PlatformDetails    string          `xml:"platformDetails"`
+	InstanceID         string             `xml:"instanceId"`
+	ImageID            string             `xml:"imageId"`
+	State              xmlState           `xml:"instanceState"`
+	PrivateDNSName     string             `xml:"privateDnsName"`
+	DNSName            string             `xml:"dnsName"`
+	Reason             string             `xml:"reason"`
+	KeyName            string             `xml:"keyName,omitempty"`
+	AmiLaunchIndex     int                `xml:"amiLaunchIndex"`
+	InstanceType       string             `xml:"instanceType"`
+	LaunchTime         string             `xml:"launchTime"`
+	Placement          xmlPlacement       `xml:"placement"`
+	Monitoring         xmlMonitoring      `xml:"monitoring"`
+	SubnetID           string             `xml:"subnetId,omitempty"`
+	VpcID              string             `xml:"vpcId,omitempty"`
+	PrivateIPAddress   string             `xml:"privateIpAddress,omitempty"`
+	Groups             []xmlGroup         `xml:"groupSet>item"`
+	StateReason        *xmlStateReason    `xml:"stateReason,omitempty"`
+	Architecture       string             `xml:"architecture"`
+	RootDeviceType     string             `xml:"rootDeviceType"`
+	RootDeviceName     string             `xml:"rootDeviceName"`
+	VirtualizationType string             `xml:"virtualizationType"`
+	ClientToken        string             `xml:"clientToken,omitempty"`
+	Tags               []xmlTag           `xml:"tagSet>item,omitempty"`
+	Hypervisor         string             `xml:"hypervisor"`
+	IamInstanceProfile *xmlProfile        `xml:"iamInstanceProfile,omitempty"`
+	PlatformDetails    string             `xml:"platformDetails"`
+	MetadataOptions    xmlMetadataOptions `xml:"metadataOptions"`
 }
 
 type xmlReservation struct {

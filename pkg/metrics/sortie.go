@@ -22,6 +22,7 @@ const (
 	TasksFailed         = "TasksFailed"         // Count, a counter: one per failed task
 	TaskDuration        = "TaskDuration"        // Milliseconds, samples: one per task
 	FleetInstancesAlive = "FleetInstancesAlive" // Count, samples: instances with a live workload, at each check
+	ArchiveFailures     = "ArchiveFailures"     // Count, a counter: one per instance the reaper terminated without archiving its logs
 )
 
 // Dimension names.
@@ -29,6 +30,7 @@ const (
 	DimJobID   = "JobId"
 	DimTask    = "Task"
 	DimFleetID = "FleetId"
+	DimStack   = "Stack"
 )
 
 // DefaultTask is the Task dimension of every task metric. TaskReported does not say which
@@ -62,6 +64,12 @@ func FleetAlive(jobID, fleetID string, alive int) Datum {
 		Dimensions: map[string]string{DimJobID: jobID, DimFleetID: fleetID},
 		Value:      float64(alive),
 	}
+}
+
+// ArchiveFailed counts one instance of a stack whose logs the reaper could not archive
+// before terminating it.
+func ArchiveFailed(stack string) Datum {
+	return Datum{Name: ArchiveFailures, Unit: types.StandardUnitCount, Dimensions: map[string]string{DimStack: stack}, Value: 1, Counter: true}
 }
 
 // StatisticsAPI is the CloudWatch call JobTotals makes.

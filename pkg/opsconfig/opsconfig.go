@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +43,37 @@ type Template struct {
 	MinInstances    int      `yaml:"min_instances"`
 	MaxInstances    int      `yaml:"max_instances"`
 	TTL             Duration `yaml:"ttl"`
+	// HostKeys says where the instances' SSH host keys come from: HostKeysDerived (the
+	// default) or HostKeysInstance.
+	HostKeys string `yaml:"host_keys"`
+	// SSHAddress says which of EC2's addresses Sortie connects to: AddressPrivate (the
+	// default) or AddressPublic.
+	SSHAddress string `yaml:"ssh_address"`
 }
+
+// Host key sources of a template (Template.HostKeys).
+const (
+	// HostKeysDerived: the provisioner derives one ed25519 host key per fleet (from
+	// SORTIE_HOSTKEY_SECRET and the plan's nonce) and hands it to the instances in user data
+	// (cloud-init ssh_keys), so the private key is readable wherever the user data is.
+	HostKeysDerived = "derived"
+	// HostKeysInstance: every instance generates its own host keys at first boot; Sortie
+	// pins the public keys cloud-init prints to the console (GetConsoleOutput). No private
+	// key leaves the instance; user data carries none.
+	HostKeysInstance = "instance"
+)
+
+// SSH addresses of a template (Template.SSHAddress).
+const (
+	AddressPrivate = "private" // the instance's private IP, port 22
+	AddressPublic  = "public"  // the instance's public IP, port 22
+)
+
+// InstanceHostKeys reports whether the template's instances generate their own host keys.
+func (t Template) InstanceHostKeys() bool { return t.HostKeys == HostKeysInstance }
+
+// PublicAddress reports whether Sortie connects to the template's instances' public IPs.
+func (t Template) PublicAddress() bool { return t.SSHAddress == AddressPublic }
 
 // Profile maps an instance type to its capacity for one workload profile.
 type Profile map[string]Capacity
@@ -57,7 +88,16 @@ type Capacity struct {
 // Recipe is the ordered steps that bootstrap an instance, and the parameters a job may pass.
 type Recipe struct {
 	Params map[string]Param `yaml:"params"`
-	Steps  []Step           `yaml:"steps"`
+	// FetchBuckets lists the only buckets the recipe's fetch steps may download from. A
+	// fetch step names one of them literally (no parameter); the stack's secrets bucket may
+	// never be listed (Config.CheckStack).
+	FetchBuckets []string `yaml:"fetch_buckets"`
+	Steps        []Step   `yaml:"steps"`
+}
+
+// MayFetchFrom reports whether bucket is one of the recipe's FetchBuckets.
+func (r Recipe) MayFetchFrom(bucket string) bool {
+	return bucket != "" && slices.Contains(r.FetchBuckets, bucket)
 }
 
 // Param declares one recipe parameter. A value must match Pattern as a whole
@@ -109,7 +149,8 @@ func (s Step) Kind() string {
 }
 
 // Fetch downloads s3://Bucket/Key to Path on the instance (through a presigned URL).
-// Bucket, Key and Path may reference parameters.
+// Bucket is literal and one of the recipe's FetchBuckets; Key and Path may reference
+// parameters.
 type Fetch struct {
 	Bucket string   `yaml:"bucket"`
 	Key    string   `yaml:"key"`
@@ -269,8 +310,14 @@ func (c *Config) applyDefaults() {
 	for name, t := range c.Templates {
 		if t.User == "" {
 			t.User = DefaultUser
-			c.Templates[name] = t
 		}
+		if t.HostKeys == "" {
+			t.HostKeys = HostKeysDerived
+		}
+		if t.SSHAddress == "" {
+			t.SSHAddress = AddressPrivate
+		}
+		c.Templates[name] = t
 	}
 }
 

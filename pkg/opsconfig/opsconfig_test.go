@@ -35,12 +35,17 @@ func TestLoadValid(t *testing.T) {
 		MinInstances:    2,
 		MaxInstances:    50,
 		TTL:             Duration(2 * time.Hour),
+		HostKeys:        HostKeysDerived, // not in the file
+		SSHAddress:      AddressPrivate,  // not in the file
 	}
 	if !reflect.DeepEqual(batch, want) {
 		t.Errorf("template batch =\n%+v\nwant\n%+v", batch, want)
 	}
 	if gpu, _ := c.Template("gpu"); gpu.User != "ubuntu" || gpu.TTL.Std() != 90*time.Minute {
 		t.Errorf("template gpu: user %q ttl %s, want ubuntu 1h30m", gpu.User, gpu.TTL.Std())
+	}
+	if gpu, _ := c.Template("gpu"); !gpu.InstanceHostKeys() || !gpu.PublicAddress() || batch.InstanceHostKeys() || batch.PublicAddress() {
+		t.Errorf("host keys / address: gpu %s/%s, batch %s/%s; want instance/public, derived/private", gpu.HostKeys, gpu.SSHAddress, batch.HostKeys, batch.SSHAddress)
 	}
 
 	r, err := c.Recipe("ingest")
@@ -388,5 +393,55 @@ func TestExpandAndRefs(t *testing.T) {
 				t.Errorf("Refs(%q) = %q, want %q", tt.in, refs, tt.refs)
 			}
 		})
+	}
+}
+
+func TestCheckRelPath(t *testing.T) {
+	tests := []struct {
+		path, want string // want "" means accepted
+	}{
+		{"bin/tool", ""},
+		{"a b/c.d", ""},
+		{"./x", ""},
+		{"x..y/..z", ""},
+		{"-rf", ""},
+		{"", "must not be empty"},
+		{"/etc/passwd", "must be relative"},
+		{"~/x", "must not start with ~"},
+		{"~root", "must not start with ~"},
+		{"..", ".. element"},
+		{"../x", ".. element"},
+		{"a/../../b", ".. element"},
+		{"a/..", ".. element"},
+		{"a\nb", "NUL or line breaks"},
+		{"a\rb", "NUL or line breaks"},
+		{"a\x00b", "NUL or line breaks"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			err := CheckRelPath(tt.path)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("CheckRelPath(%q) = %v, want nil", tt.path, err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("CheckRelPath(%q) = %v, want an error containing %q", tt.path, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestCheckStack: no recipe may list the stack's secrets bucket, whatever else it lists.
+func TestCheckStack(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "valid.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckStack("sortie-secrets"); err != nil {
+		t.Errorf("valid.yaml lists no secrets bucket, got %v", err)
+	}
+	err = c.CheckStack("acme-models")
+	want := `recipes.ingest.fetch_buckets[1]: "acme-models" is the stack's secrets bucket: no recipe may fetch from it`
+	if err == nil || err.Error() != want || !errors.Is(err, ErrInvalid) {
+		t.Errorf("CheckStack = %v, want %q wrapping ErrInvalid", err, want)
 	}
 }

@@ -1,8 +1,10 @@
 package opsconfig
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -78,4 +80,24 @@ func scan(s string, sub func(name string) (string, error)) (string, error) {
 		b.WriteString(v)
 		s = rest[j+2:]
 	}
+}
+
+// CheckRelPath reports why p may not be used as a path below the login directory (or as an
+// S3 key below a bucket), or nil: it must not be empty, contain NUL or a line break, start
+// with "/" or "~", or have a ".." element. Recipes check every path and key after
+// parameter expansion, so a parameter can never lead outside.
+func CheckRelPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("must not be empty")
+	case strings.ContainsAny(p, "\x00\n\r"):
+		return errors.New("must not contain NUL or line breaks")
+	case strings.HasPrefix(p, "/"):
+		return errors.New("must be relative, not start with /")
+	case strings.HasPrefix(p, "~"):
+		return errors.New("must not start with ~: paths are relative to the login directory")
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		return errors.New("must not have a .. element")
+	}
+	return nil
 }

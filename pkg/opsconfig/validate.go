@@ -38,6 +38,7 @@ var (
 	userRe         = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 	iamNameRe      = regexp.MustCompile(`^[\w+=,.@-]{1,128}$`)
 	keyNameRe      = regexp.MustCompile(`^[\w+=,.@ :/-]{1,255}$`)
+	bucketRe       = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 )
 
 type problems []error
@@ -94,6 +95,12 @@ func (t Template) validate(p *problems, path, name string) {
 	if !userRe.MatchString(t.User) {
 		p.add(path+".user", "must be a login name matching %s, got %q", userRe, t.User)
 	}
+	if t.HostKeys != HostKeysDerived && t.HostKeys != HostKeysInstance {
+		p.add(path+".host_keys", "must be %s or %s, got %q", HostKeysDerived, HostKeysInstance, t.HostKeys)
+	}
+	if t.SSHAddress != AddressPrivate && t.SSHAddress != AddressPublic {
+		p.add(path+".ssh_address", "must be %s or %s, got %q", AddressPrivate, AddressPublic, t.SSHAddress)
+	}
 	if t.MinInstances < 1 {
 		p.add(path+".min_instances", "must be ≥ 1, got %d", t.MinInstances)
 	}
@@ -148,6 +155,14 @@ func (r Recipe) validate(p *problems, path, name string) {
 	for _, pn := range slices.Sorted(maps.Keys(r.Params)) {
 		r.Params[pn].validate(p, path+".params."+pn, pn)
 	}
+	for i, b := range r.FetchBuckets {
+		bp := fmt.Sprintf("%s.fetch_buckets[%d]", path, i)
+		if !bucketRe.MatchString(b) {
+			p.add(bp, "must be a bucket name matching %s, got %q", bucketRe, b)
+		} else if slices.Index(r.FetchBuckets, b) < i {
+			p.add(bp, "duplicate %q", b)
+		}
+	}
 	if len(r.Steps) == 0 {
 		p.add(path+".steps", "must list at least one step")
 	}
@@ -173,16 +188,16 @@ func (r Recipe) validate(p *problems, path, name string) {
 				}
 			}
 		}
+		// filePath checks the literal parts of a path (or key): each parameter reference
+		// stands for a harmless name here; the expanded value is checked again at render.
 		filePath := func(field, v string) {
-			switch {
+			refs(field, v)
+			switch err := CheckRelPath(literal(v)); {
 			case v == "":
 				p.add(sp+"."+field, "must not be empty")
-			case strings.ContainsAny(v, "\x00\n\r"):
-				p.add(sp+"."+field, "must not contain NUL or line breaks")
-			case strings.HasPrefix(v, "~"):
-				p.add(sp+"."+field, "must not start with ~: paths are relative to the login directory, got %q", v)
+			case err != nil:
+				p.add(sp+"."+field, "%v, got %q", err, v)
 			}
-			refs(field, v)
 		}
 		argv := func(field string, argv []string) {
 			if len(argv) == 0 || argv[0] == "" {
@@ -198,14 +213,15 @@ func (r Recipe) validate(p *problems, path, name string) {
 		switch s.Kind() {
 		case KindFetch:
 			f := s.Fetch
-			if f.Bucket == "" {
+			switch names, _ := Refs(f.Bucket); {
+			case f.Bucket == "":
 				p.add(sp+".fetch.bucket", "must not be empty")
+			case len(names) > 0 || strings.Contains(f.Bucket, "{{"):
+				p.add(sp+".fetch.bucket", "must name a bucket, not a parameter: list the buckets the recipe may fetch from in fetch_buckets, got %q", f.Bucket)
+			case !r.MayFetchFrom(f.Bucket):
+				p.add(sp+".fetch.bucket", "%q is not in the recipe's fetch_buckets %v", f.Bucket, r.FetchBuckets)
 			}
-			refs("fetch.bucket", f.Bucket)
-			if f.Key == "" {
-				p.add(sp+".fetch.key", "must not be empty")
-			}
-			refs("fetch.key", f.Key)
+			filePath("fetch.key", f.Key)
 			filePath("fetch.path", f.Path)
 		case KindUpload:
 			filePath("upload.path", s.Upload.Path)
@@ -226,6 +242,31 @@ func (r Recipe) validate(p *problems, path, name string) {
 			p.add(sp, "must have exactly one of fetch, upload, run, start")
 		}
 	}
+}
+
+// literal is s with every parameter reference replaced by a plain name, for checking the
+// parts of a path an ops author wrote (an unreadable reference is reported by refs).
+func literal(s string) string {
+	out, err := scan(s, func(string) (string, error) { return "p", nil })
+	if err != nil {
+		return s
+	}
+	return out
+}
+
+// CheckStack reports every recipe that lists the stack's secrets bucket in fetch_buckets
+// (errors.Join of *FieldError), or nil: no recipe may ever fetch from it. Services call it
+// with bus.Topology.SecretsBucketName once they know their prefix.
+func (c *Config) CheckStack(secretsBucket string) error {
+	var p problems
+	for _, name := range slices.Sorted(maps.Keys(c.Recipes)) {
+		for i, b := range c.Recipes[name].FetchBuckets {
+			if b == secretsBucket {
+				p.add(fmt.Sprintf("recipes.%s.fetch_buckets[%d]", name, i), "%q is the stack's secrets bucket: no recipe may fetch from it", b)
+			}
+		}
+	}
+	return errors.Join(p...)
 }
 
 func (pa Param) validate(p *problems, path, name string) {

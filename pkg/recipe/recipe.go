@@ -49,6 +49,31 @@ type RenderEnv struct {
 	Presign func(bucket, key string) (string, error)
 	// Fetcher is the download tool on the instance: FetcherCurl (the default when empty) or FetcherWget.
 	Fetcher string
+	// SecretsBucket is the stack's secrets bucket (bus.Topology.SecretsBucketName): a fetch
+	// from it is refused before Presign is called, whatever the recipe lists.
+	SecretsBucket string
+}
+
+// ErrForbidden is wrapped by every error about a step that would reach outside what a
+// recipe may touch: a path or key leaving the login directory or bucket, a fetch from a
+// bucket the recipe does not list or from the stack's secrets bucket. It is permanent.
+var ErrForbidden = errors.New("forbidden by the recipe's bounds")
+
+// CheckFetch reports why a recipe may not fetch s3://bucket/key, or nil: the bucket must
+// be one of the recipe's fetch_buckets and not the stack's secrets bucket, and the key a
+// relative path without a ".." element. Render checks it before presigning; the
+// bootstrapper checks it again in its presigner.
+func CheckFetch(r opsconfig.Recipe, secretsBucket, bucket, key string) error {
+	switch {
+	case secretsBucket != "" && bucket == secretsBucket:
+		return fmt.Errorf("fetch from s3://%s: the stack's secrets bucket: %w", bucket, ErrForbidden)
+	case !r.MayFetchFrom(bucket):
+		return fmt.Errorf("fetch from s3://%s: not one of the recipe's fetch_buckets %v: %w", clip(bucket), r.FetchBuckets, ErrForbidden)
+	}
+	if err := opsconfig.CheckRelPath(key); err != nil {
+		return fmt.Errorf("fetch key %q: %v: %w", clip(key), err, ErrForbidden)
+	}
+	return nil
 }
 
 // ErrInvalidParam is wrapped by every *ParamError: the job's parameters are permanently bad.
@@ -131,15 +156,37 @@ func declared(r opsconfig.Recipe) string {
 	return strings.Join(slices.Sorted(maps.Keys(r.Params)), ", ")
 }
 
-// Render checks params (see ResolveParams) and renders every step of r, in order.
+// Check resolves params (see ResolveParams) and renders every step without presigning,
+// reporting the first step that would reach outside the recipe's bounds (ErrForbidden):
+// after parameter expansion every path and key must pass opsconfig.CheckRelPath and every
+// fetch CheckFetch. The planner runs it on every job, so such a job is dead-lettered
+// before anything downstream acts on it.
+func Check(r opsconfig.Recipe, params map[string]string, secretsBucket string) error {
+	values, err := ResolveParams(r, params)
+	if err != nil {
+		return err
+	}
+	for i, s := range r.Steps {
+		if _, err := renderStep(s, r, values, RenderEnv{SecretsBucket: secretsBucket}, true); err != nil {
+			return fmt.Errorf("rendering step %d %q: %w", i, s.Name, err)
+		}
+	}
+	return nil
+}
+
+// Render checks params (see ResolveParams) and renders every step of r, in order. Every
+// step is checked (see Check) before the first URL is presigned.
 func Render(r opsconfig.Recipe, params map[string]string, env RenderEnv) ([]Step, error) {
+	if err := Check(r, params, env.SecretsBucket); err != nil {
+		return nil, err
+	}
 	values, err := ResolveParams(r, params)
 	if err != nil {
 		return nil, err
 	}
 	steps := make([]Step, 0, len(r.Steps))
 	for i, s := range r.Steps {
-		st, err := renderStep(s, values, env)
+		st, err := renderStep(s, r, values, env, false)
 		if err != nil {
 			return nil, fmt.Errorf("rendering step %d %q: %w", i, s.Name, err)
 		}
@@ -168,7 +215,7 @@ func Workloads(r opsconfig.Recipe, params map[string]string) ([]Workload, error)
 		if s.Kind() != opsconfig.KindStart {
 			continue
 		}
-		st, err := renderStep(s, values, RenderEnv{})
+		st, err := renderStep(s, r, values, RenderEnv{}, false)
 		if err != nil {
 			return nil, fmt.Errorf("rendering step %d %q: %w", i, s.Name, err)
 		}
@@ -177,7 +224,9 @@ func Workloads(r opsconfig.Recipe, params map[string]string) ([]Workload, error)
 	return out, nil
 }
 
-func renderStep(s opsconfig.Step, values map[string]string, env RenderEnv) (Step, error) {
+// renderStep renders one step. With checkOnly it checks a fetch step without presigning
+// (the first pass of Render).
+func renderStep(s opsconfig.Step, r opsconfig.Recipe, values map[string]string, env RenderEnv, checkOnly bool) (Step, error) {
 	out := Step{Name: s.Name, Kind: s.Kind(), Rerun: s.Run == nil || s.Run.RerunSafe()}
 	if out.Kind == "" {
 		return Step{}, errors.New("must have exactly one of fetch, upload, run, start")
@@ -186,15 +235,21 @@ func renderStep(s opsconfig.Step, values map[string]string, env RenderEnv) (Step
 		return Step{}, fmt.Errorf("invalid step name %q", s.Name)
 	}
 	expand := func(v string) (string, error) { return opsconfig.Expand(v, values) }
+	// expandPath returns the one string a path is used as, everywhere: checked after
+	// expansion, cleaned, and kept from reading as an option.
 	expandPath := func(v string) (string, error) {
 		p, err := expand(v)
 		if err != nil {
 			return "", err
 		}
-		if p == "" || strings.ContainsRune(p, 0) {
-			return "", fmt.Errorf("invalid path %q", p)
+		if err := opsconfig.CheckRelPath(p); err != nil {
+			return "", fmt.Errorf("path %q: %v: %w", clip(p), err, ErrForbidden)
 		}
-		return safePath(p), nil
+		c := path.Clean(p)
+		if c == "." {
+			return "", fmt.Errorf("path %q: names the login directory itself, not a file: %w", clip(p), ErrForbidden)
+		}
+		return safePath(c), nil
 	}
 	expandArgv := func(argv []string) (string, error) {
 		if len(argv) == 0 {
@@ -228,9 +283,6 @@ func renderStep(s opsconfig.Step, values map[string]string, env RenderEnv) (Step
 
 	case opsconfig.KindFetch:
 		f := s.Fetch
-		if env.Presign == nil {
-			return Step{}, errors.New("fetch step needs RenderEnv.Presign")
-		}
 		bucket, err := expand(f.Bucket)
 		if err != nil {
 			return Step{}, err
@@ -242,6 +294,15 @@ func renderStep(s opsconfig.Step, values map[string]string, env RenderEnv) (Step
 		p, err := expandPath(f.Path)
 		if err != nil {
 			return Step{}, err
+		}
+		if err := CheckFetch(r, env.SecretsBucket, bucket, key); err != nil {
+			return Step{}, err
+		}
+		if checkOnly {
+			return out, nil
+		}
+		if env.Presign == nil {
+			return Step{}, errors.New("fetch step needs RenderEnv.Presign")
 		}
 		url, err := env.Presign(bucket, key)
 		if err != nil {

@@ -408,3 +408,95 @@ func TestPaths(t *testing.T) {
 		t.Errorf("paths = %q, want %q", got, want)
 	}
 }
+
+// reaching is a recipe whose every path, key and (built in code, past the config's
+// validation, which refuses it) fetch bucket takes a parameter that accepts anything.
+func reaching() opsconfig.Recipe {
+	anything := opsconfig.Param{Pattern: `.*`}
+	return opsconfig.Recipe{
+		Params:       map[string]opsconfig.Param{"b": {Pattern: `.*`, Default: "tools"}, "k": {Pattern: `.*`, Default: "tool.sh"}, "dir": {Pattern: `.*`, Default: "bin"}, "log": anything},
+		FetchBuckets: []string{"tools"},
+		Steps: []opsconfig.Step{
+			{Name: "tool", Fetch: &opsconfig.Fetch{Bucket: "{{b}}", Key: "tools/{{k}}", Path: "{{dir}}/tool"}},
+			{Name: "conf", Upload: &opsconfig.Upload{Path: "{{dir}}/app.conf", Content: "x"}},
+			{Name: "work", Start: &opsconfig.Start{Argv: []string{"true"}, Log: "logs/{{log}}worker.log"}},
+		},
+	}
+}
+
+// TestRenderRefusesOutsideBounds: after expansion no path or key leaves the login
+// directory or bucket and no fetch reaches a bucket the recipe does not list or the
+// secrets bucket; nothing is presigned when any step is refused.
+func TestRenderRefusesOutsideBounds(t *testing.T) {
+	const secrets = "stack-secrets"
+	tests := []struct {
+		name   string
+		params map[string]string
+		want   string // "" means rendered
+	}{
+		{"within bounds", nil, ""},
+		{"the secrets bucket", map[string]string{"b": secrets}, "fetch from s3://stack-secrets: the stack's secrets bucket"},
+		{"a bucket not listed", map[string]string{"b": "elsewhere"}, "fetch from s3://elsewhere: not one of the recipe's fetch_buckets [tools]"},
+		{"key climbing out", map[string]string{"k": "../keys/login.pem"}, `fetch key "tools/../keys/login.pem": must not have a .. element`},
+		{"path climbing out", map[string]string{"dir": "../../x"}, `path "../../x/tool": must not have a .. element`},
+		{"absolute path", map[string]string{"dir": "/etc"}, `path "/etc/tool": must be relative`},
+		{"home of another user", map[string]string{"dir": "~root"}, `path "~root/tool": must not start with ~`},
+		{"upload only", map[string]string{"dir": "a/../.."}, `path "a/../../tool": must not have a .. element`},
+		{"start log", map[string]string{"log": "../../"}, `path "logs/../../worker.log": must not have a .. element`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			presigned := 0
+			env := RenderEnv{SecretsBucket: secrets, Presign: func(b, k string) (string, error) {
+				presigned++
+				return fakePresign(b, k)
+			}}
+			steps, err := Render(reaching(), tt.params, env)
+			checkErr := Check(reaching(), tt.params, secrets)
+			if tt.want == "" {
+				if err != nil || checkErr != nil || len(steps) != 3 || presigned != 1 {
+					t.Fatalf("Render = %d steps, %v (Check %v), %d presigned; want 3 steps, 1 presigned", len(steps), err, checkErr, presigned)
+				}
+				return
+			}
+			for _, e := range []error{err, checkErr} {
+				if !errors.Is(e, ErrForbidden) || !strings.Contains(e.Error(), tt.want) {
+					t.Errorf("error = %v, want ErrForbidden with %q", e, tt.want)
+				}
+			}
+			if presigned != 0 {
+				t.Errorf("%d URLs presigned, want none", presigned)
+			}
+		})
+	}
+}
+
+// TestPathIsOneString: a path is cleaned once and that string is what every command of
+// the step uses (upload's mkdir -p takes its directory, cat > and chmod the path itself).
+func TestPathIsOneString(t *testing.T) {
+	r := opsconfig.Recipe{Steps: []opsconfig.Step{
+		{Name: "conf", Upload: &opsconfig.Upload{Path: "etc//app/./x.conf", Content: "x"}},
+		{Name: "dash", Upload: &opsconfig.Upload{Path: "-rf", Content: "x"}},
+		{Name: "work", Start: &opsconfig.Start{Argv: []string{"true"}, Log: "./logs//w.log"}},
+	}}
+	steps, err := Render(r, nil, RenderEnv{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"umask 077; mkdir -p etc/app && cat > etc/app/x.conf && chmod 0600 etc/app/x.conf",
+		"umask 077; mkdir -p . && cat > ./-rf && chmod 0600 ./-rf",
+	}
+	for i, w := range want {
+		if steps[i].Command != w {
+			t.Errorf("step %s: %q, want %q", steps[i].Name, steps[i].Command, w)
+		}
+	}
+	if steps[2].Log != "logs/w.log" || !strings.Contains(steps[2].Command, "> logs/w.log 2>") {
+		t.Errorf("start log %q in %q, want logs/w.log in both", steps[2].Log, steps[2].Command)
+	}
+	ws, err := Workloads(r, nil)
+	if err != nil || len(ws) != 1 || ws[0].Log != steps[2].Log {
+		t.Errorf("Workloads = %+v, %v: the monitor and reaper must see the log path the step writes", ws, err)
+	}
+}

@@ -145,6 +145,14 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 			cfg.Gate.Release(time.Since(t0), err)
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				// Cut short by the caller's context: no attempt's verdict, and no retry. The
+				// error names the last attempt that ran its course.
+				if last == nil {
+					last = err
+				}
+				return nil, backoff.Permanent(context.Cause(ctx))
+			}
 			last = err
 			if !retryable(err) {
 				return nil, backoff.Permanent(err)

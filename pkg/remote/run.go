@@ -48,13 +48,30 @@ type Result struct {
 // (the server hangs up on the command) and returns what was captured so far.
 // The command text is never put into errors: it may hold secrets.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) (Result, error) {
+	stdout := &tailBuffer{max: MaxOutput}
+	res, err := c.run(ctx, cmd, stdin, stdout)
+	var outTruncated bool
+	res.Stdout, outTruncated = stdout.bytes()
+	res.Truncated = res.Truncated || outTruncated
+	return res, err
+}
+
+// Stream runs cmd as Run does, but writes the whole of its standard output to w as it
+// arrives instead of keeping it: memory stays bounded by SSH's flow control window
+// whatever the output's size, and a slow w slows the command down. Result.Stdout is
+// empty. An error from w ends the session; it is returned wrapped.
+func (c *Client) Stream(ctx context.Context, cmd string, stdin io.Reader, w io.Writer) (Result, error) {
+	return c.run(ctx, cmd, stdin, w)
+}
+
+func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) (Result, error) {
 	start := time.Now()
 	sess, err := c.c.NewSession()
 	if err != nil {
 		return Result{}, fmt.Errorf("opening ssh session on %s: %w: %w: %w", c.addr, ErrConnection, ErrNotStarted, err)
 	}
 	defer sess.Close()
-	stdout, stderr := &tailBuffer{max: MaxOutput}, &tailBuffer{max: MaxOutput}
+	stderr := &tailBuffer{max: MaxOutput}
 	sess.Stdout, sess.Stderr, sess.Stdin = stdout, stderr, stdin
 	if err := sess.Start(cmd); err != nil {
 		return Result{}, fmt.Errorf("starting command on %s: %w: %w", c.addr, ErrConnection, err)
@@ -74,10 +91,7 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) (Result, 
 		}
 	}
 	res := Result{ExitCode: -1, Duration: time.Since(start)}
-	res.Stdout, res.Truncated = stdout.bytes()
-	var errTruncated bool
-	res.Stderr, errTruncated = stderr.bytes()
-	res.Truncated = res.Truncated || errTruncated
+	res.Stderr, res.Truncated = stderr.bytes() // Run adds stdout's
 
 	var exit *ssh.ExitError
 	switch {

@@ -58,12 +58,20 @@ func (b Base) base() Base { return b }
 // Topology is the stack's resource naming.
 func (b Base) Topology() bus.Topology { return bus.Topology{Prefix: b.Prefix} }
 
-// LoadOps reads the ops configuration the base names.
+// LoadOps reads the ops configuration the base names and refuses one whose recipes may
+// fetch from the stack's secrets bucket.
 func (b Base) LoadOps() (*opsconfig.Config, error) {
-	if b.OpsConfig == "" {
-		return opsconfig.Default(), nil
+	ops := opsconfig.Default()
+	if b.OpsConfig != "" {
+		var err error
+		if ops, err = opsconfig.Load(b.OpsConfig); err != nil {
+			return nil, err
+		}
 	}
-	return opsconfig.Load(b.OpsConfig)
+	if err := ops.CheckStack(b.Topology().SecretsBucketName()); err != nil {
+		return nil, fmt.Errorf("ops config: %w", err)
+	}
+	return ops, nil
 }
 
 // Deps are what a stage's Run needs from outside: built once in main (or by `sortie dev`

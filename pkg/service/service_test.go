@@ -1,10 +1,13 @@
 package service
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
 func TestBaseValidate(t *testing.T) {
@@ -71,5 +74,28 @@ func TestDurationEnv(t *testing.T) {
 	t.Setenv("X_DELAY", "soon")
 	if _, err := DurationEnv("X_DELAY", time.Second); err == nil || !strings.Contains(err.Error(), "X_DELAY") {
 		t.Errorf("bad value: want an error naming the variable, got %v", err)
+	}
+}
+
+// TestLoadOpsRefusesSecretsBucket: an ops config whose recipe lists the stack's secrets
+// bucket among the buckets it may fetch from stops the service at start-up.
+func TestLoadOpsRefusesSecretsBucket(t *testing.T) {
+	yaml := strings.Replace(string(opsconfig.DefaultYAML()), "recipes:\n", `recipes:
+  tools:
+    fetch_buckets: [stack-a-tools, stack-a-secrets]
+    steps:
+      - name: tool
+        fetch: {bucket: stack-a-secrets, key: keys/sortie-dev.pem, path: key.pem}
+`, 1)
+	path := filepath.Join(t.TempDir(), "ops.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (Base{Prefix: "stack-b", OpsConfig: path}).LoadOps(); err != nil {
+		t.Errorf("another stack's prefix: %v, want the config accepted", err)
+	}
+	_, err := Base{Prefix: "stack-a", OpsConfig: path}.LoadOps()
+	if err == nil || !strings.Contains(err.Error(), `recipes.tools.fetch_buckets[1]: "stack-a-secrets" is the stack's secrets bucket`) {
+		t.Errorf("LoadOps = %v, want the secrets bucket refused", err)
 	}
 }

@@ -20,6 +20,10 @@ const (
 	Stage = "sortie:stage"
 	// CorrelationID is the correlation id of the event that launched an instance.
 	CorrelationID = "sortie:correlation-id"
+	// HostKeyNonce is the plan nonce an instance's derived host key was made with: a fleet
+	// found again (a duplicate plan with another nonce, same ClientToken) is pinned with the
+	// key its instances actually have.
+	HostKeyNonce = "sortie:hostkey-nonce"
 	// SSHEndpoint is the local cloud's loopback SSH address of an instance. It is honoured only
 	// when local mode is switched on explicitly, never against AWS.
 	SSHEndpoint = "sortie:ssh-endpoint"

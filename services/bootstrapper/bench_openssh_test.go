@@ -135,6 +135,7 @@ func TestBootstrapBenchOpenSSH(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.user = hosts[0].User()
+	p.target = eventTargets(p)
 
 	reset := func() {
 		for _, d := range dirs {

@@ -69,10 +69,16 @@ type fleetPlan struct {
 	ev      events.FleetLaunched
 	recipe  opsconfig.Recipe
 	user    string
-	hostKey ssh.PublicKey
+	hostKey ssh.PublicKey // the fleet's derived key; nil when instanceKeys
+	// instanceKeys: the template's instances make their own host keys, read from each
+	// one's console. publicIP: the template connects to public IPs.
+	instanceKeys, publicIP bool
+	// target says where each instance is and which key it must present, as EC2 (not the
+	// event) says: set once the instances are verified (hostResolver.targets).
+	target targetFunc
 }
 
-// planFleet resolves the recipe, the login user and the pinned host key of a fleet. Every
+// planFleet resolves the recipe, the login user and the host keys of a fleet. Every
 // error it returns is permanent: the event names something that does not exist or
 // carries a key that does not parse.
 func planFleet(ev events.FleetLaunched, ops *opsconfig.Config) (fleetPlan, error) {
@@ -87,12 +93,23 @@ func planFleet(ev events.FleetLaunched, ops *opsconfig.Config) (fleetPlan, error
 		t, err := ops.Template(ev.Template)
 		if err != nil {
 			errs = append(errs, err)
-		} else if t.User != "" {
-			p.user = t.User
+		} else {
+			if t.User != "" {
+				p.user = t.User
+			}
+			p.instanceKeys, p.publicIP = t.InstanceHostKeys(), t.PublicAddress()
 		}
+	}
+	if p.instanceKeys { // the template, not the event, says where keys come from
+		if err := errors.Join(errs...); err != nil {
+			return fleetPlan{}, bus.Permanent(fmt.Errorf("fleet %s: %w", ev.FleetID, err))
+		}
+		return p, nil
 	}
 	key, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(ev.HostKey))
 	switch {
+	case ev.HostKey == "":
+		errs = append(errs, fmt.Errorf("host_key: required: template %q's host keys are derived", ev.Template))
 	case err != nil:
 		errs = append(errs, fmt.Errorf("host_key: %w", err))
 	case len(bytes.TrimSpace(rest)) > 0:
@@ -174,7 +191,7 @@ func (r *runner) bootstrapAll(ctx context.Context, log *slog.Logger, p fleetPlan
 	g.SetLimit(n)
 	for i, in := range p.ev.Instances {
 		g.Go(func() error {
-			results[i] = r.bootstrap(ctx, log.With("instance", in.ID, "ssh_endpoint", in.SSHEndpoint), p, in, render, gate)
+			results[i] = r.bootstrap(ctx, log.With("instance", in.ID), p, in, render, gate)
 			return nil
 		})
 	}
@@ -200,6 +217,14 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 		}
 	}()
 
+	addr, hostKey, err := r.target(ctx, p, in.ID)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	res.SSHEndpoint = addr
+	log = log.With("ssh_addr", addr)
+
 	steps, secrets, err := render(ctx)
 	if err != nil {
 		res.Error = "rendering recipe: " + err.Error()
@@ -220,7 +245,7 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 	}()
 	for i := 0; i < len(steps); {
 		if conn == nil {
-			if conn, err = r.connect(ctx, log, p, in, gate); err != nil {
+			if conn, err = r.connect(ctx, log, p, addr, hostKey, gate); err != nil {
 				res.Error = "connecting: " + err.Error()
 				return res
 			}
@@ -295,16 +320,25 @@ func (r *runner) bookkeeping(p fleetPlan, in events.Instance, start time.Time) (
 }
 
 // connect dials the instance, retrying until it is reachable or the dial timeout passes.
-func (r *runner) connect(ctx context.Context, log *slog.Logger, p fleetPlan, in events.Instance, gate *remote.Gate) (session, error) {
+func (r *runner) connect(ctx context.Context, log *slog.Logger, p fleetPlan, addr string, hostKey ssh.PublicKey, gate *remote.Gate) (session, error) {
 	dialCtx, cancel := context.WithTimeout(ctx, r.dialTimeout)
 	defer cancel()
 	return r.dial(dialCtx, remote.DialConfig{
-		Addr: in.SSHEndpoint, User: p.user, Signer: r.signer, HostKey: p.hostKey,
+		Addr: addr, User: p.user, Signer: r.signer, HostKey: hostKey,
 		HandshakeTimeout: r.handshakeTimeout, Gate: gate,
 		OnRetry: func(err error, next time.Duration) {
 			log.Debug("instance not reachable yet", "error", err.Error(), "retry_in", next)
 		},
 	})
+}
+
+// target is where to connect to instance id and which host key to pin, from EC2; an
+// instance the plan has not verified is never contacted.
+func (r *runner) target(ctx context.Context, p fleetPlan, id string) (string, ssh.PublicKey, error) {
+	if p.target == nil {
+		return "", nil, errNoTarget
+	}
+	return p.target(ctx, id)
 }
 
 // run runs one command, bounded by the step timeout.

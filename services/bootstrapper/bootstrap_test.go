@@ -65,6 +65,7 @@ func TestPlanFleet(t *testing.T) {
 		{name: "unknown template", edit: func(e *events.FleetLaunched) { e.Template = "nope" }, wantErr: []string{`unknown template "nope"`}},
 		{name: "bad host key", edit: func(e *events.FleetLaunched) { e.HostKey = "ssh-ed25519 !!!" }, wantErr: []string{"host_key"}},
 		{name: "two host keys", edit: func(e *events.FleetLaunched) { e.HostKey = testHostKey + "\n" + testHostKey }, wantErr: []string{"more than one key"}},
+		{name: "no host key for derived keys", edit: func(e *events.FleetLaunched) { e.HostKey = "" }, wantErr: []string{`host_key: required: template "test"'s host keys are derived`}},
 		{
 			name:    "every problem at once",
 			edit:    func(e *events.FleetLaunched) { e.Recipe, e.Template, e.HostKey = "r", "t", "x" },
@@ -96,13 +97,30 @@ func TestPlanFleet(t *testing.T) {
 				t.Errorf("user = %q, want %q", p.user, tt.wantUser)
 			}
 			want, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(testHostKey))
-			if !bytes.Equal(p.hostKey.Marshal(), want.Marshal()) {
+			if p.instanceKeys || !bytes.Equal(p.hostKey.Marshal(), want.Marshal()) {
 				t.Error("host key not the event's")
 			}
 			if len(p.recipe.Steps) != 5 {
 				t.Errorf("recipe has %d steps, want 5", len(p.recipe.Steps))
 			}
 		})
+	}
+}
+
+// A template whose instances make their own host keys: the event's host key, if any, is
+// ignored; each instance's key is read from its console.
+func TestPlanFleetInstanceHostKeys(t *testing.T) {
+	for _, hk := range []string{"", testHostKey} {
+		ev := testEvent()
+		ev.Template, ev.HostKey = "own-keys", hk
+		p, err := planFleet(ev, testOps(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.instanceKeys || p.hostKey != nil || !p.publicIP || p.user != "worker" {
+			t.Errorf("host key %q: instance keys %t, key %v, public IP %t, user %s; want instance keys, no fleet key, public IP, worker",
+				hk, p.instanceKeys, p.hostKey, p.publicIP, p.user)
+		}
 	}
 }
 
@@ -261,6 +279,19 @@ func staticRender(ctx context.Context) ([]recipe.Step, []string, error) {
 	return testSteps, []string{secretURL}, nil
 }
 
+// eventTargets trusts the event's endpoints and the plan's key: for unit tests of the
+// runner only (the service resolves targets from EC2, see hosts_test.go).
+func eventTargets(p fleetPlan) targetFunc {
+	return func(_ context.Context, id string) (string, ssh.PublicKey, error) {
+		for _, in := range p.ev.Instances {
+			if in.ID == id {
+				return in.SSHEndpoint, p.hostKey, nil
+			}
+		}
+		return "", nil, errNoTarget
+	}
+}
+
 func testRunner(dial dialFunc) *runner {
 	return &runner{
 		dial: dial, dialTimeout: time.Second, stepTimeout: time.Second,
@@ -393,6 +424,7 @@ func TestBootstrapInstance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			p.target = eventTargets(p)
 			res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], staticRender, r.newGate(1))
 
 			if dialed.Addr != "127.0.0.1:2201" || dialed.User != "worker" || dialed.HostKey == nil || dialed.Gate == nil {
@@ -483,6 +515,7 @@ func TestBootstrapAllBoundsConcurrency(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			p.target = eventTargets(p)
 			results := r.bootstrapAll(context.Background(), slog.New(slog.DiscardHandler), p, staticRender)
 			if got := maxSeen.Load(); got != tt.wantMax {
 				t.Errorf("max concurrent dials = %d, want %d", got, tt.wantMax)

@@ -22,12 +22,8 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/verify"
 )
-
-// TagAPI is the EC2 call the bootstrapper makes.
-type TagAPI interface {
-	CreateTags(ctx context.Context, params *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
-}
 
 // PresignAPI is the S3 presigning call fetch steps need.
 type PresignAPI interface {
@@ -35,7 +31,6 @@ type PresignAPI interface {
 }
 
 var (
-	_ TagAPI     = (*ec2.Client)(nil)
 	_ PresignAPI = (*s3.PresignClient)(nil)
 )
 
@@ -55,10 +50,16 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	if err != nil {
 		return fmt.Errorf("bootstrapper: %w", err)
 	}
+	ec2c := ec2.NewFromConfig(deps.AWS)
 	st := &stage{
-		deps:    deps,
-		fetcher: cfg.Fetcher,
-		ec2:     ec2.NewFromConfig(deps.AWS),
+		deps:          deps,
+		fetcher:       cfg.Fetcher,
+		secretsBucket: cfg.Topology().SecretsBucketName(),
+		ec2:           ec2c,
+		hosts: hostResolver{
+			ec2: ec2c, stack: cfg.Prefix, local: cfg.LocalMode,
+			consoleWait: cfg.HostKeyTimeout, consolePoll: verify.DefaultConsolePoll,
+		},
 		presign: s3.NewPresignClient(s3c),
 		runner: &runner{
 			dial:             dialRemote,
@@ -85,9 +86,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 type stage struct {
 	deps    service.Deps
 	fetcher string
-	ec2     TagAPI
-	presign PresignAPI
-	runner  *runner
+	// secretsBucket is the stack's secrets bucket: never presigned, whatever a recipe says.
+	secretsBucket string
+	ec2           EC2API
+	hosts         hostResolver
+	presign       PresignAPI
+	runner        *runner
 }
 
 // handle: FleetLaunched → bootstrap every instance → FleetBootstrapped.
@@ -123,6 +127,9 @@ func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (ev
 		}
 		return events.FleetBootstrapped{}, bus.Permanent(fmt.Errorf("fleet %s: recipe %s: %w", ev.FleetID, ev.Recipe, err))
 	}
+	if p.target, err = s.hosts.targets(ctx, p); err != nil {
+		return events.FleetBootstrapped{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err) // EC2 unreadable: retried
+	}
 	log.Info("bootstrapping fleet", "instances", len(ev.Instances), "recipe", ev.Recipe, "user", p.user)
 	results := s.runner.bootstrapAll(ctx, log, p, render)
 	s.tagBootstrapped(ctx, log, results)
@@ -156,11 +163,16 @@ func (e *presignError) Error() string { return e.err.Error() }
 func (e *presignError) Unwrap() error { return e.err }
 
 // renderer renders the plan's recipe, presigning every fetch step's object for
-// recipe.PresignExpiry at each call.
+// recipe.PresignExpiry at each call. Nothing in the stack's secrets bucket or outside the
+// recipe's fetch_buckets is ever presigned: recipe.Render refuses it, and the presigner
+// checks again (a permanent error).
 func (s *stage) renderer(p fleetPlan) renderFunc {
 	return func(ctx context.Context) ([]recipe.Step, []string, error) {
 		var secrets []string
 		presign := func(bucket, key string) (string, error) {
+			if err := recipe.CheckFetch(p.recipe, s.secretsBucket, bucket, key); err != nil {
+				return "", err
+			}
 			req, err := s.presign.PresignGetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)},
 				s3.WithPresignExpires(recipe.PresignExpiry))
 			if err != nil {
@@ -169,7 +181,7 @@ func (s *stage) renderer(p fleetPlan) renderFunc {
 			secrets = append(secrets, req.URL)
 			return req.URL, nil
 		}
-		steps, err := recipe.Render(p.recipe, p.ev.Params, recipe.RenderEnv{Presign: presign, Fetcher: s.fetcher})
+		steps, err := recipe.Render(p.recipe, p.ev.Params, recipe.RenderEnv{Presign: presign, Fetcher: s.fetcher, SecretsBucket: s.secretsBucket})
 		if err != nil {
 			return nil, nil, err
 		}

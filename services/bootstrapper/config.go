@@ -22,6 +22,9 @@ const (
 	DefaultDialTimeout      = 2 * time.Minute
 	DefaultHandshakeTimeout = remote.DefaultHandshakeTimeout
 	DefaultStepTimeout      = 10 * time.Minute
+	// DefaultHostKeyTimeout is how long an instance that makes its own host key may take
+	// to show it in its console output (EC2 publishes the output minutes after boot).
+	DefaultHostKeyTimeout = 10 * time.Minute
 	// MaxConcurrency is the largest fleet a template allows.
 	MaxConcurrency = opsconfig.MaxInstances
 )
@@ -43,6 +46,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// StepTimeout bounds one recipe step (SORTIE_BOOTSTRAP_STEP_TIMEOUT, default 10m).
 	StepTimeout time.Duration
+	// HostKeyTimeout bounds the wait for the host key block in the console output of an
+	// instance of a template with host_keys: instance (SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT,
+	// default 10m); the instance fails with the reason when it never appears.
+	HostKeyTimeout time.Duration
 	// Fetcher is the download tool fetch steps run on the instances: curl or wget
 	// (SORTIE_BOOTSTRAP_FETCHER, default curl).
 	Fetcher string
@@ -70,6 +77,9 @@ func ConfigFromEnv() (Config, error) {
 	if cfg.StepTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", DefaultStepTimeout); err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.HostKeyTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT", DefaultHostKeyTimeout); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return cfg, err
 	}
@@ -94,6 +104,9 @@ func (c Config) Validate() error {
 	if c.StepTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_STEP_TIMEOUT: %s: want > 0", c.StepTimeout))
 	}
+	if c.HostKeyTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT: %s: want > 0", c.HostKeyTimeout))
+	}
 	if c.Fetcher != recipe.FetcherCurl && c.Fetcher != recipe.FetcherWget {
 		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_FETCHER: %q: want %s or %s", c.Fetcher, recipe.FetcherCurl, recipe.FetcherWget))
 	}
@@ -113,6 +126,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.StepTimeout == 0 {
 		c.StepTimeout = DefaultStepTimeout
+	}
+	if c.HostKeyTimeout == 0 {
+		c.HostKeyTimeout = DefaultHostKeyTimeout
 	}
 	if c.Fetcher == "" {
 		c.Fetcher = recipe.FetcherCurl

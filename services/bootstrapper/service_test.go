@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
@@ -38,7 +39,7 @@ func TestBootstrapper(t *testing.T) {
 	hostKey := hk.Authorized
 
 	// Every step of recipe "test" on three instances; step "check" fails on the second.
-	insts := e.launch(3, hk.UserData)
+	insts := e.launch("job-main", 3, hk.UserData)
 	ev := e.fleetLaunched("job-main", hostKey, insts)
 	ev.Params["fail_on"] = insts[1].ID
 	e.Publish(t, ev)
@@ -148,8 +149,8 @@ func TestBootstrapper(t *testing.T) {
 	})
 
 	t.Run("wrong host key: that instance fails, the other is bootstrapped", func(t *testing.T) {
-		good := e.launch(1, hk.UserData)
-		impostor := e.launch(1, cloudtest.NewHostKey(t).UserData)
+		good := e.launch("job-hostkey", 1, hk.UserData)
+		impostor := e.launch("job-hostkey", 1, cloudtest.NewHostKey(t).UserData)
 		ev := e.fleetLaunched("job-hostkey", hostKey, append(good, impostor...))
 		e.Publish(t, ev)
 		got := e.receive(t, out, "job-hostkey")
@@ -196,6 +197,9 @@ func TestBootstrapper(t *testing.T) {
 
 const toolScript = "#!/bin/sh\necho tool ok\n"
 
+// toolsBucket is the one bucket testdata/ops.yaml's recipe may fetch from.
+const toolsBucket = "sortie-test-tools"
+
 // env is one test's stack, with a login key pair and the tool object, and the bootstrapper
 // running on it.
 type env struct {
@@ -216,8 +220,13 @@ func newEnv(t *testing.T) *env {
 	}
 	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 10 * time.Millisecond}))
 	e := &env{Stack: s, t: t, fetcher: fetcher, key: cloudtest.NewKeyPair(t, s.EC2, s.Topology.Prefix+"-login")}
+	// testdata/ops.yaml's recipe fetches only from this bucket; kumo is shared by the
+	// package's tests, so it may exist already.
+	if _, err := s.S3.CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(toolsBucket)}); err != nil && awsx.ErrorCode(err) != "BucketAlreadyOwnedByYou" {
+		t.Fatalf("CreateBucket: %v", err)
+	}
 	if _, err := s.S3.PutObject(t.Context(), &s3.PutObjectInput{
-		Bucket: aws.String(s.Topology.BucketName()), Key: aws.String("tools/tool.sh"), Body: strings.NewReader(toolScript),
+		Bucket: aws.String(toolsBucket), Key: aws.String("tools/tool.sh"), Body: strings.NewReader(toolScript),
 	}); err != nil {
 		t.Fatalf("PutObject: %v", err)
 	}
@@ -230,7 +239,7 @@ func (e *env) start() {
 	t.Helper()
 	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
 	cfg := bootstrapper.Config{
-		Base:        service.Base{Prefix: e.Topology.Prefix},
+		Base:        service.Base{Prefix: e.Topology.Prefix, LocalMode: true},
 		SSHKey:      e.key.Path,
 		DialTimeout: 10 * time.Second,
 		StepTimeout: 30 * time.Second,
@@ -241,11 +250,17 @@ func (e *env) start() {
 	})
 }
 
-// launch runs n instances with the user data and waits until they are running with an
-// SSH endpoint.
-func (e *env) launch(n int, userData string) []events.Instance {
+// launch runs n instances of a fleet of the stack with the user data and waits until they
+// are running with an SSH endpoint.
+func (e *env) launch(fleet string, n int, userData string) []events.Instance {
 	e.t.Helper()
-	return cloudtest.Launch(e.t, e.EC2, n, cloudtest.LaunchSpec{KeyName: e.key.Name, UserData: userData})
+	return e.launchTagged(n, userData, map[string]string{tags.Stack: e.Topology.Prefix, tags.Fleet: fleet})
+}
+
+// launchTagged runs n instances with the user data and exactly these tags.
+func (e *env) launchTagged(n int, userData string, tg map[string]string) []events.Instance {
+	e.t.Helper()
+	return cloudtest.Launch(e.t, e.EC2, n, cloudtest.LaunchSpec{KeyName: e.key.Name, UserData: userData, Tags: tg})
 }
 
 func (e *env) fleetLaunched(jobID, hostKey string, insts []events.Instance) events.FleetLaunched {

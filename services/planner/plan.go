@@ -17,6 +17,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/sizing"
@@ -40,16 +41,19 @@ var (
 
 // planner turns a JobSubmitted into a FleetPlanned.
 type planner struct {
-	ops     *opsconfig.Config
-	queues  QueueAPI
-	objects BucketAPI
-	now     func() time.Time
+	ops *opsconfig.Config
+	// secretsBucket is the stack's secrets bucket: a job whose recipe would fetch from it
+	// is refused.
+	secretsBucket string
+	queues        QueueAPI
+	objects       BucketAPI
+	now           func() time.Time
 }
 
 // plan checks the job against the ops config before touching AWS, measures its work and
 // sizes its fleet. Errors that no retry can fix are marked bus.Permanent.
 func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.FleetPlanned, error) {
-	sel, err := resolve(p.ops, job)
+	sel, err := resolve(p.ops, job, p.secretsBucket)
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}
@@ -57,7 +61,17 @@ func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.Fle
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}
-	return buildPlan(job, sel, items, p.now())
+	plan, err := buildPlan(job, sel, items, p.now())
+	if err != nil {
+		return events.FleetPlanned{}, err
+	}
+	// A fresh nonce per plan: a redelivery of this FleetPlanned carries the same one, a
+	// second submission of the job id another (the provisioner keeps the nonce its
+	// instances were launched with; see hostkey.Derive).
+	if plan.Nonce, err = hostkey.NewNonce(); err != nil {
+		return events.FleetPlanned{}, err
+	}
+	return plan, nil
 }
 
 // selection is what the ops config holds for a job: its template and the sizing
@@ -67,10 +81,11 @@ type selection struct {
 	Candidates []sizing.Candidate
 }
 
-// resolve looks up the job's template, profile and recipe and validates its parameters
-// against the recipe (recipe.ResolveParams), reporting every problem at once. All of
+// resolve looks up the job's template, profile and recipe and checks its parameters
+// against the recipe (recipe.Check: patterns, and every path, key and fetch within the
+// recipe's bounds, never the secrets bucket), reporting every problem at once. All of
 // them are permanent: the reason reads like `unknown template "x"`.
-func resolve(ops *opsconfig.Config, job events.JobSubmitted) (selection, error) {
+func resolve(ops *opsconfig.Config, job events.JobSubmitted, secretsBucket string) (selection, error) {
 	var errs []error
 	t, tErr := ops.Template(job.Template)
 	_, pErr := ops.Profile(job.Profile)
@@ -78,7 +93,7 @@ func resolve(ops *opsconfig.Config, job events.JobSubmitted) (selection, error) 
 	r, rErr := ops.Recipe(job.Recipe)
 	if rErr != nil {
 		errs = append(errs, rErr)
-	} else if _, err := recipe.ResolveParams(r, job.Params); err != nil {
+	} else if err := recipe.Check(r, job.Params, secretsBucket); err != nil {
 		errs = append(errs, fmt.Errorf("recipe %q: %w", job.Recipe, err))
 	}
 	var cands []sizing.Candidate

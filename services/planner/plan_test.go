@@ -131,7 +131,7 @@ func TestResolve(t *testing.T) {
 			if tt.ops != nil {
 				o = tt.ops
 			}
-			sel, err := resolve(o, tt.job)
+			sel, err := resolve(o, tt.job, "sortie-secrets")
 			if len(tt.wantErrs) > 0 {
 				if err == nil {
 					t.Fatal("resolve accepted the job")
@@ -213,7 +213,7 @@ func TestBuildPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sel, err := resolve(ops, tt.job)
+			sel, err := resolve(ops, tt.job, "sortie-secrets")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -488,5 +488,25 @@ func TestHandle(t *testing.T) {
 				t.Errorf("published %#v", pub.Published[0])
 			}
 		})
+	}
+}
+
+// The same job submitted twice (a duplicate, or a job id reused by a new submission) is
+// planned twice with two nonces: which key the fleet gets is settled by the provisioner,
+// which keeps the nonce its instances were launched with.
+func TestEveryPlanHasItsOwnNonce(t *testing.T) {
+	pub := &cloudtest.Recorder{}
+	h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub}
+	for range 2 {
+		if err := h.handle(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, demoJob())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(pub.Published) != 2 {
+		t.Fatalf("published %d plans, want 2", len(pub.Published))
+	}
+	a, b := pub.Published[0].(events.FleetPlanned), pub.Published[1].(events.FleetPlanned)
+	if a.Nonce == "" || a.Nonce == b.Nonce || a.FleetID != b.FleetID {
+		t.Errorf("plans of %s/%s carry nonces %q and %q: want two different ones", a.FleetID, b.FleetID, a.Nonce, b.Nonce)
 	}
 }

@@ -37,10 +37,11 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	}
 	h := handler{
 		planner: &planner{
-			ops:     deps.Ops,
-			queues:  sqs.NewFromConfig(deps.AWS),
-			objects: s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)),
-			now:     deps.Now,
+			ops:           deps.Ops,
+			secretsBucket: cfg.Topology().SecretsBucketName(),
+			queues:        sqs.NewFromConfig(deps.AWS),
+			objects:       s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)),
+			now:           deps.Now,
 		},
 		pub: deps.Publisher,
 	}

@@ -62,6 +62,7 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 		}))
 		want := []string{"demo-count", "demo-queue", "demo-s3"}
 		got := cloudtest.Collect(t, s.SQS, plans, 20*time.Second, cloudtest.HasAll(1, want...))
+		nonces := map[string]string{}
 		for _, id := range want {
 			ms, ok := got[id]
 			if !ok {
@@ -82,6 +83,11 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 			if plan.FleetID != id || plan.PlanRevision != 1 || plan.CorrelationID != "corr-"+id {
 				t.Errorf("%s: fleet %q revision %d correlation %q", id, plan.FleetID, plan.PlanRevision, plan.CorrelationID)
 			}
+			// Every plan carries its own nonce for the fleet's host key.
+			if plan.Nonce == "" || nonces[plan.Nonce] != "" {
+				t.Errorf("%s: nonce %q (already %q's): want a fresh one per plan", id, plan.Nonce, nonces[plan.Nonce])
+			}
+			nonces[plan.Nonce] = id
 			if cloudtest.Attr(m, bus.AttrEventType) != bus.FleetPlanned {
 				t.Errorf("%s: event_type attribute %q", id, cloudtest.Attr(m, bus.AttrEventType))
 			}

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
@@ -48,6 +48,7 @@ var errFleetEnded = errors.New("the fleet of this plan revision was launched bef
 // launcher turns a FleetPlanned into running instances.
 type launcher struct {
 	stack  string // the stack's prefix: every instance and volume is tagged sortie:stack=stack
+	local  bool   // local mode: the local cloud's sortie:ssh-endpoint tag is the SSH address
 	ec2    EC2API
 	ops    *opsconfig.Config
 	secret []byte
@@ -67,29 +68,25 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		return events.FleetLaunched{}, bus.Permanent(fmt.Errorf("instance type %q is not one of template %q's (%s)",
 			fp.InstanceType, fp.Template, strings.Join(t.InstanceTypes, ", ")))
 	}
-	priv, _, err := hostkey.Derive(l.secret, fp.FleetID, fp.PlanRevision)
-	if err != nil {
-		return events.FleetLaunched{}, err
-	}
-	userData, err := hostkey.CloudConfig(priv)
-	if err != nil {
-		return events.FleetLaunched{}, err
-	}
-	hostKey, err := hostkey.AuthorizedKey(priv)
-	if err != nil {
-		return events.FleetLaunched{}, err
-	}
-
 	atts := attempts(t, fp)
-	ids, err := l.find(ctx, fp.FleetID, tokens(atts))
+	found, err := l.find(ctx, fp.FleetID, tokens(atts))
 	if err != nil {
 		return events.FleetLaunched{}, err
 	}
-	if len(ids) > 0 {
-		bus.Logger(ctx).Info("fleet already launched: reusing its instances", "instances", ids)
-	} else if ids, err = l.run(ctx, fp, t, atts, userData); err != nil {
+	key, err := l.hostKeys(t, fp, found)
+	if err != nil {
 		return events.FleetLaunched{}, err
 	}
+	if len(found.ids) > 0 {
+		bus.Logger(ctx).Info("fleet already launched: reusing its instances", "instances", found.ids)
+	} else if found, err = l.run(ctx, fp, t, atts, key); err != nil {
+		return events.FleetLaunched{}, err
+	} else if found.raced { // another delivery launched them: their nonce made their key
+		if key, err = l.hostKeys(t, fp, found); err != nil {
+			return events.FleetLaunched{}, err
+		}
+	}
+	ids := found.ids
 	if len(ids) != fp.Count {
 		bus.Logger(ctx).Warn("the fleet's live instances differ from the plan", "planned", fp.Count, "live", len(ids))
 	}
@@ -98,7 +95,7 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 	if err != nil {
 		return events.FleetLaunched{}, err
 	}
-	instances, err := fleetInstances(out, ids, l.now())
+	instances, err := fleetInstances(out, ids, l.now(), sshaddr.Mode{Local: l.local, PublicIP: t.PublicAddress()})
 	if err != nil {
 		return events.FleetLaunched{}, err
 	}
@@ -111,9 +108,42 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		Params:       fp.Params,
 		DeadlineAt:   fp.DeadlineAt(),
 		KeyName:      t.KeyName,
-		HostKey:      hostKey,
+		HostKey:      key.public,
 		Instances:    instances,
 	}, nil
+}
+
+// hostKeys is what a launch hands its instances: the derived host key's cloud-init user
+// data and public half, and the nonce it was derived with (recorded in a tag). All empty
+// for a template whose instances generate their own keys: no user data, no key to pin here.
+type hostKeys struct {
+	userData, public, nonce string
+}
+
+// hostKeys derives the fleet's host key from the plan's nonce, or, when the fleet was
+// launched before, from the nonce its instances were launched with: a duplicate plan (a
+// duplicate JobSubmitted planned twice) carries another nonce but reuses those instances.
+func (l *launcher) hostKeys(t opsconfig.Template, fp events.FleetPlanned, found fleet) (hostKeys, error) {
+	if t.InstanceHostKeys() {
+		return hostKeys{}, nil
+	}
+	nonce := fp.Nonce
+	if found.hasNonce {
+		nonce = found.nonce
+	}
+	priv, _, err := hostkey.Derive(l.secret, fp.FleetID, fp.PlanRevision, nonce)
+	if err != nil {
+		return hostKeys{}, err
+	}
+	userData, err := hostkey.CloudConfig(priv)
+	if err != nil {
+		return hostKeys{}, err
+	}
+	public, err := hostkey.AuthorizedKey(priv)
+	if err != nil {
+		return hostKeys{}, err
+	}
+	return hostKeys{userData: userData, public: public, nonce: nonce}, nil
 }
 
 // attempt is one RunInstances of the capacity fallback.
@@ -171,8 +201,11 @@ func tokens(atts []attempt) []string {
 // runInput is the RunInstances request of one attempt. MinCount = MaxCount = Count: a
 // fleet smaller than planned is never accepted silently; short of capacity, the launch
 // fails and falls back instead.
-func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a attempt, userData string, now time.Time) *ec2.RunInstancesInput {
+func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a attempt, key hostKeys, now time.Time) *ec2.RunInstancesInput {
 	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
+	if !t.InstanceHostKeys() {
+		fleet = append(fleet, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(key.nonce)})
+	}
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(t.AMI),
 		InstanceType:     types.InstanceType(a.InstanceType),
@@ -180,12 +213,15 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a atte
 		MaxCount:         aws.Int32(int32(fp.Count)),
 		KeyName:          aws.String(t.KeyName),
 		SecurityGroupIds: t.SecurityGroups,
-		UserData:         aws.String(base64.StdEncoding.EncodeToString([]byte(userData))),
 		ClientToken:      aws.String(a.Token),
+		MetadataOptions:  metadataOptions(),
 		TagSpecifications: []types.TagSpecification{
 			{ResourceType: types.ResourceTypeInstance, Tags: fleet},
 			{ResourceType: types.ResourceTypeVolume, Tags: volumeTags(fleet)},
 		},
+	}
+	if key.userData != "" { // none for instance host keys: cloud-init generates them
+		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(key.userData)))
 	}
 	if a.Subnet != "" {
 		in.SubnetId = aws.String(a.Subnet)
@@ -196,6 +232,18 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a atte
 		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String(p)}
 	}
 	return in
+}
+
+// metadataOptions is the instance metadata service every instance gets: IMDSv2 only
+// (session tokens required), answering one network hop (the instance itself, not a container
+// behind it), so a request forged through a proxy on the instance cannot read the
+// instance's role credentials or its user data.
+func metadataOptions() *types.InstanceMetadataOptionsRequest {
+	return &types.InstanceMetadataOptionsRequest{
+		HttpTokens:              types.HttpTokensStateRequired,
+		HttpPutResponseHopLimit: aws.Int32(1),
+		HttpEndpoint:            types.InstanceMetadataEndpointStateEnabled,
+	}
 }
 
 // fleetTags are the tags every instance of the fleet is launched with.
@@ -229,43 +277,56 @@ func live(s *types.InstanceState) bool {
 	return s != nil && (s.Name == types.InstanceStateNamePending || s.Name == types.InstanceStateNameRunning)
 }
 
+// fleet is what find saw of a fleet launched before: its live instances and the host key
+// nonce they were launched with (hasNonce: they carry the tag). raced: another delivery
+// launched them while this one tried.
+type fleet struct {
+	ids      []string
+	nonce    string
+	hasNonce bool
+	raced    bool
+}
+
 // find returns the live (pending or running) instances of the fleet launched with one of
 // tokens, the tokens of this plan revision. errFleetEnded: there were some, none is live.
-func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) ([]string, error) {
+func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) (fleet, error) {
 	pages := ec2.NewDescribeInstancesPaginator(l.ec2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
 		{Name: aws.String("tag:" + tags.Stack), Values: []string{l.stack}},
 		{Name: aws.String("tag:" + tags.Fleet), Values: []string{fleetID}},
 		{Name: aws.String("client-token"), Values: tokens},
 	}})
-	var ids []string
+	var f fleet
 	ended := 0
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
 		if err != nil {
-			return nil, classify(fmt.Sprintf("looking for fleet %s", fleetID), err)
+			return fleet{}, classify(fmt.Sprintf("looking for fleet %s", fleetID), err)
 		}
 		for _, r := range page.Reservations {
 			for _, in := range r.Instances {
-				if live(in.State) {
-					ids = append(ids, aws.ToString(in.InstanceId))
-				} else {
+				if !live(in.State) {
 					ended++
+					continue
+				}
+				f.ids = append(f.ids, aws.ToString(in.InstanceId))
+				if nonce, ok := tagLookup(in.Tags, tags.HostKeyNonce); ok && !f.hasNonce {
+					f.nonce, f.hasNonce = nonce, true
 				}
 			}
 		}
 	}
-	if len(ids) == 0 && ended > 0 {
-		return nil, errFleetEnded
+	if len(f.ids) == 0 && ended > 0 {
+		return fleet{}, errFleetEnded
 	}
-	return ids, nil
+	return f, nil
 }
 
 // run launches the fleet with the first attempt that has capacity.
-func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, userData string) ([]string, error) {
+func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, key hostKeys) (fleet, error) {
 	var short []error
 	for _, a := range atts {
 		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", fp.Count)
-		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, userData, l.now()))
+		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, key, l.now()))
 		switch {
 		case err == nil:
 			ids := make([]string, 0, len(out.Instances))
@@ -275,30 +336,32 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 				}
 			}
 			if len(ids) == 0 { // the token's earlier launch, long gone
-				return nil, errFleetEnded
+				return fleet{}, errFleetEnded
 			}
 			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
-			return ids, nil
+			return fleet{ids: ids, nonce: key.nonce, hasNonce: true}, nil
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
 			short = append(short, fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err)))
 		case awsx.ErrorCode(err) == "IdempotentParameterMismatch":
 			// Another delivery of this FleetPlanned launched with this token between our
 			// look-up and now (with, say, another lease time): its instances are ours.
-			ids, ferr := l.find(ctx, fp.FleetID, []string{a.Token})
+			// (or by a duplicate plan with another host key nonce).
+			f, ferr := l.find(ctx, fp.FleetID, []string{a.Token})
 			if ferr != nil {
-				return nil, ferr
+				return fleet{}, ferr
 			}
-			if len(ids) == 0 {
-				return nil, bus.Permanent(fmt.Errorf("launching fleet %s: client token %s is taken, but no instance carries it: %w", fp.FleetID, a.Token, err))
+			if len(f.ids) == 0 {
+				return fleet{}, bus.Permanent(fmt.Errorf("launching fleet %s: client token %s is taken, but no instance carries it: %w", fp.FleetID, a.Token, err))
 			}
-			log.Info("fleet launched by a concurrent delivery: reusing its instances", "instances", ids)
-			return ids, nil
+			log.Info("fleet launched by a concurrent delivery: reusing its instances", "instances", f.ids)
+			f.raced = true
+			return f, nil
 		default:
-			return nil, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, fp.Count, a.InstanceType), err)
+			return fleet{}, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, fp.Count, a.InstanceType), err)
 		}
 	}
-	return nil, bus.Permanent(fmt.Errorf("launching fleet %s: no capacity for %d instances of any type in any subnet of template %q: %w",
+	return fleet{}, bus.Permanent(fmt.Errorf("launching fleet %s: no capacity for %d instances of any type in any subnet of template %q: %w",
 		fp.FleetID, fp.Count, fp.Template, errors.Join(short...)))
 }
 
@@ -332,9 +395,10 @@ func (l *launcher) wait(ctx context.Context, ids []string) (*ec2.DescribeInstanc
 	return nil, bus.Permanent(fmt.Errorf("instances %v did not reach running within %s (%w): terminated them", ids, l.timeout, err))
 }
 
-// fleetInstances lists ids, in order, as FleetLaunched describes them: the SSH endpoint
-// is the local cloud's sortie:ssh-endpoint tag when present, else the private IP, port 22.
-func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Time) ([]events.Instance, error) {
+// fleetInstances lists ids, in order, as FleetLaunched describes them. The SSH endpoint
+// is the address pkg/sshaddr takes from EC2 (the sortie:ssh-endpoint tag only in local
+// mode); consumers take it from EC2 again, so in the event it is informational.
+func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Time, addr sshaddr.Mode) ([]events.Instance, error) {
 	byID := map[string]types.Instance{}
 	for _, r := range out.Reservations {
 		for _, in := range r.Instances {
@@ -347,13 +411,9 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 		if !ok {
 			return nil, fmt.Errorf("describing instances: %s missing", id)
 		}
-		ip := aws.ToString(in.PrivateIpAddress)
-		endpoint := tagValue(in.Tags, tags.SSHEndpoint)
-		if endpoint == "" {
-			if ip == "" {
-				return nil, fmt.Errorf("instance %s has neither a %s tag nor a private IP", id, tags.SSHEndpoint)
-			}
-			endpoint = net.JoinHostPort(ip, "22")
+		endpoint, err := addr.Of(in)
+		if err != nil {
+			return nil, fmt.Errorf("describing instances: %w", err)
 		}
 		launched := now
 		if in.LaunchTime != nil {
@@ -362,7 +422,7 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 		res = append(res, events.Instance{
 			ID:           id,
 			InstanceType: string(in.InstanceType),
-			PrivateIP:    ip,
+			PrivateIP:    aws.ToString(in.PrivateIpAddress),
 			SSHEndpoint:  endpoint,
 			LaunchedAt:   launched,
 		})
@@ -370,13 +430,13 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 	return res, nil
 }
 
-func tagValue(tags []types.Tag, key string) string {
+func tagLookup(tags []types.Tag, key string) (string, bool) {
 	for _, t := range tags {
 		if aws.ToString(t.Key) == key {
-			return aws.ToString(t.Value)
+			return aws.ToString(t.Value), true
 		}
 	}
-	return ""
+	return "", false
 }
 
 // classify wraps an EC2 error: a request that can never succeed (invalid, not allowed, a

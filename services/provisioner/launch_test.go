@@ -48,7 +48,28 @@ func plan() events.FleetPlanned {
 		EstimatedSeconds: 7.7,
 		MeetsDeadline:    true,
 		Rationale:        "202 items, 600/min per m3.medium, 1 s boot, 10 s deadline → 3 instances",
+		Nonce:            nonceA,
 	}
+}
+
+// Two plan nonces: a plan and a duplicate planned from the same job again.
+const (
+	nonceA = "AAECAwQFBgcICQoLDA0ODw"
+	nonceB = "BBECAwQFBgcICQoLDA0ODw"
+)
+
+// derivedKey is the public host key of job-42's fleet derived with nonce.
+func derivedKey(t *testing.T, nonce string) string {
+	t.Helper()
+	priv, _, err := hostkey.Derive(testSecret, "job-42", 1, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := hostkey.AuthorizedKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 // Known answers: hex(sha256("job-42/1")) and hex(sha256("job-42/1/c5.large/subnet-0123456789abcdef0")).
@@ -119,7 +140,7 @@ func TestAttempts(t *testing.T) {
 func TestRunInput(t *testing.T) {
 	tmpl := opsconfig.Default().Templates["demo"]
 	a := attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}
-	in := runInput("sortie", plan(), tmpl, a, "#cloud-config\n", now)
+	in := runInput("sortie", plan(), tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
 
 	if aws.ToString(in.ImageId) != "ami-0123456789abcdef0" || in.InstanceType != "c5.large" ||
 		aws.ToInt32(in.MinCount) != 3 || aws.ToInt32(in.MaxCount) != 3 ||
@@ -156,14 +177,32 @@ func TestRunInput(t *testing.T) {
 		"sortie:stage":          "launched",
 		"sortie:template":       "demo",
 		"sortie:correlation-id": "corr-42",
+		"sortie:hostkey-nonce":  nonceA,
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("tg %v, want %v", got, want)
 	}
+	if m := in.MetadataOptions; m == nil || m.HttpTokens != types.HttpTokensStateRequired ||
+		aws.ToInt32(m.HttpPutResponseHopLimit) != 1 || m.HttpEndpoint != types.InstanceMetadataEndpointStateEnabled {
+		t.Errorf("metadata options %+v: want IMDSv2 required, hop limit 1, endpoint enabled", m)
+	}
+
+	// Instance host keys: no user data (cloud-init makes the keys), no nonce to record.
+	own := tmpl
+	own.HostKeys = opsconfig.HostKeysInstance
+	in = runInput("sortie", plan(), own, a, hostKeys{}, now)
+	if in.UserData != nil {
+		t.Errorf("instance host keys: user data %q, want none", aws.ToString(in.UserData))
+	}
+	for _, tag := range in.TagSpecifications[0].Tags {
+		if aws.ToString(tag.Key) == tags.HostKeyNonce {
+			t.Errorf("instance host keys: tagged %s", tags.HostKeyNonce)
+		}
+	}
 
 	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
 	tmpl.Subnets = nil
-	in = runInput("sortie", plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, "", now)
+	in = runInput("sortie", plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, hostKeys{}, now)
 	if in.IamInstanceProfile.Name != nil || aws.ToString(in.IamInstanceProfile.Arn) != tmpl.InstanceProfile || in.SubnetId != nil {
 		t.Errorf("profile by ARN, no subnet: %+v %+v", in.IamInstanceProfile, in.SubnetId)
 	}
@@ -184,6 +223,7 @@ type fakeEC2 struct {
 	runErrs     []error         // returned by the next RunInstances calls, in order
 	onRun       func(f *fakeEC2, in *ec2.RunInstancesInput)
 	noTag       bool  // launch without the sortie:ssh-endpoint tag
+	publicIPs   bool  // instances get a public IP too
 	bootPolls   int   // DescribeInstances by id before pending turns running; < 0: never
 	failBoot    bool  // instances go to terminated instead of running
 	describeErr error // returned by DescribeInstances by id
@@ -257,6 +297,9 @@ func (f *fakeEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ .
 			LaunchTime:       aws.Time(now),
 			Tags:             tg,
 		}
+		if f.publicIPs {
+			i.PublicIpAddress = aws.String(fmt.Sprintf("203.0.113.%d", n+10))
+		}
 		f.instances = append(f.instances, i)
 		out.Instances = append(out.Instances, *i)
 	}
@@ -302,7 +345,7 @@ func matches(i *types.Instance, filters []types.Filter) bool {
 		case name == "client-token":
 			v = aws.ToString(i.ClientToken)
 		case strings.HasPrefix(name, "tag:"):
-			v = tagValue(i.Tags, strings.TrimPrefix(name, "tag:"))
+			v, _ = tagLookup(i.Tags, strings.TrimPrefix(name, "tag:"))
 		default:
 			panic("fake: filter " + name)
 		}
@@ -448,7 +491,7 @@ func TestLaunch(t *testing.T) {
 				tt.fp(&fp)
 			}
 			l := &launcher{
-				stack: "sortie", ec2: tt.ec2, ops: ops, secret: testSecret, now: func() time.Time { return now },
+				stack: "sortie", local: true, ec2: tt.ec2, ops: ops, secret: testSecret, now: func() time.Time { return now },
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: 300 * time.Millisecond,
 			}
 			got, err := l.launch(context.Background(), fp)
@@ -490,9 +533,7 @@ func TestLaunch(t *testing.T) {
 			if _, err := events.Encode(got); err != nil {
 				t.Fatalf("FleetLaunched does not validate: %v", err)
 			}
-			priv, _, _ := hostkey.Derive(testSecret, "job-42", 1)
-			wantKey, _ := hostkey.AuthorizedKey(priv)
-			if got.HostKey != wantKey || got.KeyName != "sortie-dev" || got.FleetID != "job-42" || got.PlanRevision != 1 ||
+			if got.HostKey != derivedKey(t, nonceA) || got.KeyName != "sortie-dev" || got.FleetID != "job-42" || got.PlanRevision != 1 ||
 				got.Recipe != "demo-worker" || got.Template != "demo" || fmt.Sprint(got.Params) != fmt.Sprint(fp.Params) ||
 				!got.DeadlineAt.Equal(submitted.Add(10*time.Second)) || got.CorrelationID != "corr-42" || !got.Time.Equal(now) {
 				t.Errorf("FleetLaunched %+v", got)
@@ -575,6 +616,116 @@ func TestHandle(t *testing.T) {
 			}
 			if len(pub.Published) != tt.wantPub {
 				t.Errorf("published %d events, want %d", len(pub.Published), tt.wantPub)
+			}
+		})
+	}
+}
+
+// The host key a FleetLaunched pins is the one its instances were launched with, whichever
+// plan of the fleet is being handled; a job id planned afresh on a fresh fleet gets another.
+func TestLaunchPinsTheInstancesKey(t *testing.T) {
+	newLauncher := func(f *fakeEC2) *launcher {
+		return &launcher{
+			stack: "sortie", local: true, ec2: f, ops: opsconfig.Default(), secret: testSecret, now: func() time.Time { return now },
+			waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
+		}
+	}
+	withNonce := func(n string) events.FleetPlanned { fp := plan(); fp.Nonce = n; return fp }
+
+	t.Run("duplicate plan with another nonce: the first plan's key", func(t *testing.T) {
+		f := &fakeEC2{}
+		l := newLauncher(f)
+		first, err := l.launch(context.Background(), withNonce(nonceA))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dup, err := l.launch(context.Background(), withNonce(nonceB))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(f.runs) != 1 || first.HostKey != derivedKey(t, nonceA) || dup.HostKey != first.HostKey {
+			t.Errorf("%d launches; keys %q then %q, want one launch and nonce A's key twice", len(f.runs), first.HostKey, dup.HostKey)
+		}
+	})
+	t.Run("a racing delivery launched first with another nonce: its key", func(t *testing.T) {
+		f := &fakeEC2{runErrs: []error{apiError("IdempotentParameterMismatch")}}
+		f.onRun = func(f *fakeEC2, in *ec2.RunInstancesInput) {
+			f.add(aws.ToString(in.ClientToken), "job-42", "pending", 3)
+			for _, i := range f.instances {
+				i.Tags = append(i.Tags, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(nonceA)})
+			}
+		}
+		got, err := newLauncher(f).launch(context.Background(), withNonce(nonceB))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.HostKey != derivedKey(t, nonceA) {
+			t.Errorf("pinned %q, want the racing launch's (nonce A) key", got.HostKey)
+		}
+	})
+	t.Run("the job id submitted again, a fresh fleet: another key", func(t *testing.T) {
+		a, err := newLauncher(&fakeEC2{}).launch(context.Background(), withNonce(nonceA))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := newLauncher(&fakeEC2{}).launch(context.Background(), withNonce(nonceB))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.HostKey == b.HostKey {
+			t.Error("two submissions of job-42 got the same host key")
+		}
+	})
+	t.Run("instance host keys: no key in the event, no private key in user data", func(t *testing.T) {
+		ops := opsconfig.Default()
+		tm := ops.Templates["demo"]
+		tm.HostKeys = opsconfig.HostKeysInstance
+		ops.Templates["demo"] = tm
+		f := &fakeEC2{}
+		l := newLauncher(f)
+		l.ops = ops
+		got, err := l.launch(context.Background(), plan())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.HostKey != "" || len(f.runs) != 1 || f.runs[0].UserData != nil {
+			t.Errorf("host key %q, user data %v: want neither", got.HostKey, f.runs[0].UserData)
+		}
+		if _, err := events.Encode(got); err != nil {
+			t.Errorf("FleetLaunched without a host key does not validate: %v", err)
+		}
+	})
+}
+
+// Outside local mode the sortie:ssh-endpoint tag is ignored: the address is EC2's
+// private IP (or its public IP where the template says so).
+func TestLaunchAddressesFromEC2(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		public bool
+		want   string
+	}{
+		{"private", false, "10.0.0.11:22"},
+		{"public", true, "203.0.113.11:22"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ops := opsconfig.Default()
+			tm := ops.Templates["demo"]
+			if tt.public {
+				tm.SSHAddress = opsconfig.AddressPublic
+			}
+			ops.Templates["demo"] = tm
+			f := &fakeEC2{publicIPs: true}
+			l := &launcher{
+				stack: "sortie", ec2: f, ops: ops, secret: testSecret, now: func() time.Time { return now },
+				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
+			}
+			got, err := l.launch(context.Background(), plan())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Instances[0].SSHEndpoint != tt.want {
+				t.Errorf("endpoint %s, want %s (the tag says 127.0.0.1:2201)", got.Instances[0].SSHEndpoint, tt.want)
 			}
 		})
 	}

@@ -38,6 +38,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	h := handler{
 		launcher: &launcher{
 			stack:          cfg.Prefix,
+			local:          cfg.LocalMode,
 			ec2:            NewEC2Client(deps.AWS),
 			ops:            deps.Ops,
 			secret:         cfg.HostKeySecret,

@@ -22,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // TestProvisionerOnLocalCloud runs the provisioner against the local cloud: a real
@@ -87,7 +88,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 	}
 	hostKeyOf := func(t *testing.T, id string) ssh.PublicKey {
 		t.Helper()
-		_, signer, err := hostkey.Derive(testSecret, id, 1)
+		_, signer, err := hostkey.Derive(testSecret, id, 1, nonceA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,6 +123,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			want := map[string]string{
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
+				"sortie:hostkey-nonce": nonceA,
 			}
 			if len(tags) != len(want) {
 				t.Errorf("%s: tags %v, want %v and a lease", in.ID, tags, want)
@@ -136,6 +138,11 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 				aws.ToString(got.KeyName) != "sortie-dev" || aws.ToString(got.ClientToken) != clientToken("fleet-a", "1") ||
 				aws.ToString(got.PrivateIpAddress) != in.PrivateIP {
 				t.Errorf("%s: %+v", in.ID, got)
+			}
+			// IMDSv2 only, one hop: recorded and reported by the local cloud.
+			if m := got.MetadataOptions; m == nil || m.HttpTokens != types.HttpTokensStateRequired ||
+				aws.ToInt32(m.HttpPutResponseHopLimit) != 1 || m.HttpEndpoint != types.InstanceMetadataEndpointStateEnabled {
+				t.Errorf("%s: metadata options %+v, want tokens required, hop limit 1, endpoint enabled", in.ID, m)
 			}
 
 			// The pinned key is the one the instance's SSH server presents.
@@ -174,6 +181,37 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		}
 		if n := len(tagged(t, "fleet-b")); n != 3 {
 			t.Errorf("%d instances tagged fleet-b, want 3", n)
+		}
+	})
+
+	t.Run("a duplicate plan with another nonce pins the key its instances have", func(t *testing.T) {
+		first := fleet("fleet-e")
+		s.Publish(t, first)
+		a := launchedEvents(t, "fleet-e", 1)[0]
+		dup := fleet("fleet-e") // the job planned again: same fleet and revision, another nonce
+		dup.Nonce = nonceB
+		s.Publish(t, dup)
+		b := launchedEvents(t, "fleet-e", 1)[0]
+		if !slices.Equal(idsOf(a), idsOf(b)) || len(tagged(t, "fleet-e")) != 3 {
+			t.Fatalf("the duplicate plan launched %v, the first %v: want the same 3", idsOf(b), idsOf(a))
+		}
+		if a.HostKey != b.HostKey {
+			t.Fatalf("the duplicate plan pins %q, the first %q: want the instances' key", b.HostKey, a.HostKey)
+		}
+		pinned, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(pinned.Marshal()) != string(hostKeyOf(t, "fleet-e").Marshal()) {
+			t.Error("the pinned key is not the one derived with the first plan's nonce")
+		}
+		for _, in := range b.Instances {
+			if got := cloudtest.Tags(tagged(t, "fleet-e")[in.ID])[tags.HostKeyNonce]; got != nonceA {
+				t.Errorf("%s: %s = %q, want the first plan's %q", in.ID, tags.HostKeyNonce, got, nonceA)
+			}
+			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo ok"); out != "ok\n" {
+				t.Errorf("%s: ssh printed %q", in.ID, out)
+			}
 		}
 	})
 
@@ -228,7 +266,7 @@ func serve(t *testing.T, s *cloudtest.Stack, launchTimeout time.Duration) {
 	t.Helper()
 	s.Serve(t, func(ctx context.Context) error {
 		return Run(ctx, Config{
-			Base:           service.Base{Prefix: s.Topology.Prefix},
+			Base:           service.Base{Prefix: s.Topology.Prefix, LocalMode: true},
 			HostKeySecret:  testSecret,
 			WaiterMinDelay: 100 * time.Millisecond,
 			WaiterMaxDelay: 100 * time.Millisecond,

@@ -15,9 +15,11 @@ import (
 const (
 	DefaultConcurrency         = 16
 	DefaultArchiveTimeout      = 2 * time.Minute
-	DefaultArchiveMaxBytes     = 512 << 20
+	DefaultArchiveMaxBytes     = 16 << 30
 	DefaultSweepInterval       = 60 * time.Second
 	DefaultSweepArchiveTimeout = 20 * time.Second
+	DefaultSweepArchiveWindow  = 10 * time.Minute
+	DefaultMetricsFlush        = time.Second
 	DefaultWaiterMinDelay      = 2 * time.Second
 	DefaultWaiterMaxDelay      = 30 * time.Second
 	DefaultTerminateTimeout    = 5 * time.Minute
@@ -36,8 +38,8 @@ type Config struct {
 	// ArchiveTimeout is how long the reaper keeps trying to archive an instance's logs
 	// before it terminates the instance anyway (SORTIE_ARCHIVE_TIMEOUT, default 2m).
 	ArchiveTimeout time.Duration
-	// ArchiveMaxBytes caps one compressed archive, which is held in memory while it is
-	// uploaded (SORTIE_ARCHIVE_MAX_BYTES, default 512 MiB).
+	// ArchiveMaxBytes caps one compressed archive (SORTIE_ARCHIVE_MAX_BYTES, default 16 GiB).
+	// Archives are streamed to S3, never held in memory: the cap bounds storage and time.
 	ArchiveMaxBytes int64
 	// KMSKeyID is the KMS key the archives are encrypted with (SORTIE_LOG_KMS_KEY_ID);
 	// empty: S3's choice for aws:kms (the bucket's default key, else aws/s3).
@@ -47,6 +49,13 @@ type Config struct {
 	// SweepArchiveTimeout bounds the best-effort archive of an instance the sweep
 	// terminates (SORTIE_SWEEP_ARCHIVE_TIMEOUT, default 20s).
 	SweepArchiveTimeout time.Duration
+	// SweepArchiveWindow is how long after its lease expired the sweep still tries to
+	// archive an instance's logs before terminating it; later it terminates at once
+	// (SORTIE_SWEEP_ARCHIVE_WINDOW, default 10m).
+	SweepArchiveWindow time.Duration
+	// MetricsFlush is how often the reaper's CloudWatch metrics (ArchiveFailures) are sent
+	// (SORTIE_METRICS_FLUSH, default 1s).
+	MetricsFlush time.Duration
 	// WaiterMinDelay and WaiterMaxDelay bound the polling of the terminated waiter
 	// (SORTIE_WAITER_MIN_DELAY default 2s, SORTIE_WAITER_MAX_DELAY default 30s).
 	WaiterMinDelay, WaiterMaxDelay time.Duration
@@ -82,6 +91,8 @@ func ConfigFromEnv() (Config, error) {
 		{"SORTIE_ARCHIVE_TIMEOUT", &cfg.ArchiveTimeout, DefaultArchiveTimeout},
 		{"SORTIE_SWEEP_INTERVAL", &cfg.SweepInterval, DefaultSweepInterval},
 		{"SORTIE_SWEEP_ARCHIVE_TIMEOUT", &cfg.SweepArchiveTimeout, DefaultSweepArchiveTimeout},
+		{"SORTIE_SWEEP_ARCHIVE_WINDOW", &cfg.SweepArchiveWindow, DefaultSweepArchiveWindow},
+		{"SORTIE_METRICS_FLUSH", &cfg.MetricsFlush, DefaultMetricsFlush},
 		{"SORTIE_WAITER_MIN_DELAY", &cfg.WaiterMinDelay, DefaultWaiterMinDelay},
 		{"SORTIE_WAITER_MAX_DELAY", &cfg.WaiterMaxDelay, DefaultWaiterMaxDelay},
 		{"SORTIE_TERMINATE_TIMEOUT", &cfg.TerminateTimeout, DefaultTerminateTimeout},
@@ -116,6 +127,8 @@ func (c Config) Validate() error {
 		{"SORTIE_ARCHIVE_TIMEOUT", c.ArchiveTimeout},
 		{"SORTIE_SWEEP_INTERVAL", c.SweepInterval},
 		{"SORTIE_SWEEP_ARCHIVE_TIMEOUT", c.SweepArchiveTimeout},
+		{"SORTIE_SWEEP_ARCHIVE_WINDOW", c.SweepArchiveWindow},
+		{"SORTIE_METRICS_FLUSH", c.MetricsFlush},
 		{"SORTIE_WAITER_MIN_DELAY", c.WaiterMinDelay},
 		{"SORTIE_WAITER_MAX_DELAY", c.WaiterMaxDelay},
 		{"SORTIE_TERMINATE_TIMEOUT", c.TerminateTimeout},
@@ -148,6 +161,8 @@ func (c Config) WithDefaults() Config {
 	setDur(&c.ArchiveTimeout, DefaultArchiveTimeout)
 	setDur(&c.SweepInterval, DefaultSweepInterval)
 	setDur(&c.SweepArchiveTimeout, DefaultSweepArchiveTimeout)
+	setDur(&c.SweepArchiveWindow, DefaultSweepArchiveWindow)
+	setDur(&c.MetricsFlush, DefaultMetricsFlush)
 	setDur(&c.WaiterMinDelay, DefaultWaiterMinDelay)
 	setDur(&c.WaiterMaxDelay, DefaultWaiterMaxDelay)
 	setDur(&c.TerminateTimeout, DefaultTerminateTimeout)

@@ -10,6 +10,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
@@ -21,20 +22,21 @@ func TestCheckLease(t *testing.T) {
 		return map[string]string{tags.LeaseExpires: at.Format(time.RFC3339)}
 	}
 	tests := []struct {
-		name    string
-		tg      map[string]string
-		launch  time.Time
-		expired bool
-		reason  string
+		name      string
+		tg        map[string]string
+		launch    time.Time
+		expired   bool
+		reason    string
+		expiredAt time.Time
 	}{
 		{name: "live lease", tg: lease(t0.Add(time.Minute)), launch: t0.Add(-2 * time.Hour), expired: false, reason: "lease live until 2025-06-01T12:01:00Z"},
-		{name: "expired lease", tg: lease(t0.Add(-time.Second)), launch: t0.Add(-time.Minute), expired: true, reason: "lease expired at 2025-06-01T11:59:59Z"},
+		{name: "expired lease", tg: lease(t0.Add(-time.Second)), launch: t0.Add(-time.Minute), expired: true, reason: "lease expired at 2025-06-01T11:59:59Z", expiredAt: t0.Add(-time.Second)},
 		{name: "lease ending now is still live", tg: lease(t0), launch: t0.Add(-2 * time.Hour), expired: false},
 		{name: "live lease in another zone", tg: map[string]string{tags.LeaseExpires: "2025-06-01T14:30:00+02:00"}, expired: false},
 		{name: "expired lease in another zone", tg: map[string]string{tags.LeaseExpires: "2025-06-01T13:30:00+02:00"}, expired: true},
 		{name: "a live lease wins over an old launch", tg: lease(t0.Add(time.Hour)), launch: t0.Add(-48 * time.Hour), expired: false},
 		{name: "missing lease, within TTL", tg: map[string]string{}, launch: t0.Add(-29 * time.Minute), expired: false, reason: "no lease tag; within TTL 30m0s"},
-		{name: "missing lease, past TTL", tg: map[string]string{}, launch: t0.Add(-31 * time.Minute), expired: true, reason: "no lease tag; launched 2025-06-01T11:29:00Z, TTL 30m0s ended at 2025-06-01T11:59:00Z"},
+		{name: "missing lease, past TTL", tg: map[string]string{}, launch: t0.Add(-31 * time.Minute), expired: true, reason: "no lease tag; launched 2025-06-01T11:29:00Z, TTL 30m0s ended at 2025-06-01T11:59:00Z", expiredAt: t0.Add(-time.Minute)},
 		{name: "garbage lease, within TTL", tg: map[string]string{tags.LeaseExpires: "tomorrow"}, launch: t0.Add(-time.Minute), expired: false, reason: `lease tag "tomorrow" does not parse`},
 		{name: "garbage lease, past TTL", tg: map[string]string{tags.LeaseExpires: "tomorrow"}, launch: t0.Add(-time.Hour), expired: true, reason: `lease tag "tomorrow" does not parse; launched`},
 		{name: "empty lease, past TTL", tg: map[string]string{tags.LeaseExpires: ""}, launch: t0.Add(-time.Hour), expired: true},
@@ -49,6 +51,56 @@ func TestCheckLease(t *testing.T) {
 			}
 			if !strings.HasPrefix(got.Reason, tt.reason) {
 				t.Fatalf("Reason = %q, want prefix %q", got.Reason, tt.reason)
+			}
+			if !tt.expiredAt.IsZero() && !got.ExpiredAt.Equal(tt.expiredAt) {
+				t.Fatalf("ExpiredAt = %s, want %s", got.ExpiredAt, tt.expiredAt)
+			}
+		})
+	}
+}
+
+func TestArchiveBeforeSweep(t *testing.T) {
+	const window = 10 * time.Minute
+	for _, tt := range []struct {
+		name      string
+		expiredAt time.Time
+		want      bool
+	}{
+		{"just expired: archive first", t0.Add(-time.Second), true},
+		{"at the end of the window: archive first", t0.Add(-window), true},
+		{"past the window: terminate at once", t0.Add(-window - time.Second), false},
+		{"long past (a reaper that kept dying while archiving): terminate at once", t0.Add(-48 * time.Hour), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ArchiveBeforeSweep(tt.expiredAt, t0, window); got != tt.want {
+				t.Fatalf("ArchiveBeforeSweep = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRefusal(t *testing.T) {
+	const stack, fleet = "prod", "job-1-r1"
+	for _, tt := range []struct {
+		name   string
+		tg     map[string]string
+		known  bool
+		reason string
+	}{
+		{"the fleet's in the stack", map[string]string{tags.Stack: stack, tags.Fleet: fleet}, true, ""},
+		{"unknown to EC2", nil, false, events.RefusedUnknown},
+		{"another stack's, same fleet id", map[string]string{tags.Stack: "staging", tags.Fleet: fleet}, true, events.RefusedOtherStack},
+		{"another stack's, empty value", map[string]string{tags.Stack: "", tags.Fleet: fleet}, true, events.RefusedOtherStack},
+		{"Sortie's tags but no stack", map[string]string{tags.JobID: "job-1", tags.Fleet: fleet}, true, events.RefusedUntagged},
+		{"a stranger's instance", map[string]string{tags.Name: "prod-db"}, true, events.RefusedUntagged},
+		{"the stack's, no fleet tag", map[string]string{tags.Stack: stack}, true, events.RefusedUntagged},
+		{"the stack's, another fleet", map[string]string{tags.Stack: stack, tags.Fleet: "job-2-r1"}, true, events.RefusedOtherFleet},
+		{"the stack's, an earlier revision of the fleet", map[string]string{tags.Stack: stack, tags.Fleet: "job-1-r0"}, true, events.RefusedOtherFleet},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Refusal(instance("i-00000001", t0, tt.tg), tt.known, stack, fleet)
+			if got.Reason != tt.reason || (tt.reason != "" && got.Detail == "") {
+				t.Fatalf("Refusal = %+v, want reason %q with a detail", got, tt.reason)
 			}
 		})
 	}

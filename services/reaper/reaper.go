@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"slices"
 	"strings"
 	"time"
@@ -21,11 +20,14 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sortie-fleet/sortie/pkg/archive"
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
@@ -52,17 +54,29 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		return fmt.Errorf("reaper: %w", err)
 	}
 	ec2c := ec2.NewFromConfig(deps.AWS)
+	batcher, err := metrics.NewBatcher(metrics.Config{API: metrics.NewClient(deps.AWS), FlushInterval: cfg.MetricsFlush, Logger: deps.Logger})
+	if err != nil {
+		return fmt.Errorf("reaper: %w", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := batcher.Close(ctx); err != nil {
+			deps.Logger.Error("flushing metrics at shutdown", "error", err.Error())
+		}
+	}()
 	st := &stage{
-		cfg:  cfg,
-		deps: deps,
-		ec2:  ec2c,
+		cfg:     cfg,
+		deps:    deps,
+		ec2:     ec2c,
+		metrics: batcher,
 		arch: &archiver{
 			dial:     dialRemote,
 			signer:   signer,
-			store:    store{api: s3c, bucket: cfg.Topology().BucketName(), kmsKeyID: cfg.KMSKeyID},
+			store:    archive.Store{API: s3c, Bucket: cfg.Topology().BucketName(), KMSKeyID: cfg.KMSKeyID},
 			maxBytes: cfg.ArchiveMaxBytes,
 		},
-		term:  terminator{api: ec2c, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
+		term:  terminator{api: ec2c, stack: cfg.Prefix, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
 		chain: &sweepChain{},
 	}
 	router, err := bus.NewRouter(bus.Config{
@@ -81,13 +95,21 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 
 // stage holds what the handlers need.
 type stage struct {
-	cfg   Config
-	deps  service.Deps
-	ec2   EC2API
-	arch  *archiver
-	term  terminator
-	chain *sweepChain
+	cfg     Config
+	deps    service.Deps
+	ec2     EC2API
+	metrics metricsSink
+	arch    *archiver
+	term    terminator
+	chain   *sweepChain
 }
+
+// metricsSink takes the reaper's CloudWatch data points.
+type metricsSink interface {
+	Add(d metrics.Datum)
+}
+
+var _ metricsSink = (*metrics.Batcher)(nil)
 
 // handleJobFinished: JobFinished → archive every instance's logs → terminate → FleetTerminated.
 func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
@@ -105,9 +127,13 @@ func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
 	return nil
 }
 
-// reap archives the logs of the fleet's instances and terminates them. An instance whose
-// logs cannot be archived is terminated all the same: nothing is leaked for a log. Its
-// errors (EC2 calls that failed) are transient; running it again is safe.
+// reap archives the logs of the fleet's instances and terminates them: those this stack
+// owns and the event's fleet owns (sortie:stack and sortie:fleet both match), whether the
+// event lists them or not. An instance the event lists that does not match is refused:
+// never archived, never terminated, and listed in FleetTerminated.Refused with the reason.
+// An instance whose logs cannot be archived is terminated all the same (nothing is leaked
+// for a log) and listed in ArchiveFailures. Its errors (EC2 calls that failed) are
+// transient; running it again is safe.
 func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTerminated, error) {
 	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
 	var fleetKey ssh.PublicKey
@@ -118,35 +144,38 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 		}
 		fleetKey = k
 	}
-	endpoints := map[string]string{}
+	listed := map[string]bool{}
 	var ids []string
 	for _, in := range ev.Instances {
-		endpoints[in.ID] = in.SSHEndpoint
+		listed[in.ID] = true
 		ids = append(ids, in.ID)
 	}
-	described, err := describeFleet(ctx, s.ec2, ev.FleetID, ids)
+	stack := s.cfg.Prefix
+	owned, err := describeFleet(ctx, s.ec2, stack, ev.FleetID, ids)
 	if err != nil {
 		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
-	all := slices.Clone(described)
-	for _, id := range ids {
-		if !slices.ContainsFunc(described, func(in ec2types.Instance) bool { return aws.ToString(in.InstanceId) == id }) {
-			all = append(all, ec2types.Instance{InstanceId: aws.String(id)}) // unknown to EC2 (long gone)
-		}
+	refused, err := s.refusals(ctx, stack, ev.FleetID, ids, owned)
+	if err != nil {
+		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
-	log.Info("reaping fleet", "instances", len(all), "outcome", ev.Outcome)
+	for _, r := range refused {
+		log.Warn("instance refused: not this fleet's in this stack; not archived, not terminated",
+			"instance", r.InstanceID, "reason", r.Reason, "detail", r.Detail)
+	}
+	log.Info("reaping fleet", "instances", len(owned), "refused", len(refused), "outcome", ev.Outcome)
 
-	archives := make([]*events.Archive, len(all))
+	results := make([]archiveResult, len(owned))
 	var g errgroup.Group
 	g.SetLimit(s.cfg.Concurrency)
-	for i, in := range all {
+	for i, in := range owned {
 		g.Go(func() error {
 			id := aws.ToString(in.InstanceId)
 			var key ssh.PublicKey
-			if _, listed := endpoints[id]; listed {
+			if listed[id] {
 				key = fleetKey
 			}
-			archives[i] = s.archiveInstance(ctx, log.With("instance", id), ev, in, endpoints[id], key)
+			results[i] = s.archiveInstance(ctx, log.With("instance", id), ev, in, key)
 			return nil
 		})
 	}
@@ -154,7 +183,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 
 	var live []string
 	final := map[string]ec2types.Instance{}
-	for _, in := range described {
+	for _, in := range owned {
 		id := aws.ToString(in.InstanceId)
 		final[id] = in
 		if stateOf(in) != ec2types.InstanceStateNameTerminated {
@@ -174,6 +203,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 		FleetID: ev.FleetID,
 		Outcome: ev.Outcome,
 		Reason:  ev.Reason,
+		Refused: refused,
 	}
 	var insts []ec2types.Instance
 	for _, id := range slices.Sorted(maps.Keys(final)) {
@@ -181,45 +211,126 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 		out.TerminatedInstanceIDs = append(out.TerminatedInstanceIDs, id)
 	}
 	out.InstanceSeconds = InstanceSeconds(insts, now)
-	for _, a := range archives {
-		if a != nil {
-			out.Archives = append(out.Archives, *a)
+	for i, r := range results {
+		switch {
+		case r.archive != nil:
+			out.Archives = append(out.Archives, *r.archive)
+		case r.err != nil:
+			out.ArchiveFailures = append(out.ArchiveFailures, events.ArchiveFailure{
+				InstanceID: aws.ToString(owned[i].InstanceId), Error: clipText(r.err.Error()),
+			})
 		}
 	}
 	slices.SortFunc(out.Archives, func(a, b events.Archive) int { return strings.Compare(a.InstanceID, b.InstanceID) })
+	slices.SortFunc(out.ArchiveFailures, func(a, b events.ArchiveFailure) int { return strings.Compare(a.InstanceID, b.InstanceID) })
 	log.Info("fleet terminated", "terminated", len(out.TerminatedInstanceIDs), "archives", len(out.Archives),
+		"archive_failures", len(out.ArchiveFailures), "refused", len(out.Refused),
 		"instance_seconds", out.InstanceSeconds, "newly_terminated", len(live))
 	return out, nil
 }
 
+// refusals says why each id of the event that is not among owned is refused. The ids are
+// described by id only to name the reason: nothing read here is archived, tagged or
+// terminated.
+func (s *stage) refusals(ctx context.Context, stack, fleetID string, ids []string, owned []ec2types.Instance) ([]events.RefusedInstance, error) {
+	var others []string
+	for _, id := range ids {
+		if !slices.ContainsFunc(owned, func(in ec2types.Instance) bool { return aws.ToString(in.InstanceId) == id }) {
+			others = append(others, id)
+		}
+	}
+	if len(others) == 0 {
+		return nil, nil
+	}
+	found := map[string]ec2types.Instance{}
+	for chunk := range slices.Chunk(others, maxFilterValues) {
+		more, err := describe(ctx, s.ec2, []ec2types.Filter{{Name: aws.String("instance-id"), Values: chunk}})
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range more {
+			found[aws.ToString(in.InstanceId)] = in
+		}
+	}
+	var out []events.RefusedInstance
+	for _, id := range others {
+		in, ok := found[id]
+		r := Refusal(in, ok, stack, fleetID)
+		r.InstanceID = id
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b events.RefusedInstance) int { return strings.Compare(a.InstanceID, b.InstanceID) })
+	return out, nil
+}
+
+// Refusal says why an instance (known to EC2 when known is set) is not the fleet's in the
+// stack: another stack's, untagged, another fleet's, or unknown. An instance that is the
+// fleet's in the stack gets an empty Reason.
+func Refusal(in ec2types.Instance, known bool, stack, fleetID string) events.RefusedInstance {
+	if !known {
+		return events.RefusedInstance{Reason: events.RefusedUnknown, Detail: "EC2 does not know it"}
+	}
+	tg := tagMap(in.Tags)
+	gotStack, hasStack := tg[tags.Stack]
+	gotFleet, hasFleet := tg[tags.Fleet]
+	switch {
+	case hasStack && gotStack != stack:
+		return events.RefusedInstance{Reason: events.RefusedOtherStack, Detail: clipText(fmt.Sprintf("%s is %q, this stack is %q", tags.Stack, gotStack, stack))}
+	case !hasStack:
+		return events.RefusedInstance{Reason: events.RefusedUntagged, Detail: "no " + tags.Stack + " tag"}
+	case !hasFleet:
+		return events.RefusedInstance{Reason: events.RefusedUntagged, Detail: "no " + tags.Fleet + " tag"}
+	case gotFleet != fleetID:
+		return events.RefusedInstance{Reason: events.RefusedOtherFleet, Detail: clipText(fmt.Sprintf("%s is %q, the event's fleet is %q", tags.Fleet, gotFleet, fleetID))}
+	}
+	return events.RefusedInstance{}
+}
+
+// clipText keeps a text within an event's limit for free text.
+func clipText(s string) string {
+	if len(s) > events.MaxTextBytes {
+		return strings.ToValidUTF8(s[:events.MaxTextBytes-3], "") + "..."
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+// archiveResult is one instance's archive, or why there is none.
+type archiveResult struct {
+	archive *events.Archive
+	err     error
+}
+
 // archiveInstance archives one instance's logs (.sortie and ev.Logs) if it is still
-// running, else finds the archive an earlier delivery made. It returns nil, having logged why, when the instance's
-// logs are not archived.
-func (s *stage) archiveInstance(ctx context.Context, log *slog.Logger, ev events.JobFinished, in ec2types.Instance, endpoint string, key ssh.PublicKey) *events.Archive {
+// running, else finds the archive an earlier delivery made. A failure is logged and
+// counted in the reaper's ArchiveFailures metric.
+func (s *stage) archiveInstance(ctx context.Context, log *slog.Logger, ev events.JobFinished, in ec2types.Instance, key ssh.PublicKey) archiveResult {
 	id := aws.ToString(in.InstanceId)
 	objKey := ArchiveKey(ev.JobID, id)
 	state := stateOf(in)
 	var archErr error
 	if state == ec2types.InstanceStateNameRunning || state == ec2types.InstanceStateNamePending {
-		t := s.target(ctx, log, in, ev.JobID, ev.Template, endpoint, key)
-		t.Logs = ev.Logs
-		arch, err := s.arch.archive(ctx, t, s.cfg.ArchiveTimeout)
+		t, err := s.target(ctx, log, in, ev.JobID, ev.Template, key)
 		if err == nil {
-			log.Info("logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
-			return &arch
+			t.Logs = ev.Logs
+			var arch events.Archive
+			if arch, err = s.arch.archive(ctx, t, s.cfg.ArchiveTimeout); err == nil {
+				log.Info("logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+				return archiveResult{archive: &arch}
+			}
 		}
 		archErr = err
 	} else {
 		archErr = fmt.Errorf("instance is %s", orUnknown(string(state)))
 	}
 	// A previous delivery of this JobFinished may have archived the logs already.
-	if arch, err := s.arch.store.verify(ctx, objKey, -1); err == nil {
+	if arch, err := s.arch.store.Verify(ctx, objKey, -1); err == nil {
 		arch.InstanceID = id
 		log.Info("logs archived earlier", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes, "archive_error", archErr.Error())
-		return &arch
+		return archiveResult{archive: &arch}
 	}
 	log.Error("logs not archived; terminating the instance anyway", "error", archErr.Error())
-	return nil
+	s.metrics.Add(metrics.ArchiveFailed(s.cfg.Prefix))
+	return archiveResult{err: archErr}
 }
 
 func orUnknown(s string) string {
@@ -229,10 +340,10 @@ func orUnknown(s string) string {
 	return s
 }
 
-// target says how to reach an instance: the event's endpoint, else its sortie:ssh-endpoint
-// tag, else its private IP on port 22; the fleet's pinned host key, else the one its
-// console output shows.
-func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instance, jobID, template, endpoint string, key ssh.PublicKey) target {
+// target says how to reach an instance: its address as EC2 describes it (pkg/sshaddr:
+// never from an event; the local cloud's endpoint tag only in local mode); the fleet's
+// pinned host key, else the one its console output shows.
+func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instance, jobID, template string, key ssh.PublicKey) (target, error) {
 	tg := tagMap(in.Tags)
 	id := aws.ToString(in.InstanceId)
 	if jobID == "" {
@@ -241,13 +352,11 @@ func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instan
 	if template == "" {
 		template = tg[tags.Template]
 	}
-	t := target{InstanceID: id, JobID: jobID, Addr: endpoint, User: s.userFor(template), HostKey: key}
-	if t.Addr == "" {
-		t.Addr = tg[tags.SSHEndpoint]
+	addr, err := sshaddr.Mode{Local: s.cfg.LocalMode}.Of(in)
+	if err != nil {
+		return target{}, err
 	}
-	if t.Addr == "" && aws.ToString(in.PrivateIpAddress) != "" {
-		t.Addr = net.JoinHostPort(aws.ToString(in.PrivateIpAddress), "22")
-	}
+	t := target{InstanceID: id, JobID: jobID, Addr: addr, User: s.userFor(template), HostKey: key}
 	if t.HostKey == nil {
 		k, err := consoleHostKey(ctx, s.ec2, id)
 		if err != nil {
@@ -255,7 +364,7 @@ func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instan
 		}
 		t.HostKey = k
 	}
-	return t
+	return t, nil
 }
 
 // userFor is the login user of a template, opsconfig.DefaultUser for an unknown one (the
@@ -314,15 +423,20 @@ func (s *stage) handleTimer(ctx context.Context, m *bus.Message) error {
 	return nil
 }
 
-// sweep terminates, after a best-effort archive, every Sortie instance whose lease has
-// expired, and none whose lease is live: leases are checked again just before terminating.
+// sweep terminates every instance of the stack whose lease has expired, and none whose
+// lease is live: leases are checked again just before terminating. Within
+// SweepArchiveWindow of the expiry it first tries to archive the logs (for at most
+// SweepArchiveTimeout); later it terminates without trying, so an archive that keeps
+// failing (or a reaper that keeps dying while archiving) never keeps an instance alive.
 func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
-	insts, err := describe(ctx, s.ec2, sweepFilters())
+	stack := s.cfg.Prefix
+	insts, err := describe(ctx, s.ec2, sweepFilters(stack))
 	if err != nil {
 		log.Error("sweep", "error", err.Error())
 		return
 	}
-	expired := SelectExpired(insts, s.deps.Now(), s.ttlFor)
+	now := s.deps.Now()
+	expired := SelectExpired(insts, now, s.ttlFor)
 	log.Debug("sweep", "instances", len(insts), "expired", len(expired))
 	if len(expired) == 0 {
 		return
@@ -333,12 +447,21 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 		g.Go(func() error {
 			l := log.With("instance", aws.ToString(x.Instance.InstanceId), "job_id", tagMap(x.Instance.Tags)[tags.JobID])
 			l.Warn("sweeping instance", "reason", x.Reason)
-			t := s.target(ctx, l, x.Instance, "", "", "", nil)
-			if arch, err := s.arch.archive(ctx, t, s.cfg.SweepArchiveTimeout); err != nil {
-				l.Warn("sweep: logs not archived", "error", err.Error())
-			} else {
-				l.Info("sweep: logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+			if !ArchiveBeforeSweep(x.ExpiredAt, now, s.cfg.SweepArchiveWindow) {
+				l.Warn("sweep: logs not archived: expired longer ago than the archive window", "window", s.cfg.SweepArchiveWindow.String())
+				s.metrics.Add(metrics.ArchiveFailed(stack))
+				return nil
 			}
+			t, err := s.target(ctx, l, x.Instance, "", "", nil)
+			if err == nil {
+				var arch events.Archive
+				if arch, err = s.arch.archive(ctx, t, s.cfg.SweepArchiveTimeout); err == nil {
+					l.Info("sweep: logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+					return nil
+				}
+			}
+			l.Warn("sweep: logs not archived", "error", err.Error())
+			s.metrics.Add(metrics.ArchiveFailed(stack))
 			return nil
 		})
 	}
@@ -350,7 +473,7 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 	}
 	var fresh []ec2types.Instance
 	for chunk := range slices.Chunk(ids, maxFilterValues) {
-		more, err := describe(ctx, s.ec2, append(sweepFilters(), ec2types.Filter{Name: aws.String("instance-id"), Values: chunk}))
+		more, err := describe(ctx, s.ec2, append(sweepFilters(stack), ec2types.Filter{Name: aws.String("instance-id"), Values: chunk}))
 		if err != nil {
 			log.Error("sweep: checking leases again", "error", err.Error())
 			return
@@ -359,6 +482,9 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 	}
 	var doomed []string
 	for _, x := range SelectExpired(fresh, s.deps.Now(), s.ttlFor) {
+		if tagMap(x.Instance.Tags)[tags.Stack] != stack {
+			continue // the filter said so; checked again, as a wrong answer must not reap
+		}
 		doomed = append(doomed, aws.ToString(x.Instance.InstanceId))
 	}
 	if _, err := s.term.terminate(ctx, doomed, false); err != nil {
@@ -368,4 +494,10 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 	if len(doomed) > 0 {
 		log.Warn("sweep terminated instances with expired leases", "instances", doomed)
 	}
+}
+
+// ArchiveBeforeSweep says whether the sweep still tries to archive an instance whose lease
+// expired at expiredAt: only within window of it.
+func ArchiveBeforeSweep(expiredAt, now time.Time, window time.Duration) bool {
+	return !now.After(expiredAt.Add(window))
 }

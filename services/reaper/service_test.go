@@ -3,6 +3,8 @@ package reaper_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -10,13 +12,17 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
+	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 	"github.com/sortie-fleet/sortie/services/reaper"
@@ -32,24 +38,47 @@ func TestReaper(t *testing.T) {
 	otherUserData := cloudtest.NewHostKey(t).UserData
 	live := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 
-	// The fleet: A and B reachable, C listed with an endpoint nobody answers on, D tagged
-	// with the fleet (an earlier plan revision, another host key) but not in the event.
-	fleet := e.launch(3, userData, map[string]string{tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live})
-	extra := e.launch(1, otherUserData, map[string]string{tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live})
-	a, b, c, d := fleet[0], fleet[1], fleet[2], extra[0]
-	// The sweep's instances: an expired lease, a live one, none (launched now), garbage.
+	// The fleet: A and B reachable, C listed but presenting another host key than the
+	// fleet's (its archive fails), D tagged with the fleet (an earlier plan revision, another
+	// host key) but not in the event.
+	stack := e.Topology.Prefix
+	fleetTags := map[string]string{tags.Stack: stack, tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live}
+	fleet := e.launch(2, userData, fleetTags)
+	extra := e.launch(2, otherUserData, fleetTags)
+	a, b, c, d := fleet[0], fleet[1], extra[0], extra[1]
+	// Instances the event names that are not the fleet's in this stack: never touched.
+	with := func(m map[string]string, k, v string) map[string]string {
+		out := maps.Clone(m)
+		if v == "" {
+			delete(out, k)
+		} else {
+			out[k] = v
+		}
+		return out
+	}
+	otherFleet := e.launch(1, userData, with(fleetTags, tags.Fleet, "job-other"))[0]
+	otherStack := e.launch(1, userData, with(fleetTags, tags.Stack, "t-someone-else"))[0]
+	noStack := e.launch(1, userData, with(fleetTags, tags.Stack, ""))[0]
+	prodDB := e.launch(1, userData, map[string]string{tags.Name: "prod-db"})[0]
+	const unknown = "i-0000000000000dead"
+	// The sweep's instances: an expired lease, a live one, none (launched now), garbage;
+	// and expired leases on instances of another stack and of no stack.
 	sweepTags := func(lease string) map[string]string {
-		m := map[string]string{tags.JobID: "job-sweep", tags.Fleet: "job-sweep"}
+		m := map[string]string{tags.Stack: stack, tags.JobID: "job-sweep", tags.Fleet: "job-sweep"}
 		if lease != "" {
 			m[tags.LeaseExpires] = lease
 		}
 		return m
 	}
-	expired := e.launch(1, userData, sweepTags(time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)))[0]
+	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	expired := e.launch(1, userData, sweepTags(past))[0]
 	leased := e.launch(1, userData, sweepTags(live))[0]
 	unleased := e.launch(1, userData, sweepTags(""))[0]
 	garbage := e.launch(1, userData, sweepTags("next tuesday"))[0]
-	for _, in := range []events.InstanceRef{a, b, c, d, expired} {
+	expiredOtherStack := e.launch(1, userData, with(sweepTags(past), tags.Stack, "t-someone-else"))[0]
+	expiredNoStack := e.launch(1, userData, with(sweepTags(past), tags.Stack, ""))[0]
+	untouched := []events.InstanceRef{otherFleet, otherStack, noStack, prodDB, expiredOtherStack, expiredNoStack}
+	for _, in := range []events.InstanceRef{a, b, c, d, expired, expiredOtherStack, expiredNoStack} {
 		e.writeLog(in.ID, "log of "+in.ID+"\n")
 	}
 	// A workload log outside .sortie, named in JobFinished.Logs: written on A only (a
@@ -67,16 +96,82 @@ func TestReaper(t *testing.T) {
 		Reason:          "worker exited with status 1 on " + b.ID,
 		FailingInstance: b.ID,
 		LogTail:         []string{"boom"},
-		Instances:       []events.InstanceRef{a, b, {ID: c.ID, SSHEndpoint: bogus}},
-		HostKey:         hostKey,
-		KeyName:         e.key.Name,
-		Logs:            []string{"logs/resize.log"},
-		TasksSucceeded:  10,
-		TasksFailed:     1,
+		// The event's endpoints are never used: A's points nowhere, yet A is archived.
+		Instances:      []events.InstanceRef{{ID: a.ID, SSHEndpoint: bogus}, b, c, otherFleet, otherStack, noStack, prodDB, {ID: unknown, SSHEndpoint: bogus}},
+		HostKey:        hostKey,
+		KeyName:        e.key.Name,
+		Logs:           []string{"logs/resize.log"},
+		TasksSucceeded: 10,
+		TasksFailed:    1,
 	}
+	allIDs := sortedIDs(a, b, c, d)
+	// EC2 states a termination time in whole seconds: let the fleet live two of them, so
+	// that its instance-seconds cannot round to nothing.
+	cloudtest.Eventually(t, 10*time.Second, func() error {
+		for _, l := range e.launchTimes(allIDs...) {
+			if time.Since(l) < 2*time.Second {
+				return errors.New("the fleet is younger than 2s")
+			}
+		}
+		return nil
+	})
 	e.Publish(t, ev)
 	got := e.receive(t, out, "job-reap")
-	allIDs := sortedIDs(a, b, c, d)
+
+	t.Run("instances not the fleet's in this stack: refused with the reason, untouched", func(t *testing.T) {
+		want := []events.RefusedInstance{
+			{InstanceID: otherFleet.ID, Reason: events.RefusedOtherFleet},
+			{InstanceID: otherStack.ID, Reason: events.RefusedOtherStack},
+			{InstanceID: noStack.ID, Reason: events.RefusedUntagged},
+			{InstanceID: prodDB.ID, Reason: events.RefusedUntagged},
+			{InstanceID: unknown, Reason: events.RefusedUnknown},
+		}
+		slices.SortFunc(want, func(x, y events.RefusedInstance) int { return strings.Compare(x.InstanceID, y.InstanceID) })
+		if len(got.Refused) != len(want) {
+			t.Fatalf("Refused = %+v, want %+v", got.Refused, want)
+		}
+		for i, r := range got.Refused {
+			if r.InstanceID != want[i].InstanceID || r.Reason != want[i].Reason || r.Detail == "" {
+				t.Errorf("Refused[%d] = %+v, want %+v with a detail", i, r, want[i])
+			}
+		}
+		for id, st := range e.states(sortedIDs(untouched...)...) {
+			if st != ec2types.InstanceStateNameRunning {
+				t.Errorf("instance %s, not this fleet's in this stack, is %s", id, st)
+			}
+		}
+		for _, in := range untouched[:4] {
+			if _, err := e.S3.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey("job-reap", in.ID))}); err == nil {
+				t.Errorf("instance %s, refused, was archived", in.ID)
+			}
+		}
+	})
+
+	t.Run("the failed archive is in the event and in the metric", func(t *testing.T) {
+		if len(got.ArchiveFailures) != 1 || got.ArchiveFailures[0].InstanceID != c.ID || !strings.Contains(got.ArchiveFailures[0].Error, "host key mismatch") {
+			t.Fatalf("ArchiveFailures = %+v, want %s's host key mismatch", got.ArchiveFailures, c.ID)
+		}
+		cw := metrics.NewClient(e.AWS)
+		cloudtest.Eventually(t, 20*time.Second, func() error {
+			st, err := cw.GetMetricStatistics(t.Context(), &cloudwatch.GetMetricStatisticsInput{
+				Namespace: aws.String(metrics.Namespace), MetricName: aws.String(metrics.ArchiveFailures),
+				Dimensions: []cwtypes.Dimension{{Name: aws.String(metrics.DimStack), Value: aws.String(stack)}},
+				StartTime:  aws.Time(time.Now().Add(-time.Hour)), EndTime: aws.Time(time.Now().Add(time.Hour)),
+				Period: aws.Int32(60), Statistics: []cwtypes.Statistic{cwtypes.StatisticSum},
+			})
+			if err != nil {
+				return err
+			}
+			var sum float64
+			for _, p := range st.Datapoints {
+				sum += aws.ToFloat64(p.Sum)
+			}
+			if sum < 1 {
+				return fmt.Errorf("%s of stack %s = %v, want at least 1", metrics.ArchiveFailures, stack, sum)
+			}
+			return nil
+		})
+	})
 
 	t.Run("every instance terminated", func(t *testing.T) {
 		if !slices.Equal(got.TerminatedInstanceIDs, allIDs) {
@@ -90,7 +185,7 @@ func TestReaper(t *testing.T) {
 	})
 
 	t.Run("archives are valid tar.gz with the worker log and the logs outside .sortie, SSE aws:kms", func(t *testing.T) {
-		want := sortedIDs(a, b, d) // C could not be reached
+		want := sortedIDs(a, b, d) // C's host key is not the fleet's
 		var ids []string
 		for _, arch := range got.Archives {
 			ids = append(ids, arch.InstanceID)
@@ -173,6 +268,16 @@ func TestReaper(t *testing.T) {
 				t.Errorf("instance %s with a live lease is %s", id, st)
 			}
 		}
+		for id, st := range e.states(expiredOtherStack.ID, expiredNoStack.ID) {
+			if st != ec2types.InstanceStateNameRunning {
+				t.Errorf("instance %s with an expired lease outside the stack is %s", id, st)
+			}
+		}
+		for _, in := range []events.InstanceRef{expiredOtherStack, expiredNoStack} {
+			if _, err := e.S3.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey("job-sweep", in.ID))}); err == nil {
+				t.Errorf("instance %s outside the stack was archived by the sweep", in.ID)
+			}
+		}
 		body, _ := cloudtest.Download(t, e.S3, e.Topology.BucketName(), "logs/job-sweep/"+expired.ID+".tar.gz")
 		if log := cloudtest.Untar(t, body)[".sortie/worker/worker.log"]; log != "log of "+expired.ID+"\n" {
 			t.Errorf("the swept instance's archive holds %q", log)
@@ -199,7 +304,7 @@ func (e *env) start() {
 	t.Helper()
 	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
 	cfg := reaper.Config{
-		Base:                service.Base{Prefix: e.Topology.Prefix},
+		Base:                service.Base{Prefix: e.Topology.Prefix, LocalMode: true},
 		SSHKey:              e.key.Path,
 		ArchiveTimeout:      1500 * time.Millisecond,
 		SweepInterval:       time.Second,
@@ -208,6 +313,7 @@ func (e *env) start() {
 		WaiterMaxDelay:      500 * time.Millisecond,
 		TerminateTimeout:    20 * time.Second,
 		PollWait:            time.Second,
+		MetricsFlush:        200 * time.Millisecond,
 	}
 	e.Serve(t, func(ctx context.Context) error {
 		return reaper.Run(ctx, cfg, e.Deps(ops))

@@ -25,8 +25,9 @@ const (
 
 // Lease is the verdict on one instance's lease.
 type Lease struct {
-	Expired bool
-	Reason  string // for the logs
+	Expired   bool
+	ExpiredAt time.Time // when the lease (or the TTL) ended, if Expired
+	Reason    string    // for the logs
 }
 
 // CheckLease decides whether an instance may be swept. An instance is expired when its
@@ -38,7 +39,7 @@ func CheckLease(tg map[string]string, launch, now time.Time, ttl time.Duration) 
 	if ok {
 		if exp, err := time.Parse(time.RFC3339, raw); err == nil {
 			if now.After(exp) {
-				return Lease{Expired: true, Reason: fmt.Sprintf("lease expired at %s", exp.UTC().Format(time.RFC3339))}
+				return Lease{Expired: true, ExpiredAt: exp, Reason: fmt.Sprintf("lease expired at %s", exp.UTC().Format(time.RFC3339))}
 			}
 			return Lease{Reason: fmt.Sprintf("lease live until %s", exp.UTC().Format(time.RFC3339))}
 		}
@@ -52,7 +53,7 @@ func CheckLease(tg map[string]string, launch, now time.Time, ttl time.Duration) 
 	}
 	end := launch.Add(ttl)
 	if now.After(end) {
-		return Lease{Expired: true, Reason: fmt.Sprintf("%s; launched %s, TTL %s ended at %s", why, launch.UTC().Format(time.RFC3339), ttl, end.UTC().Format(time.RFC3339))}
+		return Lease{Expired: true, ExpiredAt: end, Reason: fmt.Sprintf("%s; launched %s, TTL %s ended at %s", why, launch.UTC().Format(time.RFC3339), ttl, end.UTC().Format(time.RFC3339))}
 	}
 	return Lease{Reason: fmt.Sprintf("%s; within TTL %s of its launch until %s", why, ttl, end.UTC().Format(time.RFC3339))}
 }
@@ -75,8 +76,9 @@ func tagMap(tg []ec2types.Tag) map[string]string {
 
 // Expired is an instance the sweep terminates, and why.
 type Expired struct {
-	Instance ec2types.Instance
-	Reason   string
+	Instance  ec2types.Instance
+	ExpiredAt time.Time
+	Reason    string
 }
 
 // SelectExpired returns the instances whose lease has expired at now; ttl gives the TTL
@@ -86,15 +88,16 @@ func SelectExpired(insts []ec2types.Instance, now time.Time, ttl func(tg map[str
 	for _, in := range insts {
 		tg := tagMap(in.Tags)
 		if l := CheckLease(tg, aws.ToTime(in.LaunchTime), now, ttl(tg)); l.Expired {
-			out = append(out, Expired{Instance: in, Reason: l.Reason})
+			out = append(out, Expired{Instance: in, ExpiredAt: l.ExpiredAt, Reason: l.Reason})
 		}
 	}
 	return out
 }
 
-// sweepFilters select Sortie's instances that are still pending or running.
-func sweepFilters() []ec2types.Filter {
+// sweepFilters select the stack's Sortie instances that are still pending or running.
+func sweepFilters(stack string) []ec2types.Filter {
 	return []ec2types.Filter{
+		stackFilter(stack),
 		{Name: aws.String("tag-key"), Values: []string{tags.JobID}},
 		{Name: aws.String("instance-state-name"), Values: []string{"pending", "running"}},
 	}

@@ -45,15 +45,24 @@ func describe(ctx context.Context, api EC2API, filters []ec2types.Filter) ([]ec2
 	return out, nil
 }
 
-// describeFleet returns the fleet's instances, in every state: those tagged with the fleet
-// id and those the event names (found by filter, so an id EC2 no longer knows is no error).
-func describeFleet(ctx context.Context, api EC2API, fleetID string, ids []string) ([]ec2types.Instance, error) {
-	found, err := describe(ctx, api, []ec2types.Filter{{Name: aws.String("tag:" + tags.Fleet), Values: []string{fleetID}}})
+// stackFilter selects what the stack owns: every DescribeInstances of the reaper has it.
+func stackFilter(stack string) ec2types.Filter {
+	return ec2types.Filter{Name: aws.String("tag:" + tags.Stack), Values: []string{stack}}
+}
+
+// describeFleet returns the fleet's instances in the stack, in every state: those tagged
+// with both the stack and the fleet id, whether the event named them (ids) or not. An id
+// of ids that is not among them is not the fleet's in this stack.
+func describeFleet(ctx context.Context, api EC2API, stack, fleetID string, ids []string) ([]ec2types.Instance, error) {
+	owned := []ec2types.Filter{stackFilter(stack), {Name: aws.String("tag:" + tags.Fleet), Values: []string{fleetID}}}
+	found, err := describe(ctx, api, owned)
 	if err != nil {
 		return nil, err
 	}
+	// The fleet tag filter finds the ids as well; asking for them by id too costs one call
+	// and keeps a paginated or eventually consistent listing from missing one.
 	for chunk := range slices.Chunk(ids, maxFilterValues) {
-		more, err := describe(ctx, api, []ec2types.Filter{{Name: aws.String("instance-id"), Values: chunk}})
+		more, err := describe(ctx, api, append(slices.Clone(owned), ec2types.Filter{Name: aws.String("instance-id"), Values: chunk}))
 		if err != nil {
 			return nil, err
 		}
@@ -63,10 +72,12 @@ func describeFleet(ctx context.Context, api EC2API, fleetID string, ids []string
 	var out []ec2types.Instance
 	for _, in := range found {
 		id := aws.ToString(in.InstanceId)
-		if !seen[id] {
-			seen[id] = true
-			out = append(out, in)
+		tg := tagMap(in.Tags)
+		if seen[id] || tg[tags.Stack] != stack || tg[tags.Fleet] != fleetID {
+			continue // the filters said so; checked again, as a wrong answer must not reap
 		}
+		seen[id] = true
+		out = append(out, in)
 	}
 	slices.SortFunc(out, compareIDs)
 	return out, nil
@@ -86,6 +97,7 @@ func stateOf(in ec2types.Instance) ec2types.InstanceStateName {
 // terminator terminates instances and waits for them.
 type terminator struct {
 	api                EC2API
+	stack              string // the waiter describes only the stack's instances
 	minDelay, maxDelay time.Duration
 	timeout            time.Duration
 }
@@ -109,7 +121,7 @@ func (t terminator) terminate(ctx context.Context, ids []string, wait bool) ([]e
 	})
 	var out []ec2types.Instance
 	for chunk := range slices.Chunk(ids, 1000) {
-		desc, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: chunk}, t.timeout)
+		desc, err := w.WaitForOutput(ctx, &ec2.DescribeInstancesInput{InstanceIds: chunk, Filters: []ec2types.Filter{stackFilter(t.stack)}}, t.timeout)
 		if err != nil {
 			return nil, fmt.Errorf("waiting for %d instances to terminate: %w", len(chunk), err)
 		}
