@@ -113,7 +113,6 @@ type Cloud struct {
 	tokens       map[string]clientTokenRecord
 	keyPairs     map[string]*keyPair // by name
 	network      *network
-	nextIP       uint32
 	capacity     map[string]int
 	throttle     throttleState
 }
