@@ -204,3 +204,28 @@ func TestGate(t *testing.T) {
 		t.Errorf("limit after 3 fast handshakes = %d, want 5", got)
 	}
 }
+
+// TestGateSkipsUnreachableHosts: connects that fail (an instance still booting) neither
+// hold the gate nor narrow it; only handshakes do.
+func TestGateSkipsUnreachableHosts(t *testing.T) {
+	g := remote.NewGate(1, 4, time.Second)
+	cfg := startInstance(t, "").cfg
+	cfg.Addr = cloudtest.FreeAddr(t) // nothing listens: refused
+	cfg.Gate = g
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := remote.Dial(ctx, cfg); err == nil {
+		t.Fatal("Dial to a closed port succeeded")
+	}
+	if got := g.Limit(); got != 4 {
+		t.Errorf("limit %d after refused connects, want 4 (unchanged)", got)
+	}
+	for range 4 { // every slot is free
+		short, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := g.Acquire(short)
+		cancel()
+		if err != nil {
+			t.Fatalf("a slot is held after refused connects: %v", err)
+		}
+	}
+}

@@ -134,16 +134,7 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 	var last error
 	c, err := backoff.Retry(ctx, func() (*ssh.Client, error) {
 		attempts++
-		if cfg.Gate != nil {
-			if err := cfg.Gate.Acquire(ctx); err != nil {
-				return nil, backoff.Permanent(err)
-			}
-		}
-		t0 := time.Now()
-		c, err := dialOnce(ctx, cfg.Addr, ccfg, timeouts)
-		if cfg.Gate != nil {
-			cfg.Gate.Release(time.Since(t0), err)
-		}
+		c, err := dialOnce(ctx, cfg.Addr, ccfg, timeouts, cfg.Gate)
 		if err != nil {
 			if ctx.Err() != nil {
 				// Cut short by the caller's context: no attempt's verdict, and no retry. The
@@ -191,13 +182,23 @@ var errHandshakeDeadline = fmt.Errorf("ssh handshake completed at its deadline: 
 // is handed out; a connection whose deadline may have fired under the transport's reader
 // (the handshake finished just as it expired) is closed and reported as a timeout, so the
 // caller redials instead of getting a dead connection.
-func dialOnce(ctx context.Context, addr string, ccfg *ssh.ClientConfig, t attemptTimeouts) (*ssh.Client, error) {
+func dialOnce(ctx context.Context, addr string, ccfg *ssh.ClientConfig, t attemptTimeouts, gate *Gate) (_ *ssh.Client, err error) {
 	dialCtx, cancelDial := context.WithTimeout(ctx, t.connect)
 	var d net.Dialer
 	conn, err := d.DialContext(dialCtx, "tcp", addr)
 	cancelDial()
 	if err != nil {
 		return nil, err
+	}
+	// Only the handshake passes the gate: an instance still booting (refused or silent
+	// connects) says nothing about how loaded the handshakes are.
+	if gate != nil {
+		if err := gate.Acquire(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		t0 := time.Now()
+		defer func() { gate.Release(time.Since(t0), err) }()
 	}
 	hsCtx, cancel := context.WithTimeout(ctx, t.handshake)
 	defer cancel()
