@@ -31,6 +31,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 	"github.com/sortie-fleet/sortie/pkg/watch"
 	"github.com/sortie-fleet/sortie/services/bootstrapper"
 	"github.com/sortie-fleet/sortie/services/monitor"
@@ -63,8 +64,16 @@ type Options struct {
 	OnExec func(instanceID, command string)
 	// SSH is the instances' SSH server (localcloud.SSHEmbedded, the default, or
 	// localcloud.SSHOpenSSH). With OpenSSH every template logs in as the user the stack runs
-	// as: an sshd started by that user can authenticate no other.
+	// as: an sshd started by that user can authenticate no other. With Cloud set, say
+	// which server that cloud runs.
 	SSH string
+	// HTTPAddr is where each service serves /healthz, /readyz and /metrics, each on a
+	// listener of its own (default 127.0.0.1:0: a free port each); "-": not served.
+	HTTPAddr string
+	// Cloud, if set, is a local cloud the stack shares with others (tests of several stacks
+	// in one account): the stack uses it and leaves it running on Close; Addr, DataDir,
+	// WorkerCommand, WorkerEnv and OnExec are then the cloud's business.
+	Cloud *localcloud.Cloud
 }
 
 // Stack is a running Sortie on the local cloud.
@@ -81,6 +90,11 @@ type Stack struct {
 	Publisher *bus.Publisher
 	// SSHKey is where the services read the instances' login key: s3://<prefix>-secrets/keys/<name>.pem.
 	SSHKey string
+	// Endpoints is each service's health and metrics base URL (http://host:port), by
+	// service, in the order the services start; empty when not served.
+	Endpoints []Endpoint
+	// Telemetry is each service's metrics and readiness, by service name.
+	Telemetry map[string]*telemetry.Telemetry
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -120,6 +134,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		}
 		opts.Ops = &ops
 	}
+	if opts.HTTPAddr == "" {
+		opts.HTTPAddr = "127.0.0.1:0"
+	}
 	s := &Stack{Topology: bus.Topology{Prefix: opts.Prefix}, Ops: opts.Ops}
 	defer func() {
 		if err != nil {
@@ -140,14 +157,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	env := append([]string{"PATH=" + s.binDir + ":/usr/local/bin:/usr/bin:/bin"}, opts.WorkerEnv...)
 
-	s.Cloud, err = localcloud.New(localcloud.Options{
-		Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
-		BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec, SSH: opts.SSH,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("starting local cloud: %w", err)
+	if s.Cloud = opts.Cloud; s.Cloud == nil {
+		s.Cloud, err = localcloud.New(localcloud.Options{
+			Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
+			BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec, SSH: opts.SSH,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("starting local cloud: %w", err)
+		}
+		s.closers = append(s.closers, s.Cloud.Close)
 	}
-	s.closers = append(s.closers, s.Cloud.Close)
 	s.AWS = awsx.ForEndpoint(s.Cloud.URL())
 	s.EC2 = ec2.NewFromConfig(s.AWS)
 	s.S3 = s3.NewFromConfig(s.AWS, awsx.S3Options(s.AWS))
@@ -202,6 +221,7 @@ func (s *Stack) startServices(opts Options) error {
 				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, PollWait: time.Second, SweepInterval: 10 * time.Second}, d)
 		}},
 	}
+	s.Telemetry = map[string]*telemetry.Telemetry{}
 	for _, sv := range services {
 		logger := opts.Logger.With("service", sv.name)
 		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
@@ -209,8 +229,23 @@ func (s *Stack) startServices(opts Options) error {
 			return err
 		}
 		s.closers = append(s.closers, pub.Close)
-		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now}
+		tel := telemetry.New(sv.name)
+		tel.ConfigLoaded(nil)
+		s.Telemetry[sv.name] = tel
+		if opts.HTTPAddr != "-" {
+			srv, err := telemetry.Listen(tel, opts.HTTPAddr, logger)
+			if err != nil {
+				return err
+			}
+			s.closers = append(s.closers, srv.Close)
+			s.Endpoints = append(s.Endpoints, Endpoint{Service: sv.name, URL: srv.URL()})
+		}
+		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel}
 		s.wg.Add(1)
+		go func() {
+			<-ctx.Done() // Close: not ready while draining
+			tel.Drain()
+		}()
 		go func() {
 			defer s.wg.Done()
 			if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
@@ -224,6 +259,12 @@ func (s *Stack) startServices(opts Options) error {
 	return nil
 }
 
+// Endpoint is where one service serves /healthz, /readyz and /metrics.
+type Endpoint struct {
+	Service string
+	URL     string // http://host:port
+}
+
 // Err reports services that stopped on their own (nil while all run).
 func (s *Stack) Err() error {
 	s.mu.Lock()
@@ -231,8 +272,8 @@ func (s *Stack) Err() error {
 	return errors.Join(s.errs...)
 }
 
-// Close stops the services (letting in-flight handlers finish), then the local cloud,
-// which terminates every instance still running.
+// Close stops the services (letting in-flight handlers finish), then the local cloud
+// unless it was given (Options.Cloud), which terminates every instance still running.
 func (s *Stack) Close() error {
 	if s.cancel != nil {
 		s.cancel()

@@ -23,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Files the bootstrapper writes on every instance, relative to the login directory.
@@ -160,6 +161,7 @@ type runner struct {
 	handshakeTimeout time.Duration
 	prefix           string
 	now              func() time.Time
+	metrics          *telemetry.Telemetry // step durations; nil records nothing
 }
 
 // newGate is the fleet's handshake gate: as wide as the fleet's concurrency at first,
@@ -279,6 +281,11 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 			res.Steps = []events.StepResult{{Name: AlreadyBootstrapped, DurationMS: sr.DurationMS}}
 			return res
 		}
+		stepErr := err
+		if stepErr == nil && out.ExitCode != 0 {
+			stepErr = fmt.Errorf("exit status %d", out.ExitCode)
+		}
+		r.metrics.BootstrapStep(st.Kind, r.now().Sub(t), stepErr)
 		if err != nil || out.ExitCode != 0 {
 			if err != nil {
 				sr.ExitCode = -1
