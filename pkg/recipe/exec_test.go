@@ -193,12 +193,20 @@ func TestStartLifecycle(t *testing.T) {
 	if st := b.status("worker"); st != (Status{State: StateRunning, PID: pid}) {
 		t.Errorf("while running: %+v, want running %d", st, pid)
 	}
-	// The pid is the shell that records the exit code, not a wrapper around it.
-	if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil {
-		if args := strings.Split(string(cmdline), "\x00"); len(args) < 3 || args[0] != "sh" || args[1] != "-c" ||
-			!strings.Contains(args[2], "exit_code") {
-			t.Errorf("pid %d runs %q, want sh -c with the exit-code script", pid, args)
+	// The pid is the shell that records the exit code, not a wrapper around it (once nohup
+	// has exec'd it: on a loaded machine the pid may still run nohup for a moment).
+	var args []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			break // no /proc, or already exited
 		}
+		if args = strings.Split(string(cmdline), "\x00"); len(args) > 0 && args[0] != "nohup" {
+			break
+		}
+	}
+	if args != nil && (len(args) < 3 || args[0] != "sh" || args[1] != "-c" || !strings.Contains(args[2], "exit_code")) {
+		t.Errorf("pid %d runs %q, want sh -c with the exit-code script", pid, args)
 	}
 
 	if st := b.waitState("worker", StateExited); st.ExitCode != 7 {
