@@ -199,7 +199,8 @@ func TestStartLifecycle(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 		if err != nil {
-			break // no /proc, or already exited
+			args = nil // no /proc, or already exited: nothing to check
+			break
 		}
 		if args = strings.Split(string(cmdline), "\x00"); len(args) > 0 && args[0] != "nohup" {
 			break
