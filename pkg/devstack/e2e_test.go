@@ -148,9 +148,12 @@ func e2eOps(t testing.TB) *opsconfig.Config {
 type e2e struct {
 	*Stack
 	t     testing.TB
-	w     *watch.Watcher
-	mu    sync.Mutex
-	execs []string // every command run on any instance: "<id> <command>"
+	calls *awsx.Recorder // every AWS call of every service
+	// workerCalls is the file the workers on the instances append their AWS calls to.
+	workerCalls string
+	w           *watch.Watcher
+	mu          sync.Mutex
+	execs       []string // every command run on any instance: "<id> <command>"
 }
 
 func startE2E(t testing.TB) *e2e {
@@ -168,7 +171,7 @@ func startE2EWith(t testing.TB, sshServer string) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &e2e{t: t}
+	e := &e2e{t: t, calls: awsx.NewRecorder(localcloud.Account), workerCalls: filepath.Join(t.TempDir(), "worker-calls.jsonl")}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := Start(ctx, Options{
@@ -176,6 +179,8 @@ func startE2EWith(t testing.TB, sshServer string) *e2e {
 		Ops:           e2eOps(t),
 		SSH:           sshServer,
 		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
+		Recorder:      e.calls,
+		WorkerEnv:     []string{awsx.EnvCallLog + "=" + e.workerCalls},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
 			e.execs = append(e.execs, id+" "+cmd)
@@ -594,6 +599,13 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("the hostile job reached an instance: %q", c)
 			}
 		}
+	})
+
+	// Last: every AWS call the services made above — the demo, a failing job, a duplicate,
+	// hostile and bad jobs — is allowed by that service's policy in the Terraform.
+	t.Run("every AWS call is allowed by the Terraform policies", func(t *testing.T) {
+		e.t = t
+		e.checkCalls(t, DemoFor(e.Topology.Prefix))
 	})
 }
 
