@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 }
 
 func workerMain(args []string) int {
+	if len(args) > 0 && args[0] == "exited" { // the start steps' exit report
+		return exitedMain(args[1:])
+	}
 	fs := flag.NewFlagSet("sortie-worker", flag.ContinueOnError)
 	bucket := fs.String("bucket", "", "")
 	queue := fs.String("queue", "", "")
@@ -86,6 +89,10 @@ func e2eOps(t testing.TB) *opsconfig.Config {
 	ops.Recipes["quick"] = opsconfig.Recipe{Steps: []opsconfig.Step{{
 		Name: "work", Start: &opsconfig.Start{Argv: []string{"sh", "-c", "echo done"}},
 	}}}
+	// nap: a workload that works for a second, then succeeds.
+	ops.Recipes["nap"] = opsconfig.Recipe{Steps: []opsconfig.Step{{
+		Name: "nap", Start: &opsconfig.Start{Argv: []string{"sh", "-c", "sleep 1; echo rested"}},
+	}}}
 	// echo: hands a free-form parameter to a shell command, quoted.
 	ops.Recipes["echo"] = opsconfig.Recipe{
 		Params: map[string]opsconfig.Param{"message": {Pattern: `[^\x00\n]*`, Required: true}},
@@ -109,7 +116,40 @@ type e2e struct {
 	execs []string // every command run on any instance: "<id> <command>"
 }
 
+// exitedMain is `sortie-worker exited --step STEP --code N`, as `sortie worker exited`.
+func exitedMain(args []string) int {
+	fs := flag.NewFlagSet("sortie-worker exited", flag.ContinueOnError)
+	step := fs.String("step", "", "")
+	code := fs.Int("code", -1, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	home, _ := os.UserHomeDir()
+	env, err := worker.LoadJobEnv(home)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx := context.Background()
+	cfg, err := awsx.Load(ctx, "worker")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := worker.PublishExit(ctx, cfg, env, *step, *code); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
 func startE2E(t testing.TB) *e2e {
+	t.Helper()
+	return startE2EInterval(t, 0)
+}
+
+// startE2EInterval is startE2E with the monitor's check interval (0: the dev stack's 1 s).
+func startE2EInterval(t testing.TB, interval time.Duration) *e2e {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
@@ -122,9 +162,10 @@ func startE2E(t testing.TB) *e2e {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := Start(ctx, Options{
-		Prefix:        "e2e",
-		Ops:           e2eOps(t),
-		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
+		Prefix:          "e2e",
+		Ops:             e2eOps(t),
+		MonitorInterval: interval,
+		WorkerCommand:   []string{"/usr/bin/env", workerEnv + "=1", exe},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
 			e.execs = append(e.execs, id+" "+cmd)

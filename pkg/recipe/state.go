@@ -25,6 +25,19 @@ func PIDPath(step string) string { return path.Join(StateDir(step), "pid") }
 // ExitCodePath holds the workload's exit status once it has ended.
 func ExitCodePath(step string) string { return path.Join(StateDir(step), "exit_code") }
 
+// LogRecordPath holds the path of the workload's log (relative to the login directory),
+// written when the step starts: what `sortie logs --follow` tails.
+func LogRecordPath(step string) string { return path.Join(StateDir(step), "log-path") }
+
+// ExitReportLogPath receives the output of the wrapper's exit report.
+func ExitReportLogPath(step string) string { return path.Join(StateDir(step), "exit-report.log") }
+
+// ExitReporter is the program the start step's wrapper runs, when the instance has it on
+// its PATH, to report the workload's exit at once (a TaskReported of kind exited):
+// `sortie-worker exited --step STEP --code CODE`. Without it the monitor's check notices
+// the exit at its next round.
+const ExitReporter = "sortie-worker"
+
 // StderrPath receives the workload's standard error.
 func StderrPath(step string) string { return path.Join(StateDir(step), "stderr") }
 
