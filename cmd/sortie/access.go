@@ -86,7 +86,9 @@ func explain(err error) error {
 		return nil
 	}
 	var signing *v4.SigningError
-	if errors.As(err, &signing) || strings.Contains(err.Error(), "failed to retrieve credentials") {
+	msg := err.Error()
+	if errors.As(err, &signing) || strings.Contains(msg, "failed to retrieve credentials") ||
+		strings.Contains(msg, "get credentials: ") || strings.Contains(msg, "failed to refresh cached credentials") {
 		return errors.New("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (test/test for the local cloud), or SORTIE_ROLE_ARN")
 	}
 	var dns *net.DNSError
