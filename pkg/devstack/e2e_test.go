@@ -102,6 +102,11 @@ func e2eOps(t testing.TB) *opsconfig.Config {
 			{Name: "work", Start: &opsconfig.Start{Argv: []string{"true"}}},
 		},
 	}
+	// demo-own-keys: the demo template, but every instance makes its own SSH host key and
+	// Sortie pins the one it prints to its console.
+	own := ops.Templates["demo"]
+	own.HostKeys = opsconfig.HostKeysInstance
+	ops.Templates["demo-own-keys"] = own
 	if err := ops.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -359,6 +364,42 @@ func TestEndToEnd(t *testing.T) {
 		for q, n := range e.dlqDepths() {
 			if n != 0 {
 				t.Errorf("DLQ %s holds %d messages", q, n)
+			}
+		}
+	})
+
+	// The demo with instance host keys: no host key in user data or any event; each
+	// instance's key is read from its console output by every service that connects.
+	t.Run("demo job with instance host keys", func(t *testing.T) {
+		e.t = t
+		ctx := context.Background()
+		demo, err := e.SeedDemo(ctx, DemoFiles)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := DemoJob(demo, "e2e-ownkeys"+run, "corr-ownkeys", time.Now())
+		job.Template = "demo-own-keys"
+		tr := e.run(job, 1)
+		if tr.Launched == nil || tr.Launched.HostKey != "" || tr.Bootstrapped == nil || tr.Bootstrapped.HostKey != "" {
+			t.Fatalf("launched %+v: want no fleet host key in any event", tr.Launched)
+		}
+		for _, in := range tr.Bootstrapped.Instances {
+			if !in.OK {
+				t.Errorf("instance %s not bootstrapped: %s", in.ID, in.Error)
+			}
+		}
+		if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeSucceeded || tr.Finished.TasksSucceeded != DemoFiles {
+			t.Fatalf("finished = %+v", tr.Finished)
+		}
+		if tr.Terminated.Outcome != events.OutcomeSucceeded || len(tr.Terminated.Archives) != 3 {
+			t.Fatalf("terminated = %+v: want every log archived over SSH with the console keys", tr.Terminated)
+		}
+		for _, in := range e.waitTerminated(job.JobID, 3) {
+			if _, ok := cloudtest.Tags(in)["sortie:hostkey-nonce"]; ok {
+				t.Errorf("%s: a host key nonce tag on an instance that made its own key", aws.ToString(in.InstanceId))
+			}
+			if in.MetadataOptions == nil || in.MetadataOptions.HttpTokens != ec2types.HttpTokensStateRequired {
+				t.Errorf("%s: metadata options %+v, want IMDSv2 required", aws.ToString(in.InstanceId), in.MetadataOptions)
 			}
 		}
 	})

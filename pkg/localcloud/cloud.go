@@ -103,7 +103,6 @@ type Cloud struct {
 	tokens       map[string]clientTokenRecord
 	keyPairs     map[string]*keyPair // by name
 	network      *network
-	nextIP       uint32
 	capacity     map[string]int
 	throttle     throttleState
 }

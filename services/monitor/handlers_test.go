@@ -3,6 +3,7 @@ package monitor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
@@ -54,26 +56,48 @@ func (f *fakePub) After(_ context.Context, service string, delay time.Duration, 
 	return nil
 }
 
+// fakeEC2 describes every instance id it is asked about as running, of the stack and
+// fleet the filters name, except the foreign ones (another stack's: never returned).
 type fakeEC2 struct {
-	states map[string]ec2types.InstanceStateName
-	stage  string
-	tags   []*ec2.CreateTagsInput
+	states  map[string]ec2types.InstanceStateName
+	stage   string
+	foreign map[string]bool
+	tags    []*ec2.CreateTagsInput
 }
 
 func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstancesInput, _ ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	ids, filters := in.InstanceIds, map[string][]string{}
+	for _, flt := range in.Filters {
+		filters[aws.ToString(flt.Name)] = flt.Values
+	}
+	if v, ok := filters["instance-id"]; ok {
+		ids = v
+	}
 	var r ec2types.Reservation
-	for _, id := range in.InstanceIds {
+	for i, id := range ids {
+		if f.foreign[id] {
+			continue
+		}
 		st := f.states[id]
 		if st == "" {
 			st = ec2types.InstanceStateNameRunning
 		}
-		inst := ec2types.Instance{InstanceId: aws.String(id), State: &ec2types.InstanceState{Name: st}}
+		inst := ec2types.Instance{InstanceId: aws.String(id), State: &ec2types.InstanceState{Name: st}, PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", i+10))}
+		for _, k := range []string{tags.Stack, tags.Fleet} {
+			if v := filters["tag:"+k]; len(v) == 1 {
+				inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v[0])})
+			}
+		}
 		if f.stage != "" {
-			inst.Tags = []ec2types.Tag{{Key: aws.String(tags.Stage), Value: aws.String(f.stage)}}
+			inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(tags.Stage), Value: aws.String(f.stage)})
 		}
 		r.Instances = append(r.Instances, inst)
 	}
 	return &ec2.DescribeInstancesOutput{Reservations: []ec2types.Reservation{r}}, nil
+}
+
+func (f *fakeEC2) GetConsoleOutput(context.Context, *ec2.GetConsoleOutputInput, ...func(*ec2.Options)) (*ec2.GetConsoleOutputOutput, error) {
+	return nil, errors.New("fake: no console")
 }
 
 func (f *fakeEC2) CreateTags(_ context.Context, in *ec2.CreateTagsInput, _ ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error) {
@@ -136,7 +160,7 @@ func newFakes(t *testing.T, probes fakeProber) fakes {
 	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
 	f := fakes{pub: &fakePub{}, ec2: &fakeEC2{}, stats: &fakeStats{sums: map[string]float64{}}, sink: &fakeSink{}}
 	f.m = &monitor{
-		cfg:     Config{Interval: 30 * time.Second, Grace: time.Minute, Lease: 10 * time.Minute, MaxMisses: 3, Parallel: 4, Settle: 2 * time.Second}.WithDefaults(),
+		cfg:     Config{Base: service.Base{Prefix: "sortie"}, Interval: 30 * time.Second, Grace: time.Minute, Lease: 10 * time.Minute, MaxMisses: 3, Parallel: 4, Settle: 2 * time.Second}.WithDefaults(),
 		ops:     ops,
 		pub:     f.pub,
 		ec2:     f.ec2,
@@ -431,5 +455,47 @@ func TestExitReport(t *testing.T) {
 				t.Error("the finished fleet is still cached")
 			}
 		})
+	}
+}
+
+// An instance the event names that EC2 does not describe as this stack's and this fleet's
+// is never probed nor tagged: the job fails with the reason, and JobFinished hands only
+// the fleet's own instances to the reaper.
+func TestCheckRefusesForeignInstances(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, fakeProber{}) // a probe of any instance would return an empty check
+	f.ec2.foreign = map[string]bool{"i-0000000000000000b": true}
+	e := fleetEvent()
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.ec2.tags) != 0 {
+		t.Errorf("tagged %v: no lease may be refreshed on a fleet with a foreign instance", f.ec2.tags[0].Resources)
+	}
+	if len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerSettle {
+		t.Fatalf("timers %+v, want the settled verdict", f.pub.timers)
+	}
+	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jf.Outcome != events.OutcomeFailed || !strings.Contains(jf.Reason, "instance i-0000000000000000b is not an instance of fleet job-1 in stack sortie") {
+		t.Errorf("verdict %s: %q", jf.Outcome, jf.Reason)
+	}
+	msg := &bus.Message{Payload: f.pub.timers[0].body, Attributes: map[string]string{AttrTimer: TimerSettle}, ReceiveCount: 1}
+	if err := f.m.handleTimer(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.published) != 1 {
+		t.Fatalf("published %d JobFinished, want 1", len(f.pub.published))
+	}
+	got := f.pub.published[0]
+	if len(got.Instances) != 1 || got.Instances[0].ID != "i-0000000000000000a" || got.FailingInstance != "" {
+		t.Errorf("JobFinished lists %+v (failing %q), want only the fleet's own instance", got.Instances, got.FailingInstance)
+	}
+	for _, tg := range f.ec2.tags {
+		if slices.Contains(tg.Resources, "i-0000000000000000b") {
+			t.Errorf("the foreign instance was tagged %s", aws.ToString(tg.Tags[0].Key))
+		}
 	}
 }

@@ -23,8 +23,10 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/verify"
 )
 
 // Timer attributes. A check timer's body is the fleet's FleetBootstrapped; a settle
@@ -104,6 +106,7 @@ type (
 	ec2API interface {
 		DescribeInstances(ctx context.Context, params *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
 		CreateTags(ctx context.Context, params *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+		GetConsoleOutput(ctx context.Context, params *ec2.GetConsoleOutputInput, optFns ...func(*ec2.Options)) (*ec2.GetConsoleOutputOutput, error)
 	}
 	metricsSink interface {
 		Add(d metrics.Datum)
@@ -129,6 +132,9 @@ type monitor struct {
 	// fleets holds the FleetBootstrapped of the fleets this replica watches, so that a
 	// workload's exit report can trigger a check at once.
 	fleets *fleetCache
+	// consoleKeys caches the host keys instances of templates with host_keys: instance
+	// printed to their console (instance id → ssh.PublicKey).
+	consoleKeys sync.Map
 }
 
 // handleTaskReported turns a task's report into metrics (sending them is batched), and a
@@ -170,7 +176,7 @@ func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCoun
 		return nil
 	}
 	ids := instanceIDs(e)
-	states, err := m.describe(ctx, ids)
+	states, refused, err := m.describe(ctx, e.FleetID, ids)
 	if err != nil {
 		log.Warn("describing the fleet after an exit report; the next check decides", "error", err.Error())
 		return nil
@@ -179,7 +185,7 @@ func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCoun
 		m.fleets.drop(e.FleetID)
 		return nil
 	}
-	if goneInstance(states, ids) != "" {
+	if len(refused) > 0 || goneInstance(states, ids) != "" {
 		return nil // the check reports which and why
 	}
 	wl, err := m.workloadsOf(e)
@@ -188,7 +194,7 @@ func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCoun
 	}
 	now := m.now()
 	pastDeadline := now.After(e.DeadlineAt.Add(m.cfg.Grace))
-	checks := probeAll(ctx, m.prober, m.targets(e), wl, pastDeadline, m.cfg.Parallel)
+	checks := probeAll(ctx, m.prober, m.targets(ctx, e, states), wl, pastDeadline, m.cfg.Parallel)
 	// An instance unreachable now is not a miss here: only the periodic check counts those.
 	v, _ := decide(checks, checkState{Misses: map[string]int{}, MaxMisses: math.MaxInt, Deadline: e.DeadlineAt, Grace: m.cfg.Grace, PastDeadline: pastDeadline})
 	if !v.Done {
@@ -271,16 +277,17 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
 	now := m.now()
 	ids := instanceIDs(e)
-	states, err := m.describe(ctx, ids)
-	if err != nil && !awsx.IsNotFound(err) {
+	states, refused, err := m.describe(ctx, e.FleetID, ids)
+	if err != nil {
 		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
 	}
 	m.fleets.put(e.FleetID, body)
+	owned := ownedIDs(ids, states) // the only instances probed and tagged
 	var v verdict
 	var wl []recipe.Workload
 	switch gone := goneInstance(states, ids); {
-	case err != nil:
-		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: fmt.Sprintf("instances of fleet %s not found: %v", e.FleetID, err)}
+	case len(refused) > 0:
+		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: firstRefusal(ids, refused)}
 	case finished(states):
 		log.Info("job already finished: stopping the checks")
 		m.fleets.drop(e.FleetID)
@@ -295,7 +302,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 			break
 		}
 		pastDeadline := now.After(e.DeadlineAt.Add(m.cfg.Grace))
-		checks := probeAll(ctx, m.prober, m.targets(e), wl, pastDeadline, m.cfg.Parallel)
+		checks := probeAll(ctx, m.prober, m.targets(ctx, e, states), wl, pastDeadline, m.cfg.Parallel)
 		for _, c := range checks {
 			if c.Err != nil {
 				log.Warn("instance unreachable", "instance_id", c.ID, "misses", misses[c.ID]+1, "max_misses", m.cfg.MaxMisses, "error", c.Err.Error())
@@ -322,7 +329,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	}
 
 	expires := now.Add(m.cfg.Lease).UTC().Format(time.RFC3339)
-	if err := m.tag(ctx, ids, tags.LeaseExpires, expires); err != nil {
+	if err := m.tag(ctx, owned, tags.LeaseExpires, expires); err != nil {
 		log.Warn("refreshing leases; retrying at the next check", "error", err.Error())
 	}
 	attrs := map[string]string{AttrTimer: TimerCheck, AttrMisses: encodeMisses(misses)}
@@ -333,20 +340,62 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	return nil
 }
 
-func (m *monitor) targets(e events.FleetBootstrapped) []target {
+// targets says how to reach each instance of the fleet: at the address EC2 gives
+// (pkg/sshaddr; never the event's), pinning the fleet's derived host key or, for a template
+// whose instances make their own, the key each one printed to its console. states holds
+// only the fleet's verified instances.
+func (m *monitor) targets(ctx context.Context, e events.FleetBootstrapped, states map[string]instanceState) []target {
 	user := opsconfig.DefaultUser
+	var tmpl opsconfig.Template
 	if e.Template != "" {
-		if t, err := m.ops.Template(e.Template); err == nil && t.User != "" {
-			user = t.User
+		if t, err := m.ops.Template(e.Template); err == nil {
+			tmpl = t
+			if t.User != "" {
+				user = t.User
+			}
 		}
 	}
+	mode := sshaddr.Mode{Local: m.cfg.LocalMode, PublicIP: tmpl.PublicAddress()}
 	// Validate checked the host key's format.
-	hostKey, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(e.HostKey))
+	fleetKey, _, _, _, _ := ssh.ParseAuthorizedKey([]byte(e.HostKey))
 	out := make([]target, len(e.Instances))
 	for i, in := range e.Instances {
-		out[i] = target{ID: in.ID, Endpoint: in.SSHEndpoint, User: user, HostKey: hostKey}
+		t := target{ID: in.ID, User: user, HostKey: fleetKey}
+		st, ok := states[in.ID]
+		if !ok {
+			t.Err = fmt.Errorf("instance %s is not verified: not contacted", in.ID)
+			out[i] = t
+			continue
+		}
+		if t.Endpoint, t.Err = mode.Of(st.instance); t.Err != nil {
+			out[i] = t
+			continue
+		}
+		if tmpl.InstanceHostKeys() {
+			t.HostKey, t.Err = m.consoleKey(ctx, in.ID)
+		}
+		if t.HostKey == nil && t.Err == nil {
+			t.Err = fmt.Errorf("no host key to pin for %s", in.ID)
+		}
+		out[i] = t
 	}
 	return out
+}
+
+// consoleKey returns the host key an instance printed to its console, read once: the
+// instance was bootstrapped, so the block is there; a read that fails counts as a miss.
+func (m *monitor) consoleKey(ctx context.Context, id string) (ssh.PublicKey, error) {
+	if k, ok := m.consoleKeys.Load(id); ok {
+		return k.(ssh.PublicKey), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SSHTimeout)
+	defer cancel()
+	k, err := verify.ConsoleHostKey(ctx, m.ec2, id, verify.ConsolePoll{First: 200 * time.Millisecond, Max: time.Second})
+	if err != nil {
+		return nil, err
+	}
+	m.consoleKeys.Store(id, k)
+	return k, nil
 }
 
 // finish reads the job's task totals (after flushing this replica's metrics) and
@@ -360,14 +409,20 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 		ids[i] = in.ID
 	}
 	if len(ids) > 0 {
-		states, err := m.describe(ctx, ids)
-		if err != nil && !awsx.IsNotFound(err) {
+		states, refused, err := m.describe(ctx, jf.FleetID, ids)
+		if err != nil {
 			return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
 		}
 		if finished(states) {
 			log.Info("job already finished: not publishing JobFinished again")
 			return nil
 		}
+		// Only the fleet's own instances are handed to the reaper and tagged.
+		if len(refused) > 0 {
+			log.Warn("leaving out instances that are not the fleet's", "refused", refused)
+		}
+		jf = onlyOwned(jf, states)
+		ids = ownedIDs(ids, states)
 	}
 	lastTry := receiveCount >= bus.MaxReceiveCount-1
 	if err := m.metrics.Flush(ctx); err != nil {
@@ -400,37 +455,73 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 	return nil
 }
 
-// instanceState is what EC2 says of one instance.
+// instanceState is what EC2 says of one instance of the fleet.
 type instanceState struct {
-	state ec2types.InstanceStateName
-	stage string
+	state    ec2types.InstanceStateName
+	stage    string
+	instance ec2types.Instance
 }
 
-// describe returns the state and stage tag of the instances EC2 knows.
-func (m *monitor) describe(ctx context.Context, ids []string) (map[string]instanceState, error) {
-	out := map[string]instanceState{}
-	p := ec2.NewDescribeInstancesPaginator(m.ec2, &ec2.DescribeInstancesInput{InstanceIds: ids})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return out, fmt.Errorf("describing instances: %w", err)
+// describe returns what EC2 says of the fleet's instances among ids, verified to be this
+// stack's and this fleet's (pkg/verify), and why each other id is refused.
+func (m *monitor) describe(ctx context.Context, fleetID string, ids []string) (map[string]instanceState, map[string]string, error) {
+	found, err := verify.Fleet(ctx, m.ec2, verify.Owner{Stack: m.cfg.Prefix, Fleet: fleetID}, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make(map[string]instanceState, len(found.Owned))
+	for id, in := range found.Owned {
+		st := instanceState{instance: in}
+		if in.State != nil {
+			st.state = in.State.Name
 		}
-		for _, r := range page.Reservations {
-			for _, in := range r.Instances {
-				st := instanceState{}
-				if in.State != nil {
-					st.state = in.State.Name
-				}
-				for _, t := range in.Tags {
-					if aws.ToString(t.Key) == tags.Stage {
-						st.stage = aws.ToString(t.Value)
-					}
-				}
-				out[aws.ToString(in.InstanceId)] = st
+		for _, t := range in.Tags {
+			if aws.ToString(t.Key) == tags.Stage {
+				st.stage = aws.ToString(t.Value)
 			}
 		}
+		out[id] = st
 	}
-	return out, nil
+	return out, found.Refused, nil
+}
+
+// ownedIDs returns the ids, in order, that states holds.
+func ownedIDs(ids []string, states map[string]instanceState) []string {
+	var out []string
+	for _, id := range ids {
+		if _, ok := states[id]; ok {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// firstRefusal is the reason the first refused id (in fleet order) is not acted on.
+func firstRefusal(ids []string, refused map[string]string) string {
+	for _, id := range ids {
+		if r, ok := refused[id]; ok {
+			if len(refused) > 1 {
+				return fmt.Sprintf("%s (and %d more instances refused)", r, len(refused)-1)
+			}
+			return r
+		}
+	}
+	return ""
+}
+
+// onlyOwned returns jf listing only the instances states holds.
+func onlyOwned(jf events.JobFinished, states map[string]instanceState) events.JobFinished {
+	var kept []events.InstanceRef
+	for _, in := range jf.Instances {
+		if _, ok := states[in.ID]; ok {
+			kept = append(kept, in)
+		}
+	}
+	jf.Instances = kept
+	if _, ok := states[jf.FailingInstance]; !ok {
+		jf.FailingInstance = ""
+	}
+	return jf
 }
 
 // finished reports whether any instance carries the finished stage: JobFinished is out.

@@ -26,6 +26,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/verify"
 )
 
 // cloud is one local cloud shared by a test's scenarios, with a key pair to log in with
@@ -37,6 +38,8 @@ type cloud struct {
 	ops     *opsconfig.Config
 	key     cloudtest.KeyPair
 	hostKey cloudtest.HostKey
+	// consoleKeys: the instances make their own host keys; start reads them from the console.
+	consoleKeys bool
 }
 
 func newCloud(t *testing.T) *cloud {
@@ -48,15 +51,23 @@ func newCloud(t *testing.T) *cloud {
 	return c
 }
 
-// launch starts n instances with the fleet host key, an expired lease tag and the key
-// pair, and returns them with their SSH endpoints.
-func (c *cloud) launch(t *testing.T, n int) []events.InstanceResult {
+// launch starts n instances of a fleet of the stack with the fleet host key, an expired
+// lease tag and the key pair, and returns them with their SSH endpoints.
+func (s *stack) launch(t *testing.T, fleet string, n int) []events.InstanceResult {
+	t.Helper()
+	return s.c.launchTagged(t, n, s.c.hostKey.UserData, map[string]string{
+		tags.Stack: s.Topology.Prefix, tags.Fleet: fleet, tags.LeaseExpires: "2000-01-01T00:00:00Z",
+	})
+}
+
+// launchTagged starts n instances with the user data and exactly these tags.
+func (c *cloud) launchTagged(t *testing.T, n int, userData string, tg map[string]string) []events.InstanceResult {
 	t.Helper()
 	insts := cloudtest.Launch(t, c.ec2, n, cloudtest.LaunchSpec{
 		InstanceType: ec2types.InstanceTypeM3Medium,
 		KeyName:      c.key.Name,
-		UserData:     c.hostKey.UserData,
-		Tags:         map[string]string{tags.LeaseExpires: "2000-01-01T00:00:00Z"},
+		UserData:     userData,
+		Tags:         tg,
 	})
 	var res []events.InstanceResult
 	for _, in := range insts {
@@ -95,7 +106,15 @@ func (c *cloud) startRecipe(t *testing.T, in events.InstanceResult, name string,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := remote.Dial(ctx, remote.DialConfig{Addr: in.SSHEndpoint, User: "sortie", Signer: c.key.Signer, HostKey: c.hostKey.Public})
+	hostKey := c.hostKey.Public
+	if c.consoleKeys {
+		k, err := verify.ConsoleHostKey(ctx, c.ec2, in.ID, verify.ConsolePoll{First: 10 * time.Millisecond, Max: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostKey = k
+	}
+	conn, err := remote.Dial(ctx, remote.DialConfig{Addr: in.SSHEndpoint, User: "sortie", Signer: c.key.Signer, HostKey: hostKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +142,7 @@ func (c *cloud) newStack(t *testing.T, tune func(*Config)) *stack {
 	s := &stack{Stack: cloudtest.NewStack(t, c.lc), t: t, c: c}
 	s.results = s.Subscribe(t, bus.JobFinished)
 	cfg := Config{
-		Base:         service.Base{Prefix: s.Topology.Prefix},
+		Base:         service.Base{Prefix: s.Topology.Prefix, LocalMode: true},
 		SSHKey:       c.key.Path,
 		Interval:     300 * time.Millisecond, // timers round up: checks every second
 		Grace:        time.Minute,
@@ -231,11 +250,11 @@ func TestMonitor(t *testing.T) {
 	t.Run("succeeded with task totals", func(t *testing.T) {
 		t.Parallel()
 		s := c.newStack(t, nil)
-		fleet := c.launch(t, 2)
+		job := cloudtest.Unique("job-ok-")
+		fleet := s.launch(t, job, 2)
 		for _, in := range fleet {
 			c.start(t, in, map[string]string{"lines": "5"})
 		}
-		job := cloudtest.Unique("job-ok-")
 		const succeeded, failed = 9, 3
 		n := 0
 		report := func(count int, outcome string) {
@@ -292,11 +311,11 @@ func TestMonitor(t *testing.T) {
 	t.Run("failed with the log tail", func(t *testing.T) {
 		t.Parallel()
 		s := c.newStack(t, nil)
-		fleet := c.launch(t, 3)
+		job := cloudtest.Unique("job-fail-")
+		fleet := s.launch(t, job, 3)
 		c.start(t, fleet[0], map[string]string{"lines": "10"})
 		c.start(t, fleet[1], map[string]string{"lines": "120", "code": "3"})
 		c.start(t, fleet[2], map[string]string{"lines": "10", "wait": "30"})
-		job := cloudtest.Unique("job-fail-")
 		s.Publish(t, s.bootstrapped(job, time.Now().Add(time.Hour), fleet))
 
 		jf := s.jobFinished(job, 20*time.Second)
@@ -323,10 +342,10 @@ func TestMonitor(t *testing.T) {
 	t.Run("failed with the tail of a parameterised log", func(t *testing.T) {
 		t.Parallel()
 		s := c.newStack(t, nil)
-		fleet := c.launch(t, 1)
+		job := cloudtest.Unique("job-named-")
+		fleet := s.launch(t, job, 1)
 		params := map[string]string{"name": "resize"}
 		c.startRecipe(t, fleet[0], "named", params)
-		job := cloudtest.Unique("job-named-")
 		e := s.bootstrapped(job, time.Now().Add(time.Hour), fleet)
 		e.Recipe, e.Params = "named", params
 		s.Publish(t, e)
@@ -357,9 +376,9 @@ func TestMonitor(t *testing.T) {
 	t.Run("lease refreshed then timed out", func(t *testing.T) {
 		t.Parallel()
 		s := c.newStack(t, func(cfg *Config) { cfg.Grace = time.Second })
-		fleet := c.launch(t, 1)
-		c.start(t, fleet[0], map[string]string{"lines": "3", "wait": "60"})
 		job := cloudtest.Unique("job-slow-")
+		fleet := s.launch(t, job, 1)
+		c.start(t, fleet[0], map[string]string{"lines": "3", "wait": "60"})
 		deadline := time.Now().Add(4 * time.Second)
 		s.Publish(t, s.bootstrapped(job, deadline, fleet))
 
@@ -397,10 +416,15 @@ func TestMonitor(t *testing.T) {
 	t.Run("unreachable", func(t *testing.T) {
 		t.Parallel()
 		s := c.newStack(t, func(cfg *Config) { cfg.MaxMisses = 2; cfg.SSHTimeout = 500 * time.Millisecond })
-		fleet := c.launch(t, 2)
-		c.start(t, fleet[0], map[string]string{"lines": "1", "wait": "30"})
-		fleet[1].SSHEndpoint = "127.0.0.1:1" // nothing listens there
 		job := cloudtest.Unique("job-lost-")
+		fleet := s.launch(t, job, 2)
+		c.start(t, fleet[0], map[string]string{"lines": "1", "wait": "30"})
+		// EC2 (the local cloud's endpoint tag, in local mode) now gives an address where
+		// nothing listens: the event's endpoint is not what the monitor dials.
+		if _, err := c.ec2.CreateTags(t.Context(), &ec2.CreateTagsInput{Resources: []string{fleet[1].ID},
+			Tags: []ec2types.Tag{{Key: aws.String(tags.SSHEndpoint), Value: aws.String("127.0.0.1:1")}}}); err != nil {
+			t.Fatal(err)
+		}
 		s.Publish(t, s.bootstrapped(job, time.Now().Add(time.Hour), fleet))
 		jf := s.jobFinished(job, 20*time.Second)
 		if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != fleet[1].ID ||
@@ -414,12 +438,10 @@ func TestMonitor(t *testing.T) {
 	t.Run("bootstrap failed", func(t *testing.T) {
 		t.Parallel()
 		s := c.newStack(t, nil)
-		fleet := []events.InstanceResult{
-			{ID: "i-0aaaaaaaaaaaaaaa1", SSHEndpoint: "127.0.0.1:2201", OK: true},
-			{ID: "i-0aaaaaaaaaaaaaaa2", SSHEndpoint: "127.0.0.1:2202", Error: "step tools exited 127", Steps: []events.StepResult{
-				{Name: "tools", ExitCode: 127, OutputTail: []string{"sh: 1: convert: not found"}}}},
-		}
 		job := cloudtest.Unique("job-boot-")
+		fleet := s.launch(t, job, 2)
+		fleet[1].OK, fleet[1].Error, fleet[1].Steps = false, "step tools exited 127", []events.StepResult{
+			{Name: "tools", ExitCode: 127, OutputTail: []string{"sh: 1: convert: not found"}}}
 		start := time.Now()
 		s.Publish(t, s.bootstrapped(job, time.Now().Add(time.Hour), fleet))
 		jf := s.jobFinished(job, 10*time.Second)
@@ -432,6 +454,61 @@ func TestMonitor(t *testing.T) {
 		}
 		if d := time.Since(start); d > 3*time.Second {
 			t.Errorf("JobFinished took %s: a failed bootstrap must not wait for a check", d)
+		}
+		s.dlqsEmpty()
+	})
+
+	// A FleetBootstrapped naming an instance of another stack (same fleet tag, Sortie's
+	// tags): that instance is never probed nor tagged; the job fails with the reason and
+	// JobFinished hands only the fleet's own instance to the reaper.
+	t.Run("another stack's instance is never touched", func(t *testing.T) {
+		t.Parallel()
+		s := c.newStack(t, nil)
+		job := cloudtest.Unique("job-foreign-")
+		own := s.launch(t, job, 1)
+		c.start(t, own[0], map[string]string{"lines": "1", "wait": "30"})
+		foreign := c.launchTagged(t, 1, c.hostKey.UserData, map[string]string{
+			tags.Stack: "someone-else", tags.Fleet: job, tags.JobID: job, tags.LeaseExpires: "2000-01-01T00:00:00Z",
+		})
+		s.Publish(t, s.bootstrapped(job, time.Now().Add(time.Hour), append(own, foreign...)))
+		jf := s.jobFinished(job, 20*time.Second)
+		if jf.Outcome != events.OutcomeFailed || !strings.Contains(jf.Reason, "instance "+foreign[0].ID+" is not an instance of fleet "+job+" in stack "+s.Topology.Prefix) {
+			t.Errorf("JobFinished %s: %q, want failed naming the foreign instance", jf.Outcome, jf.Reason)
+		}
+		if len(jf.Instances) != 1 || jf.Instances[0].ID != own[0].ID {
+			t.Errorf("JobFinished lists %+v, want only %s", jf.Instances, own[0].ID)
+		}
+		cloudtest.Eventually(t, 5*time.Second, func() error {
+			if st := c.instanceTags(t, ids(own))[own[0].ID][tags.Stage]; st != StageFinished {
+				return fmt.Errorf("own instance stage %q, want %q", st, StageFinished)
+			}
+			return nil
+		})
+		tg := c.instanceTags(t, ids(foreign))[foreign[0].ID]
+		if tg[tags.LeaseExpires] != "2000-01-01T00:00:00Z" || tg[tags.Stage] != "" {
+			t.Errorf("the foreign instance was tagged: lease %q, stage %q", tg[tags.LeaseExpires], tg[tags.Stage])
+		}
+		s.dlqsEmpty()
+	})
+
+	// A template whose instances make their own host keys: the monitor pins the key each
+	// instance printed to its console, and the job succeeds.
+	t.Run("instance host keys", func(t *testing.T) {
+		t.Parallel()
+		own := *c
+		own.consoleKeys = true
+		s := own.newStack(t, nil)
+		job := cloudtest.Unique("job-ownkeys-")
+		fleet := own.launchTagged(t, 2, "", map[string]string{tags.Stack: s.Topology.Prefix, tags.Fleet: job})
+		for _, in := range fleet {
+			own.start(t, in, map[string]string{"lines": "2"})
+		}
+		e := s.bootstrapped(job, time.Now().Add(time.Hour), fleet)
+		e.Template, e.HostKey = "own-keys", ""
+		s.Publish(t, e)
+		jf := s.jobFinished(job, 20*time.Second)
+		if jf.Outcome != events.OutcomeSucceeded || jf.HostKey != "" || len(jf.Instances) != 2 {
+			t.Errorf("JobFinished %s (%s), host key %q, %d instances; want succeeded, no fleet key, 2 instances", jf.Outcome, jf.Reason, jf.HostKey, len(jf.Instances))
 		}
 		s.dlqsEmpty()
 	})

@@ -81,6 +81,7 @@ func logPaths(wl []recipe.Workload) []string {
 type target struct {
 	ID, Endpoint, User string
 	HostKey            ssh.PublicKey
+	Err                error // why the instance cannot be reached (not verified, no key): a miss
 }
 
 // prober checks one instance's workloads. tailLive asks for the tails of live workloads
@@ -101,6 +102,10 @@ func (p sshProber) probe(ctx context.Context, t target, wl []recipe.Workload, ta
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	c := instanceCheck{ID: t.ID}
+	if t.Err != nil {
+		c.Err = t.Err
+		return c
+	}
 	conn, err := remote.Dial(ctx, remote.DialConfig{
 		Addr:           t.Endpoint,
 		User:           t.User,
