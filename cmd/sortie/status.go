@@ -47,7 +47,17 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 		_, err = fmt.Fprintf(g.Stdout, "%s\n", b)
 		return err
 	}
-	if len(jobs) == 0 && c.JobID != "" {
+	if len(jobs) == 0 && c.JobID != "" && !c.All {
+		// Terminated instances are left out: say so if the job has only those.
+		all, err := fleetview.Describe(ctx, ec2.NewFromConfig(cfg), fleetview.Query{Stack: g.Prefix, JobID: c.JobID, All: true})
+		if err != nil {
+			return err
+		}
+		if len(all) == 0 {
+			return &sshaccess.NoInstancesError{JobID: c.JobID, Stack: g.Prefix}
+		}
+	}
+	if len(jobs) == 0 && c.JobID != "" && c.All {
 		return &sshaccess.NoInstancesError{JobID: c.JobID, Stack: g.Prefix}
 	}
 	if len(jobs) == 0 {
