@@ -499,3 +499,33 @@ func TestCheckRefusesForeignInstances(t *testing.T) {
 		}
 	}
 }
+
+// TestExitReportInvalid: an exit report without its code (or of an unknown kind) is
+// invalid input: dead-lettered with the reason, nothing probed, nothing published.
+func TestExitReportInvalid(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	e := fleetEvent()
+	if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, e)}); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{
+		"no exit code": `"kind":"exited"`,
+		"unknown kind": `"kind":"finished"`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := exitReport(e, "i-0000000000000000a", 0)
+			r.Kind, r.ExitCode = "", nil
+			valid := cloudtest.Encode(t, r)
+			bad := strings.Replace(string(valid), `"outcome"`, body+`,"outcome"`, 1)
+			published := len(f.pub.published)
+			err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: []byte(bad), ReceiveCount: 1})
+			if !errors.Is(err, events.ErrInvalid) {
+				t.Fatalf("got %v, want an invalid-event error (dead-lettered)", err)
+			}
+			if len(f.pub.published) != published {
+				t.Error("an invalid report published a JobFinished")
+			}
+		})
+	}
+}
