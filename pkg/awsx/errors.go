@@ -51,6 +51,7 @@ var (
 		"NotFound",
 		"NotFoundException",
 		"ResourceNotFoundException",
+		"ParameterNotFound", // SSM GetParameter: SORTIE_CONFIG=ssm:/... names no parameter
 	)
 	permanentCodes = set(
 		"InvalidParameterValue",

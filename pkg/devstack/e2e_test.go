@@ -23,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
@@ -116,9 +117,12 @@ func e2eOps(t testing.TB) *opsconfig.Config {
 type e2e struct {
 	*Stack
 	t     testing.TB
-	w     *watch.Watcher
-	mu    sync.Mutex
-	execs []string // every command run on any instance: "<id> <command>"
+	calls *awsx.Recorder // every AWS call of every service
+	// workerCalls is the file the workers on the instances append their AWS calls to.
+	workerCalls string
+	w           *watch.Watcher
+	mu          sync.Mutex
+	execs       []string // every command run on any instance: "<id> <command>"
 }
 
 // exitedMain is `sortie-worker exited --step STEP --code N`, as `sortie worker exited`.
@@ -163,7 +167,7 @@ func startE2EInterval(t testing.TB, interval time.Duration) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &e2e{t: t}
+	e := &e2e{t: t, calls: awsx.NewRecorder(localcloud.Account), workerCalls: filepath.Join(t.TempDir(), "worker-calls.jsonl")}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := Start(ctx, Options{
@@ -171,6 +175,8 @@ func startE2EInterval(t testing.TB, interval time.Duration) *e2e {
 		Ops:             e2eOps(t),
 		MonitorInterval: interval,
 		WorkerCommand:   []string{"/usr/bin/env", workerEnv + "=1", exe},
+		Recorder:        e.calls,
+		WorkerEnv:       []string{awsx.EnvCallLog + "=" + e.workerCalls},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
 			e.execs = append(e.execs, id+" "+cmd)
@@ -368,6 +374,43 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("each service serves its endpoints; the demo moved its counters", func(t *testing.T) {
+		if len(e.Endpoints) != 5 {
+			t.Fatalf("endpoints %+v, want one per service", e.Endpoints)
+		}
+		moved := map[string]string{ // a figure of each stage the demo job must have moved
+			bus.Planner:      "sortie_fleets_planned_total",
+			bus.Provisioner:  "sortie_instances_launched_total",
+			bus.Bootstrapper: "sortie_bootstrap_step_duration_seconds",
+			bus.Monitor:      "sortie_handler_duration_seconds",
+			bus.Reaper:       "sortie_archive_bytes_total",
+		}
+		seen := map[string]bool{}
+		for _, ep := range e.Endpoints {
+			seen[ep.Service] = true
+			if code, body := cloudtest.Get(t, ep.URL+"/readyz"); code != 200 {
+				t.Errorf("%s /readyz %d %q", ep.Service, code, body)
+			}
+			// A handler's delivery is counted once it returns, just after it published: poll.
+			cloudtest.Eventually(t, 30*time.Second, func() error {
+				m, err := cloudtest.Scrape(t, ep.URL)
+				if err != nil {
+					return err
+				}
+				if v := m.Value(moved[ep.Service], "service", ep.Service); v <= 0 {
+					return fmt.Errorf("%s %s = %v after the demo job, want > 0", ep.Service, moved[ep.Service], v)
+				}
+				if v := m.Value("sortie_messages_total", "outcome", "handled"); v <= 0 {
+					return fmt.Errorf("%s handled no message", ep.Service)
+				}
+				return nil
+			})
+		}
+		if len(seen) != 5 {
+			t.Errorf("endpoints of %v, want the five services", seen)
+		}
+	})
+
 	// The demo with instance host keys: no host key in user data or any event; each
 	// instance's key is read from its console output by every service that connects.
 	t.Run("demo job with instance host keys", func(t *testing.T) {
@@ -552,6 +595,13 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("the hostile job reached an instance: %q", c)
 			}
 		}
+	})
+
+	// Last: every AWS call the services made above — the demo, a failing job, a duplicate,
+	// hostile and bad jobs — is allowed by that service's policy in the Terraform.
+	t.Run("every AWS call is allowed by the Terraform policies", func(t *testing.T) {
+		e.t = t
+		e.checkCalls(t, DemoFor(e.Topology.Prefix))
 	})
 }
 

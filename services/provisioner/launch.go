@@ -24,6 +24,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Instance tags (see the issue 3 notes): EC2 tags are the state of a fleet.
@@ -50,9 +51,11 @@ type launcher struct {
 	stack  string // the stack's prefix: every instance and volume is tagged sortie:stack=stack
 	local  bool   // local mode: the local cloud's sortie:ssh-endpoint tag is the SSH address
 	ec2    EC2API
-	ops    *opsconfig.Config
+	ops    opsconfig.Source // read once per plan
 	secret []byte
 	now    func() time.Time
+	// metrics counts the instances launched; nil counts nothing.
+	metrics *telemetry.Telemetry
 
 	waiterMinDelay, waiterMaxDelay, timeout time.Duration
 }
@@ -60,7 +63,7 @@ type launcher struct {
 // launch launches the planned fleet, or finds it when a delivery of the same FleetPlanned
 // already did, waits for it to be running and returns the FleetLaunched to publish.
 func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
-	t, err := l.ops.Template(fp.Template)
+	t, err := l.ops.Current().Template(fp.Template)
 	if err != nil {
 		return events.FleetLaunched{}, bus.Permanent(err)
 	}
@@ -68,7 +71,7 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		return events.FleetLaunched{}, bus.Permanent(fmt.Errorf("instance type %q is not one of template %q's (%s)",
 			fp.InstanceType, fp.Template, strings.Join(t.InstanceTypes, ", ")))
 	}
-	atts := attempts(t, fp)
+	atts := attempts(l.stack, t, fp)
 	found, err := l.find(ctx, fp.FleetID, tokens(atts))
 	if err != nil {
 		return events.FleetLaunched{}, err
@@ -162,10 +165,11 @@ func clientToken(parts ...string) string {
 
 // attempts lists the launches to try, in order: the planned type, then the template's
 // other types in its order, in the first subnet; then the same in the next subnet. The
-// first attempt's token is hex(sha256(job_id + "/" + plan_revision)); each fallback has
-// its own (type and subnet appended), because EC2 refuses a token reused with other
-// parameters (IdempotentParameterMismatch).
-func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
+// first attempt's token is hex(sha256(stack + "/" + job_id + "/" + plan_revision)); each
+// fallback has its own (type and subnet appended), because EC2 refuses a token reused with
+// other parameters (IdempotentParameterMismatch). The stack is part of the token so that two
+// stacks in one account never collide on a job id.
+func attempts(stack string, t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	types := []string{fp.InstanceType}
 	for _, it := range t.InstanceTypes {
 		if it != fp.InstanceType {
@@ -180,9 +184,9 @@ func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	var out []attempt
 	for _, subnet := range subnets {
 		for _, it := range types {
-			token := clientToken(fp.JobID, rev)
+			token := clientToken(stack, fp.JobID, rev)
 			if len(out) > 0 {
-				token = clientToken(fp.JobID, rev, it, subnet)
+				token = clientToken(stack, fp.JobID, rev, it, subnet)
 			}
 			out = append(out, attempt{InstanceType: it, Subnet: subnet, Token: token})
 		}
@@ -340,6 +344,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 				return fleet{}, errFleetEnded
 			}
 			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
+			l.metrics.InstancesLaunched(a.InstanceType, len(ids))
 			return fleet{ids: ids, nonce: key.nonce, hasNonce: true}, nil
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
