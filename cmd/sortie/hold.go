@@ -7,6 +7,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
@@ -93,7 +95,11 @@ func stackLedger(ctx context.Context, g *Globals) (*ledger.Ledger, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ledger.ForStack(cfg, bus.Topology{Prefix: g.Prefix}), nil
+	topo := bus.Topology{Prefix: g.Prefix}
+	if err := checkStack(ctx, s3.NewFromConfig(cfg, awsx.S3Options(cfg)), topo); err != nil {
+		return nil, err
+	}
+	return ledger.ForStack(cfg, topo), nil
 }
 
 // checkHold refuses a hold longer than the stack allows (SORTIE_MAX_HOLD, as the

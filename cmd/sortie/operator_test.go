@@ -43,7 +43,7 @@ func TestOperatorDay(t *testing.T) {
 	// Caps, so that the fleets reserve capacity and its release can be seen.
 	ops := opsconfig.Default()
 	ops.Caps = opsconfig.Caps{MaxInstances: 20}
-	st, demo := startDevStackWith(t, devstack.Options{Prefix: prefix, Ops: ops}, 3)
+	st, demo := startDevStackWith(t, prefix, 3, ops)
 	ctx := t.Context()
 	w, err := watch.Open(ctx, st.SNS, st.SQS, st.Topology, "ops-test-"+randomHex(2))
 	if err != nil {

@@ -32,11 +32,12 @@ type SubmitCmd struct {
 	Recipe   string            `help:"Recipe name."`
 	Count    int               `help:"Work size: an explicit item count."`
 	Queue    string            `help:"Work size: the depth of this SQS queue."`
-	S3       string            `help:"Work size: the object count under s3://BUCKET/PREFIX." placeholder:"s3://BUCKET/PREFIX"`
+	S3       string            `name:"s3" help:"Work size: the object count under s3://BUCKET/PREFIX." placeholder:"s3://BUCKET/PREFIX"`
 	Deadline time.Duration     `help:"Deadline from now." default:"10m"`
 	Param    map[string]string `help:"Recipe parameter (repeatable)." placeholder:"KEY=VALUE"`
 	Watch    bool              `help:"Follow the job until its fleet is terminated; exit non-zero unless it succeeded."`
 	Timeout  time.Duration     `help:"With --watch: give up after this long." default:"1h"`
+	JSON     bool              `name:"json" help:"Print the submitted job as JSON (one line), and with --watch each event as a JSON line {\"after_seconds\", \"type\", \"event\"}."`
 	// HoldOnFailure places a hold before the job is published that applies only if it
 	// does not succeed.
 	HoldOnFailure time.Duration `help:"If the job does not succeed, keep its instances this long after its deadline (a hold; sortie release ends it)." placeholder:"30m"`
@@ -86,13 +87,23 @@ func (c *SubmitCmd) Run(ctx context.Context, g *Globals) error {
 	if err := pub.Publish(ctx, job); err != nil {
 		return err
 	}
-	fmt.Fprintf(g.Stdout, "submitted job %s (correlation id %s)\n", job.JobID, job.CorrelationID)
+	if c.JSON {
+		b, err := json.Marshal(struct {
+			Submitted events.JobSubmitted `json:"submitted"`
+		}{job})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(g.Stdout, "%s\n", b)
+	} else {
+		fmt.Fprintf(g.Stdout, "submitted job %s (correlation id %s)\n", job.JobID, job.CorrelationID)
+	}
 	if w == nil {
 		return nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	return followJob(wctx, w, l, job.JobID, newJobPrinter(g.Stdout, false))
+	return followJob(wctx, w, l, job.JobID, newJobPrinter(g.Stdout, c.JSON))
 }
 
 func (c *SubmitCmd) job(now time.Time) (events.JobSubmitted, error) {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/schollz/progressbar/v3"
@@ -40,6 +41,9 @@ func (c *WatchCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	topo := bus.Topology{Prefix: g.Prefix}
+	if err := checkStack(ctx, s3.NewFromConfig(cfg, awsx.S3Options(cfg)), topo); err != nil {
+		return err
+	}
 	l := ledger.ForStack(cfg, topo)
 	rec, err := l.Get(ctx, c.JobID)
 	if err != nil {
@@ -166,17 +170,18 @@ func (p *jobPrinter) history(rec ledger.Record) {
 	}
 }
 
-// EventLine is one live event, as `watch --json` prints it.
+// EventLine is one live event, as `watch --json` and `submit --watch --json` print it.
 type EventLine struct {
-	Type  string       `json:"type"` // the event type
-	Event events.Event `json:"event"`
+	AfterSeconds float64      `json:"after_seconds"` // since the watch started
+	Type         string       `json:"type"`          // the event type
+	Event        events.Event `json:"event"`
 }
 
 func (p *jobPrinter) event(ev events.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.json {
-		b, _ := json.Marshal(EventLine{Type: ev.EventType(), Event: ev})
+		b, _ := json.Marshal(EventLine{AfterSeconds: time.Since(p.start).Seconds(), Type: ev.EventType(), Event: ev})
 		fmt.Fprintf(p.w, "%s\n", b)
 		return
 	}
