@@ -7,12 +7,17 @@ import (
 	"os"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/fleetview"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
 // HoldCmd is `sortie hold JOB`: keep the job's instances once it ends, to look at them.
@@ -36,9 +41,58 @@ func (c *HoldCmd) Run(ctx context.Context, g *Globals) error {
 	if err := l.PlaceHold(ctx, c.JobID, ledger.Hold{Until: until, By: operator(c.By), Reason: c.Reason}, false); err != nil {
 		return err
 	}
+	rec, err := l.Get(ctx, c.JobID)
+	if err != nil {
+		return err
+	}
+	if at := rec.DoneAt(ledger.Finished); at != "" {
+		// The monitor extended no lease: the job finished before the hold. Extend those of
+		// the instances still running; the reaper keeps them unless it was reaping already.
+		cfg, err := awsx.Load(ctx, "cli")
+		if err != nil {
+			return err
+		}
+		n, err := extendLeases(ctx, ec2.NewFromConfig(cfg), g.Prefix, c.JobID, until)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(g.Stdout, "job %s finished at %s (%s): %d instances still running held until %s, unless the reaper was reaping them already\n",
+			c.JobID, at, rec.Attrs["outcome"], n, until.UTC().Format(time.RFC3339))
+		return nil
+	}
 	fmt.Fprintf(g.Stdout, "job %s held until %s: its instances are kept when it ends; `sortie release %s` lets them go\n",
 		c.JobID, until.UTC().Format(time.RFC3339), c.JobID)
 	return nil
+}
+
+// leaseTagger is the EC2 calls extendLeases makes.
+type leaseTagger interface {
+	fleetview.EC2API
+	CreateTags(ctx context.Context, params *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
+}
+
+// extendLeases sets the lease of the job's running instances in the stack to until and
+// returns how many it extended.
+func extendLeases(ctx context.Context, api leaseTagger, stack, jobID string, until time.Time) (int, error) {
+	insts, err := fleetview.Describe(ctx, api, fleetview.Query{Stack: stack, JobID: jobID})
+	if err != nil {
+		return 0, err
+	}
+	var ids []string
+	for _, in := range insts {
+		if in.State != nil && in.State.Name == ec2types.InstanceStateNameRunning {
+			ids = append(ids, aws.ToString(in.InstanceId))
+		}
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	_, err = api.CreateTags(ctx, &ec2.CreateTagsInput{Resources: ids,
+		Tags: []ec2types.Tag{{Key: aws.String(tags.LeaseExpires), Value: aws.String(until.UTC().Format(time.RFC3339))}}})
+	if err != nil {
+		return 0, fmt.Errorf("extending the leases of job %s: %w", jobID, err)
+	}
+	return len(ids), nil
 }
 
 // ReleaseCmd is `sortie release JOB`: end a hold now.
