@@ -208,7 +208,8 @@ func tokens(atts []attempt) []string {
 func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a attempt, key hostKeys, now time.Time) *ec2.RunInstancesInput {
 	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
 	if !t.InstanceHostKeys() {
-		fleet = append(fleet, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(key.nonce)})
+		fleet = append(fleet, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(key.nonce)},
+			types.Tag{Key: aws.String(tags.HostKey), Value: aws.String(key.public)})
 	}
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(t.AMI),

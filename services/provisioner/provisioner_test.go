@@ -126,7 +126,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			want := map[string]string{
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
-				"sortie:hostkey-nonce": nonceA,
+				"sortie:hostkey-nonce": nonceA, "sortie:host-key": fl.HostKey,
 			}
 			if len(tags) != len(want) {
 				t.Errorf("%s: tags %v, want %v and a lease", in.ID, tags, want)
@@ -237,6 +237,9 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		for _, in := range b.Instances {
 			if got := cloudtest.Tags(tagged(t, "fleet-e")[in.ID])[tags.HostKeyNonce]; got != nonceA {
 				t.Errorf("%s: %s = %q, want the first plan's %q", in.ID, tags.HostKeyNonce, got, nonceA)
+			}
+			if got := cloudtest.Tags(tagged(t, "fleet-e")[in.ID])[tags.HostKey]; got != a.HostKey {
+				t.Errorf("%s: %s = %q, want the pinned %q", in.ID, tags.HostKey, got, a.HostKey)
 			}
 			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo ok"); out != "ok\n" {
 				t.Errorf("%s: ssh printed %q", in.ID, out)
