@@ -152,8 +152,8 @@ type monitor struct {
 	consoleKeys sync.Map
 }
 
-// handleTaskReported turns a workload's exit report into an immediate check of its
-// fleet; a task's report it counts once in the ledger (by job, task id and outcome: a
+// handleTaskReported turns a workload's exit report into an immediate check of its fleet,
+// and counts a task's report once in the ledger (by job, task id and outcome: a
 // redelivered or duplicated report counts nothing), then sends its metrics and flushes
 // them before the message is acknowledged, so that CloudWatch's totals are exact under
 // redelivery. A report counted before whose metrics did not reach CloudWatch (the flush
