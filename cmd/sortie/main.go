@@ -26,6 +26,7 @@ type CLI struct {
 	Audit      AuditCmd      `cmd:"" help:"Check that the stack's buckets (log, secrets, any --bucket) enforce TLS only, SSE-KMS and a public access block; exit non-zero if not."`
 	Status     StatusCmd     `cmd:"" help:"List the stack's (--prefix) Sortie instances by job (from their tags), flagging expired leases."`
 	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3."`
+	Simulate   SimulateCmd   `cmd:"" help:"Replay a synthetic trace of jobs against Sortie's sizing and two baseline autoscaling policies (--trace FILE), or generate one (--generate N --seed S)."`
 }
 
 // Globals are handed to every command's Run.
