@@ -38,6 +38,7 @@ func validJobSubmitted() JobSubmitted {
 		Work:            WorkSource{Count: 202},
 		DeadlineSeconds: 600,
 		Params:          map[string]string{"QUALITY": "85", "output_dir": "/data/out dir", "FILTER": "*.jpg && echo 'ok' > /dev/null"},
+		BestEffort:      true,
 	}
 }
 

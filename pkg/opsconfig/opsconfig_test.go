@@ -306,8 +306,8 @@ func TestDefault(t *testing.T) {
 	if res := plan("files", 202, 10*time.Minute); res.InstanceType != "m3.medium" || res.Count != 3 || !res.MeetsDeadline {
 		t.Errorf("files profile, 202 items in 10 min: %+v, want 3 × m3.medium", res)
 	}
-	if res := plan("demo-fast", 202, 10*time.Second); res.InstanceType != "m3.medium" || res.Count != 3 || !res.MeetsDeadline {
-		t.Errorf("demo-fast profile, 202 items in 10 s: %+v, want 3 × m3.medium", res)
+	if res := plan("demo-fast", 202, 20*time.Second); res.InstanceType != "m3.medium" || res.Count != 3 || !res.MeetsDeadline {
+		t.Errorf("demo-fast profile, 202 items in 20 s: %+v, want 3 × m3.medium", res)
 	}
 
 	r, err := c.Recipe("demo-worker")

@@ -290,7 +290,7 @@ func rationaleLate(req Request, opts []option, chosen int) string {
 // deadlineText is "10 min deadline", or, when the job waited, "10 min deadline, 7 min
 // left after 3 min waiting".
 func deadlineText(req Request) string {
-	if req.Waited <= 0 {
+	if req.Waited < 50*time.Millisecond { // would read "0.0 s waiting"
 		return span(req.Deadline.Seconds()) + " deadline"
 	}
 	left := req.left().Seconds()
