@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -22,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/sizing"
 	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
@@ -87,8 +89,8 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		}
 	}
 	ids := found.ids
-	if len(ids) != fp.Count {
-		bus.Logger(ctx).Warn("the fleet's live instances differ from the plan", "planned", fp.Count, "live", len(ids))
+	if found.launched != nil && len(ids) != found.launched.Count {
+		bus.Logger(ctx).Warn("the fleet's live instances differ from the launch", "launched", found.launched.Count, "live", len(ids))
 	}
 
 	out, err := l.wait(ctx, ids)
@@ -99,17 +101,24 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 	if err != nil {
 		return events.FleetLaunched{}, err
 	}
+	fallback := ""
+	if found.launched != nil {
+		fallback = found.launched.Fallback
+	}
 	return events.FleetLaunched{
-		Header:       events.NewHeader(fp.JobID, fp.CorrelationID, l.now()),
-		FleetID:      fp.FleetID,
-		PlanRevision: fp.PlanRevision,
-		Template:     fp.Template,
-		Recipe:       fp.Recipe,
-		Params:       fp.Params,
-		DeadlineAt:   fp.DeadlineAt(),
-		KeyName:      t.KeyName,
-		HostKey:      key.public,
-		Instances:    instances,
+		Header:              events.NewHeader(fp.JobID, fp.CorrelationID, l.now()),
+		FleetID:             fp.FleetID,
+		PlanRevision:        fp.PlanRevision,
+		Template:            fp.Template,
+		Recipe:              fp.Recipe,
+		Params:              fp.Params,
+		DeadlineAt:          fp.DeadlineAt(),
+		KeyName:             t.KeyName,
+		HostKey:             key.public,
+		Instances:           instances,
+		PlannedInstanceType: fp.InstanceType,
+		PlannedCount:        fp.Count,
+		Fallback:            truncate(fallback, events.MaxTextBytes),
 	}, nil
 }
 
@@ -151,6 +160,54 @@ type attempt struct {
 	InstanceType string
 	Subnet       string
 	Token        string
+}
+
+// launch is how an attempt that succeeded launched: Count instances of its type; Fallback
+// says, when it was not the first attempt, which attempts failed and how the count was
+// re-sized.
+type launch struct {
+	attempt
+	Count    int
+	Fallback string
+}
+
+// sizeFor returns the count to launch of instanceType: the plan's count for the planned
+// type; for another type, the sizing re-run for that type (the profile's rate, boot time
+// and price) on the plan's items and the time left now, within the template's bounds.
+// ok is false when the re-sized fleet cannot meet a deadline the plan met; why says why,
+// or gives the re-sizing's arithmetic.
+func (l *launcher) sizeFor(fp events.FleetPlanned, t opsconfig.Template, instanceType string) (count int, why string, ok bool) {
+	if instanceType == fp.InstanceType || fp.Items < 1 {
+		return fp.Count, "", true
+	}
+	cands, err := l.ops.Candidates(fp.Template, fp.Profile)
+	if err != nil {
+		return 0, fmt.Sprintf("%s: not sized: %v", instanceType, err), false
+	}
+	var cand []sizing.Candidate
+	for _, c := range cands {
+		if c.InstanceType == instanceType {
+			cand = append(cand, c)
+		}
+	}
+	if len(cand) == 0 {
+		return 0, fmt.Sprintf("%s: profile %q has no capacity for it", instanceType, fp.Profile), false
+	}
+	res, err := sizing.Plan(sizing.Request{
+		Items:      fp.Items,
+		Deadline:   time.Duration(fp.DeadlineSeconds) * time.Second,
+		Waited:     max(l.now().Sub(fp.SubmittedAt), 0),
+		Candidates: cand,
+		Min:        t.MinInstances,
+		Max:        t.MaxInstances,
+	})
+	if err != nil {
+		return 0, fmt.Sprintf("%s: not sized: %v", instanceType, err), false
+	}
+	if !res.MeetsDeadline && fp.MeetsDeadline {
+		return 0, fmt.Sprintf("%s cannot meet the deadline: %s", instanceType, res.Rationale), false
+	}
+	return res.Count, fmt.Sprintf("re-sized for %s: %s", instanceType, res.Rationale), true
 }
 
 // clientToken is RunInstances' idempotency token: hex(sha256(parts joined by "/")), the
@@ -201,7 +258,7 @@ func tokens(atts []attempt) []string {
 // runInput is the RunInstances request of one attempt. MinCount = MaxCount = Count: a
 // fleet smaller than planned is never accepted silently; short of capacity, the launch
 // fails and falls back instead.
-func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a attempt, key hostKeys, now time.Time) *ec2.RunInstancesInput {
+func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a launch, key hostKeys, now time.Time) *ec2.RunInstancesInput {
 	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
 	if !t.InstanceHostKeys() {
 		fleet = append(fleet, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(key.nonce)})
@@ -209,8 +266,8 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a atte
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(t.AMI),
 		InstanceType:     types.InstanceType(a.InstanceType),
-		MinCount:         aws.Int32(int32(fp.Count)),
-		MaxCount:         aws.Int32(int32(fp.Count)),
+		MinCount:         aws.Int32(int32(a.Count)),
+		MaxCount:         aws.Int32(int32(a.Count)),
 		KeyName:          aws.String(t.KeyName),
 		SecurityGroupIds: t.SecurityGroups,
 		ClientToken:      aws.String(a.Token),
@@ -285,6 +342,7 @@ type fleet struct {
 	nonce    string
 	hasNonce bool
 	raced    bool
+	launched *launch // set by run when this delivery launched the fleet
 }
 
 // find returns the live (pending or running) instances of the fleet launched with one of
@@ -321,11 +379,24 @@ func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) (f
 	return f, nil
 }
 
-// run launches the fleet with the first attempt that has capacity.
+// run launches the fleet with the first attempt that has capacity; an attempt of another
+// type than planned launches the count re-sized for that type (sizeFor).
 func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, key hostKeys) (fleet, error) {
 	var short []error
-	for _, a := range atts {
-		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", fp.Count)
+	var notes []string // what failed before, for FleetLaunched.Fallback
+	for _, at := range atts {
+		count, why, ok := l.sizeFor(fp, t, at.InstanceType)
+		if !ok {
+			bus.Logger(ctx).Warn("fallback type skipped", "instance_type", at.InstanceType, "reason", why)
+			short = append(short, errors.New(why))
+			notes = append(notes, why)
+			continue
+		}
+		a := launch{attempt: at, Count: count}
+		if len(notes) > 0 {
+			a.Fallback = strings.Join(append(slices.Clone(notes), cmpOr(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
+		}
+		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", a.Count)
 		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, key, l.now()))
 		switch {
 		case err == nil:
@@ -338,11 +409,13 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			if len(ids) == 0 { // the token's earlier launch, long gone
 				return fleet{}, errFleetEnded
 			}
-			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
-			return fleet{ids: ids, nonce: key.nonce, hasNonce: true}, nil
+			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId), "fallback", a.Fallback)
+			return fleet{ids: ids, nonce: key.nonce, hasNonce: true, launched: &a}, nil
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
-			short = append(short, fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err)))
+			e := fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err))
+			short = append(short, e)
+			notes = append(notes, e.Error())
 		case awsx.ErrorCode(err) == "IdempotentParameterMismatch":
 			// Another delivery of this FleetPlanned launched with this token between our
 			// look-up and now (with, say, another lease time): its instances are ours.
@@ -358,7 +431,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			f.raced = true
 			return f, nil
 		default:
-			return fleet{}, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, fp.Count, a.InstanceType), err)
+			return fleet{}, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, a.Count, a.InstanceType), err)
 		}
 	}
 	return fleet{}, bus.Permanent(fmt.Errorf("launching fleet %s: no capacity for %d instances of any type in any subnet of template %q: %w",
@@ -448,6 +521,19 @@ func classify(what string, err error) error {
 		return bus.Permanent(err)
 	}
 	return err
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	cut := n - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
 }
 
 func cmpOr(a, b string) string {

@@ -1,6 +1,7 @@
 package provisioner
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -139,7 +140,7 @@ func TestAttempts(t *testing.T) {
 
 func TestRunInput(t *testing.T) {
 	tmpl := opsconfig.Default().Templates["demo"]
-	a := attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}
+	a := launch{attempt: attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}, Count: 3}
 	in := runInput("sortie", plan(), tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
 
 	if aws.ToString(in.ImageId) != "ami-0123456789abcdef0" || in.InstanceType != "c5.large" ||
@@ -202,7 +203,7 @@ func TestRunInput(t *testing.T) {
 
 	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
 	tmpl.Subnets = nil
-	in = runInput("sortie", plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, hostKeys{}, now)
+	in = runInput("sortie", plan(), tmpl, launch{attempt: attempt{InstanceType: "m3.medium", Token: baseToken}, Count: 3}, hostKeys{}, now)
 	if in.IamInstanceProfile.Name != nil || aws.ToString(in.IamInstanceProfile.Arn) != tmpl.InstanceProfile || in.SubnetId != nil {
 		t.Errorf("profile by ARN, no subnet: %+v %+v", in.IamInstanceProfile, in.SubnetId)
 	}
@@ -378,6 +379,8 @@ func TestLaunch(t *testing.T) {
 		ec2       *fakeEC2
 		wantRuns  []string // type@token-prefix of each RunInstances
 		wantType  string   // of the launched instances
+		wantCount int      // of the launched instances; 0 means the plan's 3
+		wantFall  string   // a substring of FleetLaunched.Fallback; "" means none
 		wantIDs   []string
 		wantEnd   []string // endpoints
 		wantErr   string
@@ -427,9 +430,25 @@ func TestLaunch(t *testing.T) {
 			ended: true,
 		},
 		{
-			name:     "no capacity for the planned type: falls back to the next with its own token",
+			// 202 items, 7 s left of 10 s at 3 s past submission, 1 s boot: c5.large does 60
+			// items in the 6 s, so 4 of them (the plan's 3 were sized as m3.mediums).
+			name:     "no capacity for the planned type: falls back to the next, re-sized for it, with its own token",
 			ec2:      &fakeEC2{noCapacity: map[string]bool{"m3.medium": true}},
-			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large",
+			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large", wantCount: 4,
+			wantFall: "m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity; re-sized for c5.large: 202 items, 600/min per c5.large, 1 s boot, 10 s deadline, 7.0 s left after 3.0 s waiting → 4 instances",
+		},
+		{
+			name: "fallback type that cannot meet the deadline is not launched",
+			fp:   func(fp *events.FleetPlanned) { fp.Items = 2000; fp.InstanceType = "c5.large"; fp.Count = 10 },
+			ops: func() *opsconfig.Config { // m3.medium at 10/min: 2000 items need far more than 10
+				ops := opsconfig.Default()
+				ops.Profiles["demo-fast"]["m3.medium"] = opsconfig.Capacity{ItemsPerMinute: 10, BootSeconds: 1, HourlyPrice: 0.067}
+				return ops
+			}(),
+			ec2:       &fakeEC2{noCapacity: map[string]bool{"c5.large": true}},
+			wantRuns:  []string{"c5.large@" + baseToken[:8]},
+			wantErr:   "m3.medium cannot meet the deadline: 2000 items, 10/min per m3.medium",
+			permanent: true,
 		},
 		{
 			name: "no capacity anywhere: every type in every subnet, then a permanent failure", ops: twoSubnets(),
@@ -546,8 +565,20 @@ func TestLaunch(t *testing.T) {
 					t.Errorf("instance %+v, want type %s launched at %s", in, tt.wantType, now)
 				}
 			}
-			if len(ids) != 3 {
-				t.Errorf("instances %v, want 3", ids)
+			wantCount := cmp.Or(tt.wantCount, 3)
+			if len(ids) != wantCount {
+				t.Errorf("instances %v, want %d", ids, wantCount)
+			}
+			if got.PlannedInstanceType != fp.InstanceType || got.PlannedCount != fp.Count {
+				t.Errorf("planned %d × %s in FleetLaunched, want the plan's %d × %s", got.PlannedCount, got.PlannedInstanceType, fp.Count, fp.InstanceType)
+			}
+			if tt.wantFall == "" && got.Fallback != "" || !strings.Contains(got.Fallback, tt.wantFall) {
+				t.Errorf("fallback %q, want %q", got.Fallback, tt.wantFall)
+			}
+			if n := len(tt.ec2.runs); n > 0 {
+				if last := tt.ec2.runs[n-1]; aws.ToInt32(last.MinCount) != int32(wantCount) || aws.ToInt32(last.MaxCount) != int32(wantCount) {
+					t.Errorf("RunInstances counts %d..%d, want %d", aws.ToInt32(last.MinCount), aws.ToInt32(last.MaxCount), wantCount)
+				}
 			}
 			if tt.wantIDs != nil && !slices.Equal(ids, tt.wantIDs) {
 				t.Errorf("instances %v, want %v", ids, tt.wantIDs)

@@ -215,14 +215,23 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		}
 	})
 
-	t.Run("no capacity for the planned type: falls back to the next", func(t *testing.T) {
+	t.Run("no capacity for the planned type: falls back to the next, re-sized for it", func(t *testing.T) {
 		s.Cloud.SetCapacityFault("m3.medium", true)
 		defer s.Cloud.SetCapacityFault("m3.medium", false)
-		s.Publish(t, fleet("fleet-c"))
+		// 4000 items in 2 min: 7 × m3.medium (300/min) as planned; c5.large does 600/min,
+		// so 4000 / (600 × (119 s − the seconds since submission) / 60) → 4 of them
+		// (for anything between 0 and 10 s since submission).
+		fp := fleet("fleet-c")
+		fp.Items, fp.DeadlineSeconds, fp.Count = 4000, 120, 7
+		s.Publish(t, fp)
 		fl := launchedEvents(t, "fleet-c", 1)[0]
 		instances := tagged(t, "fleet-c")
-		if len(instances) != 3 {
-			t.Fatalf("%d instances tagged fleet-c, want 3", len(instances))
+		if len(instances) != 4 || len(fl.Instances) != 4 {
+			t.Fatalf("%d instances tagged fleet-c, %d in the event, want 4", len(instances), len(fl.Instances))
+		}
+		if fl.PlannedInstanceType != "m3.medium" || fl.PlannedCount != 7 ||
+			!strings.Contains(fl.Fallback, "m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity; re-sized for c5.large: 4000 items, 600/min per c5.large") {
+			t.Errorf("FleetLaunched planned %d × %s, fallback %q", fl.PlannedCount, fl.PlannedInstanceType, fl.Fallback)
 		}
 		for _, in := range fl.Instances {
 			got := instances[in.ID]
