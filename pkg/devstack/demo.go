@@ -230,7 +230,8 @@ func PrintSummary(ctx context.Context, cw metrics.StatisticsAPI, out io.Writer, 
 		}
 		sort.Strings(keys)
 		fmt.Fprintf(out, "archives:    %s\n", strings.Join(keys, "\n             "))
-		fmt.Fprintf(out, "terminated:  %d instances, %.1f instance-seconds\n", len(t.Terminated.TerminatedInstanceIDs), t.Terminated.InstanceSeconds)
+		fmt.Fprintf(out, "terminated:  %d instances, %.1f instance-seconds, cost $%.6f (planned $%.6f)\n", len(t.Terminated.TerminatedInstanceIDs),
+			t.Terminated.InstanceSeconds, t.Terminated.Cost, t.Terminated.PlannedCost)
 	}
 	return nil
 }

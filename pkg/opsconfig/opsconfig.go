@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/sizing"
 )
 
@@ -78,11 +79,24 @@ func (t Template) PublicAddress() bool { return t.SSHAddress == AddressPublic }
 // Profile maps an instance type to its capacity for one workload profile.
 type Profile map[string]Capacity
 
-// Capacity is what one instance of a type does for a workload profile.
+// Capacity is what one instance of a type does for a workload profile, and what it costs.
 type Capacity struct {
 	ItemsPerMinute float64 `yaml:"items_per_minute"`
 	BootSeconds    float64 `yaml:"boot_seconds"`
-	HourlyPrice    float64 `yaml:"hourly_price"`
+	// HourlyPrice is the on-demand price in dollars an hour.
+	HourlyPrice float64 `yaml:"hourly_price"`
+	// SpotPrice is the price expected in the spot market, in dollars an hour; 0 (unset)
+	// prices spot instances at HourlyPrice, which can only overstate their cost.
+	SpotPrice float64 `yaml:"spot_price"`
+}
+
+// Price is the hourly price of an instance in market (events.MarketSpot or
+// events.MarketOnDemand).
+func (c Capacity) Price(market string) float64 {
+	if market == events.MarketSpot && c.SpotPrice > 0 {
+		return c.SpotPrice
+	}
+	return c.HourlyPrice
 }
 
 // Recipe is the ordered steps that bootstrap an instance, and the parameters a job may pass.

@@ -147,6 +147,9 @@ func (pr Profile) validate(p *problems, path, name string) {
 		if !(c.HourlyPrice >= 0 && c.HourlyPrice <= sizing.MaxHourlyPrice) {
 			p.add(ip+".hourly_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, c.HourlyPrice)
 		}
+		if !(c.SpotPrice >= 0 && c.SpotPrice <= sizing.MaxHourlyPrice) {
+			p.add(ip+".spot_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, c.SpotPrice)
+		}
 	}
 }
 

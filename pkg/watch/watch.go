@@ -360,7 +360,8 @@ func Describe(ev events.Event) string {
 		}
 		return s
 	case events.FleetTerminated:
-		return fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds", e.Outcome, len(e.Archives), len(e.TerminatedInstanceIDs), e.InstanceSeconds)
+		return fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds, cost $%.6f (planned $%.6f)",
+			e.Outcome, len(e.Archives), len(e.TerminatedInstanceIDs), e.InstanceSeconds, e.Cost, e.PlannedCost)
 	}
 	return ev.EventType()
 }

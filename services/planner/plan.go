@@ -238,6 +238,7 @@ func buildPlan(job events.JobSubmitted, sel selection, items int, now time.Time)
 		EstimatedSeconds: res.EstimatedSeconds,
 		MeetsDeadline:    res.MeetsDeadline,
 		Rationale:        truncate(res.Rationale, events.MaxTextBytes),
+		PlannedCost:      res.Cost,
 	}, nil
 }
 

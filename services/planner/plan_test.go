@@ -187,7 +187,8 @@ func TestBuildPlan(t *testing.T) {
 		{
 			name: "seed vector: 202 files, 10/min, 10 min deadline → 3 not 2", job: seedJob(), items: 202,
 			wantType: "m3.medium", wantCount: 3, wantMeets: true,
-			wantRationale: "202 items, 10/min per m3.medium, 60 s boot, 10 min deadline, 10.0 min left after 2.0 s waiting → 3 instances, ≈6.7 min + 60 s boot",
+			// 3 × $0.067 an hour for 60 s + 202 / 30 min = 464 s: $0.0259.
+			wantRationale: "202 items, 10/min per m3.medium, 60 s boot, 10 min deadline, 10.0 min left after 2.0 s waiting → 3 instances, ≈6.7 min + 60 s boot, $0.0259",
 		},
 		{
 			name: "demo profile: cheaper 3 × m3.medium over 2 × c5.large", job: demoJob(), items: 202,
@@ -200,7 +201,7 @@ func TestBuildPlan(t *testing.T) {
 		},
 		{
 			name: "deadline out of reach, best effort: plan the template's max and say so",
-			job: with(seedJob(), func(j *events.JobSubmitted) { j.DeadlineSeconds = 120; j.BestEffort = true }), items: 5000,
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.DeadlineSeconds = 120; j.BestEffort = true }), items: 5000,
 			wantType: "m3.medium", wantCount: 10, wantMeets: false,
 			wantRationale: "5000 items, 10/min per m3.medium, 60 s boot, 2 min deadline, 2.0 min left after 2.0 s waiting: no candidate meets it within max 10",
 		},
@@ -224,7 +225,7 @@ func TestBuildPlan(t *testing.T) {
 		},
 		{
 			name: "waited past its deadline, best effort: planned at max, late",
-			job: with(seedJob(), func(j *events.JobSubmitted) { j.Time = planned.Add(-11 * time.Minute); j.BestEffort = true }), items: 50,
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.Time = planned.Add(-11 * time.Minute); j.BestEffort = true }), items: 50,
 			wantType: "m3.medium", wantCount: 10, wantMeets: false,
 			wantRationale: "50 items, 10/min per m3.medium, 60 s boot, 10 min deadline, none left after 11.0 min waiting: no candidate meets it within max 10; the deadline has passed",
 		},
@@ -257,6 +258,10 @@ func TestBuildPlan(t *testing.T) {
 			}
 			if !strings.HasPrefix(got.Rationale, tt.wantRationale) {
 				t.Errorf("rationale %q, want it to start %q", got.Rationale, tt.wantRationale)
+			}
+			// The planned cost is the one the rationale states.
+			if c := fmt.Sprintf("$%.4f", got.PlannedCost); got.PlannedCost <= 0 || !strings.Contains(got.Rationale, c) {
+				t.Errorf("planned cost %v: want > 0 and %s in the rationale %q", got.PlannedCost, c, got.Rationale)
 			}
 			// The carried fields and the plan's identity.
 			j := tt.job

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
@@ -169,6 +170,20 @@ type launch struct {
 	attempt
 	Count    int
 	Fallback string
+	// Market and HourlyPrice are the market launched in and the profile's price of the
+	// type there, recorded in the instances' tags.
+	Market      string
+	HourlyPrice float64
+}
+
+// price is the profile's hourly price of instanceType in market; 0 when the profile has
+// none for it.
+func (l *launcher) price(fp events.FleetPlanned, instanceType, market string) float64 {
+	p, err := l.ops.Profile(fp.Profile)
+	if err != nil {
+		return 0
+	}
+	return p[instanceType].Price(market)
 }
 
 // sizeFor returns the count to launch of instanceType: the plan's count for the planned
@@ -260,8 +275,13 @@ func tokens(atts []attempt) []string {
 // fails and falls back instead.
 func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a launch, key hostKeys, now time.Time) *ec2.RunInstancesInput {
 	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
+	tag := func(k, v string) types.Tag { return types.Tag{Key: aws.String(k), Value: aws.String(v)} }
 	if !t.InstanceHostKeys() {
-		fleet = append(fleet, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(key.nonce)})
+		fleet = append(fleet, tag(tags.HostKeyNonce, key.nonce))
+	}
+	fleet = append(fleet, tag(tags.Market, a.Market), tag(tags.HourlyPrice, cost.Format(a.HourlyPrice)))
+	if fp.PlannedCost > 0 {
+		fleet = append(fleet, tag(tags.PlannedCost, cost.Format(fp.PlannedCost)))
 	}
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(t.AMI),
@@ -392,7 +412,8 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			notes = append(notes, why)
 			continue
 		}
-		a := launch{attempt: at, Count: count}
+		a := launch{attempt: at, Count: count, Market: events.MarketOnDemand}
+		a.HourlyPrice = l.price(fp, a.InstanceType, a.Market)
 		if len(notes) > 0 {
 			a.Fallback = strings.Join(append(slices.Clone(notes), cmpOr(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
 		}
@@ -492,12 +513,22 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 		if in.LaunchTime != nil {
 			launched = in.LaunchTime.UTC()
 		}
+		market := events.MarketOnDemand
+		if in.InstanceLifecycle == types.InstanceLifecycleTypeSpot {
+			market = events.MarketSpot
+		}
+		var price float64
+		if s, ok := tagLookup(in.Tags, tags.HourlyPrice); ok {
+			price, _ = cost.Parse(s) // a tag that does not parse prices nothing
+		}
 		res = append(res, events.Instance{
 			ID:           id,
 			InstanceType: string(in.InstanceType),
 			PrivateIP:    aws.ToString(in.PrivateIpAddress),
 			SSHEndpoint:  endpoint,
 			LaunchedAt:   launched,
+			Market:       market,
+			HourlyPrice:  min(price, events.MaxHourlyPrice),
 		})
 	}
 	return res, nil

@@ -140,8 +140,11 @@ func TestAttempts(t *testing.T) {
 
 func TestRunInput(t *testing.T) {
 	tmpl := opsconfig.Default().Templates["demo"]
-	a := launch{attempt: attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}, Count: 3}
-	in := runInput("sortie", plan(), tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
+	a := launch{attempt: attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}, Count: 3,
+		Market: events.MarketOnDemand, HourlyPrice: 0.17}
+	fp := plan()
+	fp.PlannedCost = 0.0034
+	in := runInput("sortie", fp, tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
 
 	if aws.ToString(in.ImageId) != "ami-0123456789abcdef0" || in.InstanceType != "c5.large" ||
 		aws.ToInt32(in.MinCount) != 3 || aws.ToInt32(in.MaxCount) != 3 ||
@@ -179,6 +182,9 @@ func TestRunInput(t *testing.T) {
 		"sortie:template":       "demo",
 		"sortie:correlation-id": "corr-42",
 		"sortie:hostkey-nonce":  nonceA,
+		"sortie:market":         "on-demand",
+		"sortie:hourly-price":   "0.17",
+		"sortie:planned-cost":   "0.0034",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("tg %v, want %v", got, want)

@@ -123,7 +123,10 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			want := map[string]string{
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
-				"sortie:hostkey-nonce": nonceA,
+				"sortie:hostkey-nonce": nonceA, "sortie:market": "on-demand", "sortie:hourly-price": "0.067",
+			}
+			if in.Market != events.MarketOnDemand || in.HourlyPrice != 0.067 {
+				t.Errorf("%s: market %q at $%v an hour in FleetLaunched, want on-demand at the profile's $0.067", in.ID, in.Market, in.HourlyPrice)
 			}
 			if len(tags) != len(want) {
 				t.Errorf("%s: tags %v, want %v and a lease", in.ID, tags, want)
