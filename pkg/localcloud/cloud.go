@@ -105,6 +105,8 @@ type Cloud struct {
 	network      *network
 	nextIP       uint32
 	capacity     map[string]int
+	spotFaults   map[string]string  // instance type → the error code its spot launches fail with
+	spotPrices   map[string]float64 // instance type → its spot price, checked against MaxPrice
 	throttle     throttleState
 }
 
@@ -139,6 +141,8 @@ func New(opts Options) (*Cloud, error) {
 		keyPairs:     map[string]*keyPair{},
 		network:      newNetwork(),
 		capacity:     map[string]int{},
+		spotFaults:   map[string]string{},
+		spotPrices:   map[string]float64{},
 		throttle:     throttleState{every: opts.ThrottleEvery},
 	}
 	for t, n := range opts.Capacity {

@@ -55,6 +55,7 @@ type instance struct {
 	privateIP     string
 	userData      []byte
 	metadata      metadataOptions
+	spot          *spotOptions // nil: on demand
 
 	stop   chan struct{} // closed when termination starts
 	booted chan struct{} // closed when the boot goroutine is done
@@ -150,6 +151,10 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
+	spot, err := parseMarketOptions(form)
+	if err != nil {
+		return nil, err
+	}
 	fingerprint := fingerprintForm(form)
 
 	c.mu.Lock()
@@ -185,6 +190,11 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 		return nil, netErr
 	}
 
+	if spot != nil {
+		if spotErr := c.spotLaunchableLocked(instanceType, spot); spotErr != nil {
+			return nil, spotErr
+		}
+	}
 	count, capErr := c.launchableLocked(instanceType, minCount, maxCount)
 	if capErr != nil {
 		return nil, capErr
@@ -214,6 +224,7 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			privateIP:     c.nextPrivateIPLocked(),
 			userData:      userData,
 			metadata:      metadata,
+			spot:          spot,
 			stop:          make(chan struct{}),
 			booted:        make(chan struct{}),
 			state:         statePending,
@@ -363,6 +374,10 @@ func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 		IamInstanceProfile: inst.profile,
 		PlatformDetails:    "Linux/UNIX",
 		MetadataOptions:    inst.metadata.render(),
+	}
+	if inst.spot != nil {
+		x.InstanceLifecycle = "spot"
+		x.SpotInstanceRequestID = inst.spot.requestID
 	}
 	if inst.state != stateTerminated {
 		x.PrivateIPAddress = inst.privateIP

@@ -161,6 +161,9 @@ type xmlInstance struct {
 	IamInstanceProfile *xmlProfile        `xml:"iamInstanceProfile,omitempty"`
 	PlatformDetails    string             `xml:"platformDetails"`
 	MetadataOptions    xmlMetadataOptions `xml:"metadataOptions"`
+	// InstanceLifecycle is "spot" for a spot instance; absent on demand.
+	InstanceLifecycle     string `xml:"instanceLifecycle,omitempty"`
+	SpotInstanceRequestID string `xml:"spotInstanceRequestId,omitempty"`
 }
 
 type xmlReservation struct {
