@@ -50,7 +50,31 @@ type Template struct {
 	// SSHAddress says which of EC2's addresses Sortie connects to: AddressPrivate (the
 	// default) or AddressPublic.
 	SSHAddress string `yaml:"ssh_address"`
+	// Spot, when set, launches the template's fleets as spot instances, falling back as
+	// it says when spot capacity is short. Unset: on demand.
+	Spot *Spot `yaml:"spot"`
 }
+
+// Spot is a template's use of the spot market.
+type Spot struct {
+	// MaxPrice is the most to pay per instance-hour, in dollars; 0 (unset) gives none, which
+	// EC2 caps at the on-demand price.
+	MaxPrice float64 `yaml:"max_price"`
+	// Fallback lists, in order, what to try when a spot launch of the planned type finds no
+	// capacity (InsufficientInstanceCapacity, SpotMaxPriceTooLow,
+	// MaxSpotInstanceCountExceeded): FallbackTypes, the template's other types as spot;
+	// FallbackOnDemand, every type on demand. Empty: the planned type as spot only.
+	Fallback []string `yaml:"fallback"`
+}
+
+// Spot fallbacks (Spot.Fallback).
+const (
+	FallbackTypes    = "types"
+	FallbackOnDemand = "on-demand"
+)
+
+// Falls reports whether the spot fallback lists f.
+func (s *Spot) Falls(f string) bool { return s != nil && slices.Contains(s.Fallback, f) }
 
 // Host key sources of a template (Template.HostKeys).
 const (
@@ -347,7 +371,8 @@ func (c *Config) Recipe(name string) (Recipe, error) {
 }
 
 // Candidates returns the sizing candidates for a job: the template's instance types, in the
-// template's order, that the profile has a capacity for.
+// template's order, that the profile has a capacity for, priced in the market the template
+// launches in (spot for a spot template).
 func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error) {
 	t, err := c.Template(template)
 	if err != nil {
@@ -356,6 +381,10 @@ func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error
 	p, err := c.Profile(profile)
 	if err != nil {
 		return nil, err
+	}
+	market := events.MarketOnDemand
+	if t.Spot != nil {
+		market = events.MarketSpot
 	}
 	var out []sizing.Candidate
 	for _, it := range t.InstanceTypes {
@@ -367,7 +396,7 @@ func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error
 			InstanceType:   it,
 			ItemsPerMinute: cp.ItemsPerMinute,
 			BootSeconds:    cp.BootSeconds,
-			HourlyPrice:    cp.HourlyPrice,
+			HourlyPrice:    cp.Price(market),
 		})
 	}
 	if len(out) == 0 {

@@ -115,6 +115,19 @@ func (t Template) validate(p *problems, path, name string) {
 	if t.TTL <= 0 {
 		p.add(path+".ttl", "must be a positive duration such as \"2h\", got %s", t.TTL.Std())
 	}
+	if s := t.Spot; s != nil {
+		if !(s.MaxPrice >= 0 && s.MaxPrice <= sizing.MaxHourlyPrice) {
+			p.add(path+".spot.max_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, s.MaxPrice)
+		}
+		for i, f := range s.Fallback {
+			fp := fmt.Sprintf("%s.spot.fallback[%d]", path, i)
+			if f != FallbackTypes && f != FallbackOnDemand {
+				p.add(fp, "must be %s or %s, got %q", FallbackTypes, FallbackOnDemand, f)
+			} else if slices.Index(s.Fallback, f) < i {
+				p.add(fp, "duplicate %q", f)
+			}
+		}
+	}
 }
 
 func checkList(p *problems, path string, list []string, re *regexp.Regexp) {

@@ -160,6 +160,7 @@ func (l *launcher) hostKeys(t opsconfig.Template, fp events.FleetPlanned, found 
 type attempt struct {
 	InstanceType string
 	Subnet       string
+	Market       string // events.MarketSpot or events.MarketOnDemand
 	Token        string
 }
 
@@ -170,9 +171,8 @@ type launch struct {
 	attempt
 	Count    int
 	Fallback string
-	// Market and HourlyPrice are the market launched in and the profile's price of the
-	// type there, recorded in the instances' tags.
-	Market      string
+	// HourlyPrice is the profile's price of the type in the attempt's market, recorded in
+	// the instances' tags.
 	HourlyPrice float64
 }
 
@@ -232,16 +232,35 @@ func clientToken(parts ...string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// attempts lists the launches to try, in order: the planned type, then the template's
-// other types in its order, in the first subnet; then the same in the next subnet. The
-// first attempt's token is hex(sha256(job_id + "/" + plan_revision)); each fallback has
-// its own (type and subnet appended), because EC2 refuses a token reused with other
-// parameters (IdempotentParameterMismatch).
+// attempts lists the launches to try, in order, in each of the template's subnets in turn.
+// An on-demand template tries the planned type, then its other types in its order. A spot
+// template tries the planned type as spot, then what its fallback lists, in its order:
+// "types", the other types as spot; "on-demand", every type on demand (planned first). The
+// first attempt's token is hex(sha256(job_id + "/" + plan_revision)); each fallback has its
+// own (type and subnet appended, and "spot" for a spot one), because EC2 refuses a token
+// reused with other parameters (IdempotentParameterMismatch).
 func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
-	types := []string{fp.InstanceType}
+	var others []string
 	for _, it := range t.InstanceTypes {
 		if it != fp.InstanceType {
-			types = append(types, it)
+			others = append(others, it)
+		}
+	}
+	all := append([]string{fp.InstanceType}, others...)
+	type step struct {
+		market string
+		types  []string
+	}
+	steps := []step{{events.MarketOnDemand, all}}
+	if t.Spot != nil {
+		steps = []step{{events.MarketSpot, []string{fp.InstanceType}}}
+		for _, f := range t.Spot.Fallback {
+			switch f {
+			case opsconfig.FallbackTypes:
+				steps = append(steps, step{events.MarketSpot, others})
+			case opsconfig.FallbackOnDemand:
+				steps = append(steps, step{events.MarketOnDemand, all})
+			}
 		}
 	}
 	subnets := t.Subnets
@@ -251,12 +270,17 @@ func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	rev := strconv.Itoa(fp.PlanRevision)
 	var out []attempt
 	for _, subnet := range subnets {
-		for _, it := range types {
-			token := clientToken(fp.JobID, rev)
-			if len(out) > 0 {
-				token = clientToken(fp.JobID, rev, it, subnet)
+		for _, st := range steps {
+			for _, it := range st.types {
+				token := clientToken(fp.JobID, rev)
+				switch {
+				case len(out) > 0 && st.market == events.MarketSpot:
+					token = clientToken(fp.JobID, rev, it, subnet, "spot")
+				case len(out) > 0:
+					token = clientToken(fp.JobID, rev, it, subnet)
+				}
+				out = append(out, attempt{InstanceType: it, Subnet: subnet, Market: st.market, Token: token})
 			}
-			out = append(out, attempt{InstanceType: it, Subnet: subnet, Token: token})
 		}
 	}
 	return out
@@ -296,6 +320,18 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a laun
 			{ResourceType: types.ResourceTypeInstance, Tags: fleet},
 			{ResourceType: types.ResourceTypeVolume, Tags: volumeTags(fleet)},
 		},
+	}
+	if a.Market == events.MarketSpot {
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{
+			MarketType: types.MarketTypeSpot,
+			SpotOptions: &types.SpotMarketOptions{
+				SpotInstanceType:             types.SpotInstanceTypeOneTime,
+				InstanceInterruptionBehavior: types.InstanceInterruptionBehaviorTerminate,
+			},
+		}
+		if t.Spot != nil && t.Spot.MaxPrice > 0 {
+			in.InstanceMarketOptions.SpotOptions.MaxPrice = aws.String(cost.Format(t.Spot.MaxPrice))
+		}
 	}
 	if key.userData != "" { // none for instance host keys: cloud-init generates them
 		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(key.userData)))
@@ -412,12 +448,12 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			notes = append(notes, why)
 			continue
 		}
-		a := launch{attempt: at, Count: count, Market: events.MarketOnDemand}
+		a := launch{attempt: at, Count: count}
 		a.HourlyPrice = l.price(fp, a.InstanceType, a.Market)
 		if len(notes) > 0 {
 			a.Fallback = strings.Join(append(slices.Clone(notes), cmpOr(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
 		}
-		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", a.Count)
+		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "market", a.Market, "subnet", a.Subnet, "count", a.Count)
 		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, key, l.now()))
 		switch {
 		case err == nil:
@@ -434,7 +470,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			return fleet{ids: ids, nonce: key.nonce, hasNonce: true, launched: &a}, nil
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
-			e := fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err))
+			e := fmt.Errorf("%s%s in %s: %s", a.InstanceType, marketNote(a.Market), cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err))
 			short = append(short, e)
 			notes = append(notes, e.Error())
 		case awsx.ErrorCode(err) == "IdempotentParameterMismatch":
@@ -565,6 +601,14 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + ellipsis
+}
+
+// marketNote is " (spot)" for a spot attempt: on-demand ones read as before.
+func marketNote(market string) string {
+	if market == events.MarketSpot {
+		return " (spot)"
+	}
+	return ""
 }
 
 func cmpOr(a, b string) string {

@@ -138,10 +138,55 @@ func TestAttempts(t *testing.T) {
 	}
 }
 
+// spotTemplate is the demo template asking for spot at up to maxPrice, with fallback.
+func spotTemplate(maxPrice float64, fallback ...string) *opsconfig.Config {
+	ops := opsconfig.Default()
+	t := ops.Templates["demo"]
+	t.Spot = &opsconfig.Spot{MaxPrice: maxPrice, Fallback: fallback}
+	ops.Templates["demo"] = t
+	return ops
+}
+
+func TestSpotAttempts(t *testing.T) {
+	const sub = "@subnet-0123456789abcdef0"
+	tests := []struct {
+		name     string
+		fallback []string
+		want     []string // type/market@subnet
+	}{
+		{"spot only", nil, []string{"m3.medium/spot" + sub}},
+		{"spot, then on demand", []string{"on-demand"}, []string{"m3.medium/spot" + sub, "m3.medium/on-demand" + sub, "c5.large/on-demand" + sub}},
+		{"spot, other types as spot", []string{"types"}, []string{"m3.medium/spot" + sub, "c5.large/spot" + sub}},
+		{"spot, other types as spot, then on demand", []string{"types", "on-demand"}, []string{
+			"m3.medium/spot" + sub, "c5.large/spot" + sub, "m3.medium/on-demand" + sub, "c5.large/on-demand" + sub,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			atts := attempts(spotTemplate(0, tt.fallback...).Templates["demo"], plan())
+			var got []string
+			seen := map[string]bool{}
+			for _, a := range atts {
+				got = append(got, a.InstanceType+"/"+a.Market+"@"+a.Subnet)
+				if seen[a.Token] {
+					t.Errorf("token %s used twice", a.Token)
+				}
+				seen[a.Token] = true
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("attempts %v, want %v", got, tt.want)
+			}
+			if atts[0].Token != baseToken {
+				t.Errorf("first attempt's token %s, want the plan's %s", atts[0].Token, baseToken)
+			}
+		})
+	}
+}
+
 func TestRunInput(t *testing.T) {
 	tmpl := opsconfig.Default().Templates["demo"]
-	a := launch{attempt: attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}, Count: 3,
-		Market: events.MarketOnDemand, HourlyPrice: 0.17}
+	a := launch{attempt: attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Market: events.MarketOnDemand, Token: fallbackToken},
+		Count: 3, HourlyPrice: 0.17}
 	fp := plan()
 	fp.PlannedCost = 0.0034
 	in := runInput("sortie", fp, tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
@@ -189,6 +234,20 @@ func TestRunInput(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("tg %v, want %v", got, want)
 	}
+	if in.InstanceMarketOptions != nil {
+		t.Errorf("on-demand attempt asks for market %+v", in.InstanceMarketOptions)
+	}
+	spot := a
+	spot.Market = events.MarketSpot
+	in2 := runInput("sortie", fp, spotTemplate(0.05).Templates["demo"], spot, hostKeys{}, now)
+	if mo := in2.InstanceMarketOptions; mo == nil || mo.MarketType != types.MarketTypeSpot || mo.SpotOptions == nil ||
+		aws.ToString(mo.SpotOptions.MaxPrice) != "0.05" || mo.SpotOptions.SpotInstanceType != types.SpotInstanceTypeOneTime ||
+		mo.SpotOptions.InstanceInterruptionBehavior != types.InstanceInterruptionBehaviorTerminate {
+		t.Errorf("spot attempt: market options %+v", mo)
+	}
+	if in2 = runInput("sortie", fp, spotTemplate(0).Templates["demo"], spot, hostKeys{}, now); in2.InstanceMarketOptions.SpotOptions.MaxPrice != nil {
+		t.Errorf("spot without a max price sends %q", aws.ToString(in2.InstanceMarketOptions.SpotOptions.MaxPrice))
+	}
 	if m := in.MetadataOptions; m == nil || m.HttpTokens != types.HttpTokensStateRequired ||
 		aws.ToInt32(m.HttpPutResponseHopLimit) != 1 || m.HttpEndpoint != types.InstanceMetadataEndpointStateEnabled {
 		t.Errorf("metadata options %+v: want IMDSv2 required, hop limit 1, endpoint enabled", m)
@@ -209,7 +268,7 @@ func TestRunInput(t *testing.T) {
 
 	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
 	tmpl.Subnets = nil
-	in = runInput("sortie", plan(), tmpl, launch{attempt: attempt{InstanceType: "m3.medium", Token: baseToken}, Count: 3}, hostKeys{}, now)
+	in = runInput("sortie", plan(), tmpl, launch{attempt: attempt{InstanceType: "m3.medium", Market: events.MarketOnDemand, Token: baseToken}, Count: 3}, hostKeys{}, now)
 	if in.IamInstanceProfile.Name != nil || aws.ToString(in.IamInstanceProfile.Arn) != tmpl.InstanceProfile || in.SubnetId != nil {
 		t.Errorf("profile by ARN, no subnet: %+v %+v", in.IamInstanceProfile, in.SubnetId)
 	}

@@ -250,6 +250,81 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		}
 	})
 
+	// checkMarket checks a fleet's instances: in EC2 (lifecycle, market and price tags) and in
+	// its FleetLaunched.
+	checkMarket := func(t *testing.T, fl events.FleetLaunched, market string, price string) {
+		t.Helper()
+		instances := tagged(t, fl.FleetID)
+		if len(instances) != 3 || len(fl.Instances) != 3 {
+			t.Fatalf("%d instances tagged %s, %d in the event, want 3", len(instances), fl.FleetID, len(fl.Instances))
+		}
+		for _, in := range fl.Instances {
+			got := instances[in.ID]
+			tg := cloudtest.Tags(got)
+			if spot := got.InstanceLifecycle == types.InstanceLifecycleTypeSpot; spot != (market == events.MarketSpot) {
+				t.Errorf("%s: EC2 lifecycle %q, want market %s", in.ID, got.InstanceLifecycle, market)
+			}
+			if tg[tags.Market] != market || tg[tags.HourlyPrice] != price {
+				t.Errorf("%s: tags %s=%q %s=%q, want %s at %s", in.ID, tags.Market, tg[tags.Market], tags.HourlyPrice, tg[tags.HourlyPrice], market, price)
+			}
+			if in.Market != market || fmt.Sprint(in.HourlyPrice) != price {
+				t.Errorf("%s: FleetLaunched says %s at %v, want %s at %s", in.ID, in.Market, in.HourlyPrice, market, price)
+			}
+		}
+	}
+
+	t.Run("a spot template launches spot instances", func(t *testing.T) {
+		fp := fleet("fleet-s")
+		fp.Template = "demo-spot"
+		s.Publish(t, fp)
+		fl := launchedEvents(t, "fleet-s", 1)[0]
+		checkMarket(t, fl, events.MarketSpot, "0.02")
+		if fl.Fallback != "" {
+			t.Errorf("fallback %q, want none", fl.Fallback)
+		}
+		for id, in := range tagged(t, "fleet-s") {
+			if got := aws.ToString(in.ClientToken); got != clientToken("fleet-s", "1") {
+				t.Errorf("%s: client token %s, want the plan's", id, got)
+			}
+		}
+	})
+
+	t.Run("spot capacity refused: on-demand fallback, market in the event and tags", func(t *testing.T) {
+		faults := []struct {
+			code  string
+			set   func()
+			clear func()
+		}{
+			{"InsufficientInstanceCapacity", func() { s.Cloud.SetSpotFault("m3.medium", "InsufficientInstanceCapacity") }, func() { s.Cloud.SetSpotFault("m3.medium", "") }},
+			{"MaxSpotInstanceCountExceeded", func() { s.Cloud.SetSpotFault("m3.medium", "MaxSpotInstanceCountExceeded") }, func() { s.Cloud.SetSpotFault("m3.medium", "") }},
+			// The template's max price is $0.05 an hour.
+			{"SpotMaxPriceTooLow", func() { s.Cloud.SetSpotPrice("m3.medium", 0.06) }, func() { s.Cloud.SetSpotPrice("m3.medium", 0) }},
+		}
+		for i, f := range faults {
+			t.Run(f.code, func(t *testing.T) {
+				f.set()
+				defer f.clear()
+				id := fmt.Sprintf("fleet-o%d", i)
+				fp := fleet(id)
+				fp.Template = "demo-spot"
+				s.Publish(t, fp)
+				fl := launchedEvents(t, id, 1)[0]
+				checkMarket(t, fl, events.MarketOnDemand, "0.067")
+				if want := "m3.medium (spot) in subnet-0123456789abcdef0: " + f.code; !strings.HasPrefix(fl.Fallback, want) {
+					t.Errorf("fallback %q, want it to start %q", fl.Fallback, want)
+				}
+				if fl.PlannedInstanceType != "m3.medium" || fl.PlannedCount != 3 {
+					t.Errorf("planned %d × %s", fl.PlannedCount, fl.PlannedInstanceType)
+				}
+				for iid, in := range tagged(t, id) {
+					if got, want := aws.ToString(in.ClientToken), clientToken(id, "1", "m3.medium", "subnet-0123456789abcdef0"); got != want {
+						t.Errorf("%s: client token %s, want the on-demand fallback's %s", iid, got, want)
+					}
+				}
+			})
+		}
+	})
+
 	t.Run("an unknown template goes to the DLQ and launches nothing", func(t *testing.T) {
 		fp := fleet("fleet-d")
 		fp.Template = "x"
@@ -283,8 +358,22 @@ func serve(t *testing.T, s *cloudtest.Stack, launchTimeout time.Duration) {
 			WaiterMinDelay: 100 * time.Millisecond,
 			WaiterMaxDelay: 100 * time.Millisecond,
 			LaunchTimeout:  launchTimeout,
-		}, s.Deps(opsconfig.Default()))
+		}, s.Deps(testOps()))
 	})
+}
+
+// testOps is the default ops config plus the template demo-spot: the demo template asking
+// for spot at up to $0.05 an hour, falling back to on demand; the demo-fast profile prices
+// m3.medium at $0.02 an hour in the spot market.
+func testOps() *opsconfig.Config {
+	ops := opsconfig.Default()
+	t := ops.Templates["demo"]
+	t.Spot = &opsconfig.Spot{MaxPrice: 0.05, Fallback: []string{opsconfig.FallbackOnDemand}}
+	ops.Templates["demo-spot"] = t
+	c := ops.Profiles["demo-fast"]["m3.medium"]
+	c.SpotPrice = 0.02
+	ops.Profiles["demo-fast"]["m3.medium"] = c
+	return ops
 }
 
 func sshDial(endpoint string, login ssh.Signer, hostKey ssh.HostKeyCallback) (*ssh.Client, error) {
