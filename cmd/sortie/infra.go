@@ -11,8 +11,8 @@ import (
 
 // InfraCmd groups infra up and down.
 type InfraCmd struct {
-	Up   InfraUpCmd   `cmd:"" help:"Create every topic, queue, DLQ, subscription and the log bucket with its policy (idempotent)."`
-	Down InfraDownCmd `cmd:"" help:"Remove exactly what up created; a non-empty log bucket is kept unless --empty-bucket."`
+	Up   InfraUpCmd   `cmd:"" help:"Create every topic, queue, DLQ, subscription and the buckets with their policies, tagged sortie:stack=<prefix> (idempotent)."`
+	Down InfraDownCmd `cmd:"" help:"Remove exactly what up created, only where tagged sortie:stack=<prefix>; a non-empty log bucket is kept unless --empty-bucket."`
 }
 
 // InfraUpCmd is `sortie infra up`.

@@ -58,6 +58,10 @@ type Options struct {
 	MonitorInterval time.Duration
 	// OnExec sees every command run on an instance (the local cloud's audit hook).
 	OnExec func(instanceID, command string)
+	// Cloud, if set, is a local cloud the stack shares with others (tests of several stacks
+	// in one account): the stack uses it and leaves it running on Close; Addr, DataDir,
+	// WorkerCommand, WorkerEnv and OnExec are then the cloud's business.
+	Cloud *localcloud.Cloud
 }
 
 // Stack is a running Sortie on the local cloud.
@@ -120,14 +124,16 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	env := append([]string{"PATH=" + s.binDir + ":/usr/local/bin:/usr/bin:/bin"}, opts.WorkerEnv...)
 
-	s.Cloud, err = localcloud.New(localcloud.Options{
-		Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
-		BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("starting local cloud: %w", err)
+	if s.Cloud = opts.Cloud; s.Cloud == nil {
+		s.Cloud, err = localcloud.New(localcloud.Options{
+			Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
+			BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("starting local cloud: %w", err)
+		}
+		s.closers = append(s.closers, s.Cloud.Close)
 	}
-	s.closers = append(s.closers, s.Cloud.Close)
 	s.AWS = awsx.ForEndpoint(s.Cloud.URL())
 	s.EC2 = ec2.NewFromConfig(s.AWS)
 	s.S3 = s3.NewFromConfig(s.AWS, awsx.S3Options(s.AWS))
@@ -211,8 +217,8 @@ func (s *Stack) Err() error {
 	return errors.Join(s.errs...)
 }
 
-// Close stops the services (letting in-flight handlers finish), then the local cloud,
-// which terminates every instance still running.
+// Close stops the services (letting in-flight handlers finish), then the local cloud
+// unless it was given (Options.Cloud), which terminates every instance still running.
 func (s *Stack) Close() error {
 	if s.cancel != nil {
 		s.cancel()

@@ -31,7 +31,7 @@ func Down(ctx context.Context, c Clients, topo bus.Topology, opts ...DownOptions
 	if len(opts) > 1 {
 		return Report{}, errors.New("more than one DownOptions")
 	}
-	d := downer{c: c}
+	d := downer{c: c, tagger: stackTagger{c: c, stack: topo.Prefix}}
 	if len(opts) == 1 {
 		d.o = opts[0]
 	}
@@ -47,6 +47,7 @@ func Down(ctx context.Context, c Clients, topo bus.Topology, opts ...DownOptions
 type downer struct {
 	c      Clients
 	o      DownOptions
+	tagger stackTagger
 	report Report
 }
 
@@ -55,11 +56,31 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 	if err != nil {
 		return err
 	}
+	// A topic of the stack's name without the stack's tag is not the stack's: it is kept,
+	// and so are its subscriptions.
+	notOurs := map[string]bool{}
+	for _, et := range bus.EventTypes {
+		name := topo.TopicName(et)
+		arn, ok := topics[name]
+		if !ok {
+			continue
+		}
+		ours, err := d.tagger.ours(&d.report, KindTopic, name, func() (owner, error) { return d.tagger.topicOwner(ctx, arn) })
+		if err != nil {
+			return err
+		}
+		if !ours {
+			notOurs[name] = true
+			delete(topics, name)
+		}
+	}
 	subsByTopic := make(map[string][]snstypes.Subscription)
 	for _, s := range topo.Subscriptions() {
 		arn, ok := topics[s.Topic]
 		if !ok {
-			d.report.add(Absent, KindSubscription, s.Topic+" -> "+s.Queue, "")
+			if !notOurs[s.Topic] {
+				d.report.add(Absent, KindSubscription, s.Topic+" -> "+s.Queue, "")
+			}
 			continue
 		}
 		subs, ok := subsByTopic[arn]
@@ -78,7 +99,9 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 		name := topo.TopicName(et)
 		arn, ok := topics[name]
 		if !ok {
-			d.report.add(Absent, KindTopic, name, "")
+			if !notOurs[name] {
+				d.report.add(Absent, KindTopic, name, "")
+			}
 			continue
 		}
 		_, err := d.c.SNS.DeleteTopic(ctx, &sns.DeleteTopicInput{TopicArn: aws.String(arn)})
@@ -156,6 +179,10 @@ func (d *downer) deleteQueue(ctx context.Context, kind Kind, name string) error 
 		d.report.add(Absent, kind, name, "")
 		return nil
 	}
+	ours, err := d.tagger.ours(&d.report, kind, name, func() (owner, error) { return d.tagger.queueOwner(ctx, url) })
+	if err != nil || !ours {
+		return err
+	}
 	_, err = d.c.SQS.DeleteQueue(ctx, &sqs.DeleteQueueInput{QueueUrl: aws.String(url)})
 	switch {
 	case awsx.IsNotFound(err):
@@ -178,6 +205,10 @@ func (d *downer) deleteBucket(ctx context.Context, name string, empty bool) erro
 	}
 	if err != nil {
 		return fmt.Errorf("checking bucket %s: %w", name, err)
+	}
+	ours, err := d.tagger.ours(&d.report, KindBucket, name, func() (owner, error) { return d.tagger.bucketOwner(ctx, name) })
+	if err != nil || !ours {
+		return err
 	}
 
 	if empty {

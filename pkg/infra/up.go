@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -42,7 +43,7 @@ func Up(ctx context.Context, c Clients, topo bus.Topology, opts ...UpOptions) (R
 	if len(opts) > 1 {
 		return Report{}, errors.New("more than one UpOptions")
 	}
-	u := upper{c: c}
+	u := upper{c: c, tagger: stackTagger{c: c, stack: topo.Prefix}}
 	if len(opts) == 1 {
 		u.o = opts[0]
 	}
@@ -58,6 +59,7 @@ func Up(ctx context.Context, c Clients, topo bus.Topology, opts ...UpOptions) (R
 type upper struct {
 	c      Clients
 	o      UpOptions
+	tagger stackTagger
 	report Report
 }
 
@@ -103,6 +105,10 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 		if err != nil {
 			return err
 		}
+		created := slices.Contains(lines, Line{Action: Created, Kind: KindBucket, Name: b})
+		if err := u.tagger.claimBucket(ctx, &u.report, b, created); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -125,19 +131,28 @@ func listTopics(ctx context.Context, api SNSAPI) (map[string]string, error) {
 }
 
 // ensureTopic relies on CreateTopic being idempotent (same name, same ARN); existing only
-// tells created from exists.
+// tells created from exists. A new topic is created with its stack tag; an existing one is
+// claimed (AWS refuses CreateTopic with tags other than an existing topic's).
 func (u *upper) ensureTopic(ctx context.Context, name string, existing map[string]string) (arn string, created bool, err error) {
-	out, err := u.c.SNS.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(name)})
+	in := &sns.CreateTopicInput{Name: aws.String(name)}
+	_, exists := existing[name]
+	if !exists {
+		in.Tags = u.tagger.snsTags()
+	}
+	out, err := u.c.SNS.CreateTopic(ctx, in)
 	if err != nil {
 		return "", false, fmt.Errorf("creating topic %s: %w", name, err)
 	}
-	_, ok := existing[name]
-	action := Created
-	if ok {
-		action = Exists
+	arn = aws.ToString(out.TopicArn)
+	if !exists {
+		u.report.add(Created, KindTopic, name, "")
+		return arn, true, nil
 	}
-	u.report.add(action, KindTopic, name, "")
-	return aws.ToString(out.TopicArn), !ok, nil
+	u.report.add(Exists, KindTopic, name, "")
+	if err := u.tagger.claimTopic(ctx, &u.report, name, arn); err != nil {
+		return "", false, err
+	}
+	return arn, false, nil
 }
 
 // ensureTopicPolicy gives the topic TopicPolicy (only its producers publish) unless it has
@@ -249,7 +264,7 @@ func (u *upper) ensureQueue(ctx context.Context, kind Kind, name string, want ma
 		return "", err
 	}
 	if url == "" {
-		out, err := u.c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: want})
+		out, err := u.c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name), Attributes: want, Tags: u.tagger.sqsTags()})
 		switch {
 		case err == nil:
 			attrs, err := queueAttrs(ctx, u.c.SQS, name, aws.ToString(out.QueueUrl), nil)
@@ -270,6 +285,9 @@ func (u *upper) ensureQueue(ctx context.Context, kind Kind, name string, want ma
 		}
 	}
 
+	if err := u.tagger.claimQueue(ctx, &u.report, kind, name, url); err != nil {
+		return "", err
+	}
 	have, err := queueAttrs(ctx, u.c.SQS, name, url, want)
 	if err != nil {
 		return "", err

@@ -103,7 +103,6 @@ type Cloud struct {
 	tokens       map[string]clientTokenRecord
 	keyPairs     map[string]*keyPair // by name
 	network      *network
-	nextIP       uint32
 	capacity     map[string]int
 	spotFaults   map[string]string  // instance type → the error code its spot launches fail with
 	spotPrices   map[string]float64 // instance type → its spot price, checked against MaxPrice

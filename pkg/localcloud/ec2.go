@@ -20,12 +20,14 @@ var handlers = map[string]ec2Handler{
 	"DescribeInstanceAttribute":     (*Cloud).describeInstanceAttribute,
 	"CreateTags":                    (*Cloud).createTags,
 	"DeleteTags":                    (*Cloud).deleteTags,
+	"DescribeTags":                  (*Cloud).describeTags,
 	"CreateKeyPair":                 (*Cloud).createKeyPair,
 	"ImportKeyPair":                 (*Cloud).importKeyPair,
 	"DescribeKeyPairs":              (*Cloud).describeKeyPairs,
 	"DeleteKeyPair":                 (*Cloud).deleteKeyPair,
 	"GetConsoleOutput":              (*Cloud).getConsoleOutput,
 	"DescribeVpcs":                  (*Cloud).describeVpcs,
+	"DescribeVpcAttribute":          (*Cloud).describeVpcAttribute,
 	"DescribeSubnets":               (*Cloud).describeSubnets,
 	"DescribeAvailabilityZones":     (*Cloud).describeAvailabilityZones,
 	"DescribeRegions":               (*Cloud).describeRegions,
@@ -37,6 +39,10 @@ var handlers = map[string]ec2Handler{
 	"AuthorizeSecurityGroupEgress":  (*Cloud).authorizeEgress,
 	"RevokeSecurityGroupIngress":    (*Cloud).revokeIngress,
 	"RevokeSecurityGroupEgress":     (*Cloud).revokeEgress,
+
+	// ClassicLink is retired; clients (Ansible's ec2_vpc_net_info) still ask.
+	"DescribeVpcClassicLink":           classicLinkRetired,
+	"DescribeVpcClassicLinkDnsSupport": classicLinkRetired,
 }
 
 // unknownAction answers an EC2 action the local cloud does not implement, as AWS answers

@@ -85,13 +85,6 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])[:17]
 }
 
-// nextPrivateIPLocked hands out addresses from 10.0.0.0/16 (never connected to; just data).
-func (c *Cloud) nextPrivateIPLocked() string {
-	n := c.nextIP%65000 + 10
-	c.nextIP++
-	return fmt.Sprintf("10.0.%d.%d", n/256, n%256)
-}
-
 func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError) {
 	imageID := form.Get("ImageId")
 	if imageID == "" {
@@ -221,7 +214,7 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			clientToken:   token,
 			launchIndex:   i,
 			launchTime:    now,
-			privateIP:     c.nextPrivateIPLocked(),
+			privateIP:     c.network.nextPrivateIPLocked(where.cidr),
 			userData:      userData,
 			metadata:      metadata,
 			spot:          spot,
@@ -384,6 +377,7 @@ func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 		x.PrivateDNSName = "ip-" + strings.ReplaceAll(inst.privateIP, ".", "-") + ".ec2.internal"
 	}
 	x.Groups = c.network.renderGroups(inst.groups)
+	c.attachmentsLocked(inst, &x)
 	return x
 }
 

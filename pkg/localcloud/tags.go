@@ -1,7 +1,9 @@
 package localcloud
 
 import (
+	"encoding/xml"
 	"net/url"
+	"sort"
 	"strings"
 )
 
@@ -112,4 +114,68 @@ func (c *Cloud) taggablesLocked(ids []string) ([]map[string]string, *apiError) {
 		}
 	}
 	return out, nil
+}
+
+type xmlResourceTag struct {
+	ResourceID   string `xml:"resourceId"`
+	ResourceType string `xml:"resourceType"`
+	Key          string `xml:"key"`
+	Value        string `xml:"value"`
+}
+
+type describeTagsResponse struct {
+	XMLName xml.Name `xml:"DescribeTagsResponse"`
+	responseMeta
+	Tags []xmlResourceTag `xml:"tagSet>item"`
+}
+
+var resourceTagAttributes = map[string]attribute[xmlResourceTag]{
+	"resource-id":   func(t xmlResourceTag) []string { return []string{t.ResourceID} },
+	"resource-type": func(t xmlResourceTag) []string { return []string{t.ResourceType} },
+	"key":           func(t xmlResourceTag) []string { return []string{t.Key} },
+	"value":         func(t xmlResourceTag) []string { return []string{t.Value} },
+}
+
+// describeTags lists the tags of every resource the cloud keeps (instances, key pairs,
+// VPCs, subnets, security groups), one item per tag.
+func (c *Cloud) describeTags(requestID string, form url.Values) (any, *apiError) {
+	match, err := compileFilters(filters(form), resourceTagAttributes, func(t xmlResourceTag) map[string]string {
+		return map[string]string{t.Key: t.Value}
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	resp := describeTagsResponse{responseMeta: meta(requestID)}
+	add := func(id, kind string, m map[string]string) {
+		for _, t := range renderTags(m) {
+			if x := (xmlResourceTag{ResourceID: id, ResourceType: kind, Key: t.Key, Value: t.Value}); match(x) {
+				resp.Tags = append(resp.Tags, x)
+			}
+		}
+	}
+	for _, inst := range c.order {
+		if inst.state != stateTerminated {
+			add(inst.id, "instance", inst.tags)
+		}
+	}
+	names := make([]string, 0, len(c.keyPairs))
+	for name := range c.keyPairs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		add(c.keyPairs[name].id, "key-pair", c.keyPairs[name].tags)
+	}
+	for _, v := range c.network.vpcs {
+		add(v.id, "vpc", v.tags)
+	}
+	for _, s := range c.network.subnets {
+		add(s.id, "subnet", s.tags)
+	}
+	for _, g := range c.network.groups {
+		add(g.id, "security-group", g.tags)
+	}
+	return resp, nil
 }

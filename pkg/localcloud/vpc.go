@@ -1,7 +1,9 @@
 package localcloud
 
 import (
+	"encoding/binary"
 	"encoding/xml"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -25,9 +27,9 @@ var zones = []struct{ name, id string }{
 	{"us-east-1c", "use1-az4"},
 }
 
-// The default VPC's address space and its subnets' (a /20 per zone), as AWS creates them.
+// The default VPC's address space and its subnets' (a /20 per zone, as AWS lays them out).
 const (
-	defaultVPCCIDR         = "172.31.0.0/16"
+	defaultVPCCIDR         = "10.0.0.0/16"
 	defaultSecurityGroup   = "default"
 	defaultGroupDescripton = "default VPC security group"
 )
@@ -52,19 +54,23 @@ type network struct {
 	vpcs    []*vpc
 	subnets []*subnet
 	groups  []*securityGroup
+	nextIP  map[string]int // by subnet CIDR: the host number the next private address gets
 }
 
 func newNetwork() *network {
-	n := &network{}
+	n := &network{nextIP: map[string]int{}}
 	v := &vpc{id: newID("vpc-"), cidr: defaultVPCCIDR, isDefault: true, tags: map[string]string{}}
 	n.vpcs = append(n.vpcs, v)
 	for i, z := range zones {
 		n.subnets = append(n.subnets, &subnet{
 			id: newID("subnet-"), vpcID: v.id, zone: z.name, zoneID: z.id,
-			cidr: "172.31." + strconv.Itoa(16*i) + ".0/20", defaultForAZ: true, tags: map[string]string{},
+			cidr: "10.0." + strconv.Itoa(16*i) + ".0/20", defaultForAZ: true, tags: map[string]string{},
 		})
 	}
-	n.groups = append(n.groups, newSecurityGroup(v.id, defaultSecurityGroup, defaultGroupDescripton))
+	g := newSecurityGroup(v.id, defaultSecurityGroup, defaultGroupDescripton)
+	// As on AWS, the default group lets its own members reach each other.
+	g.ingress = []rule{{protocol: "-1", fromPort: -1, toPort: -1, groups: []string{g.id}}}
+	n.groups = append(n.groups, g)
 	return n
 }
 
@@ -98,9 +104,24 @@ func (n *network) defaultSubnet(zone string) *subnet {
 	return nil
 }
 
-// placement is where an instance runs: its subnet, VPC and zone.
+// placement is where an instance runs: its subnet, VPC and zone, and the address range
+// its private address comes from.
 type placement struct {
-	subnetID, vpcID, zone string
+	subnetID, vpcID, zone, cidr string
+}
+
+// nextPrivateIPLocked hands out the subnet's addresses in turn from .10 (never connected
+// to; just data), wrapping around when the range is used up.
+func (n *network) nextPrivateIPLocked(cidr string) string {
+	prefix := netip.MustParsePrefix(cidr)
+	size := 1 << (32 - prefix.Bits())
+	host := n.nextIP[cidr]%max(size-20, 1) + 10
+	n.nextIP[cidr]++
+	base := prefix.Addr().As4()
+	v := binary.BigEndian.Uint32(base[:]) + uint32(host)
+	var out [4]byte
+	binary.BigEndian.PutUint32(out[:], v)
+	return netip.AddrFrom4(out).String()
 }
 
 // placeLocked resolves RunInstances' SubnetId and Placement.AvailabilityZone.
@@ -115,18 +136,16 @@ func (n *network) placeLocked(form url.Values) (placement, *apiError) {
 	}
 	if id == "" {
 		s := n.defaultSubnet(zone)
-		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone}, nil
+		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone, cidr: s.cidr}, nil
 	}
 	if !strings.HasPrefix(id, "subnet-") {
 		return placement{}, clientError("InvalidSubnetID.Malformed", "Invalid id: %q (expecting \"subnet-...\")", id)
 	}
 	if s := n.subnet(id); s != nil {
-		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone}, nil
+		return placement{subnetID: s.id, vpcID: s.vpcID, zone: s.zone, cidr: s.cidr}, nil
 	}
-	if zone == "" {
-		zone = availabilityZone
-	}
-	return placement{subnetID: id, vpcID: n.defaultVPC().id, zone: zone}, nil
+	s := n.defaultSubnet(zone) // addresses of the zone's default subnet
+	return placement{subnetID: id, vpcID: n.defaultVPC().id, zone: s.zone, cidr: s.cidr}, nil
 }
 
 func zoneID(name string) string {
@@ -384,4 +403,47 @@ func (n *network) tagsLocked(id string) (map[string]string, *apiError) {
 		return nil, clientError("InvalidGroup.NotFound", "The security group '%s' does not exist", id)
 	}
 	return nil, clientError("InvalidID", "The ID '%s' is not valid", id)
+}
+
+type describeVpcAttributeResponse struct {
+	XMLName xml.Name `xml:"DescribeVpcAttributeResponse"`
+	responseMeta
+	VpcID              string    `xml:"vpcId"`
+	EnableDNSSupport   *xmlValue `xml:"enableDnsSupport,omitempty"`
+	EnableDNSHostnames *xmlValue `xml:"enableDnsHostnames,omitempty"`
+	EnableNAUMetrics   *xmlValue `xml:"enableNetworkAddressUsageMetrics,omitempty"`
+}
+
+// describeVpcAttribute answers as for a default VPC: DNS resolution and hostnames on.
+func (c *Cloud) describeVpcAttribute(requestID string, form url.Values) (any, *apiError) {
+	id, attr := form.Get("VpcId"), form.Get("Attribute")
+	if id == "" {
+		return nil, missingParameter("VpcId")
+	}
+	c.mu.Lock()
+	v := c.network.vpc(id)
+	c.mu.Unlock()
+	if v == nil {
+		return nil, clientError("InvalidVpcID.NotFound", "The vpc ID '%s' does not exist", id)
+	}
+	resp := describeVpcAttributeResponse{responseMeta: meta(requestID), VpcID: v.id}
+	switch attr {
+	case "enableDnsSupport":
+		resp.EnableDNSSupport = &xmlValue{"true"}
+	case "enableDnsHostnames":
+		resp.EnableDNSHostnames = &xmlValue{"true"}
+	case "enableNetworkAddressUsageMetrics":
+		resp.EnableNAUMetrics = &xmlValue{"false"}
+	case "":
+		return nil, missingParameter("Attribute")
+	default:
+		return nil, invalidParameter("Value (%s) for parameter attribute is invalid. Unknown attribute.", attr)
+	}
+	return resp, nil
+}
+
+// classicLinkRetired answers the ClassicLink actions as AWS has since ClassicLink retired
+// (clients such as Ansible's ec2_vpc_net_info expect this answer).
+func classicLinkRetired(*Cloud, string, url.Values) (any, *apiError) {
+	return nil, clientError("UnsupportedOperation", "The functionality you requested is not available in this region.")
 }

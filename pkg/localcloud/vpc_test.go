@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"testing"
@@ -77,6 +78,15 @@ func TestDefaultNetwork(t *testing.T) {
 		t.Fatalf("default security group: %v %+v", err, groups)
 	}
 
+	dns, err := client.DescribeVpcAttribute(ctx, &ec2.DescribeVpcAttributeInput{VpcId: aws.String(vpcID), Attribute: types.VpcAttributeNameEnableDnsHostnames})
+	if err != nil || dns.EnableDnsHostnames == nil || !aws.ToBool(dns.EnableDnsHostnames.Value) {
+		t.Fatalf("DescribeVpcAttribute enableDnsHostnames: %v %+v", err, dns)
+	}
+	_, err = client.DescribeVpcAttribute(ctx, &ec2.DescribeVpcAttributeInput{VpcId: aws.String("vpc-0123456789abcdef0"), Attribute: types.VpcAttributeNameEnableDnsSupport})
+	wantCode(t, err, "InvalidVpcID.NotFound")
+	_, err = client.DescribeVpcClassicLink(ctx, &ec2.DescribeVpcClassicLinkInput{VpcIds: []string{vpcID}})
+	wantCode(t, err, "UnsupportedOperation")
+
 	zonesOut, err := client.DescribeAvailabilityZones(ctx, &ec2.DescribeAvailabilityZonesInput{})
 	if err != nil || len(zonesOut.AvailabilityZones) != len(zones) || aws.ToString(zonesOut.AvailabilityZones[0].RegionName) != region {
 		t.Fatalf("availability zones: %v %+v", err, zonesOut)
@@ -121,6 +131,12 @@ func TestSecurityGroups(t *testing.T) {
 		len(g.IpPermissions) != 1 || aws.ToInt32(g.IpPermissions[0].FromPort) != 22 ||
 		aws.ToString(g.IpPermissions[0].IpRanges[0].Description) != "anyone" || len(g.IpPermissionsEgress) != 1 {
 		t.Errorf("group %+v", g)
+	}
+
+	described, err := client.DescribeTags(ctx, &ec2.DescribeTagsInput{Filters: []types.Filter{filter("resource-id", id)}})
+	if err != nil || len(described.Tags) != 1 || described.Tags[0].ResourceType != types.ResourceTypeSecurityGroup ||
+		aws.ToString(described.Tags[0].Key) != "team" || aws.ToString(described.Tags[0].Value) != "sortie" {
+		t.Fatalf("DescribeTags of the group: %v %+v", err, described)
 	}
 
 	tests := []struct {
@@ -224,7 +240,10 @@ func TestInstancePlacement(t *testing.T) {
 		{"unknown zone", func(in *ec2.RunInstancesInput) {
 			in.Placement = &types.Placement{AvailabilityZone: aws.String("eu-west-9z")}
 		}, "", "", "InvalidParameterValue"},
+		{"unknown group name", func(in *ec2.RunInstancesInput) { in.SecurityGroups = []string{"no-such-group"} }, "", "", "InvalidGroup.NotFound"},
+		{"malformed group id", func(in *ec2.RunInstancesInput) { in.SecurityGroupIds = []string{"group-1"} }, "", "", "InvalidGroupId.Malformed"},
 	}
+	launched := 0
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := runInput(launch{})
@@ -237,17 +256,30 @@ func TestInstancePlacement(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			launched++
 			inst := describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: []string{aws.ToString(out.Instances[0].InstanceId)}})[0]
 			if aws.ToString(inst.SubnetId) != tt.subnet || aws.ToString(inst.VpcId) != vpcID || aws.ToString(inst.Placement.AvailabilityZone) != tt.zone ||
 				len(inst.SecurityGroups) != 1 || aws.ToString(inst.SecurityGroups[0].GroupName) != "default" {
 				t.Errorf("instance in subnet %s, vpc %s, zone %s, groups %+v", aws.ToString(inst.SubnetId), aws.ToString(inst.VpcId),
 					aws.ToString(inst.Placement.AvailabilityZone), inst.SecurityGroups)
 			}
+			if ip, err := netip.ParseAddr(aws.ToString(inst.PrivateIpAddress)); err != nil || !netip.MustParsePrefix(c.network.defaultSubnet(tt.zone).cidr).Contains(ip) {
+				t.Errorf("private address %s outside the %s subnet %s", aws.ToString(inst.PrivateIpAddress), tt.zone, c.network.defaultSubnet(tt.zone).cidr)
+			}
+			if len(inst.NetworkInterfaces) != 1 || aws.ToString(inst.NetworkInterfaces[0].SubnetId) != tt.subnet ||
+				aws.ToString(inst.NetworkInterfaces[0].PrivateIpAddress) != aws.ToString(inst.PrivateIpAddress) ||
+				len(inst.BlockDeviceMappings) != 1 || aws.ToString(inst.BlockDeviceMappings[0].DeviceName) != rootDevice {
+				t.Errorf("interfaces %+v, block devices %+v", inst.NetworkInterfaces, inst.BlockDeviceMappings)
+			}
 			byVPC := describe(t, client, &ec2.DescribeInstancesInput{Filters: []types.Filter{filter("vpc-id", vpcID), filter("availability-zone", tt.zone), filter("instance-id", aws.ToString(inst.InstanceId))}})
 			if len(byVPC) != 1 {
 				t.Errorf("vpc-id and availability-zone filters found %d", len(byVPC))
 			}
 		})
+	}
+	// A refused launch leaves nothing behind.
+	if all := describe(t, client, &ec2.DescribeInstancesInput{}); len(all) != launched {
+		t.Errorf("%d instances exist, %d launches succeeded", len(all), launched)
 	}
 }
 
@@ -300,6 +332,9 @@ func TestImagesStatusAttributes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTerminated(t, client, ids)
+	if dead := describe(t, client, &ec2.DescribeInstancesInput{InstanceIds: ids})[0]; len(dead.NetworkInterfaces) != 0 || len(dead.BlockDeviceMappings) != 0 {
+		t.Errorf("a terminated instance keeps interfaces %+v and volumes %+v", dead.NetworkInterfaces, dead.BlockDeviceMappings)
+	}
 	gone, err := client.DescribeInstanceStatus(ctx, &ec2.DescribeInstanceStatusInput{InstanceIds: ids})
 	if err != nil || len(gone.InstanceStatuses) != 0 {
 		t.Errorf("status of a terminated instance without IncludeAllInstances: %v %+v", err, gone)
@@ -334,5 +369,24 @@ func TestInvalidActionDocument(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusBadRequest || len(doc.Errors) != 1 || doc.Errors[0].Code != "InvalidAction" || doc.RequestID == "" {
 		t.Errorf("status %d, body %s", resp.StatusCode, body)
+	}
+}
+
+func TestNextPrivateIP(t *testing.T) {
+	n := newNetwork()
+	cidr := n.defaultSubnet("us-east-1b").cidr
+	first := n.nextPrivateIPLocked(cidr)
+	second := n.nextPrivateIPLocked(cidr)
+	if first != "10.0.16.10" || second != "10.0.16.11" {
+		t.Fatalf("first addresses %s, %s", first, second)
+	}
+	for range 4096 - 20 - 2 {
+		n.nextPrivateIPLocked(cidr)
+	}
+	if again := n.nextPrivateIPLocked(cidr); again != first {
+		t.Errorf("after the range is used up: %s, want %s again", again, first)
+	}
+	if other := n.nextPrivateIPLocked(n.defaultSubnet("us-east-1a").cidr); other != "10.0.0.10" {
+		t.Errorf("another subnet starts at %s", other)
 	}
 }

@@ -134,33 +134,35 @@ type xmlMetadataOptions struct {
 }
 
 type xmlInstance struct {
-	InstanceID         string             `xml:"instanceId"`
-	ImageID            string             `xml:"imageId"`
-	State              xmlState           `xml:"instanceState"`
-	PrivateDNSName     string             `xml:"privateDnsName"`
-	DNSName            string             `xml:"dnsName"`
-	Reason             string             `xml:"reason"`
-	KeyName            string             `xml:"keyName,omitempty"`
-	AmiLaunchIndex     int                `xml:"amiLaunchIndex"`
-	InstanceType       string             `xml:"instanceType"`
-	LaunchTime         string             `xml:"launchTime"`
-	Placement          xmlPlacement       `xml:"placement"`
-	Monitoring         xmlMonitoring      `xml:"monitoring"`
-	SubnetID           string             `xml:"subnetId,omitempty"`
-	VpcID              string             `xml:"vpcId,omitempty"`
-	PrivateIPAddress   string             `xml:"privateIpAddress,omitempty"`
-	Groups             []xmlGroup         `xml:"groupSet>item"`
-	StateReason        *xmlStateReason    `xml:"stateReason,omitempty"`
-	Architecture       string             `xml:"architecture"`
-	RootDeviceType     string             `xml:"rootDeviceType"`
-	RootDeviceName     string             `xml:"rootDeviceName"`
-	VirtualizationType string             `xml:"virtualizationType"`
-	ClientToken        string             `xml:"clientToken,omitempty"`
-	Tags               []xmlTag           `xml:"tagSet>item,omitempty"`
-	Hypervisor         string             `xml:"hypervisor"`
-	IamInstanceProfile *xmlProfile        `xml:"iamInstanceProfile,omitempty"`
-	PlatformDetails    string             `xml:"platformDetails"`
-	MetadataOptions    xmlMetadataOptions `xml:"metadataOptions"`
+	InstanceID         string                   `xml:"instanceId"`
+	ImageID            string                   `xml:"imageId"`
+	State              xmlState                 `xml:"instanceState"`
+	PrivateDNSName     string                   `xml:"privateDnsName"`
+	DNSName            string                   `xml:"dnsName"`
+	Reason             string                   `xml:"reason"`
+	KeyName            string                   `xml:"keyName,omitempty"`
+	AmiLaunchIndex     int                      `xml:"amiLaunchIndex"`
+	InstanceType       string                   `xml:"instanceType"`
+	LaunchTime         string                   `xml:"launchTime"`
+	Placement          xmlPlacement             `xml:"placement"`
+	Monitoring         xmlMonitoring            `xml:"monitoring"`
+	SubnetID           string                   `xml:"subnetId,omitempty"`
+	VpcID              string                   `xml:"vpcId,omitempty"`
+	PrivateIPAddress   string                   `xml:"privateIpAddress,omitempty"`
+	Groups             []xmlGroup               `xml:"groupSet>item"`
+	StateReason        *xmlStateReason          `xml:"stateReason,omitempty"`
+	Architecture       string                   `xml:"architecture"`
+	RootDeviceType     string                   `xml:"rootDeviceType"`
+	RootDeviceName     string                   `xml:"rootDeviceName"`
+	VirtualizationType string                   `xml:"virtualizationType"`
+	ClientToken        string                   `xml:"clientToken,omitempty"`
+	Tags               []xmlTag                 `xml:"tagSet>item,omitempty"`
+	Hypervisor         string                   `xml:"hypervisor"`
+	IamInstanceProfile *xmlProfile              `xml:"iamInstanceProfile,omitempty"`
+	PlatformDetails    string                   `xml:"platformDetails"`
+	MetadataOptions    xmlMetadataOptions       `xml:"metadataOptions"`
+	NetworkInterfaces  []xmlNetworkInterface    `xml:"networkInterfaceSet>item"`
+	BlockDevices       []xmlInstanceBlockDevice `xml:"blockDeviceMapping>item"`
 	// InstanceLifecycle is "spot" for a spot instance; absent on demand.
 	InstanceLifecycle     string `xml:"instanceLifecycle,omitempty"`
 	SpotInstanceRequestID string `xml:"spotInstanceRequestId,omitempty"`

@@ -3,7 +3,10 @@ package remote_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -328,3 +331,50 @@ func TestFingerprint(t *testing.T) {
 		t.Errorf("Fingerprint = %s, want %s", got, want)
 	}
 }
+
+func TestStream(t *testing.T) {
+	in := startInstance(t, "")
+	c := dial(t, in.cfg)
+	ctx := context.Background()
+
+	t.Run("every byte of stdout reaches the writer; stderr's tail and the exit code in the result", func(t *testing.T) {
+		const n = 3*remote.MaxOutput + 12345 // more than Run would keep
+		h := sha256.New()
+		var count countWriter
+		res, err := c.Stream(ctx, fmt.Sprintf("head -c %d /dev/urandom | tee .streamed; echo done >&2; exit 1", n), nil, io.MultiWriter(h, &count))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 1 || string(res.Stderr) != "done\n" || len(res.Stdout) != 0 || res.Truncated {
+			t.Errorf("result: exit %d stderr %q stdout %d bytes truncated %v", res.ExitCode, res.Stderr, len(res.Stdout), res.Truncated)
+		}
+		written, err := os.ReadFile(filepath.Join(in.dir, ".streamed"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := sha256.Sum256(written)
+		if count.n != n || !bytes.Equal(h.Sum(nil), want[:]) {
+			t.Errorf("streamed %d bytes (digest match %v), want the %d the command wrote", count.n, bytes.Equal(h.Sum(nil), want[:]), n)
+		}
+	})
+	t.Run("a failing writer ends the command", func(t *testing.T) {
+		start := time.Now()
+		_, err := c.Stream(ctx, "cat /dev/zero", nil, failingWriter{})
+		if err == nil || !strings.Contains(err.Error(), errWriter.Error()) {
+			t.Fatalf("err = %v, want the writer's", err)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Errorf("took %s to stop", time.Since(start))
+		}
+	})
+}
+
+type countWriter struct{ n int }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += len(p); return len(p), nil }
+
+var errWriter = errors.New("writer refuses")
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errWriter }

@@ -62,8 +62,12 @@ func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 		return Result{}, fmt.Errorf("opening ssh session on %s: %w", c.addr, err)
 	}
 	defer sess.Close()
+	// A writer that fails ends the command as ctx would: nobody reads its output any more,
+	// and once SSH's window is full it would wait for ever.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	stderr := &tailBuffer{max: MaxOutput}
-	sess.Stdout, sess.Stderr, sess.Stdin = stdout, stderr, stdin
+	sess.Stdout, sess.Stderr, sess.Stdin = failWriter{w: stdout, fail: cancel}, stderr, stdin
 	if err := sess.Start(cmd); err != nil {
 		return Result{}, fmt.Errorf("starting command on %s: %w", c.addr, err)
 	}
@@ -181,4 +185,18 @@ func (t *tailBuffer) bytes() ([]byte, bool) {
 		b, truncated = b[len(b)-t.max:], true
 	}
 	return bytes.Clone(b), truncated
+}
+
+// failWriter passes writes to w and calls fail with the first error.
+type failWriter struct {
+	w    io.Writer
+	fail context.CancelCauseFunc
+}
+
+func (f failWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err != nil {
+		f.fail(fmt.Errorf("writing the command's output: %w", err))
+	}
+	return n, err
 }

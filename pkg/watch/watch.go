@@ -360,8 +360,15 @@ func Describe(ev events.Event) string {
 		}
 		return s
 	case events.FleetTerminated:
-		return fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds, cost $%.6f (planned $%.6f)",
+		s := fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds, cost $%.6f (planned $%.6f)",
 			e.Outcome, len(e.Archives), len(e.TerminatedInstanceIDs), e.InstanceSeconds, e.Cost, e.PlannedCost)
+		for _, f := range e.ArchiveFailures {
+			s += fmt.Sprintf("; %s not archived: %s", f.InstanceID, f.Error)
+		}
+		for _, r := range e.Refused {
+			s += fmt.Sprintf("; %s refused (%s: %s)", r.InstanceID, r.Reason, r.Detail)
+		}
+		return s
 	}
 	return ev.EventType()
 }

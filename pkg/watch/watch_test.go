@@ -99,3 +99,19 @@ func TestOpenRefusesLongNames(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestDescribeFleetTerminated(t *testing.T) {
+	e := finished("job-d", events.OutcomeSucceeded)
+	plain := watch.Describe(e)
+	if strings.Contains(plain, "refused") || strings.Contains(plain, "not archived") {
+		t.Errorf("a clean FleetTerminated reads %q", plain)
+	}
+	e.ArchiveFailures = []events.ArchiveFailure{{InstanceID: "i-00000001", Error: "dialing ssh: refused"}}
+	e.Refused = []events.RefusedInstance{{InstanceID: "i-00000002", Reason: events.RefusedOtherStack, Detail: "sortie:stack is \"b\""}}
+	got := watch.Describe(e)
+	for _, want := range []string{"i-00000001 not archived: dialing ssh: refused", `i-00000002 refused (other-stack: sortie:stack is "b")`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Describe = %q, want it to say %q", got, want)
+		}
+	}
+}

@@ -349,7 +349,8 @@ func orUnknown(s string) string {
 }
 
 // target says how to reach an instance: its address as EC2 describes it (pkg/sshaddr:
-// never from an event; the local cloud's endpoint tag only in local mode); the fleet's
+// never from an event; the template's private or public IP; the local cloud's endpoint tag
+// only in local mode); the fleet's
 // pinned host key, else the one its console output shows.
 func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instance, jobID, template string, key ssh.PublicKey) (target, error) {
 	tg := tagMap(in.Tags)
@@ -360,7 +361,11 @@ func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instan
 	if template == "" {
 		template = tg[tags.Template]
 	}
-	addr, err := sshaddr.Mode{Local: s.cfg.LocalMode}.Of(in)
+	mode := sshaddr.Mode{Local: s.cfg.LocalMode}
+	if tmpl, err := s.deps.Ops.Template(template); err == nil {
+		mode.PublicIP = tmpl.PublicAddress()
+	}
+	addr, err := mode.Of(in)
 	if err != nil {
 		return target{}, err
 	}

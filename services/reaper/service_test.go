@@ -22,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/fleetview"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -76,13 +77,15 @@ func TestReaper(t *testing.T) {
 	}
 	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
 	expired := e.launch(1, userData, sweepTags(past))[0]
+	// Expired an hour ago, beyond SweepArchiveWindow: terminated without an archive attempt.
+	longGone := e.launch(1, userData, sweepTags(time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)))[0]
 	leased := e.launch(1, userData, sweepTags(live))[0]
 	unleased := e.launch(1, userData, sweepTags(""))[0]
 	garbage := e.launch(1, userData, sweepTags("next tuesday"))[0]
 	expiredOtherStack := e.launch(1, userData, with(sweepTags(past), tags.Stack, "t-someone-else"))[0]
 	expiredNoStack := e.launch(1, userData, with(sweepTags(past), tags.Stack, ""))[0]
 	untouched := []events.InstanceRef{otherFleet, otherStack, noStack, prodDB, expiredOtherStack, expiredNoStack}
-	for _, in := range []events.InstanceRef{a, b, c, d, expired, expiredOtherStack, expiredNoStack} {
+	for _, in := range []events.InstanceRef{a, b, c, d, expired, longGone, expiredOtherStack, expiredNoStack} {
 		e.writeLog(in.ID, "log of "+in.ID+"\n")
 	}
 	// A workload log outside .sortie, named in JobFinished.Logs: written on A only (a
@@ -295,6 +298,15 @@ func TestReaper(t *testing.T) {
 			}
 			return nil
 		})
+		cloudtest.Eventually(t, 20*time.Second, func() error {
+			if st := e.states(longGone.ID)[longGone.ID]; st == ec2types.InstanceStateNameRunning {
+				return errors.New("instance " + longGone.ID + " expired an hour ago still running")
+			}
+			return nil
+		})
+		if _, err := e.S3.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey("job-sweep", longGone.ID))}); err == nil {
+			t.Errorf("instance %s, expired beyond the archive window, was archived before termination", longGone.ID)
+		}
 		for id, st := range e.states(leased.ID, unleased.ID, garbage.ID) {
 			if st != ec2types.InstanceStateNameRunning {
 				t.Errorf("instance %s with a live lease is %s", id, st)
@@ -326,7 +338,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	s := cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 50 * time.Millisecond}))
+	return newEnvOn(t, cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 50 * time.Millisecond}))
+}
+
+// newEnvOn makes a stack of its own on cloud, which other stacks may share.
+func newEnvOn(t *testing.T, cloud *localcloud.Cloud) *env {
+	t.Helper()
+	s := cloudtest.NewStack(t, cloud)
 	return &env{Stack: s, t: t, key: cloudtest.NewKeyPair(t, s.EC2, s.Topology.Prefix+"-login")}
 }
 
@@ -341,6 +359,7 @@ func (e *env) start() {
 		ArchiveTimeout:      1500 * time.Millisecond,
 		SweepInterval:       time.Second,
 		SweepArchiveTimeout: 5 * time.Second,
+		SweepArchiveWindow:  10 * time.Minute,
 		WaiterMinDelay:      100 * time.Millisecond,
 		WaiterMaxDelay:      500 * time.Millisecond,
 		TerminateTimeout:    20 * time.Second,
@@ -405,4 +424,170 @@ func sortedIDs(refs ...events.InstanceRef) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// TestTwoStacks runs two stacks (two prefixes, each with its reaper and sweep) in one local
+// cloud at the same time, with fleets of the same id: each stack's reaper, sweep and status
+// touch only its own instances, and an instance with Sortie's tags but no stack tag is
+// never touched.
+func TestTwoStacks(t *testing.T) {
+	cloud := cloudtest.NewCloud(t, localcloud.Options{BootDelay: 30 * time.Millisecond, ShutdownDelay: 50 * time.Millisecond})
+	one, two := newEnvOn(t, cloud), newEnvOn(t, cloud)
+	hk := cloudtest.NewHostKey(t)
+	live := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	const fleetID = "job-same"
+	type stackInstances struct {
+		fleet   []events.InstanceRef
+		expired events.InstanceRef
+	}
+	launch := func(e *env) stackInstances {
+		fleetTags := map[string]string{tags.Stack: e.Topology.Prefix, tags.JobID: fleetID, tags.Fleet: fleetID, tags.LeaseExpires: live}
+		sweepTags := map[string]string{tags.Stack: e.Topology.Prefix, tags.JobID: "job-expired", tags.Fleet: "job-expired", tags.LeaseExpires: past}
+		return stackInstances{fleet: e.launch(2, hk.UserData, fleetTags), expired: e.launch(1, hk.UserData, sweepTags)[0]}
+	}
+	a, b := launch(one), launch(two)
+	// Sortie's tags, the same fleet id, no stack: neither stack's. One with an expired lease.
+	stray := one.launch(1, hk.UserData, map[string]string{tags.JobID: fleetID, tags.Fleet: fleetID, tags.LeaseExpires: live})[0]
+	strayExpired := one.launch(1, hk.UserData, map[string]string{tags.JobID: "job-expired", tags.Fleet: "job-expired", tags.LeaseExpires: past})[0]
+
+	t.Run("status lists each stack's own instances", func(t *testing.T) {
+		for _, c := range []struct {
+			e    *env
+			want []string
+		}{{one, sortedIDs(append(slices.Clone(a.fleet), a.expired)...)}, {two, sortedIDs(append(slices.Clone(b.fleet), b.expired)...)}} {
+			insts, err := fleetview.Describe(t.Context(), c.e.EC2, fleetview.Query{Stack: c.e.Topology.Prefix, All: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, in := range insts {
+				got = append(got, aws.ToString(in.InstanceId))
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("status of %s lists %v, want %v", c.e.Topology.Prefix, got, c.want)
+			}
+		}
+	})
+
+	outs := []string{one.Subscribe(t, bus.FleetTerminated), two.Subscribe(t, bus.FleetTerminated)}
+	one.start()
+	two.start()
+	jobFinished := func(e *env, refs ...events.InstanceRef) events.JobFinished {
+		return events.JobFinished{
+			Header: events.NewHeader(fleetID, "corr-"+e.Topology.Prefix, time.Now()), FleetID: fleetID, Template: "test",
+			Outcome: events.OutcomeSucceeded, Instances: refs, HostKey: hk.Authorized, KeyName: e.key.Name,
+		}
+	}
+	// Stack one is also told to reap stack two's fleet and the stray: it must not.
+	one.Publish(t, jobFinished(one, append(slices.Clone(a.fleet), append(slices.Clone(b.fleet), stray)...)...))
+	two.Publish(t, jobFinished(two, b.fleet...))
+	gotOne, gotTwo := one.receive(t, outs[0], fleetID), two.receive(t, outs[1], fleetID)
+
+	t.Run("each reaper terminates its own fleet only", func(t *testing.T) {
+		if want := sortedIDs(a.fleet...); !slices.Equal(gotOne.TerminatedInstanceIDs, want) {
+			t.Errorf("stack one terminated %v, want %v", gotOne.TerminatedInstanceIDs, want)
+		}
+		if want := sortedIDs(b.fleet...); !slices.Equal(gotTwo.TerminatedInstanceIDs, want) {
+			t.Errorf("stack two terminated %v, want %v", gotTwo.TerminatedInstanceIDs, want)
+		}
+		reasons := map[string]string{}
+		for _, r := range gotOne.Refused {
+			reasons[r.InstanceID] = r.Reason
+		}
+		want := map[string]string{b.fleet[0].ID: events.RefusedOtherStack, b.fleet[1].ID: events.RefusedOtherStack, stray.ID: events.RefusedUntagged}
+		if !maps.Equal(reasons, want) {
+			t.Errorf("stack one refused %v, want %v", reasons, want)
+		}
+		if len(gotTwo.Refused) != 0 || len(gotOne.Archives) != 2 || len(gotTwo.Archives) != 2 {
+			t.Errorf("stack two refused %v; archives %d and %d, want 2 each", gotTwo.Refused, len(gotOne.Archives), len(gotTwo.Archives))
+		}
+	})
+
+	t.Run("each sweep takes its own expired instance; the strays live on", func(t *testing.T) {
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			for id, st := range one.states(a.expired.ID, b.expired.ID) {
+				if st == ec2types.InstanceStateNameRunning {
+					return fmt.Errorf("expired instance %s still running", id)
+				}
+			}
+			return nil
+		})
+		before := []int{one.sweeps(), two.sweeps()}
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			if one.sweeps() < before[0]+2 || two.sweeps() < before[1]+2 {
+				return errors.New("fewer than two more sweeps in each stack")
+			}
+			return nil
+		})
+		for id, st := range one.states(stray.ID, strayExpired.ID) {
+			if st != ec2types.InstanceStateNameRunning {
+				t.Errorf("instance %s with Sortie's tags but no stack is %s", id, st)
+			}
+		}
+		for _, c := range []struct {
+			e    *env
+			mine string
+		}{{one, a.expired.ID}, {two, b.expired.ID}} {
+			lines := strings.Split(c.e.Logs.String(), "\n")
+			for _, id := range []string{a.expired.ID, b.expired.ID, strayExpired.ID} {
+				swept := slices.ContainsFunc(lines, func(l string) bool {
+					return strings.Contains(l, `"msg":"sweeping instance"`) && strings.Contains(l, `"instance":"`+id+`"`)
+				})
+				if swept != (id == c.mine) {
+					t.Errorf("stack %s swept %s: %v, want %v", c.e.Topology.Prefix, id, swept, id == c.mine)
+				}
+			}
+		}
+	})
+}
+
+// TestArchiveFailureStillTerminates: one instance unreachable over SSH, and S3 refusing
+// every upload (the log bucket is gone): both instances are terminated all the same, each
+// failure is in FleetTerminated.
+func TestArchiveFailureStillTerminates(t *testing.T) {
+	e := newEnv(t)
+	out := e.Subscribe(t, bus.FleetTerminated)
+	hk := cloudtest.NewHostKey(t)
+	fleetTags := map[string]string{tags.Stack: e.Topology.Prefix, tags.JobID: "job-fail", tags.Fleet: "job-fail",
+		tags.LeaseExpires: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}
+	fleet := e.launch(2, hk.UserData, fleetTags)
+	unreachable, refused := fleet[0], fleet[1]
+	e.writeLog(refused.ID, "log\n")
+	// EC2 says the unreachable one listens where nobody does.
+	if _, err := e.EC2.CreateTags(t.Context(), &ec2.CreateTagsInput{Resources: []string{unreachable.ID},
+		Tags: []ec2types.Tag{{Key: aws.String(tags.SSHEndpoint), Value: aws.String(cloudtest.FreeAddr(t))}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.S3.DeleteBucket(t.Context(), &s3.DeleteBucketInput{Bucket: aws.String(e.Topology.BucketName())}); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	e.Publish(t, events.JobFinished{
+		Header: events.NewHeader("job-fail", "corr-fail", time.Now()), FleetID: "job-fail", Template: "test",
+		Outcome: events.OutcomeSucceeded, Instances: fleet, HostKey: hk.Authorized, KeyName: e.key.Name,
+	})
+	got := e.receive(t, out, "job-fail")
+	if want := sortedIDs(fleet...); !slices.Equal(got.TerminatedInstanceIDs, want) {
+		t.Fatalf("terminated %v, want %v", got.TerminatedInstanceIDs, want)
+	}
+	for id, st := range e.states(unreachable.ID, refused.ID) {
+		if st != ec2types.InstanceStateNameTerminated {
+			t.Errorf("instance %s is %s, want terminated", id, st)
+		}
+	}
+	failures := map[string]string{}
+	for _, f := range got.ArchiveFailures {
+		failures[f.InstanceID] = f.Error
+	}
+	if len(got.Archives) != 0 || len(failures) != 2 {
+		t.Fatalf("archives %+v, failures %+v: want two failures", got.Archives, got.ArchiveFailures)
+	}
+	if !strings.Contains(failures[unreachable.ID], "dialing ssh") {
+		t.Errorf("unreachable instance's failure %q does not say SSH", failures[unreachable.ID])
+	}
+	if !strings.Contains(failures[refused.ID], "s3://"+e.Topology.BucketName()) {
+		t.Errorf("refused upload's failure %q does not name the bucket", failures[refused.ID])
+	}
 }
