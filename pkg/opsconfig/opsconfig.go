@@ -212,7 +212,24 @@ type Run struct {
 type Start struct {
 	Argv []string `yaml:"argv"`
 	Log  string   `yaml:"log"` // empty: the recipe package's default under the step's state dir
+	// Progress, when set, names the signal that the workload is making progress: the
+	// monitor fails a job whose live workload shows none for the stall window, before its
+	// deadline.
+	Progress *Progress `yaml:"progress"`
 }
+
+// Progress is a start step's progress signal.
+type Progress struct {
+	// Signal is ProgressLog: the step's log must grow.
+	Signal string `yaml:"signal"`
+	// StallWindow is how long the signal may stand still before the job fails.
+	StallWindow Duration `yaml:"stall_window"`
+}
+
+// Progress signals (Progress.Signal).
+const (
+	ProgressLog = "log" // the step's log file grows
+)
 
 // DefaultMode is the mode of uploaded and fetched files whose step names none.
 const DefaultMode FileMode = 0o600

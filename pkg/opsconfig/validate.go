@@ -249,6 +249,14 @@ func (r Recipe) validate(p *problems, path, name string) {
 			if s.Start.Log != "" {
 				filePath("start.log", s.Start.Log)
 			}
+			if pr := s.Start.Progress; pr != nil {
+				if pr.Signal != ProgressLog {
+					p.add(sp+".start.progress.signal", "must be %s (the log must grow), got %q", ProgressLog, pr.Signal)
+				}
+				if pr.StallWindow <= 0 {
+					p.add(sp+".start.progress.stall_window", "must be a positive duration such as \"5m\", got %s", pr.StallWindow.Std())
+				}
+			}
 		default:
 			p.add(sp, "must have exactly one of fetch, upload, run, start")
 		}

@@ -197,6 +197,18 @@ type Workload struct {
 	Step        string // the step name: StatusCommand(Step) reports on it
 	Log, Stderr string
 	StateDir    string
+	// StallWindow is how long the workload's log may stop growing while it runs before the
+	// job fails (the step's progress signal); 0: no stall detection.
+	StallWindow time.Duration
+}
+
+// StallWindow is a start step's stall window: how long its log may stand still (0: the step
+// names no progress signal).
+func StallWindow(s opsconfig.Step) time.Duration {
+	if s.Start == nil || s.Start.Progress == nil || s.Start.Progress.Signal != opsconfig.ProgressLog {
+		return 0
+	}
+	return s.Start.Progress.StallWindow.Std()
 }
 
 // Workloads returns the recipe's start steps with their paths for the given job parameters,
@@ -216,7 +228,7 @@ func Workloads(r opsconfig.Recipe, params map[string]string) ([]Workload, error)
 		if err != nil {
 			return nil, fmt.Errorf("rendering step %d %q: %w", i, s.Name, err)
 		}
-		out = append(out, Workload{Step: s.Name, Log: st.Log, Stderr: st.Stderr, StateDir: StateDir(s.Name)})
+		out = append(out, Workload{Step: s.Name, Log: st.Log, Stderr: st.Stderr, StateDir: StateDir(s.Name), StallWindow: StallWindow(s)})
 	}
 	return out, nil
 }
