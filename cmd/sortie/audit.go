@@ -16,7 +16,7 @@ import (
 // AuditCmd is `sortie audit`.
 type AuditCmd struct {
 	Bucket []string `help:"Audit this bucket too (repeatable)." placeholder:"NAME" sep:"none"`
-	Config string   `help:"The ops configuration whose templates' security groups are audited (default: the embedded one)." env:"SORTIE_CONFIG" placeholder:"FILE"`
+	Config string   `help:"The ops configuration whose templates' security groups are audited: a file, s3://bucket/key or ssm:/parameter/name (default: the embedded one)." env:"SORTIE_CONFIG" placeholder:"LOCATION"`
 	JSON   bool     `name:"json" help:"Print the evaluations as JSON, in the shape of AWS Config's PutEvaluations."`
 }
 
@@ -29,17 +29,17 @@ func (c *AuditCmd) Run(ctx context.Context, g *Globals) error {
 	if err := topo.Validate(); err != nil {
 		return err
 	}
-	ops, err := base.LoadOps()
+	cfg, err := awsx.Load(ctx, "cli")
+	if err != nil {
+		return err
+	}
+	ops, err := base.LoadOps(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	var groups []string
 	for _, name := range slices.Sorted(maps.Keys(ops.Templates)) {
 		groups = append(groups, ops.Templates[name].SecurityGroups...)
-	}
-	cfg, err := awsx.Load(ctx, "cli")
-	if err != nil {
-		return err
 	}
 	report, err := audit.Audit(ctx, audit.NewClients(cfg), audit.Target{Topology: topo, Buckets: c.Bucket, SecurityGroups: groups})
 	if err != nil {

@@ -30,7 +30,7 @@ type DemoCmd struct {
 // DemoPrepareCmd is `sortie demo prepare`.
 type DemoPrepareCmd struct {
 	Files  int    `help:"Demo files to seed." default:"202"`
-	Config string `help:"Ops config YAML whose templates name the key pair (default: the embedded one)." env:"SORTIE_CONFIG" type:"existingfile"`
+	Config string `help:"Ops config whose templates name the key pair: a YAML file, s3://bucket/key or ssm:/parameter/name (default: the embedded one)." env:"SORTIE_CONFIG"`
 }
 
 // Run creates the login key and seeds the demo. It can run again: the key pair is kept
@@ -40,13 +40,13 @@ func (c *DemoPrepareCmd) Run(ctx context.Context, g *Globals) error {
 	if err := base.Validate(); err != nil {
 		return err
 	}
-	ops, err := base.LoadOps()
-	if err != nil {
-		return fmt.Errorf("loading ops config: %w", err)
-	}
 	cfg, err := awsx.Load(ctx, "cli")
 	if err != nil {
 		return err
+	}
+	ops, err := base.LoadOps(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("loading ops config: %w", err)
 	}
 	s3c := s3.NewFromConfig(cfg, awsx.S3Options(cfg))
 	sshKey, err := devstack.CreateLoginKeys(ctx, ec2.NewFromConfig(cfg), s3c, g.Prefix, ops)

@@ -42,6 +42,9 @@ func (c *DevCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	defer stack.Close()
 	fmt.Fprintf(g.Stdout, "local cloud on %s (AWS_ENDPOINT_URL), stack %q\n", stack.Cloud.URL(), g.Prefix)
+	for _, e := range stack.Endpoints {
+		fmt.Fprintf(g.Stdout, "  %-12s %s/healthz %s/readyz %s/metrics\n", e.Service, e.URL, e.URL, e.URL)
+	}
 
 	w, err := stack.Watch(ctx)
 	if err != nil {

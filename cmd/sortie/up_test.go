@@ -65,6 +65,11 @@ func TestUpScript(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+	for _, name := range []string{"planner", "provisioner", "bootstrapper", "monitor", "reaper"} {
+		if !regexp.MustCompile(`(?m)^up: ` + name + ` +http://127\.0\.0\.1:\d+/healthz /readyz /metrics$`).MatchString(out) {
+			t.Errorf("output does not say where %s serves /healthz", name)
+		}
+	}
 	archives := regexp.MustCompile(`s3://uptest-logs/logs/demo-[^/ ]+/i-[0-9a-f]+\.tar\.gz \(\d+ bytes\)`).FindAllString(out, -1)
 	if len(archives) != 3 {
 		t.Errorf("want 3 archives in the summary, got %d: %q", len(archives), archives)

@@ -12,6 +12,8 @@
 #   SORTIE_RUN_DIR  where the logs, the instances' directories and the pids file go
 #                   (default: a new directory under $TMPDIR)
 #   DEMO_TIMEOUT    how long the demo job may take (default 2m)
+#   SORTIE_HTTP_ADDR  where every service serves /healthz, /readyz and /metrics
+#                   (default 127.0.0.1:0: a free port each, printed once they listen)
 # Exit status: the demo's (0 when the job succeeded).
 # shellcheck disable=SC2317 # cleanup and stop run from traps, which shellcheck cannot see
 set -euo pipefail
@@ -21,6 +23,8 @@ services=(planner provisioner bootstrapper monitor reaper)
 port=${PORT:-4566}
 export SORTIE_PREFIX=${SORTIE_PREFIX:-sortie}
 export SORTIE_LOCAL_MODE=1 # the local cloud: honour its sortie:ssh-endpoint tags
+# Five services on one machine: one port each, not the services' default :8080.
+export SORTIE_HTTP_ADDR=${SORTIE_HTTP_ADDR:-127.0.0.1:0}
 run_dir=${SORTIE_RUN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sortie-up.XXXXXX")}
 mkdir -p "$run_dir"
 run_dir=$(cd "$run_dir" && pwd)
@@ -158,6 +162,20 @@ SORTIE_SSH_KEY=$ssh_key start reaper "$bin/reaper"
 sleep 0.3 # a misconfigured service exits at once
 for i in "${!names[@]}"; do alive "${names[i]}" "${pids[i]}"; done
 say "running: $(for i in "${!names[@]}"; do printf '%s=%s ' "${names[i]}" "${pids[i]}"; done)"
+# Where each service serves /healthz, /readyz and /metrics (it logs the address it got).
+if [[ -n $SORTIE_HTTP_ADDR ]]; then
+	for i in "${!names[@]}"; do
+		[[ ${names[i]} == localcloud ]] && continue
+		for ((n = 0; ; n++)); do
+			alive "${names[i]}" "${pids[i]}"
+			addr=$(sed -n 's/.*"msg":"serving health and metrics".*"addr":"\([^"]*\)".*/\1/p' "$run_dir/${names[i]}.log" | head -n 1)
+			[[ -n $addr ]] && break
+			((n < 100)) || die "${names[i]} does not say where it serves /healthz after 10 s"
+			sleep 0.1
+		done
+		say "$(printf '%-12s' "${names[i]}") http://$addr/healthz /readyz /metrics"
+	done
+fi
 say "pids in $run_dir/pids, logs in $run_dir"
 echo
 

@@ -53,6 +53,7 @@ var (
 		"NotFound",
 		"NotFoundException",
 		"ResourceNotFoundException",
+		"ParameterNotFound", // SSM GetParameter: SORTIE_CONFIG=ssm:/... names no parameter
 	)
 	permanentCodes = set(
 		"InvalidParameterValue",

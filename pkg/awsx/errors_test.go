@@ -83,6 +83,7 @@ var codeCases = []struct {
 	{"NoSuchBucket", notFound},
 	{"NotFound", notFound},
 	{"NotFoundException", notFound},
+	{"ParameterNotFound", notFound},
 	{"ResourceNotFoundException", notFound},
 	{"InvalidGroup.NotFound", notFound},
 	{"InvalidSubnetID.NotFound", notFound},

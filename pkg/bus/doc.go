@@ -38,5 +38,8 @@
 // its message is delivered again.
 //
 // Nothing here creates a topic or queue: `sortie infra up` (pkg/infra) or the IaC in
-// deployments/ does. A missing one is reported as a *MissingError naming it.
+// deployments/ does. A missing one is reported as a *MissingError naming it; with
+// Config.AwaitQueues a router waits for its queues instead, reporting them to its
+// Observer (pkg/telemetry's /readyz), which also sees every delivery's outcome, duration
+// and age for the service's metrics.
 package bus

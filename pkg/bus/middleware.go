@@ -39,6 +39,7 @@ func (r *Router) stack(rt route) message.NoPublishHandlerFunc {
 	h = logPermanent(dlq)(h)
 	h = poison(h)
 	h = r.correlate(rt)(h)
+	h = r.observe(rt)(h)
 	return func(msg *message.Message) error {
 		if _, err := h(msg); err != nil {
 			// correlate has logged it with the job's ids. Nacking here rather than
@@ -93,6 +94,33 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 			default:
 				logger.Warn("message not handled; SQS will redeliver it", "error", err)
 			}
+			return out, err
+		}
+	}
+}
+
+// observe reports each delivery to the Observer: started, then done with how long it
+// took and its outcome (a message the poison middleware dead-lettered carries the reason
+// it set).
+func (r *Router) observe(rt route) message.HandlerMiddleware {
+	o := r.cfg.Observer
+	eventType := cmpOr(rt.eventType, TimerEventType)
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		if o == nil {
+			return h
+		}
+		return func(msg *message.Message) ([]*message.Message, error) {
+			start := time.Now()
+			o.HandlerStarted(eventType)
+			out, err := h(msg)
+			outcome := OutcomeHandled
+			switch {
+			case err != nil:
+				outcome = OutcomeFailed
+			case msg.Metadata.Get(middleware.ReasonForPoisonedKey) != "":
+				outcome = OutcomeDeadLettered
+			}
+			o.HandlerDone(eventType, time.Since(start), outcome)
 			return out, err
 		}
 	}

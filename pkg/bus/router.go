@@ -65,6 +65,14 @@ type Config struct {
 	// After that it logs a warning and SQS delivers the message again, so a stuck handler
 	// cannot hold it forever.
 	MaxHandle time.Duration
+	// Observer, when set, sees the router's queue checks and every delivery (metrics,
+	// readiness).
+	Observer Observer
+	// AwaitQueues makes Run wait for missing or unreachable queues, checking again every
+	// few seconds and reporting why to the Observer, instead of failing at once. A
+	// service run by service.Serve waits (its /readyz says what is missing); tests and
+	// tools fail fast.
+	AwaitQueues bool
 }
 
 func (c Config) withDefaults() Config {
@@ -153,8 +161,9 @@ type Router struct {
 	wmLog  watermill.LoggerAdapter
 	dlq    message.Publisher
 
-	routes []route
-	errs   []error
+	routes  []route
+	errs    []error
+	onReady []func(ctx context.Context) error
 
 	heartbeats atomic.Int64 // messages being kept hidden right now
 }
@@ -214,6 +223,13 @@ func (r *Router) HandleTimers(h HandlerFunc) {
 	}
 }
 
+// OnReady registers f to run once every queue has been found, before the first receive
+// (arming a timer on the service's own timer queue, say): with AwaitQueues it runs only
+// after the queues exist. An error from f makes Run fail.
+func (r *Router) OnReady(f func(ctx context.Context) error) {
+	r.onReady = append(r.onReady, f)
+}
+
 func (r *Router) add(rt route) {
 	for _, have := range r.routes {
 		if have.queue == rt.queue {
@@ -243,9 +259,17 @@ func (r *Router) Run(ctx context.Context) error {
 	if len(r.errs) > 0 {
 		return fmt.Errorf("router for %s: %w", r.cfg.Service, errors.Join(r.errs...))
 	}
-	visibility, err := r.preflight(ctx)
+	visibility, err := r.awaitQueues(ctx)
 	if err != nil {
 		return fmt.Errorf("router for %s: %w", r.cfg.Service, err)
+	}
+	if visibility == nil {
+		return nil // cancelled while waiting for the queues: nothing was received
+	}
+	for _, f := range r.onReady {
+		if err := f(ctx); err != nil {
+			return fmt.Errorf("router for %s: %w", r.cfg.Service, err)
+		}
 	}
 
 	sub := newSubscriber(r.api, r.queues, subscriberConfig{
@@ -256,6 +280,7 @@ func (r *Router) Run(ctx context.Context) error {
 		visibility:   visibility,
 		maxHandle:    r.cfg.MaxHandle,
 		heartbeats:   &r.heartbeats,
+		observer:     r.subscriberObserver(),
 	})
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: r.cfg.CloseTimeout}, r.wmLog)
 	if err != nil {
@@ -293,14 +318,52 @@ func (r *Router) Run(ctx context.Context) error {
 	return nil
 }
 
+// Bounds of the wait between two checks of the queues while AwaitQueues waits for them.
+const (
+	awaitFirst = 500 * time.Millisecond
+	awaitMax   = 5 * time.Second
+)
+
+// awaitQueues runs preflight, and with AwaitQueues set runs it again until it passes or
+// ctx is cancelled (then it returns nil, nil). Every check is reported to the Observer.
+func (r *Router) awaitQueues(ctx context.Context) (map[string]time.Duration, error) {
+	wait := awaitFirst
+	var last string
+	for {
+		visibility, status, err := r.preflight(ctx)
+		if r.cfg.Observer != nil && ctx.Err() == nil {
+			r.cfg.Observer.QueuesChecked(status)
+		}
+		if err == nil || !r.cfg.AwaitQueues {
+			return visibility, err
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if msg := err.Error(); msg != last {
+			r.cfg.Logger.Warn("waiting for queues", "error", msg, "retry_every", awaitMax.String())
+			last = msg
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, awaitMax)
+	}
+}
+
 // preflight resolves every queue and DLQ the routes use, reporting all the missing ones,
-// and reads the visibility timeout of each queue read from.
-func (r *Router) preflight(ctx context.Context) (map[string]time.Duration, error) {
+// and reads the visibility timeout of each queue read from. status holds every queue
+// and DLQ checked with nil or its error.
+func (r *Router) preflight(ctx context.Context) (map[string]time.Duration, map[string]error, error) {
 	var errs []error
 	visibility := map[string]time.Duration{}
+	status := map[string]error{}
 	for _, rt := range r.routes {
 		for _, q := range []string{rt.queue, DLQName(rt.queue)} {
 			url, err := r.queues.url(ctx, q)
+			status[q] = err
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -310,6 +373,7 @@ func (r *Router) preflight(ctx context.Context) (map[string]time.Duration, error
 			}
 			v, err := queueVisibility(ctx, r.api, q, url)
 			if err != nil {
+				status[q] = err
 				errs = append(errs, err)
 				continue
 			}
@@ -319,7 +383,7 @@ func (r *Router) preflight(ctx context.Context) (map[string]time.Duration, error
 			visibility[q] = v
 		}
 	}
-	return visibility, errors.Join(errs...)
+	return visibility, status, errors.Join(errs...)
 }
 
 // watermillLogger adapts logger for watermill, whose chatty Info lines become Debug.

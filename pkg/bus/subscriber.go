@@ -47,6 +47,7 @@ type subscriber struct {
 	visibility   map[string]time.Duration // queue name → VisibilityTimeout; 0 or absent: no heartbeat
 	maxHandle    time.Duration
 	heartbeats   *atomic.Int64 // running heartbeats; may be nil
+	observer     Observer      // may be nil
 
 	msgCtx   context.Context // parent of every message's context
 	hardStop context.CancelFunc
@@ -69,6 +70,7 @@ type subscriberConfig struct {
 	visibility   map[string]time.Duration // each queue's VisibilityTimeout
 	maxHandle    time.Duration            // how long a heartbeat may keep a message hidden
 	heartbeats   *atomic.Int64            // counts running heartbeats; may be nil
+	observer     Observer                 // sees receive failures and message ages; may be nil
 }
 
 func newSubscriber(api receiveAPI, queues *queueResolver, c subscriberConfig) *subscriber {
@@ -83,6 +85,7 @@ func newSubscriber(api receiveAPI, queues *queueResolver, c subscriberConfig) *s
 		visibility:   c.visibility,
 		maxHandle:    c.maxHandle,
 		heartbeats:   c.heartbeats,
+		observer:     c.observer,
 		msgCtx:       msgCtx,
 		hardStop:     hardStop,
 		closing:      make(chan struct{}),
@@ -134,18 +137,26 @@ func (s *subscriber) Subscribe(ctx context.Context, queue string) (<-chan *messa
 func (s *subscriber) receive(ctx context.Context, queue, url string, out chan<- *message.Message) {
 	logger := s.logger.With("queue", queue)
 	backoff := 100 * time.Millisecond
+	failing := false // the last receive failed
 	for ctx.Err() == nil {
 		res, err := s.api.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
-			QueueUrl:                    aws.String(url),
-			MaxNumberOfMessages:         1,
-			WaitTimeSeconds:             s.waitSeconds,
-			MessageAttributeNames:       []string{"All"},
-			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameApproximateReceiveCount},
+			QueueUrl:              aws.String(url),
+			MaxNumberOfMessages:   1,
+			WaitTimeSeconds:       s.waitSeconds,
+			MessageAttributeNames: []string{"All"},
+			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{
+				sqstypes.MessageSystemAttributeNameApproximateReceiveCount,
+				sqstypes.MessageSystemAttributeNameSentTimestamp,
+			},
 		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			if s.observer != nil && !failing {
+				s.observer.QueueStatus(queue, fmt.Errorf("receiving from queue %s: %w", queue, err))
+			}
+			failing = true
 			logger.Warn("receiving messages", "error", err, "retry_in", backoff)
 			select {
 			case <-ctx.Done():
@@ -157,6 +168,17 @@ func (s *subscriber) receive(ctx context.Context, queue, url string, out chan<- 
 		}
 		received := time.Now() // SQS started the messages' visibility timeouts just before
 		backoff = 100 * time.Millisecond
+		if s.observer != nil {
+			if failing {
+				s.observer.QueueStatus(queue, nil)
+			}
+			for _, m := range res.Messages {
+				if age, ok := sentAge(m, received); ok {
+					s.observer.MessageReceived(queue, age)
+				}
+			}
+		}
+		failing = false
 		for i, m := range res.Messages {
 			if !s.deliver(ctx, queue, url, m, received, out) {
 				// Shutting down: release what was received but not handed out.

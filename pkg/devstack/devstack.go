@@ -29,6 +29,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 	"github.com/sortie-fleet/sortie/pkg/watch"
 	"github.com/sortie-fleet/sortie/services/bootstrapper"
 	"github.com/sortie-fleet/sortie/services/monitor"
@@ -58,6 +59,9 @@ type Options struct {
 	MonitorInterval time.Duration
 	// OnExec sees every command run on an instance (the local cloud's audit hook).
 	OnExec func(instanceID, command string)
+	// HTTPAddr is where each service serves /healthz, /readyz and /metrics, each on a
+	// listener of its own (default 127.0.0.1:0: a free port each); "-": not served.
+	HTTPAddr string
 	// Cloud, if set, is a local cloud the stack shares with others (tests of several stacks
 	// in one account): the stack uses it and leaves it running on Close; Addr, DataDir,
 	// WorkerCommand, WorkerEnv and OnExec are then the cloud's business.
@@ -78,6 +82,11 @@ type Stack struct {
 	Publisher *bus.Publisher
 	// SSHKey is where the services read the instances' login key: s3://<prefix>-secrets/keys/<name>.pem.
 	SSHKey string
+	// Endpoints is each service's health and metrics base URL (http://host:port), by
+	// service, in the order the services start; empty when not served.
+	Endpoints []Endpoint
+	// Telemetry is each service's metrics and readiness, by service name.
+	Telemetry map[string]*telemetry.Telemetry
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -103,6 +112,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	if opts.MonitorInterval == 0 {
 		opts.MonitorInterval = time.Second
+	}
+	if opts.HTTPAddr == "" {
+		opts.HTTPAddr = "127.0.0.1:0"
 	}
 	s := &Stack{Topology: bus.Topology{Prefix: opts.Prefix}, Ops: opts.Ops}
 	defer func() {
@@ -188,6 +200,7 @@ func (s *Stack) startServices(opts Options) error {
 				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, PollWait: time.Second, SweepInterval: 10 * time.Second}, d)
 		}},
 	}
+	s.Telemetry = map[string]*telemetry.Telemetry{}
 	for _, sv := range services {
 		logger := opts.Logger.With("service", sv.name)
 		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
@@ -195,8 +208,23 @@ func (s *Stack) startServices(opts Options) error {
 			return err
 		}
 		s.closers = append(s.closers, pub.Close)
-		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now}
+		tel := telemetry.New(sv.name)
+		tel.ConfigLoaded(nil)
+		s.Telemetry[sv.name] = tel
+		if opts.HTTPAddr != "-" {
+			srv, err := telemetry.Listen(tel, opts.HTTPAddr, logger)
+			if err != nil {
+				return err
+			}
+			s.closers = append(s.closers, srv.Close)
+			s.Endpoints = append(s.Endpoints, Endpoint{Service: sv.name, URL: srv.URL()})
+		}
+		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel}
 		s.wg.Add(1)
+		go func() {
+			<-ctx.Done() // Close: not ready while draining
+			tel.Drain()
+		}()
 		go func() {
 			defer s.wg.Done()
 			if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
@@ -208,6 +236,12 @@ func (s *Stack) startServices(opts Options) error {
 		}()
 	}
 	return nil
+}
+
+// Endpoint is where one service serves /healthz, /readyz and /metrics.
+type Endpoint struct {
+	Service string
+	URL     string // http://host:port
 }
 
 // Err reports services that stopped on their own (nil while all run).

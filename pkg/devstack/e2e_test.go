@@ -327,6 +327,43 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("each service serves its endpoints; the demo moved its counters", func(t *testing.T) {
+		if len(e.Endpoints) != 5 {
+			t.Fatalf("endpoints %+v, want one per service", e.Endpoints)
+		}
+		moved := map[string]string{ // a figure of each stage the demo job must have moved
+			bus.Planner:      "sortie_fleets_planned_total",
+			bus.Provisioner:  "sortie_instances_launched_total",
+			bus.Bootstrapper: "sortie_bootstrap_step_duration_seconds",
+			bus.Monitor:      "sortie_handler_duration_seconds",
+			bus.Reaper:       "sortie_archive_bytes_total",
+		}
+		seen := map[string]bool{}
+		for _, ep := range e.Endpoints {
+			seen[ep.Service] = true
+			if code, body := cloudtest.Get(t, ep.URL+"/readyz"); code != 200 {
+				t.Errorf("%s /readyz %d %q", ep.Service, code, body)
+			}
+			// A handler's delivery is counted once it returns, just after it published: poll.
+			cloudtest.Eventually(t, 30*time.Second, func() error {
+				m, err := cloudtest.Scrape(t, ep.URL)
+				if err != nil {
+					return err
+				}
+				if v := m.Value(moved[ep.Service], "service", ep.Service); v <= 0 {
+					return fmt.Errorf("%s %s = %v after the demo job, want > 0", ep.Service, moved[ep.Service], v)
+				}
+				if v := m.Value("sortie_messages_total", "outcome", "handled"); v <= 0 {
+					return fmt.Errorf("%s handled no message", ep.Service)
+				}
+				return nil
+			})
+		}
+		if len(seen) != 5 {
+			t.Errorf("endpoints of %v, want the five services", seen)
+		}
+	})
+
 	// The demo with instance host keys: no host key in user data or any event; each
 	// instance's key is read from its console output by every service that connects.
 	t.Run("demo job with instance host keys", func(t *testing.T) {

@@ -24,18 +24,16 @@ import (
 // TestTwoStacksAtOnce runs two whole stacks (prefixes of their own, five services each) in
 // one local cloud, and a job in each at the same time. Each stack launches, reaps and lists
 // its own fleet only; an instance carrying Sortie's tags for one of the jobs but no stack
-// tag is never touched by either stack's reaper or sweep. (The jobs' ids differ: the
-// provisioner's ClientToken is derived from the job id alone, so EC2 would take the same id
-// in two stacks of one account for a repeated launch. services/reaper's TestTwoStacks reaps
-// fleets of one id in two stacks.)
+// tag is never touched by either stack's reaper or sweep. Both stacks run the same job id:
+// the provisioner's ClientToken includes the stack, so EC2 launches two fleets, not one.
 func TestTwoStacksAtOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: starts two whole stacks")
 	}
 	cloud := cloudtest.NewCloud(t, localcloud.Options{BootDelay: 200 * time.Millisecond})
 	run := cloudtest.Unique("-")
-	jobIDs := []string{"two-stacks-a" + run, "two-stacks-b" + run}
-	jobID := jobIDs[0] // the stray's
+	jobID := "two-stacks" + run
+	jobIDs := []string{jobID, jobID}
 	prefixes := []string{"two-a" + strings.ReplaceAll(run, "-", "")[:4], "two-b" + strings.ReplaceAll(run, "-", "")[:4]}
 	type started struct {
 		st   *Stack

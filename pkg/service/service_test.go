@@ -1,6 +1,7 @@
 package service
 
 import (
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,14 @@ func TestBaseValidate(t *testing.T) {
 		{"bad prefix", Base{Prefix: "Sortie_1"}, []string{"SORTIE_PREFIX"}},
 		{"missing config file", Base{Prefix: "sortie", OpsConfig: filepath.Join(t.TempDir(), "nope.yaml")}, []string{"SORTIE_CONFIG"}},
 		{"both at once", Base{Prefix: "", OpsConfig: "/no/such/file"}, []string{"SORTIE_PREFIX", "SORTIE_CONFIG"}},
+		{"config in S3: not a file to stat", Base{Prefix: "sortie", OpsConfig: "s3://ops-bucket/sortie/ops.yaml"}, nil},
+		{"config in SSM: not a file to stat", Base{Prefix: "sortie", OpsConfig: "ssm:/sortie/ops"}, nil},
+		{"S3 location without a key", Base{Prefix: "sortie", OpsConfig: "s3://ops-bucket"}, []string{"SORTIE_CONFIG", "s3://bucket/key"}},
+		{"SSM location without a name", Base{Prefix: "sortie", OpsConfig: "ssm:"}, []string{"SORTIE_CONFIG", "ssm:/parameter/name"}},
+		{"another scheme", Base{Prefix: "sortie", OpsConfig: "https://example.com/ops.yaml"}, []string{"SORTIE_CONFIG"}},
+		{"negative reload interval", Base{Prefix: "sortie", ConfigReload: -time.Second}, []string{"SORTIE_CONFIG_RELOAD"}},
+		{"http addr without a port", Base{Prefix: "sortie", HTTPAddr: "localhost"}, []string{"SORTIE_HTTP_ADDR"}},
+		{"http addr :8080", Base{Prefix: "sortie", HTTPAddr: ":8080"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,7 +58,7 @@ func TestBaseFromEnvAndLoadOps(t *testing.T) {
 	if b.Prefix != "sortie" || b.OpsConfig != "" {
 		t.Fatalf("defaults = %+v", b)
 	}
-	ops, err := b.LoadOps()
+	ops, err := b.LoadOps(t.Context(), aws.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +68,44 @@ func TestBaseFromEnvAndLoadOps(t *testing.T) {
 	t.Setenv("SORTIE_PREFIX", "stack-a")
 	if got := BaseFromEnv().Topology().TopicName("JobSubmitted"); got != "stack-a-job-submitted" {
 		t.Errorf("topic = %q", got)
+	}
+}
+
+func TestBaseFromEnvHTTPAndReload(t *testing.T) {
+	tests := []struct {
+		name      string
+		env       map[string]string // "-" unsets
+		wantAddr  string
+		wantEvery time.Duration
+		wantErr   string
+	}{
+		{"defaults", map[string]string{"SORTIE_HTTP_ADDR": "-", "SORTIE_CONFIG_RELOAD": "-"}, ":8080", 0, ""},
+		{"empty address: off", map[string]string{"SORTIE_HTTP_ADDR": "", "SORTIE_CONFIG_RELOAD": "5m"}, "", 5 * time.Minute, ""},
+		{"loopback, any port", map[string]string{"SORTIE_HTTP_ADDR": "127.0.0.1:0", "SORTIE_CONFIG_RELOAD": "0"}, "127.0.0.1:0", 0, ""},
+		{"bad interval", map[string]string{"SORTIE_HTTP_ADDR": "-", "SORTIE_CONFIG_RELOAD": "often"}, ":8080", 0, "SORTIE_CONFIG_RELOAD"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("SORTIE_PREFIX", "")
+			t.Setenv("SORTIE_CONFIG", "")
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+				if v == "-" {
+					os.Unsetenv(k)
+				}
+			}
+			b := BaseFromEnv()
+			if b.HTTPAddr != tt.wantAddr || b.ConfigReload != tt.wantEvery {
+				t.Errorf("HTTPAddr %q, ConfigReload %s; want %q, %s", b.HTTPAddr, b.ConfigReload, tt.wantAddr, tt.wantEvery)
+			}
+			err := b.Validate()
+			if tt.wantErr == "" && err != nil {
+				t.Errorf("Validate = %v", err)
+			}
+			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("Validate = %v, want an error naming %s", err, tt.wantErr)
+			}
+		})
 	}
 }
 
@@ -91,10 +138,10 @@ func TestLoadOpsRefusesSecretsBucket(t *testing.T) {
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := (Base{Prefix: "stack-b", OpsConfig: path}).LoadOps(); err != nil {
+	if _, err := (Base{Prefix: "stack-b", OpsConfig: path}).LoadOps(t.Context(), aws.Config{}); err != nil {
 		t.Errorf("another stack's prefix: %v, want the config accepted", err)
 	}
-	_, err := Base{Prefix: "stack-a", OpsConfig: path}.LoadOps()
+	_, err := Base{Prefix: "stack-a", OpsConfig: path}.LoadOps(t.Context(), aws.Config{})
 	if err == nil || !strings.Contains(err.Error(), `recipes.tools.fetch_buckets[1]: "stack-a-secrets" is the stack's secrets bucket`) {
 		t.Errorf("LoadOps = %v, want the secrets bucket refused", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Files the bootstrapper writes on every instance, relative to the login directory.
@@ -153,6 +154,7 @@ type runner struct {
 	concurrency int
 	prefix      string
 	now         func() time.Time
+	metrics     *telemetry.Telemetry // step durations; nil records nothing
 }
 
 // bootstrapAll bootstraps every instance of the plan, at most r.concurrency at once; one
@@ -242,6 +244,11 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 		t := r.now()
 		out, err := r.run(ctx, conn, st.Command, stdin)
 		sr := events.StepResult{Name: st.Name, ExitCode: out.ExitCode, DurationMS: r.now().Sub(t).Milliseconds()}
+		stepErr := err
+		if stepErr == nil && out.ExitCode != 0 {
+			stepErr = fmt.Errorf("exit status %d", out.ExitCode)
+		}
+		r.metrics.BootstrapStep(st.Kind, r.now().Sub(t), stepErr)
 		if err != nil || out.ExitCode != 0 {
 			if err != nil {
 				sr.ExitCode = -1

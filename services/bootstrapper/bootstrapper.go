@@ -69,11 +69,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			concurrency: cfg.Concurrency,
 			prefix:      cfg.Prefix,
 			now:         deps.Now,
+			metrics:     deps.Telemetry,
 		},
 	}
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(), Service: bus.Bootstrapper, AWS: deps.AWS, Logger: deps.Logger,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("bootstrapper: %w", err)
 	}
@@ -114,7 +115,7 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 // bad parameters); instance failures are results, not errors.
 func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (events.FleetBootstrapped, error) {
 	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
-	p, err := planFleet(ev, s.deps.Ops)
+	p, err := planFleet(ev, s.deps.Ops.Current())
 	if err != nil {
 		return events.FleetBootstrapped{}, err
 	}

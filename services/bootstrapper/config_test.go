@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/service"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -17,6 +18,7 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 16, DialTimeout: 2 * time.Minute, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl"}
 		want.Prefix = "sortie"
+		want.HTTPAddr = service.DefaultHTTPAddr
 		if cfg != want {
 			t.Fatalf("config = %+v, want %+v", cfg, want)
 		}

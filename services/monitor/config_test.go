@@ -28,7 +28,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Base: service.Base{Prefix: "stack-a"}, SSHKey: "s3://keys/fleet.pem", Interval: 300 * time.Millisecond,
+	want := Config{Base: service.Base{Prefix: "stack-a", HTTPAddr: service.DefaultHTTPAddr}, SSHKey: "s3://keys/fleet.pem", Interval: 300 * time.Millisecond,
 		Grace: 5 * time.Second, Lease: 2 * time.Minute, MaxMisses: 3, SSHTimeout: 4 * time.Second, Parallel: 8,
 		MetricsFlush: 250 * time.Millisecond, Settle: 500 * time.Millisecond, PollWait: time.Second}
 	if cfg != want {

@@ -68,13 +68,13 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			deps.Logger.Error("flushing metrics at shutdown", "error", err.Error())
 		}
 	}()
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(),
 		Service:  bus.Monitor,
 		AWS:      deps.AWS,
 		Logger:   deps.Logger,
 		WaitTime: cfg.PollWait,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("monitor: %w", err)
 	}
@@ -119,7 +119,7 @@ var (
 
 type monitor struct {
 	cfg     Config
-	ops     *opsconfig.Config
+	ops     opsconfig.Source // read once per message
 	pub     publisher
 	ec2     ec2API
 	stats   metrics.StatisticsAPI
@@ -173,7 +173,7 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 // workloadsOf returns the start steps of the fleet's recipe with their paths on the
 // instances, rendered with the job's parameters.
 func (m *monitor) workloadsOf(e events.FleetBootstrapped) ([]recipe.Workload, error) {
-	r, err := m.ops.Recipe(e.Recipe)
+	r, err := m.ops.Current().Recipe(e.Recipe)
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +304,7 @@ func (m *monitor) targets(ctx context.Context, e events.FleetBootstrapped, state
 	user := opsconfig.DefaultUser
 	var tmpl opsconfig.Template
 	if e.Template != "" {
-		if t, err := m.ops.Template(e.Template); err == nil {
+		if t, err := m.ops.Current().Template(e.Template); err == nil {
 			tmpl = t
 			if t.User != "" {
 				user = t.User

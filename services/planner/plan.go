@@ -41,7 +41,7 @@ var (
 
 // planner turns a JobSubmitted into a FleetPlanned.
 type planner struct {
-	ops *opsconfig.Config
+	ops opsconfig.Source // read once per job
 	// secretsBucket is the stack's secrets bucket: a job whose recipe would fetch from it
 	// is refused.
 	secretsBucket string
@@ -53,7 +53,7 @@ type planner struct {
 // plan checks the job against the ops config before touching AWS, measures its work and
 // sizes its fleet. Errors that no retry can fix are marked bus.Permanent.
 func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.FleetPlanned, error) {
-	sel, err := resolve(p.ops, job, p.secretsBucket)
+	sel, err := resolve(p.ops.Current(), job, p.secretsBucket)
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}

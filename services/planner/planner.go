@@ -13,6 +13,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/service"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Run consumes JobSubmitted until ctx is cancelled, publishing a FleetPlanned for every
@@ -26,12 +27,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	if deps.Ops == nil || deps.Publisher == nil {
 		return errors.New("planner: deps need an ops config and a publisher")
 	}
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(),
 		Service:  bus.Planner,
 		AWS:      deps.AWS,
 		Logger:   deps.Logger,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("planner: %w", err)
 	}
@@ -43,7 +44,8 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			objects:       s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)),
 			now:           deps.Now,
 		},
-		pub: deps.Publisher,
+		pub:     deps.Publisher,
+		metrics: deps.Telemetry,
 	}
 	router.Handle(bus.JobSubmitted, h.handle)
 	return router.Run(ctx)
@@ -59,6 +61,7 @@ var _ publisher = (*bus.Publisher)(nil)
 type handler struct {
 	planner *planner
 	pub     publisher
+	metrics *telemetry.Telemetry // counts the fleets planned; nil counts nothing
 }
 
 // handle decodes a JobSubmitted, plans its fleet and publishes the plan.
@@ -74,6 +77,7 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	if err := h.pub.Publish(ctx, plan); err != nil {
 		return fmt.Errorf("planning job %s: %w", job.JobID, err)
 	}
+	h.metrics.FleetPlanned()
 	bus.Logger(ctx).Info("fleet planned", "items", plan.Items, "instance_type", plan.InstanceType,
 		"count", plan.Count, "meets_deadline", plan.MeetsDeadline, "rationale", plan.Rationale)
 	return nil

@@ -27,6 +27,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/sizing"
 	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
 
 // Instance tags (see the issue 3 notes): EC2 tags are the state of a fleet.
@@ -53,9 +54,11 @@ type launcher struct {
 	stack  string // the stack's prefix: every instance and volume is tagged sortie:stack=stack
 	local  bool   // local mode: the local cloud's sortie:ssh-endpoint tag is the SSH address
 	ec2    EC2API
-	ops    *opsconfig.Config
+	ops    opsconfig.Source // read once per plan
 	secret []byte
 	now    func() time.Time
+	// metrics counts the instances launched; nil counts nothing.
+	metrics *telemetry.Telemetry
 
 	waiterMinDelay, waiterMaxDelay, timeout time.Duration
 }
@@ -63,7 +66,8 @@ type launcher struct {
 // launch launches the planned fleet, or finds it when a delivery of the same FleetPlanned
 // already did, waits for it to be running and returns the FleetLaunched to publish.
 func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
-	t, err := l.ops.Template(fp.Template)
+	ops := l.ops.Current() // one configuration for the whole message
+	t, err := ops.Template(fp.Template)
 	if err != nil {
 		return events.FleetLaunched{}, bus.Permanent(err)
 	}
@@ -71,7 +75,7 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		return events.FleetLaunched{}, bus.Permanent(fmt.Errorf("instance type %q is not one of template %q's (%s)",
 			fp.InstanceType, fp.Template, strings.Join(t.InstanceTypes, ", ")))
 	}
-	atts := attempts(t, fp)
+	atts := attempts(l.stack, t, fp)
 	found, err := l.find(ctx, fp.FleetID, tokens(atts))
 	if err != nil {
 		return events.FleetLaunched{}, err
@@ -82,7 +86,7 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 	}
 	if len(found.ids) > 0 {
 		bus.Logger(ctx).Info("fleet already launched: reusing its instances", "instances", found.ids)
-	} else if found, err = l.run(ctx, fp, t, atts, key); err != nil {
+	} else if found, err = l.run(ctx, ops, fp, t, atts, key); err != nil {
 		return events.FleetLaunched{}, err
 	} else if found.raced { // another delivery launched them: their nonce made their key
 		if key, err = l.hostKeys(t, fp, found); err != nil {
@@ -178,8 +182,8 @@ type launch struct {
 
 // price is the profile's hourly price of instanceType in market; 0 when the profile has
 // none for it.
-func (l *launcher) price(fp events.FleetPlanned, instanceType, market string) float64 {
-	p, err := l.ops.Profile(fp.Profile)
+func price(ops *opsconfig.Config, fp events.FleetPlanned, instanceType, market string) float64 {
+	p, err := ops.Profile(fp.Profile)
 	if err != nil {
 		return 0
 	}
@@ -191,11 +195,11 @@ func (l *launcher) price(fp events.FleetPlanned, instanceType, market string) fl
 // and price) on the plan's items and the time left now, within the template's bounds.
 // ok is false when the re-sized fleet cannot meet a deadline the plan met; why says why,
 // or gives the re-sizing's arithmetic.
-func (l *launcher) sizeFor(fp events.FleetPlanned, t opsconfig.Template, instanceType string) (count int, why string, ok bool) {
+func (l *launcher) sizeFor(ops *opsconfig.Config, fp events.FleetPlanned, t opsconfig.Template, instanceType string) (count int, why string, ok bool) {
 	if instanceType == fp.InstanceType || fp.Items < 1 {
 		return fp.Count, "", true
 	}
-	cands, err := l.ops.Candidates(fp.Template, fp.Profile)
+	cands, err := ops.Candidates(fp.Template, fp.Profile)
 	if err != nil {
 		return 0, fmt.Sprintf("%s: not sized: %v", instanceType, err), false
 	}
@@ -236,10 +240,11 @@ func clientToken(parts ...string) string {
 // An on-demand template tries the planned type, then its other types in its order. A spot
 // template tries the planned type as spot, then what its fallback lists, in its order:
 // "types", the other types as spot; "on-demand", every type on demand (planned first). The
-// first attempt's token is hex(sha256(job_id + "/" + plan_revision)); each fallback has its
-// own (type and subnet appended, and "spot" for a spot one), because EC2 refuses a token
-// reused with other parameters (IdempotentParameterMismatch).
-func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
+// first attempt's token is hex(sha256(stack + "/" + job_id + "/" + plan_revision)); each
+// fallback has its own (type and subnet appended, and "spot" for a spot one), because EC2
+// refuses a token reused with other parameters (IdempotentParameterMismatch). The stack is
+// part of the token so that two stacks in one account never collide on a job id.
+func attempts(stack string, t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	var others []string
 	for _, it := range t.InstanceTypes {
 		if it != fp.InstanceType {
@@ -272,12 +277,12 @@ func attempts(t opsconfig.Template, fp events.FleetPlanned) []attempt {
 	for _, subnet := range subnets {
 		for _, st := range steps {
 			for _, it := range st.types {
-				token := clientToken(fp.JobID, rev)
+				token := clientToken(stack, fp.JobID, rev)
 				switch {
 				case len(out) > 0 && st.market == events.MarketSpot:
-					token = clientToken(fp.JobID, rev, it, subnet, "spot")
+					token = clientToken(stack, fp.JobID, rev, it, subnet, "spot")
 				case len(out) > 0:
-					token = clientToken(fp.JobID, rev, it, subnet)
+					token = clientToken(stack, fp.JobID, rev, it, subnet)
 				}
 				out = append(out, attempt{InstanceType: it, Subnet: subnet, Market: st.market, Token: token})
 			}
@@ -437,11 +442,11 @@ func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) (f
 
 // run launches the fleet with the first attempt that has capacity; an attempt of another
 // type than planned launches the count re-sized for that type (sizeFor).
-func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, key hostKeys) (fleet, error) {
+func (l *launcher) run(ctx context.Context, ops *opsconfig.Config, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, key hostKeys) (fleet, error) {
 	var short []error
 	var notes []string // what failed before, for FleetLaunched.Fallback
 	for _, at := range atts {
-		count, why, ok := l.sizeFor(fp, t, at.InstanceType)
+		count, why, ok := l.sizeFor(ops, fp, t, at.InstanceType)
 		if !ok {
 			bus.Logger(ctx).Warn("fallback type skipped", "instance_type", at.InstanceType, "reason", why)
 			short = append(short, errors.New(why))
@@ -449,7 +454,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			continue
 		}
 		a := launch{attempt: at, Count: count}
-		a.HourlyPrice = l.price(fp, a.InstanceType, a.Market)
+		a.HourlyPrice = price(ops, fp, a.InstanceType, a.Market)
 		if len(notes) > 0 {
 			a.Fallback = strings.Join(append(slices.Clone(notes), cmpOr(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
 		}
@@ -467,6 +472,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 				return fleet{}, errFleetEnded
 			}
 			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId), "fallback", a.Fallback)
+			l.metrics.InstancesLaunched(a.InstanceType, len(ids))
 			return fleet{ids: ids, nonce: key.nonce, hasNonce: true, launched: &a}, nil
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)

@@ -73,10 +73,11 @@ func derivedKey(t *testing.T, nonce string) string {
 	return k
 }
 
-// Known answers: hex(sha256("job-42/1")) and hex(sha256("job-42/1/c5.large/subnet-0123456789abcdef0")).
+// Known answers: hex(sha256("sortie/job-42/1")) and
+// hex(sha256("sortie/job-42/1/c5.large/subnet-0123456789abcdef0")).
 const (
-	baseToken     = "a2a3483f28e5abf6c31d541de27a2051d5236f7c4202d7d4980caf2e6be91048"
-	fallbackToken = "55502020bc6ebbefdf84378d86f410103770e24eb3631991136017b595ecfe00"
+	baseToken     = "d2d9583f4ae7879d96b42552310fd1529e1f4be3477e3878543b9a611c31f2ac"
+	fallbackToken = "cd25a048460fa19c44cd252c5a8c30f477492ff265797aa96bc208695f0cf4b0"
 )
 
 // twoSubnets is the default ops config with a second subnet in the demo template.
@@ -106,7 +107,7 @@ func TestAttempts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			fp := plan()
 			fp.InstanceType = tt.planned
-			atts := attempts(tt.ops.Templates["demo"], fp)
+			atts := attempts("sortie", tt.ops.Templates["demo"], fp)
 			var got []string
 			seen := map[string]bool{}
 			for _, a := range atts {
@@ -122,18 +123,18 @@ func TestAttempts(t *testing.T) {
 			if atts[0].Token != baseToken {
 				t.Errorf("first token %s, want hex(sha256(job_id/plan_revision)) = %s", atts[0].Token, baseToken)
 			}
-			again := attempts(tt.ops.Templates["demo"], fp)
+			again := attempts("sortie", tt.ops.Templates["demo"], fp)
 			if !slices.Equal(tokens(atts), tokens(again)) {
 				t.Error("tokens are not deterministic")
 			}
 		})
 	}
-	if got := attempts(opsconfig.Default().Templates["demo"], plan())[1].Token; got != fallbackToken {
+	if got := attempts("sortie", opsconfig.Default().Templates["demo"], plan())[1].Token; got != fallbackToken {
 		t.Errorf("fallback token %s, want %s", got, fallbackToken)
 	}
 	fp := plan()
 	fp.PlanRevision = 2
-	if attempts(opsconfig.Default().Templates["demo"], fp)[0].Token == baseToken {
+	if attempts("sortie", opsconfig.Default().Templates["demo"], fp)[0].Token == baseToken {
 		t.Error("revision 2 reuses revision 1's token")
 	}
 }
@@ -163,7 +164,7 @@ func TestSpotAttempts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			atts := attempts(spotTemplate(0, tt.fallback...).Templates["demo"], plan())
+			atts := attempts("sortie", spotTemplate(0, tt.fallback...).Templates["demo"], plan())
 			var got []string
 			seen := map[string]bool{}
 			for _, a := range atts {

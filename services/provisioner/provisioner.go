@@ -26,12 +26,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	if deps.Ops == nil || deps.Publisher == nil {
 		return errors.New("provisioner: deps need an ops config and a publisher")
 	}
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(),
 		Service:  bus.Provisioner,
 		AWS:      deps.AWS,
 		Logger:   deps.Logger,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("provisioner: %w", err)
 	}
@@ -46,6 +46,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			waiterMinDelay: cfg.WaiterMinDelay,
 			waiterMaxDelay: cfg.WaiterMaxDelay,
 			timeout:        cfg.LaunchTimeout,
+			metrics:        deps.Telemetry,
 		},
 		pub: deps.Publisher,
 	}

@@ -138,7 +138,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			}
 			if got.State.Name != types.InstanceStateNameRunning || got.InstanceType != "m3.medium" || in.InstanceType != "m3.medium" ||
 				aws.ToString(got.ImageId) != "ami-0123456789abcdef0" || aws.ToString(got.SubnetId) != "subnet-0123456789abcdef0" ||
-				aws.ToString(got.KeyName) != "sortie-dev" || aws.ToString(got.ClientToken) != clientToken("fleet-a", "1") ||
+				aws.ToString(got.KeyName) != "sortie-dev" || aws.ToString(got.ClientToken) != clientToken(s.Topology.Prefix, "fleet-a", "1") ||
 				aws.ToString(got.PrivateIpAddress) != in.PrivateIP {
 				t.Errorf("%s: %+v", in.ID, got)
 			}
@@ -241,7 +241,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			if in.InstanceType != "c5.large" || got.InstanceType != "c5.large" {
 				t.Errorf("%s: %s in the event, %s in EC2; want c5.large", in.ID, in.InstanceType, got.InstanceType)
 			}
-			if want := clientToken("fleet-c", "1", "c5.large", "subnet-0123456789abcdef0"); aws.ToString(got.ClientToken) != want {
+			if want := clientToken(s.Topology.Prefix, "fleet-c", "1", "c5.large", "subnet-0123456789abcdef0"); aws.ToString(got.ClientToken) != want {
 				t.Errorf("%s: client token %s, want the fallback's %s", in.ID, aws.ToString(got.ClientToken), want)
 			}
 			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(hostKeyOf(t, "fleet-c")), "echo ok"); out != "ok\n" {
@@ -283,7 +283,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			t.Errorf("fallback %q, want none", fl.Fallback)
 		}
 		for id, in := range tagged(t, "fleet-s") {
-			if got := aws.ToString(in.ClientToken); got != clientToken("fleet-s", "1") {
+			if got := aws.ToString(in.ClientToken); got != clientToken(s.Topology.Prefix, "fleet-s", "1") {
 				t.Errorf("%s: client token %s, want the plan's", id, got)
 			}
 		}
@@ -317,7 +317,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 					t.Errorf("planned %d × %s", fl.PlannedCount, fl.PlannedInstanceType)
 				}
 				for iid, in := range tagged(t, id) {
-					if got, want := aws.ToString(in.ClientToken), clientToken(id, "1", "m3.medium", "subnet-0123456789abcdef0"); got != want {
+					if got, want := aws.ToString(in.ClientToken), clientToken(s.Topology.Prefix, id, "1", "m3.medium", "subnet-0123456789abcdef0"); got != want {
 						t.Errorf("%s: client token %s, want the on-demand fallback's %s", iid, got, want)
 					}
 				}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/service"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -22,6 +23,7 @@ func TestConfigFromEnv(t *testing.T) {
 			WaiterMinDelay: 2 * time.Second, WaiterMaxDelay: 30 * time.Second, TerminateTimeout: 5 * time.Minute, PollWait: 20 * time.Second,
 		}
 		want.Prefix = "sortie"
+		want.HTTPAddr = service.DefaultHTTPAddr
 		if cfg != want {
 			t.Fatalf("config = %+v\nwant %+v", cfg, want)
 		}

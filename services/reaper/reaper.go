@@ -80,17 +80,15 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		term:  terminator{api: ec2c, stack: cfg.Prefix, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
 		chain: &sweepChain{},
 	}
-	router, err := bus.NewRouter(bus.Config{
+	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(), Service: bus.Reaper, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("reaper: %w", err)
 	}
 	router.Handle(bus.JobFinished, st.handleJobFinished)
 	router.HandleTimers(st.handleTimer)
-	if err := st.armSweep(ctx); err != nil {
-		return fmt.Errorf("reaper: %w", err)
-	}
+	router.OnReady(st.armSweep) // once the timer queue exists
 	return router.Run(ctx)
 }
 
@@ -198,6 +196,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	for _, in := range done {
 		final[aws.ToString(in.InstanceId)] = in
 	}
+	s.deps.Telemetry.InstancesTerminated(len(live))
 	now := s.deps.Now()
 	out := events.FleetTerminated{
 		Header:  events.NewHeader(ev.JobID, ev.CorrelationID, now),
@@ -323,6 +322,7 @@ func (s *stage) archiveInstance(ctx context.Context, log *slog.Logger, ev events
 			var arch events.Archive
 			if arch, err = s.arch.archive(ctx, t, s.cfg.ArchiveTimeout); err == nil {
 				log.Info("logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+				s.deps.Telemetry.ArchiveStored(arch.SizeBytes)
 				return archiveResult{archive: &arch}
 			}
 		}
@@ -362,7 +362,7 @@ func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instan
 		template = tg[tags.Template]
 	}
 	mode := sshaddr.Mode{Local: s.cfg.LocalMode}
-	if tmpl, err := s.deps.Ops.Template(template); err == nil {
+	if tmpl, err := s.deps.Ops.Current().Template(template); err == nil {
 		mode.PublicIP = tmpl.PublicAddress()
 	}
 	addr, err := mode.Of(in)
@@ -383,7 +383,7 @@ func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instan
 // userFor is the login user of a template, opsconfig.DefaultUser for an unknown one (the
 // reaper reaps whatever it is told: an unknown name must not keep instances alive).
 func (s *stage) userFor(template string) string {
-	if t, err := s.deps.Ops.Template(template); err == nil && t.User != "" {
+	if t, err := s.deps.Ops.Current().Template(template); err == nil && t.User != "" {
 		return t.User
 	}
 	return opsconfig.DefaultUser
@@ -392,11 +392,12 @@ func (s *stage) userFor(template string) string {
 // ttlFor is the TTL of an instance without a usable lease: its template's, else the
 // longest of any template (the sweep errs on the side of keeping an instance).
 func (s *stage) ttlFor(tg map[string]string) time.Duration {
-	if t, err := s.deps.Ops.Template(tg[tags.Template]); err == nil && t.TTL > 0 {
+	ops := s.deps.Ops.Current()
+	if t, err := ops.Template(tg[tags.Template]); err == nil && t.TTL > 0 {
 		return t.TTL.Std()
 	}
 	var longest time.Duration
-	for _, t := range s.deps.Ops.Templates {
+	for _, t := range ops.Templates {
 		longest = max(longest, t.TTL.Std())
 	}
 	if longest == 0 {
@@ -470,6 +471,7 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 				var arch events.Archive
 				if arch, err = s.arch.archive(ctx, t, s.cfg.SweepArchiveTimeout); err == nil {
 					l.Info("sweep: logs archived", "bucket", arch.Bucket, "key", arch.Key, "size_bytes", arch.SizeBytes)
+					s.deps.Telemetry.ArchiveStored(arch.SizeBytes)
 					return nil
 				}
 			}
@@ -504,6 +506,7 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 		log.Error("sweep", "error", err.Error())
 		return
 	}
+	s.deps.Telemetry.InstancesTerminated(len(doomed))
 	if len(doomed) > 0 {
 		log.Warn("sweep terminated instances with expired leases", "instances", doomed)
 	}
