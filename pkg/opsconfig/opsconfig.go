@@ -220,7 +220,8 @@ type Start struct {
 
 // Progress is a start step's progress signal.
 type Progress struct {
-	// Signal is ProgressLog: the step's log must grow.
+	// Signal is ProgressLog, the step's log must grow, or ProgressTasks, the job's count of
+	// reported tasks (TaskReported, succeeded or failed) must rise.
 	Signal string `yaml:"signal"`
 	// StallWindow is how long the signal may stand still before the job fails.
 	StallWindow Duration `yaml:"stall_window"`
@@ -228,7 +229,8 @@ type Progress struct {
 
 // Progress signals (Progress.Signal).
 const (
-	ProgressLog = "log" // the step's log file grows
+	ProgressLog   = "log"   // the step's log file grows
+	ProgressTasks = "tasks" // the job's reported tasks rise
 )
 
 // DefaultMode is the mode of uploaded and fetched files whose step names none.

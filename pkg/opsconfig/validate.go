@@ -250,8 +250,8 @@ func (r Recipe) validate(p *problems, path, name string) {
 				filePath("start.log", s.Start.Log)
 			}
 			if pr := s.Start.Progress; pr != nil {
-				if pr.Signal != ProgressLog {
-					p.add(sp+".start.progress.signal", "must be %s (the log must grow), got %q", ProgressLog, pr.Signal)
+				if pr.Signal != ProgressLog && pr.Signal != ProgressTasks {
+					p.add(sp+".start.progress.signal", "must be %s (the log must grow) or %s (the reported tasks must rise), got %q", ProgressLog, ProgressTasks, pr.Signal)
 				}
 				if pr.StallWindow <= 0 {
 					p.add(sp+".start.progress.stall_window", "must be a positive duration such as \"5m\", got %s", pr.StallWindow.Std())

@@ -197,15 +197,17 @@ type Workload struct {
 	Step        string // the step name: StatusCommand(Step) reports on it
 	Log, Stderr string
 	StateDir    string
-	// StallWindow is how long the workload's log may stop growing while it runs before the
-	// job fails (the step's progress signal); 0: no stall detection.
+	// StallWindow is how long the workload's progress signal (Signal) may stand still while
+	// it runs before the job fails; 0: no stall detection.
 	StallWindow time.Duration
+	// Signal is the step's progress signal: opsconfig.ProgressLog or ProgressTasks.
+	Signal string
 }
 
-// StallWindow is a start step's stall window: how long its log may stand still (0: the step
-// names no progress signal).
+// StallWindow is a start step's stall window: how long its progress signal may stand still
+// (0: the step names none).
 func StallWindow(s opsconfig.Step) time.Duration {
-	if s.Start == nil || s.Start.Progress == nil || s.Start.Progress.Signal != opsconfig.ProgressLog {
+	if s.Start == nil || s.Start.Progress == nil {
 		return 0
 	}
 	return s.Start.Progress.StallWindow.Std()
@@ -228,7 +230,11 @@ func Workloads(r opsconfig.Recipe, params map[string]string) ([]Workload, error)
 		if err != nil {
 			return nil, fmt.Errorf("rendering step %d %q: %w", i, s.Name, err)
 		}
-		out = append(out, Workload{Step: s.Name, Log: st.Log, Stderr: st.Stderr, StateDir: StateDir(s.Name), StallWindow: StallWindow(s)})
+		w := Workload{Step: s.Name, Log: st.Log, Stderr: st.Stderr, StateDir: StateDir(s.Name), StallWindow: StallWindow(s)}
+		if w.StallWindow > 0 {
+			w.Signal = s.Start.Progress.Signal
+		}
+		out = append(out, w)
 	}
 	return out, nil
 }

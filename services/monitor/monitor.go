@@ -249,7 +249,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		if !v.Done {
 			var sv verdict
 			var w recipe.Workload
-			sv, w, progress = stalled(checks, wl, progress, now)
+			sv, w, progress = stalled(checks, wl, progress, now, m.taskCount(ctx, e.JobID, wl))
 			if sv.Done { // the stalled workload's log tail, read now
 				for _, tg := range targets {
 					if tg.ID == sv.FailingInstance {
@@ -294,6 +294,26 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	}
 	log.Debug("fleet checked", "alive", v.Alive, "lease_expires", expires)
 	return nil
+}
+
+// taskCount is the job's count of reported tasks (succeeded and failed) in CloudWatch, after
+// flushing this replica's metrics, for a workload whose progress signal it is; -1 when none
+// is, or the count cannot be read (no progress is then judged at this check).
+func (m *monitor) taskCount(ctx context.Context, jobID string, wl []recipe.Workload) int64 {
+	if !tasksSignal(wl) {
+		return -1
+	}
+	log := bus.Logger(ctx)
+	if err := m.metrics.Flush(ctx); err != nil {
+		log.Warn("flushing metrics before reading the task count", "error", err.Error())
+	}
+	now := m.now()
+	totals, err := metrics.JobTotals(ctx, m.stats, jobID, now.Add(-(events.MaxDeadline + m.cfg.Grace + time.Hour)), now.Add(time.Minute))
+	if err != nil {
+		log.Warn("task count unreadable: progress not judged at this check", "error", err.Error())
+		return -1
+	}
+	return int64(totals.Succeeded + totals.Failed)
 }
 
 // targets says how to reach each instance of the fleet: at the address EC2 gives

@@ -341,6 +341,40 @@ func TestMonitor(t *testing.T) {
 		}
 	})
 
+	// Tasks reported, then none: the job fails at the stall window of its tasks signal.
+	t.Run("no task reported for the stall window fails the job", func(t *testing.T) {
+		t.Parallel()
+		s := c.newStack(t, nil)
+		job := cloudtest.Unique("job-quiet-")
+		fleet := s.launch(t, job, 1)
+		c.startRecipe(t, fleet[0], "quiet", nil)
+		e := s.bootstrapped(job, time.Now().Add(time.Hour), fleet)
+		e.Recipe = "quiet"
+		s.Publish(t, e)
+		// Four tasks over 2 s (less than the window between two of them), then silence.
+		for i := range 4 {
+			s.Publish(t, s.taskReported(job, job, fleet[0].ID, events.OutcomeSucceeded, i))
+			time.Sleep(500 * time.Millisecond)
+		}
+		stopped := time.Now()
+
+		jf := s.jobFinished(job, 30*time.Second)
+		if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != fleet[0].ID ||
+			!strings.HasPrefix(jf.Reason, "workload count made no progress: the job's reported tasks stayed at ") ||
+			!strings.HasSuffix(jf.Reason, "(stall window 3s); running on "+fleet[0].ID) {
+			t.Fatalf("JobFinished %s failing %s: %q; want failed for want of tasks", jf.Outcome, jf.FailingInstance, jf.Reason)
+		}
+		if !slices.Equal(jf.LogTail, []string{"counting"}) {
+			t.Errorf("log tail %q, want the workload's log", jf.LogTail)
+		}
+		if jf.TasksSucceeded != 4 {
+			t.Errorf("%d tasks succeeded, want 4", jf.TasksSucceeded)
+		}
+		if took := time.Since(stopped); took > 25*time.Second {
+			t.Errorf("took %s after the last task to catch the stall", took)
+		}
+	})
+
 	// One instance's workload exits 3 after 120 lines: failed, with exactly its last 50.
 	t.Run("failed with the log tail", func(t *testing.T) {
 		t.Parallel()

@@ -50,7 +50,9 @@ func workloads(r opsconfig.Recipe, params map[string]string) ([]recipe.Workload,
 		if len(refs) > 0 {
 			w[0].Log = ""
 		}
-		w[0].StallWindow = recipe.StallWindow(s)
+		if w[0].StallWindow = recipe.StallWindow(s); w[0].StallWindow > 0 {
+			w[0].Signal = s.Start.Progress.Signal
+		}
 		out = append(out, w[0])
 	}
 	return out, nil
@@ -137,7 +139,7 @@ func (p sshProber) probe(ctx context.Context, t target, wl []recipe.Workload, ta
 		if s.failed() || (tailLive && s.live()) {
 			s.Tail = tail(ctx, conn, w)
 		}
-		if w.StallWindow > 0 && w.Log != "" && s.live() {
+		if w.StallWindow > 0 && w.Signal == opsconfig.ProgressLog && w.Log != "" && s.live() {
 			s.LogSize = logSize(ctx, conn, w.Log)
 		}
 		c.Steps = append(c.Steps, s)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 )
 
@@ -27,12 +28,14 @@ type progressMark struct {
 // progressKey names one workload on one instance.
 func progressKey(instanceID, step string) string { return instanceID + "/" + step }
 
-// stalled judges the progress signals of one check: a live workload with a stall window
-// whose log has not grown since a mark at least a window old has stalled, and fails the job
-// (the first such in instance and step order). It returns the verdict (Done false when
-// nothing stalled), the stalled workload, and the marks to carry to the next check: a log
-// that grew, or is seen for the first time, is marked now.
-func stalled(checks []instanceCheck, wl []recipe.Workload, prev map[string]progressMark, now time.Time) (verdict, recipe.Workload, map[string]progressMark) {
+// stalled judges the progress signals of one check. A live workload whose signal has not
+// moved since a mark at least a stall window old has stalled, and fails the job (the first
+// such in instance and step order): for the log signal, its log on that instance; for the
+// tasks signal, the job's count of reported tasks (tasks; < 0 when unknown), judged once
+// for the job on the first instance where the workload is live. It returns the verdict
+// (Done false when nothing stalled), the stalled workload, and the marks to carry to the
+// next check: a signal that moved, or is seen for the first time, is marked now.
+func stalled(checks []instanceCheck, wl []recipe.Workload, prev map[string]progressMark, now time.Time, tasks int64) (verdict, recipe.Workload, map[string]progressMark) {
 	window := map[string]time.Duration{}
 	byStep := map[string]recipe.Workload{}
 	for _, w := range wl {
@@ -44,24 +47,49 @@ func stalled(checks []instanceCheck, wl []recipe.Workload, prev map[string]progr
 	var which recipe.Workload
 	for _, c := range checks {
 		for _, s := range c.Steps {
-			if window[s.Step] <= 0 || !s.live() || s.LogSize < 0 {
+			if window[s.Step] <= 0 || !s.live() {
 				continue
 			}
-			key := progressKey(c.ID, s.Step)
+			w := byStep[s.Step]
+			key, value := progressKey(c.ID, s.Step), s.LogSize
+			if w.Signal == opsconfig.ProgressTasks {
+				key, value = progressKey("tasks", s.Step), tasks
+				if _, judged := next[key]; judged {
+					continue
+				}
+			}
+			if value < 0 {
+				continue
+			}
 			mark, ok := prev[key]
-			if !ok || s.LogSize != mark.Size {
-				mark = progressMark{Size: s.LogSize, At: now}
+			if !ok || value != mark.Size {
+				mark = progressMark{Size: value, At: now}
 			}
 			next[key] = mark
 			if still := now.Sub(mark.At); !v.Done && still >= window[s.Step] {
 				v = verdict{Done: true, Outcome: events.OutcomeFailed, FailingInstance: c.ID}
-				v.Reason = fmt.Sprintf("workload %s on %s made no progress: its log %s stayed at %d bytes for %s (stall window %s)",
-					s.Step, c.ID, byStep[s.Step].Log, s.LogSize, still.Round(time.Second), window[s.Step])
-				which = byStep[s.Step]
+				if w.Signal == opsconfig.ProgressTasks {
+					v.Reason = fmt.Sprintf("workload %s made no progress: the job's reported tasks stayed at %d for %s (stall window %s); running on %s",
+						s.Step, value, still.Round(time.Second), window[s.Step], c.ID)
+				} else {
+					v.Reason = fmt.Sprintf("workload %s on %s made no progress: its log %s stayed at %d bytes for %s (stall window %s)",
+						s.Step, c.ID, w.Log, value, still.Round(time.Second), window[s.Step])
+				}
+				which = w
 			}
 		}
 	}
 	return v, which, next
+}
+
+// tasksSignal reports whether a workload's progress signal is the job's task count.
+func tasksSignal(wl []recipe.Workload) bool {
+	for _, w := range wl {
+		if w.StallWindow > 0 && w.Signal == opsconfig.ProgressTasks {
+			return true
+		}
+	}
+	return false
 }
 
 // encodeProgress writes marks as "i-0abc/work=1234@1733150000,..." (size in bytes, Unix

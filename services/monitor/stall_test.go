@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 )
 
@@ -70,7 +71,7 @@ func TestStalled(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v, w, marks := stalled(tt.checks, wl, tt.prev, tt.now)
+			v, w, marks := stalled(tt.checks, wl, tt.prev, tt.now, -1)
 			if v.Done != (tt.wantFailing != "") || v.FailingInstance != tt.wantFailing {
 				t.Fatalf("verdict %+v, want failing %q", v, tt.wantFailing)
 			}
@@ -98,5 +99,41 @@ func TestProgressAttribute(t *testing.T) {
 		if _, err := decodeProgress(bad); err == nil {
 			t.Errorf("decodeProgress(%q) accepted", bad)
 		}
+	}
+}
+
+func TestStalledOnTasks(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	wl := []recipe.Workload{{Step: "count", StallWindow: 30 * time.Second, Signal: opsconfig.ProgressTasks}}
+	live := []instanceCheck{
+		{ID: "i-1", Steps: []stepCheck{{Step: "count", Status: recipe.Status{State: recipe.StateRunning, PID: 3}, LogSize: -1}}},
+		{ID: "i-2", Steps: []stepCheck{{Step: "count", Status: recipe.Status{State: recipe.StateRunning, PID: 4}, LogSize: -1}}},
+	}
+	prev := map[string]progressMark{"tasks/count": {5, t0}}
+	tests := []struct {
+		name      string
+		tasks     int64
+		now       time.Time
+		wantStall bool
+		wantMark  progressMark
+	}{
+		{"rose: marked now", 6, t0.Add(time.Minute), false, progressMark{6, t0.Add(time.Minute)}},
+		{"still, within the window", 5, t0.Add(29 * time.Second), false, progressMark{5, t0}},
+		{"still for the window: stalled, once for the job", 5, t0.Add(30 * time.Second), true, progressMark{5, t0}},
+		{"count unknown: not judged", -1, t0.Add(time.Hour), false, progressMark{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, _, marks := stalled(live, wl, prev, tt.now, tt.tasks)
+			if v.Done != tt.wantStall {
+				t.Fatalf("verdict %+v, want stalled %v", v, tt.wantStall)
+			}
+			if v.Done && (v.FailingInstance != "i-1" || v.Reason != "workload count made no progress: the job's reported tasks stayed at 5 for 30s (stall window 30s); running on i-1") {
+				t.Errorf("verdict %+v", v)
+			}
+			if marks["tasks/count"] != tt.wantMark || len(marks) > 1 {
+				t.Errorf("marks %v, want tasks/count %v only", marks, tt.wantMark)
+			}
+		})
 	}
 }
