@@ -12,6 +12,10 @@ terraform {
       source  = "hashicorp/aws"
       version = ">= 5.0, < 7.0"
     }
+    random = {
+      source  = "hashicorp/random"
+      version = ">= 3.6"
+    }
   }
 }
 
@@ -211,4 +215,67 @@ resource "aws_s3_bucket_policy" "logs" {
 
   # S3 rejects a bucket policy while the public access block is being changed.
   depends_on = [aws_s3_bucket_public_access_block.logs]
+}
+
+# --- Only producers publish -------------------------------------------------------------------
+#
+# Each topic's policy lets only its producing role publish (pkg/bus Producers: the planner
+# FleetPlanned, ..., the upstream role JobSubmitted, the worker role TaskReported) and denies
+# sns:Publish to every other principal, including this account's administrators' roles.
+# pkg/infra TopicPolicy generates the same document (the topic ARN's region a wildcard) for
+# `infra up` and `sortie audit`; TestTerraformTopicPolicies compares them.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_region" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  region     = data.aws_region.current.name
+
+  # Event type => the roles that publish it (pkg/bus Producers).
+  producers = {
+    JobSubmitted      = ["upstream"]
+    FleetPlanned      = ["planner"]
+    FleetLaunched     = ["provisioner"]
+    FleetBootstrapped = ["bootstrapper"]
+    TaskReported      = ["worker"]
+    JobFinished       = ["monitor"]
+    FleetTerminated   = ["reaper"]
+  }
+
+  # Producer => its role's ARN (built from names so topics and roles need no cycle).
+  producer_role_arns = {
+    for p in ["upstream", "worker", "planner", "provisioner", "bootstrapper", "monitor", "reaper"] :
+    p => "arn:aws:iam::${local.account_id}:role/${var.prefix}-${p}"
+  }
+}
+
+resource "aws_sns_topic_policy" "producers" {
+  for_each = local.topics
+
+  arn = aws_sns_topic.event[each.key].arn
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AllowProducersPublish"
+        Effect    = "Allow"
+        Principal = { AWS = [for p in local.producers[each.key] : local.producer_role_arns[p]] }
+        Action    = "sns:Publish"
+        Resource  = "arn:aws:sns:*:${local.account_id}:${var.prefix}-${each.value}"
+      },
+      {
+        Sid       = "DenyPublishByOthers"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "sns:Publish"
+        Resource  = "arn:aws:sns:*:${local.account_id}:${var.prefix}-${each.value}"
+        Condition = { ArnNotEquals = { "aws:PrincipalArn" = [for p in local.producers[each.key] : local.producer_role_arns[p]] } }
+      },
+    ]
+  })
+
+  # SNS refuses a policy naming a role that does not exist yet.
+  depends_on = [aws_iam_role.service, aws_iam_role.worker, aws_iam_role.upstream]
 }

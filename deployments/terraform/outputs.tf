@@ -27,3 +27,43 @@ output "log_kms_alias" {
   description = "Alias of the log bucket's KMS key."
   value       = aws_kms_alias.logs.name
 }
+
+output "job_submitted_topic_arn" {
+  description = "The topic upstream publishes JobSubmitted to."
+  value       = aws_sns_topic.event["JobSubmitted"].arn
+}
+
+output "fleet_terminated_topic_arn" {
+  description = "The topic upstream subscribes to for every job's terminal event."
+  value       = aws_sns_topic.event["FleetTerminated"].arn
+}
+
+output "upstream_role_arn" {
+  description = "The role upstream assumes to publish JobSubmitted (and nothing else)."
+  value       = aws_iam_role.upstream.arn
+}
+
+output "worker_instance_profile" {
+  description = "Instance profile the fleet templates name (instance_profile in the ops configuration)."
+  value       = aws_iam_instance_profile.worker.name
+}
+
+output "secrets_bucket" {
+  description = "The secrets bucket: keys/<name>.pem (the fleets' login key), config/ops.yaml."
+  value       = aws_s3_bucket.secrets.bucket
+}
+
+output "hostkey_secret_arn" {
+  description = "Secrets Manager secret holding SORTIE_HOSTKEY_SECRET."
+  value       = aws_secretsmanager_secret.hostkey.arn
+}
+
+output "cluster_name" {
+  description = "The ECS cluster running the services."
+  value       = aws_ecs_cluster.sortie.name
+}
+
+output "service_role_arns" {
+  description = "IAM task role ARN per service."
+  value       = { for s, r in aws_iam_role.service : s => r.arn }
+}

@@ -50,6 +50,9 @@ func Load(ctx context.Context, service string) (aws.Config, error) {
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("loading aws config for %s: %w", service, err)
 	}
+	if cfg, err = wrapFromEnv(cfg, service); err != nil {
+		return aws.Config{}, err
+	}
 	roleARN := os.Getenv(EnvRoleARN)
 	if roleARN == "" {
 		return cfg, nil

@@ -62,6 +62,10 @@ type Options struct {
 	// HTTPAddr is where each service serves /healthz, /readyz and /metrics, each on a
 	// listener of its own (default 127.0.0.1:0: a free port each); "-": not served.
 	HTTPAddr string
+	// Recorder, when set, records every AWS call each service makes (each service gets its
+	// own wrapped config, as it would its own task role); the least-privilege test checks
+	// the calls against the Terraform's policies.
+	Recorder *awsx.Recorder
 	// Cloud, if set, is a local cloud the stack shares with others (tests of several stacks
 	// in one account): the stack uses it and leaves it running on Close; Addr, DataDir,
 	// WorkerCommand, WorkerEnv and OnExec are then the cloud's business.
@@ -203,7 +207,11 @@ func (s *Stack) startServices(opts Options) error {
 	s.Telemetry = map[string]*telemetry.Telemetry{}
 	for _, sv := range services {
 		logger := opts.Logger.With("service", sv.name)
-		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: s.AWS, Logger: logger})
+		awsCfg := s.AWS
+		if opts.Recorder != nil {
+			awsCfg = opts.Recorder.Wrap(s.AWS, sv.name)
+		}
+		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: awsCfg, Logger: logger})
 		if err != nil {
 			return err
 		}
@@ -219,7 +227,7 @@ func (s *Stack) startServices(opts Options) error {
 			s.closers = append(s.closers, srv.Close)
 			s.Endpoints = append(s.Endpoints, Endpoint{Service: sv.name, URL: srv.URL()})
 		}
-		deps := service.Deps{AWS: s.AWS, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel}
+		deps := service.Deps{AWS: awsCfg, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel}
 		s.wg.Add(1)
 		go func() {
 			<-ctx.Done() // Close: not ready while draining

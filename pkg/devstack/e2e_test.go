@@ -23,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
@@ -109,9 +110,12 @@ func e2eOps(t testing.TB) *opsconfig.Config {
 type e2e struct {
 	*Stack
 	t     testing.TB
-	w     *watch.Watcher
-	mu    sync.Mutex
-	execs []string // every command run on any instance: "<id> <command>"
+	calls *awsx.Recorder // every AWS call of every service
+	// workerCalls is the file the workers on the instances append their AWS calls to.
+	workerCalls string
+	w           *watch.Watcher
+	mu          sync.Mutex
+	execs       []string // every command run on any instance: "<id> <command>"
 }
 
 func startE2E(t testing.TB) *e2e {
@@ -123,13 +127,15 @@ func startE2E(t testing.TB) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &e2e{t: t}
+	e := &e2e{t: t, calls: awsx.NewRecorder(localcloud.Account), workerCalls: filepath.Join(t.TempDir(), "worker-calls.jsonl")}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := Start(ctx, Options{
 		Prefix:        "e2e",
 		Ops:           e2eOps(t),
 		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
+		Recorder:      e.calls,
+		WorkerEnv:     []string{awsx.EnvCallLog + "=" + e.workerCalls},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
 			e.execs = append(e.execs, id+" "+cmd)
@@ -548,6 +554,13 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("the hostile job reached an instance: %q", c)
 			}
 		}
+	})
+
+	// Last: every AWS call the services made above — the demo, a failing job, a duplicate,
+	// hostile and bad jobs — is allowed by that service's policy in the Terraform.
+	t.Run("every AWS call is allowed by the Terraform policies", func(t *testing.T) {
+		e.t = t
+		e.checkCalls(t, DemoFor(e.Topology.Prefix))
 	})
 }
 

@@ -20,6 +20,10 @@ const ec2Namespace = "http://ec2.amazonaws.com/doc/" + ec2Version + "/"
 // ownerID is the account every resource belongs to (kumo's account).
 const ownerID = "000000000000"
 
+// Account is the account id of every resource on the local cloud (kumo's): ARNs built
+// for it (the least-privilege test's) use it.
+const Account = ownerID
+
 // timeLayout is how EC2 renders timestamps.
 const timeLayout = "2006-01-02T15:04:05.000Z"
 

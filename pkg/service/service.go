@@ -240,10 +240,14 @@ func DurationEnv(key string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// Main is the whole main() of a stage's binary: JSON logs, SIGTERM handling, the AWS
+// Main is the whole main() of a stage's binary (or, run with the single argument
+// "healthcheck", its health probe: see Healthcheck): JSON logs, SIGTERM handling, the AWS
 // config from the default chain (AssumeRole when SORTIE_ROLE_ARN is set), then run.
 // It exits non-zero with the error when run fails.
 func Main(name string, run func(ctx context.Context, awsCfg aws.Config, logger *slog.Logger) error) {
+	if len(os.Args) == 2 && os.Args[1] == HealthcheckArg {
+		os.Exit(runHealthcheck())
+	}
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("service", name)
 	slog.SetDefault(logger)
 	ctx, stop := bus.SignalContext(context.Background())
