@@ -159,6 +159,8 @@ locals {
           "arn:aws:ec2:${local.region}:${local.account_id}:security-group/*",
           "arn:aws:ec2:${local.region}:${local.account_id}:network-interface/*",
           "arn:aws:ec2:${local.region}:${local.account_id}:key-pair/*",
+          # A spot launch (a template's spot market) creates a spot instance request.
+          "arn:aws:ec2:${local.region}:${local.account_id}:spot-instances-request/*",
         ]
       },
       {
