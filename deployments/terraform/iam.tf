@@ -224,6 +224,14 @@ locals {
       local.read_login_key,
       local.read_own_consoles,
       {
+        # Sortie/JobCost per reaped job, Sortie/ArchiveFailures per unarchived instance.
+        Sid       = "PutSortieMetrics"
+        Effect    = "Allow"
+        Action    = "cloudwatch:PutMetricData"
+        Resource  = "*"
+        Condition = { StringEquals = { "cloudwatch:namespace" = local.metrics_namespace } }
+      },
+      {
         Sid       = "TerminateOwnInstances"
         Effect    = "Allow"
         Action    = "ec2:TerminateInstances"
