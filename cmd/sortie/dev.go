@@ -19,6 +19,7 @@ type DevCmd struct {
 	Timeout time.Duration `help:"Give up on the demo job after this long." default:"3m"`
 	Verbose bool          `help:"Print the services' JSON logs to stderr."`
 	Keep    bool          `help:"Keep the stack running after the demo, until interrupted (the local cloud stays usable with AWS_ENDPOINT_URL)."`
+	SSH     string        `help:"The instances' SSH server: embedded, or openssh (Debian's sshd; templates then log in as the current user)." enum:"embedded,openssh" default:"embedded"`
 }
 
 // Run starts the stack, runs the demo job and prints its progress and summary. It fails
@@ -35,7 +36,7 @@ func (c *DevCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	fmt.Fprintf(g.Stdout, "starting the local cloud, infra and the five services…\n")
 	stack, err := devstack.Start(ctx, devstack.Options{
-		Addr: c.Addr, Prefix: g.Prefix, WorkerCommand: []string{exe, "worker"}, Logger: logger,
+		Addr: c.Addr, Prefix: g.Prefix, WorkerCommand: []string{exe, "worker"}, Logger: logger, SSH: c.SSH,
 	})
 	if err != nil {
 		return err

@@ -16,6 +16,7 @@ type LocalcloudCmd struct {
 	ShutdownDelay time.Duration `help:"How long an instance stays shutting-down before it is terminated." default:"100ms"`
 	DataDir       string        `help:"Directory holding every instance's home directory (default: a new temporary directory)." type:"path"`
 	InstancePath  []string      `help:"Directory prepended to the PATH of every command on the instances, as an AMI would ship tools (e.g. a bin/ holding sortie-worker); repeatable or a colon-separated list." sep:":" placeholder:"DIR" env:"SORTIE_INSTANCE_PATH"`
+	SSH           string        `help:"Each instance's SSH server: embedded, or openssh (Debian's sshd, which logs in only the user running the cloud: set the templates' user to it)." enum:"embedded,openssh" default:"embedded" env:"SORTIE_LOCALCLOUD_SSH"`
 }
 
 // Run serves until interrupted, then terminates every instance.
@@ -32,6 +33,7 @@ func (c *LocalcloudCmd) Run(ctx context.Context, g *Globals) error {
 		DataDir:       c.DataDir,
 		InstanceEnv:   env,
 		Logger:        logger,
+		SSH:           c.SSH,
 	})
 	if err != nil {
 		return fmt.Errorf("starting local cloud: %w", err)

@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sync"
 	"time"
@@ -57,8 +59,14 @@ type Options struct {
 	DataDir string
 	// MonitorInterval is the time between two checks of a fleet (default 1 s).
 	MonitorInterval time.Duration
-	// OnExec sees every command run on an instance (the local cloud's audit hook).
+	// OnExec sees every command run on an instance (the local cloud's audit hook; the
+	// embedded SSH server only).
 	OnExec func(instanceID, command string)
+	// SSH is the instances' SSH server (localcloud.SSHEmbedded, the default, or
+	// localcloud.SSHOpenSSH). With OpenSSH every template logs in as the user the stack runs
+	// as: an sshd started by that user can authenticate no other. With Cloud set, say
+	// which server that cloud runs.
+	SSH string
 	// HTTPAddr is where each service serves /healthz, /readyz and /metrics, each on a
 	// listener of its own (default 127.0.0.1:0: a free port each); "-": not served.
 	HTTPAddr string
@@ -117,6 +125,19 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if opts.MonitorInterval == 0 {
 		opts.MonitorInterval = time.Second
 	}
+	if opts.SSH == localcloud.SSHOpenSSH {
+		u, err := user.Current()
+		if err != nil {
+			return nil, err
+		}
+		ops := *opts.Ops
+		ops.Templates = maps.Clone(ops.Templates)
+		for name, t := range ops.Templates {
+			t.User = u.Username
+			ops.Templates[name] = t
+		}
+		opts.Ops = &ops
+	}
 	if opts.HTTPAddr == "" {
 		opts.HTTPAddr = "127.0.0.1:0"
 	}
@@ -143,7 +164,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if s.Cloud = opts.Cloud; s.Cloud == nil {
 		s.Cloud, err = localcloud.New(localcloud.Options{
 			Addr: opts.Addr, DataDir: opts.DataDir, Logger: opts.Logger.With("component", "localcloud"),
-			BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec,
+			BootDelay: 200 * time.Millisecond, InstanceEnv: env, OnExec: opts.OnExec, SSH: opts.SSH,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("starting local cloud: %w", err)

@@ -1,12 +1,16 @@
 package devstack
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"flag"
 	"fmt"
 	"maps"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,6 +29,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
+	"github.com/sortie-fleet/sortie/pkg/opensshd"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/watch"
@@ -43,6 +48,9 @@ func TestMain(m *testing.M) {
 }
 
 func workerMain(args []string) int {
+	if len(args) > 0 && args[0] == "report" {
+		return reportMain(args[1:])
+	}
 	fs := flag.NewFlagSet("sortie-worker", flag.ContinueOnError)
 	bucket := fs.String("bucket", "", "")
 	queue := fs.String("queue", "", "")
@@ -64,6 +72,36 @@ func workerMain(args []string) int {
 	wc := worker.Config{Bucket: *bucket, Queue: *queue, AWS: cfg, Out: os.Stdout}
 	env.Apply(&wc)
 	if err := worker.Run(ctx, wc); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// reportMain is `sortie-worker report` (cmd/sortie's WorkerReportCmd) inside the test binary.
+func reportMain(args []string) int {
+	fs := flag.NewFlagSet("sortie-worker report", flag.ContinueOnError)
+	var r worker.Report
+	fs.StringVar(&r.Task, "task", "", "")
+	fs.StringVar(&r.Outcome, "status", "", "")
+	fs.DurationVar(&r.Duration, "duration", 0, "")
+	fs.StringVar(&r.Detail, "detail", "", "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	home, _ := os.UserHomeDir()
+	env, err := worker.LoadJobEnv(home)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx := context.Background()
+	cfg, err := awsx.Load(ctx, "worker")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := worker.Publish(ctx, cfg, env, r); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -120,6 +158,12 @@ type e2e struct {
 
 func startE2E(t testing.TB) *e2e {
 	t.Helper()
+	return startE2EWith(t, localcloud.SSHEmbedded)
+}
+
+// startE2EWith starts the stack with the given SSH server on the instances.
+func startE2EWith(t testing.TB, sshServer string) *e2e {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
 	}
@@ -133,6 +177,7 @@ func startE2E(t testing.TB) *e2e {
 	st, err := Start(ctx, Options{
 		Prefix:        "e2e",
 		Ops:           e2eOps(t),
+		SSH:           sshServer,
 		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
 		Recorder:      e.calls,
 		WorkerEnv:     []string{awsx.EnvCallLog + "=" + e.workerCalls},
@@ -572,4 +617,144 @@ func (r rawEvent) IDs() (jobID, correlationID string) { return r.jobID, "corr-" 
 func (e *e2e) allInstances() []ec2types.Instance {
 	e.t.Helper()
 	return cloudtest.DescribeInstances(e.t, e.EC2, &ec2.DescribeInstancesInput{})
+}
+
+// TestEndToEndOpenSSH runs the demo job with every instance a Debian sshd
+// (`sortie localcloud --ssh openssh`): the bootstrapper, monitor and reaper against the
+// real server, host keys pinned from user data.
+func TestEndToEndOpenSSH(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts the whole stack")
+	}
+	if err := opensshd.Available(""); err != nil {
+		cloudtest.MissingTool(t, "the OpenSSH end-to-end run needs sshd: "+err.Error())
+	}
+	e := startE2EWith(t, localcloud.SSHOpenSSH)
+	ctx := context.Background()
+	demo, err := e.SeedDemo(ctx, DemoFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	submitted := time.Now()
+	job := DemoJob(demo, "e2e-openssh"+cloudtest.Unique("-"), "corr-openssh", submitted)
+	tr := e.run(job, 1)
+	if tr.Bootstrapped == nil || len(tr.Bootstrapped.Instances) != 3 {
+		t.Fatalf("bootstrapped = %+v", tr.Bootstrapped)
+	}
+	for _, in := range tr.Bootstrapped.Instances {
+		if !in.OK || len(in.Steps) != 3 {
+			t.Errorf("instance %s not bootstrapped by sshd: %+v", in.ID, in)
+		}
+	}
+	if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeSucceeded || tr.Finished.TasksSucceeded != DemoFiles {
+		t.Fatalf("finished = %+v, want %d tasks succeeded", tr.Finished, DemoFiles)
+	}
+	if tr.Terminated == nil || len(tr.Terminated.Archives) != 3 {
+		t.Fatalf("terminated = %+v, want 3 archives", tr.Terminated)
+	}
+	for _, a := range tr.Terminated.Archives {
+		files := e.archive(a)
+		found := false
+		for name, body := range files {
+			found = found || (strings.HasSuffix(name, "worker.log") && strings.Contains(body, "input/file-"))
+		}
+		if !found {
+			t.Errorf("archive %s: no worker log (files %v)", a.Key, slices.Sorted(maps.Keys(files)))
+		}
+	}
+	e.waitTerminated(job.JobID, 3)
+	for _, in := range tr.Bootstrapped.Instances {
+		if c, err := net.DialTimeout("tcp", in.SSHEndpoint, time.Second); err == nil {
+			c.Close()
+			t.Errorf("instance %s: sshd still listening on %s after terminate", in.ID, in.SSHEndpoint)
+		}
+	}
+}
+
+// playbook is the bundle's site.yml: three tasks, run with ansible-playbook -c local.
+const playbook = `- hosts: all
+  gather_facts: false
+  tasks:
+    - name: write a file
+      copy:
+        dest: "{{ lookup('env', 'HOME') }}/ansible-was-here"
+        content: "hello from ansible\n"
+    - name: say hello
+      command: echo hello
+    - name: check the file
+      stat:
+        path: "{{ lookup('env', 'HOME') }}/ansible-was-here"
+`
+
+// TestEndToEndAnsible runs the embedded recipe "ansible" through the whole pipeline with
+// Debian's ansible on a local-cloud instance: the bundle fetched from S3 through a
+// presigned URL, ansible-playbook -c local detached, each task reported by the callback
+// plugin through sortie-worker report and counted by the monitor.
+func TestEndToEndAnsible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts the whole stack")
+	}
+	if _, err := exec.LookPath("ansible-playbook"); err != nil {
+		cloudtest.MissingTool(t, "the Ansible end-to-end run needs ansible-playbook (apt-get install ansible): "+err.Error())
+	}
+	e := startE2E(t)
+	ctx := context.Background()
+	if _, err := e.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String("sortie-playbooks")}); err != nil &&
+		awsx.ErrorCode(err) != "BucketAlreadyOwnedByYou" && awsx.ErrorCode(err) != "BucketAlreadyExists" {
+		t.Fatal(err)
+	}
+	bundle := cloudtest.Unique("e2e-")
+	var tgz bytes.Buffer
+	zw := gzip.NewWriter(&tgz)
+	tw := tar.NewWriter(zw)
+	if err := tw.WriteHeader(&tar.Header{Name: "site.yml", Mode: 0o644, Size: int64(len(playbook)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte(playbook)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.S3.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("sortie-playbooks"), Key: aws.String("playbooks/" + bundle + ".tar.gz"), Body: bytes.NewReader(tgz.Bytes())}); err != nil {
+		t.Fatal(err)
+	}
+
+	submitted := time.Now()
+	job := events.JobSubmitted{Header: events.NewHeader("e2e-ansible"+cloudtest.Unique("-"), "corr-ansible", submitted),
+		Template: "demo", Profile: "demo-fast", Recipe: "ansible", Params: map[string]string{"bundle": bundle},
+		Work: events.WorkSource{Count: 1}, DeadlineSeconds: 120}
+	tr := e.run(job, 1)
+	if tr.Bootstrapped == nil || len(tr.Bootstrapped.Instances) != 1 || !tr.Bootstrapped.Instances[0].OK {
+		t.Fatalf("bootstrapped = %+v", tr.Bootstrapped)
+	}
+	if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeSucceeded {
+		t.Fatalf("finished = %+v", tr.Finished)
+	}
+	if tr.Finished.TasksSucceeded != 3 || tr.Finished.TasksFailed != 0 {
+		t.Errorf("JobFinished tasks = %d/%d, want the playbook's 3 tasks succeeded", tr.Finished.TasksSucceeded, tr.Finished.TasksFailed)
+	}
+	totals, err := metrics.JobTotals(ctx, e.CW, job.JobID, submitted.Add(-time.Minute), time.Now().Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if totals.Succeeded != 3 || totals.Failed != 0 {
+		t.Errorf("CloudWatch totals = %+v, want 3 succeeded", totals)
+	}
+	if tr.Terminated == nil || len(tr.Terminated.Archives) != 1 {
+		t.Fatalf("terminated = %+v", tr.Terminated)
+	}
+	files := e.archive(tr.Terminated.Archives[0])
+	var log string
+	for name, body := range files {
+		if strings.HasSuffix(name, "playbook/stdout.log") {
+			log = body
+		}
+	}
+	if !strings.Contains(log, "PLAY RECAP") || !strings.Contains(log, "ok=3") {
+		t.Errorf("playbook log lacks a recap with ok=3:\n%s\n(files %v)", log, slices.Sorted(maps.Keys(files)))
+	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/localcloud/sqsquery"
+	"github.com/sortie-fleet/sortie/pkg/opensshd"
 )
 
 // DefaultAddr is where the local cloud listens when Options.Addr is empty: the port AWS
@@ -65,9 +66,18 @@ type Options struct {
 	// (AWS_ENDPOINT_URL, credentials, SORTIE_INSTANCE_ID) come after and win.
 	InstanceEnv []string
 	// OnExec, when set, is called with every command an SSH client runs on an instance,
-	// exactly as sent (an audit hook; tests assert on it).
+	// exactly as sent (an audit hook; tests assert on it). The embedded server only.
 	OnExec func(instanceID, command string)
+	// SSH is the instances' SSH server: SSHEmbedded ("" too, pkg/sshhost) or SSHOpenSSH
+	// (Debian's sshd, pkg/opensshd: it logs in only the user the cloud runs as).
+	SSH string
 }
+
+// SSH servers an instance can run.
+const (
+	SSHEmbedded = "embedded"
+	SSHOpenSSH  = "openssh"
+)
 
 // roleAssumer is the STS call that gives instances their credentials.
 type roleAssumer interface {
@@ -125,6 +135,15 @@ func New(opts Options) (*Cloud, error) {
 	}
 	if opts.MaxInstances <= 0 {
 		opts.MaxInstances = DefaultMaxInstances
+	}
+	switch opts.SSH {
+	case "", SSHEmbedded:
+	case SSHOpenSSH:
+		if err := opensshd.Available(""); err != nil {
+			return nil, fmt.Errorf("ssh server %s: %w", opts.SSH, err)
+		}
+	default:
+		return nil, fmt.Errorf("ssh server %q: want %s or %s", opts.SSH, SSHEmbedded, SSHOpenSSH)
 	}
 	logger := opts.Logger
 	if logger == nil {

@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
-
-	"github.com/sortie-fleet/sortie/pkg/sshhost"
 )
 
 // tags.SSHEndpoint is the instance tag holding the instance's SSH endpoint (host:port).
@@ -65,7 +63,7 @@ type instance struct {
 	reason      string
 	tags        map[string]string
 	hostKey     ssh.PublicKey
-	host        *sshhost.Host
+	host        sshServer
 }
 
 type clientTokenRecord struct {

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sortie-fleet/sortie/pkg/opensshd"
 	"github.com/sortie-fleet/sortie/pkg/sshhost"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
@@ -92,7 +96,18 @@ func (c *Cloud) shutdown(inst *instance, deadline time.Time) {
 	c.log.Info("instance terminated", "instance", inst.id)
 }
 
-func (c *Cloud) closeHost(id string, h *sshhost.Host) {
+// sshServer is an instance's SSH server: *sshhost.Host or *opensshd.Server.
+type sshServer interface {
+	Addr() string
+	Close() error
+}
+
+var (
+	_ sshServer = (*sshhost.Host)(nil)
+	_ sshServer = (*opensshd.Server)(nil)
+)
+
+func (c *Cloud) closeHost(id string, h sshServer) {
 	if err := h.Close(); err != nil {
 		c.log.Warn("closing ssh host", "instance", id, "err", err)
 	}
@@ -101,7 +116,10 @@ func (c *Cloud) closeHost(id string, h *sshhost.Host) {
 // startHost starts the instance's SSH host: host key from user data (or a fresh ed25519
 // key), the launch key pair as the only authorized key, the instance's directory and an
 // environment with the cloud's endpoint and role credentials.
-func (c *Cloud) startHost(inst *instance) (*sshhost.Host, ssh.PublicKey, error) {
+func (c *Cloud) startHost(inst *instance) (sshServer, ssh.PublicKey, error) {
+	if c.opts.SSH == SSHOpenSSH {
+		return c.startOpenSSH(inst)
+	}
 	signer, err := hostKeyFromUserData(inst.userData)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading host key from user data: %w", err)
@@ -133,22 +151,71 @@ func (c *Cloud) startHost(inst *instance) (*sshhost.Host, ssh.PublicKey, error) 
 		HostKey:        signer,
 		AuthorizedKeys: authorized,
 		Dir:            dir,
-		Env: append(slices.Clone(c.opts.InstanceEnv),
-			"AWS_ENDPOINT_URL="+c.url,
-			"AWS_REGION=us-east-1",
-			"AWS_DEFAULT_REGION=us-east-1",
-			"AWS_ACCESS_KEY_ID="+aws.ToString(creds.AccessKeyId),
-			"AWS_SECRET_ACCESS_KEY="+aws.ToString(creds.SecretAccessKey),
-			"AWS_SESSION_TOKEN="+aws.ToString(creds.SessionToken),
-			"SORTIE_INSTANCE_ID="+inst.id,
-		),
-		Logger: c.log.With("instance", inst.id),
-		OnExec: c.onExec(inst.id),
+		Env:            c.hostEnv(inst, creds),
+		Logger:         c.log.With("instance", inst.id),
+		OnExec:         c.onExec(inst.id),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("starting ssh host: %w", err)
 	}
 	return host, signer.PublicKey(), nil
+}
+
+// hostEnv is the environment of every command on an instance: the cloud's extra
+// variables, then its endpoint, role credentials and the instance's id.
+func (c *Cloud) hostEnv(inst *instance, creds *types.Credentials) []string {
+	return append(slices.Clone(c.opts.InstanceEnv),
+		"AWS_ENDPOINT_URL="+c.url,
+		"AWS_REGION=us-east-1",
+		"AWS_DEFAULT_REGION=us-east-1",
+		"AWS_ACCESS_KEY_ID="+aws.ToString(creds.AccessKeyId),
+		"AWS_SECRET_ACCESS_KEY="+aws.ToString(creds.SecretAccessKey),
+		"AWS_SESSION_TOKEN="+aws.ToString(creds.SessionToken),
+		"SORTIE_INSTANCE_ID="+inst.id,
+	)
+}
+
+// startOpenSSH starts the instance as Debian's sshd: the same host key (from user data, or
+// a fresh ed25519 key), login key, directory and environment as the embedded server.
+func (c *Cloud) startOpenSSH(inst *instance) (sshServer, ssh.PublicKey, error) {
+	keyPEM, err := hostKeyPEMFromUserData(inst.userData)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading host key from user data: %w", err)
+	}
+	if keyPEM == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, nil, fmt.Errorf("generating host key: %w", err)
+		}
+		block, err := ssh.MarshalPrivateKey(priv, "")
+		if err != nil {
+			return nil, nil, fmt.Errorf("generating host key: %w", err)
+		}
+		keyPEM = pem.EncodeToMemory(block)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing host key: %w", err)
+	}
+	if inst.authorizedKey == nil {
+		return nil, nil, errors.New("openssh instances need a key pair: sshd accepts no login without one")
+	}
+	creds, err := c.instanceCredentials(inst)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := c.InstanceDir(inst.id)
+	srv, err := opensshd.Start(opensshd.Config{
+		HostKeyPEM:     keyPEM,
+		AuthorizedKeys: []ssh.PublicKey{inst.authorizedKey},
+		Dir:            dir,
+		StateDir:       filepath.Join(c.dataDir, ".sshd", inst.id),
+		Env:            c.hostEnv(inst, creds),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting sshd: %w", err)
+	}
+	return srv, signer.PublicKey(), nil
 }
 
 // instanceCredentials assumes the instance profile's role against kumo, the way an

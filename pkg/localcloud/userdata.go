@@ -54,6 +54,25 @@ func hostKeyFromUserData(userData []byte) (ssh.Signer, error) {
 	return nil, nil
 }
 
+// hostKeyPEMFromUserData returns the private host key that cloud-init's ssh_keys hands the
+// instance (in hostKeyPreference order) as PEM, or nil when user data holds none.
+func hostKeyPEMFromUserData(userData []byte) ([]byte, error) {
+	doc, err := cloudConfigDocument(userData)
+	if err != nil || doc == nil {
+		return nil, err
+	}
+	var cfg cloudConfig
+	if err := yaml.Unmarshal(doc, &cfg); err != nil {
+		return nil, fmt.Errorf("parsing #cloud-config: %w", err)
+	}
+	for _, name := range hostKeyPreference {
+		if pemText, ok := cfg.SSHKeys[name]; ok {
+			return []byte(pemText), nil
+		}
+	}
+	return nil, nil
+}
+
 // cloudConfigDocument returns the #cloud-config document in user data, or nil.
 func cloudConfigDocument(userData []byte) ([]byte, error) {
 	if bytes.HasPrefix(userData, []byte{0x1f, 0x8b}) {

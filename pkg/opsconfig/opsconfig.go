@@ -206,7 +206,23 @@ type Upload struct {
 // Run runs Argv and waits for it. Every element may reference parameters.
 type Run struct {
 	Argv []string `yaml:"argv"`
+	// Rerun says whether the command may run again on an instance whose connection dropped
+	// while it ran: RerunSafe (it is idempotent, e.g. mkdir -p) or RerunUnsafe (the
+	// default: the instance is reported failed instead). A command that never started is
+	// always run on the new connection.
+	Rerun string `yaml:"rerun,omitempty"`
 }
+
+// Values of Run.Rerun. Unsafe is the default because only the recipe's author knows
+// whether a command is idempotent (an append, a counter, a migration are not), and a host
+// reported failed is recoverable where a command silently run twice may not be.
+const (
+	RerunSafe   = "safe"
+	RerunUnsafe = "unsafe"
+)
+
+// RerunSafe reports whether the run step declared itself safe to run again.
+func (r Run) RerunSafe() bool { return r.Rerun == RerunSafe }
 
 // Start runs Argv detached, its stdout in Log. Argv elements and Log may reference parameters.
 type Start struct {

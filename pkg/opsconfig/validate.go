@@ -244,6 +244,11 @@ func (r Recipe) validate(p *problems, path, name string) {
 			refs("upload.content", s.Upload.Content)
 		case KindRun:
 			argv("run.argv", s.Run.Argv)
+			switch s.Run.Rerun {
+			case "", RerunSafe, RerunUnsafe:
+			default:
+				p.add(sp+".run.rerun", "must be %s or %s (default %s), got %q", RerunSafe, RerunUnsafe, RerunUnsafe, s.Run.Rerun)
+			}
 		case KindStart:
 			argv("start.argv", s.Start.Argv)
 			if s.Start.Log != "" {

@@ -193,12 +193,21 @@ func TestStartLifecycle(t *testing.T) {
 	if st := b.status("worker"); st != (Status{State: StateRunning, PID: pid}) {
 		t.Errorf("while running: %+v, want running %d", st, pid)
 	}
-	// The pid is the shell that records the exit code, not a wrapper around it.
-	if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil {
-		if args := strings.Split(string(cmdline), "\x00"); len(args) < 3 || args[0] != "sh" || args[1] != "-c" ||
-			!strings.Contains(args[2], "exit_code") {
-			t.Errorf("pid %d runs %q, want sh -c with the exit-code script", pid, args)
+	// The pid is the shell that records the exit code, not a wrapper around it (once nohup
+	// has exec'd it: on a loaded machine the pid may still run nohup for a moment).
+	var args []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			args = nil // no /proc, or already exited: nothing to check
+			break
 		}
+		if args = strings.Split(string(cmdline), "\x00"); len(args) > 0 && args[0] != "nohup" {
+			break
+		}
+	}
+	if args != nil && (len(args) < 3 || args[0] != "sh" || args[1] != "-c" || !strings.Contains(args[2], "exit_code")) {
+		t.Errorf("pid %d runs %q, want sh -c with the exit-code script", pid, args)
 	}
 
 	if st := b.waitState("worker", StateExited); st.ExitCode != 7 {
@@ -392,4 +401,67 @@ func TestSizeCommandExecuted(t *testing.T) {
 	if out := strings.TrimSpace(b.mustSh(SizeCommand("-n"), nil)); out != "3" {
 		t.Errorf("size of -n %q, want 3", out)
 	}
+}
+
+// TestFoldExec runs folded steps with sh: the first run does every step and the
+// bookkeeping, a rerun of the first command says Done and runs nothing, and a failing last
+// step keeps its status and writes no marker.
+func TestFoldExec(t *testing.T) {
+	steps := []Step{
+		{Name: "a", Command: "echo a >> ran", Rerun: true},
+		{Name: "b", Command: "cat > got", Stdin: []byte("stdin-b"), Rerun: true},
+		{Name: "c", Command: "umask 000; echo c >> ran", Rerun: true},
+	}
+	tests := []struct {
+		name  string
+		steps []Step
+	}{
+		{name: "three steps", steps: steps},
+		{name: "one step", steps: steps[:1]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBox(t)
+			folded := Fold(tt.steps, testBookkeeping)
+			for _, st := range folded {
+				if out := b.mustSh(st.Command, st.Stdin); IsDone(testBookkeeping, 0, []byte(out)) {
+					t.Fatalf("step %s reported done on a fresh instance", st.Name)
+				}
+			}
+			if got := b.read(".sortie/job.env"); got != string(testBookkeeping.EnvContent) {
+				t.Errorf("job.env %q", got)
+			}
+			if got := b.read(".sortie/bootstrapped"); got != string(testBookkeeping.MarkerContent) {
+				t.Errorf("marker %q", got)
+			}
+			for _, f := range []string{".sortie/job.env", ".sortie/bootstrapped"} {
+				if fi, err := os.Stat(filepath.Join(b.dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s: mode %v, %v; want 0600", f, fi.Mode().Perm(), err)
+				}
+			}
+			ran := b.read("ran")
+			out := b.mustSh(folded[0].Command, folded[0].Stdin)
+			if !IsDone(testBookkeeping, 0, []byte(out)) {
+				t.Errorf("second run of the first command printed %q, want Done", out)
+			}
+			if b.read("ran") != ran {
+				t.Error("a bootstrapped instance ran a step again")
+			}
+		})
+	}
+	t.Run("failing last step", func(t *testing.T) {
+		b := newBox(t)
+		failing := append(append([]Step(nil), steps[:2]...), Step{Name: "c", Command: "echo no >&2; exit 7"})
+		folded := Fold(failing, testBookkeeping)
+		b.mustSh(folded[0].Command, nil)
+		b.mustSh(folded[1].Command, folded[1].Stdin)
+		_, stderr, err := b.sh(folded[2].Command, nil)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 7 || stderr != "no\n" {
+			t.Fatalf("last step: %v, stderr %q; want exit 7", err, stderr)
+		}
+		if _, err := os.Stat(filepath.Join(b.dir, ".sortie/bootstrapped")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("marker written after a failed step: %v", err)
+		}
+	})
 }

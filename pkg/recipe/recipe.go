@@ -37,6 +37,9 @@ type Step struct {
 	Redacted string
 	// Log and Stderr are where a start step's workload writes stdout and stderr; empty otherwise.
 	Log, Stderr string
+	// Rerun: the step may run again after a connection dropped while it ran. Uploads and
+	// fetches overwrite, a start step has its marker; a run step says so in the recipe.
+	Rerun bool
 }
 
 // RenderEnv is what rendering needs from the caller.
@@ -242,7 +245,7 @@ func Workloads(r opsconfig.Recipe, params map[string]string) ([]Workload, error)
 // renderStep renders one step. With checkOnly it checks a fetch step without presigning
 // (the first pass of Render).
 func renderStep(s opsconfig.Step, r opsconfig.Recipe, values map[string]string, env RenderEnv, checkOnly bool) (Step, error) {
-	out := Step{Name: s.Name, Kind: s.Kind()}
+	out := Step{Name: s.Name, Kind: s.Kind(), Rerun: s.Run == nil || s.Run.RerunSafe()}
 	if out.Kind == "" {
 		return Step{}, errors.New("must have exactly one of fetch, upload, run, start")
 	}

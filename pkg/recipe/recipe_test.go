@@ -48,7 +48,11 @@ func fakePresign(bucket, key string) (string, error) {
 func format(steps []Step) string {
 	var b strings.Builder
 	for _, s := range steps {
-		fmt.Fprintf(&b, "== %s (%s)\n$ %s\n", s.Name, s.Kind, s.Command)
+		rerun := ""
+		if !s.Rerun {
+			rerun = ", not rerun"
+		}
+		fmt.Fprintf(&b, "== %s (%s%s)\n$ %s\n", s.Name, s.Kind, rerun, s.Command)
 		if s.Redacted != s.Command {
 			fmt.Fprintf(&b, "redacted: %s\n", s.Redacted)
 		}
@@ -128,6 +132,52 @@ func TestRenderDefaultDemoGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "default-demo-worker", format(steps))
+}
+
+// TestRenderDefaultAnsibleGolden pins the commands of the embedded ansible recipe and
+// refuses bundle and playbook names that could leave their directory or the bucket's prefix.
+func TestRenderDefaultAnsibleGolden(t *testing.T) {
+	r, err := opsconfig.Default().Recipe("ansible")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := Render(r, map[string]string{"bundle": "web-1.2"}, RenderEnv{Presign: fakePresign})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "default-ansible", format(steps))
+	for _, bad := range []map[string]string{
+		{"bundle": "../secrets/keys"},
+		{"bundle": "a b"},
+		{"bundle": "x", "playbook": "../../etc/passwd.yml"},
+		{"bundle": "x", "playbook": "site.yml; rm -rf ~"},
+		{},
+	} {
+		if _, err := Render(r, bad, RenderEnv{Presign: fakePresign}); !errors.Is(err, ErrInvalidParam) {
+			t.Errorf("params %v: error %v, want ErrInvalidParam", bad, err)
+		}
+	}
+}
+
+// TestFoldDefaultDemoGolden pins the commands the bootstrapper sends for the demo recipe:
+// one session per step, the bookkeeping folded into the first and last.
+func TestFoldDefaultDemoGolden(t *testing.T) {
+	r, err := opsconfig.Default().Recipe("demo-worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := Render(r, map[string]string{"bucket": "sortie-demo-data", "queue": "sortie-demo-work"}, RenderEnv{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "default-demo-worker-folded", format(Fold(steps, testBookkeeping)))
+	golden(t, "one-step-folded", format(Fold(steps[1:2], testBookkeeping)))
+}
+
+var testBookkeeping = Bookkeeping{
+	MarkerPath: ".sortie/bootstrapped", MarkerContent: []byte("job=j fleet=f\n"),
+	EnvPath: ".sortie/job.env", EnvContent: []byte("SORTIE_JOB_ID=j\nSORTIE_NOTE=it's $(x)\n"),
+	Done: "sortie: already bootstrapped 0123abcd",
 }
 
 func TestStatusAndTailGolden(t *testing.T) {

@@ -32,7 +32,15 @@ type DialConfig struct {
 	User           string        // login user
 	Signer         ssh.Signer    // client key
 	HostKey        ssh.PublicKey // required: the pinned host key; there is no accept-any mode (nil → error)
-	ConnectTimeout time.Duration // per attempt (TCP connect + SSH handshake), default 5s
+	ConnectTimeout time.Duration // per attempt: the TCP connect, default DefaultConnectTimeout
+	// HandshakeTimeout bounds the SSH handshake of one attempt (key exchange and
+	// authentication), default DefaultHandshakeTimeout: generous, because a loaded server or
+	// client (hundreds of handshakes on a small task) is slow, not gone. No deadline
+	// outlives the handshake.
+	HandshakeTimeout time.Duration
+	// Gate, if set, bounds the handshakes in flight and adapts the bound to how fast they
+	// complete (shared by every Dial of a fleet).
+	Gate *Gate
 	// Backoff makes the retry policy for unreachable hosts, one per Dial
 	// (a backoff.BackOff is stateful, so a shared DialConfig holds a factory).
 	// Default: DefaultBackoff. Retries stop when ctx ends.
@@ -40,6 +48,12 @@ type DialConfig struct {
 	// OnRetry, if set, is told about every failed attempt that will be retried.
 	OnRetry func(err error, next time.Duration)
 }
+
+// Default timeouts of one dial attempt.
+const (
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultHandshakeTimeout = 30 * time.Second
+)
 
 // DefaultBackoff is exponential from 100ms, capped at 2s between attempts,
 // with no limit of its own: the caller's context bounds the retries.
@@ -67,6 +81,9 @@ func (cfg DialConfig) validate() error {
 	if cfg.ConnectTimeout < 0 {
 		problems = append(problems, errors.New("ConnectTimeout must not be negative"))
 	}
+	if cfg.HandshakeTimeout < 0 {
+		problems = append(problems, errors.New("HandshakeTimeout must not be negative"))
+	}
 	return errors.Join(problems...)
 }
 
@@ -85,9 +102,12 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("dialing ssh %s: %w", cfg.Addr, err)
 	}
-	timeout := cfg.ConnectTimeout
-	if timeout == 0 {
-		timeout = 5 * time.Second
+	timeouts := attemptTimeouts{connect: cfg.ConnectTimeout, handshake: cfg.HandshakeTimeout}
+	if timeouts.connect == 0 {
+		timeouts.connect = DefaultConnectTimeout
+	}
+	if timeouts.handshake == 0 {
+		timeouts.handshake = DefaultHandshakeTimeout
 	}
 	newBackoff := cfg.Backoff
 	if newBackoff == nil {
@@ -114,8 +134,16 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 	var last error
 	c, err := backoff.Retry(ctx, func() (*ssh.Client, error) {
 		attempts++
-		c, err := dialOnce(ctx, cfg.Addr, ccfg, timeout)
+		c, err := dialOnce(ctx, cfg.Addr, ccfg, timeouts, cfg.Gate)
 		if err != nil {
+			if ctx.Err() != nil {
+				// Cut short by the caller's context: no attempt's verdict, and no retry. The
+				// error names the last attempt that ran its course.
+				if last == nil {
+					last = err
+				}
+				return nil, backoff.Permanent(context.Cause(ctx))
+			}
 			last = err
 			if !retryable(err) {
 				return nil, backoff.Permanent(err)
@@ -142,33 +170,72 @@ func Dial(ctx context.Context, cfg DialConfig) (*Client, error) {
 	return &Client{c: c, addr: cfg.Addr}, nil
 }
 
-// dialOnce makes one attempt: TCP connect and SSH handshake, both bounded by
-// timeout and ctx.
-func dialOnce(ctx context.Context, addr string, ccfg *ssh.ClientConfig, timeout time.Duration) (*ssh.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// attemptTimeouts bound one dial attempt.
+type attemptTimeouts struct{ connect, handshake time.Duration }
+
+// errHandshakeDeadline: the handshake completed, but only as its deadline passed, so the
+// transport's reader may already have seen the deadline and the connection is not usable.
+var errHandshakeDeadline = fmt.Errorf("ssh handshake completed at its deadline: %w", os.ErrDeadlineExceeded)
+
+// dialOnce makes one attempt: the TCP connect bounded by t.connect and the SSH handshake
+// by t.handshake, both by ctx. The handshake's deadline is cleared before the connection
+// is handed out; a connection whose deadline may have fired under the transport's reader
+// (the handshake finished just as it expired) is closed and reported as a timeout, so the
+// caller redials instead of getting a dead connection.
+func dialOnce(ctx context.Context, addr string, ccfg *ssh.ClientConfig, t attemptTimeouts, gate *Gate) (_ *ssh.Client, err error) {
+	dialCtx, cancelDial := context.WithTimeout(ctx, t.connect)
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := d.DialContext(dialCtx, "tcp", addr)
+	cancelDial()
 	if err != nil {
 		return nil, err
 	}
-	deadline, _ := ctx.Deadline()
+	// Only the handshake passes the gate: an instance still booting (refused or silent
+	// connects) says nothing about how loaded the handshakes are.
+	if gate != nil {
+		if err := gate.Acquire(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		t0 := time.Now()
+		defer func() { gate.Release(time.Since(t0), err) }()
+	}
+	hsCtx, cancel := context.WithTimeout(ctx, t.handshake)
+	defer cancel()
+	deadline, _ := hsCtx.Deadline()
 	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(hsCtx, func() {
+		defer close(fired)
+		_ = conn.SetDeadline(time.Now())
+	})
 	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, ccfg)
-	stop()
+	if !stop() {
+		// The AfterFunc started: wait until it has set its deadline, so that clearing
+		// below cannot be undone by it.
+		<-fired
+		if err == nil {
+			err = errHandshakeDeadline
+			sc.Close()
+		}
+	}
 	if err != nil {
 		conn.Close()
 		if strings.Contains(err.Error(), "ssh: unable to authenticate") {
 			// x/crypto/ssh has no typed error for this.
 			return nil, fmt.Errorf("%w: %w", ErrAuth, err)
 		}
-		if ctx.Err() != nil && !errors.Is(err, ErrHostKeyMismatch) {
-			return nil, fmt.Errorf("ssh handshake: %w: %w", context.Cause(ctx), err)
+		if hsCtx.Err() != nil && !errors.Is(err, ErrHostKeyMismatch) {
+			return nil, fmt.Errorf("ssh handshake: %w: %w", context.Cause(hsCtx), err)
 		}
 		return nil, err
 	}
 	_ = conn.SetDeadline(time.Time{})
+	if !time.Now().Before(deadline) {
+		// Cleared too late: the reader may have timed out in between.
+		sc.Close()
+		return nil, errHandshakeDeadline
+	}
 	return ssh.NewClient(sc, chans, reqs), nil
 }
 

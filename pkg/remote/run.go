@@ -23,6 +23,15 @@ const MaxOutput = 1 << 20
 // after ctx ends.
 const cancelWait = 2 * time.Second
 
+// Errors Run wraps when the connection, not the command, failed: a caller redials. The
+// command may have run (part of it) unless the error is also ErrNotStarted.
+var (
+	// ErrConnection: the SSH connection failed under the command (reset, closed, timed out).
+	ErrConnection = errors.New("ssh connection lost")
+	// ErrNotStarted: no session could be opened, so the command never ran.
+	ErrNotStarted = errors.New("command not started")
+)
+
 // Result is how a remote command ended.
 type Result struct {
 	ExitCode  int    // exit status; 128+N when killed by signal N (as a shell reports it)
@@ -59,7 +68,7 @@ func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 	start := time.Now()
 	sess, err := c.c.NewSession()
 	if err != nil {
-		return Result{}, fmt.Errorf("opening ssh session on %s: %w", c.addr, err)
+		return Result{}, fmt.Errorf("opening ssh session on %s: %w: %w: %w", c.addr, ErrConnection, ErrNotStarted, err)
 	}
 	defer sess.Close()
 	// A writer that fails ends the command as ctx would: nobody reads its output any more,
@@ -69,7 +78,7 @@ func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 	stderr := &tailBuffer{max: MaxOutput}
 	sess.Stdout, sess.Stderr, sess.Stdin = failWriter{w: stdout, fail: cancel}, stderr, stdin
 	if err := sess.Start(cmd); err != nil {
-		return Result{}, fmt.Errorf("starting command on %s: %w", c.addr, err)
+		return Result{}, fmt.Errorf("starting command on %s: %w: %w", c.addr, ErrConnection, err)
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- sess.Wait() }()
@@ -100,7 +109,8 @@ func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 	case errors.As(waitErr, &exit):
 		res.ExitCode, res.Signal = exit.ExitStatus(), exit.Signal()
 	default:
-		return res, fmt.Errorf("running command on %s: %w", c.addr, waitErr)
+		// No exit status: the connection went away under the command.
+		return res, fmt.Errorf("running command on %s: %w: %w", c.addr, ErrConnection, waitErr)
 	}
 	return res, nil
 }

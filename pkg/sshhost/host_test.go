@@ -172,7 +172,10 @@ func TestHangup(t *testing.T) {
 			defer cancel()
 			done := make(chan error, 1)
 			go func() {
-				_, err := c.Run(ctx, `nohup sleep 30 > /dev/null 2>&1 < /dev/null & echo $! > bg; echo $$ > fg; sleep 30`, nil)
+				// The background child announces itself only once it runs under nohup
+				// (SIGHUP ignored, inherited across exec): its pid file is the readiness
+				// signal, so the hang-up below can never overtake nohup.
+				_, err := c.Run(ctx, `nohup sh -c 'echo $$ > bg.tmp && mv bg.tmp bg && exec sleep 30' > /dev/null 2>&1 < /dev/null & echo $$ > fg; sleep 30`, nil)
 				done <- err
 			}()
 			fg := readPid(t, filepath.Join(f.dir, "fg"))

@@ -3,12 +3,13 @@ package bootstrapper
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -48,7 +49,6 @@ const (
 // session is an SSH connection to one instance.
 type session interface {
 	Run(ctx context.Context, cmd string, stdin io.Reader) (remote.Result, error)
-	Upload(ctx context.Context, remotePath string, mode os.FileMode, r io.Reader) error
 	Close() error
 }
 
@@ -145,27 +145,55 @@ func JobEnv(ev events.FleetLaunched, instanceID, prefix string) []byte {
 // and returns the secrets (presigned URLs) that must never reach a log or an event.
 type renderFunc func(ctx context.Context) (steps []recipe.Step, secrets []string, err error)
 
+// MaxRedials is how many times one instance's connection is re-established after it
+// dropped mid-recipe, before the instance is reported failed.
+const MaxRedials = 3
+
 // runner bootstraps instances.
 type runner struct {
 	dial        dialFunc
 	signer      ssh.Signer
 	dialTimeout time.Duration
 	stepTimeout time.Duration
+	// concurrency bounds the instances bootstrapped at once; 0: the whole fleet.
 	concurrency int
-	prefix      string
-	now         func() time.Time
-	metrics     *telemetry.Telemetry // step durations; nil records nothing
+	// handshakeTimeout bounds one SSH handshake (remote.DefaultHandshakeTimeout when 0).
+	handshakeTimeout time.Duration
+	prefix           string
+	now              func() time.Time
+	metrics          *telemetry.Telemetry // step durations; nil records nothing
 }
 
-// bootstrapAll bootstraps every instance of the plan, at most r.concurrency at once; one
-// instance failing never stops the others. Results are in the event's instance order.
+// newGate is the fleet's handshake gate: as wide as the fleet's concurrency at first,
+// narrowing when a handshake takes more than a sixth of its timeout (far from timing out).
+func (r *runner) newGate(n int) *remote.Gate {
+	ht := r.handshakeTimeout
+	if ht == 0 {
+		ht = remote.DefaultHandshakeTimeout
+	}
+	return remote.NewGate(min(n, 8), n, ht/6)
+}
+
+// limit is how many of a fleet of n instances are bootstrapped at once.
+func (r *runner) limit(n int) int {
+	if r.concurrency > 0 && r.concurrency < n {
+		return r.concurrency
+	}
+	return max(n, 1)
+}
+
+// bootstrapAll bootstraps every instance of the plan, the whole fleet at once unless the
+// concurrency is set lower (handshakes go through one adaptive gate); one instance failing
+// never stops the others. Results are in the event's instance order.
 func (r *runner) bootstrapAll(ctx context.Context, log *slog.Logger, p fleetPlan, render renderFunc) []events.InstanceResult {
 	results := make([]events.InstanceResult, len(p.ev.Instances))
+	n := r.limit(len(p.ev.Instances))
+	gate := r.newGate(n)
 	var g errgroup.Group
-	g.SetLimit(r.concurrency)
+	g.SetLimit(n)
 	for i, in := range p.ev.Instances {
 		g.Go(func() error {
-			results[i] = r.bootstrap(ctx, log.With("instance", in.ID), p, in, render)
+			results[i] = r.bootstrap(ctx, log.With("instance", in.ID), p, in, render, gate)
 			return nil
 		})
 	}
@@ -173,17 +201,21 @@ func (r *runner) bootstrapAll(ctx context.Context, log *slog.Logger, p fleetPlan
 	return results
 }
 
-// bootstrap runs the recipe on one instance over one connection and reports how it went.
-func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, in events.Instance, render renderFunc) (res events.InstanceResult) {
+// bootstrap runs the recipe on one instance over one connection, one session per step
+// (the marker check and the job environment folded into the first, the marker into the
+// last), and reports how it went. A connection that drops is re-established and the
+// recipe resumes at the step it reached, if that step may run again (or never started).
+func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, in events.Instance, render renderFunc, gate *remote.Gate) (res events.InstanceResult) {
 	start := r.now()
 	res = events.InstanceResult{ID: in.ID, SSHEndpoint: in.SSHEndpoint}
 	var secrets []string
+	redials := 0
 	defer func() {
 		res.Error = clipText(redact(res.Error, secrets))
 		if res.OK {
-			log.Info("instance bootstrapped", "steps", len(res.Steps), "duration", r.now().Sub(start).Round(time.Millisecond))
+			log.Info("instance bootstrapped", "steps", len(res.Steps), "redials", redials, "duration", r.now().Sub(start).Round(time.Millisecond))
 		} else {
-			log.Warn("instance not bootstrapped", "error", res.Error, "steps", len(res.Steps))
+			log.Warn("instance not bootstrapped", "error", res.Error, "steps", len(res.Steps), "redials", redials)
 		}
 	}()
 
@@ -194,48 +226,33 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 	}
 	res.SSHEndpoint = addr
 	log = log.With("ssh_addr", addr)
-	dialCtx, cancel := context.WithTimeout(ctx, r.dialTimeout)
-	defer cancel()
-	conn, err := r.dial(dialCtx, remote.DialConfig{
-		Addr: addr, User: p.user, Signer: r.signer, HostKey: hostKey,
-		OnRetry: func(err error, next time.Duration) {
-			log.Debug("instance not reachable yet", "error", err.Error(), "retry_in", next)
-		},
-	})
-	if err != nil {
-		res.Error = "connecting: " + err.Error()
-		return res
-	}
-	defer conn.Close()
-
-	// Re-bootstrap of an instance that finished before: report it, run nothing.
-	t0 := r.now()
-	check, err := r.run(ctx, conn, "test -f "+MarkerPath, nil)
-	if err != nil {
-		res.Error = "checking " + MarkerPath + ": " + err.Error()
-		return res
-	}
-	if check.ExitCode == 0 {
-		log.Info("instance already bootstrapped: running nothing")
-		res.OK = true
-		res.Steps = []events.StepResult{{Name: AlreadyBootstrapped, DurationMS: r.now().Sub(t0).Milliseconds()}}
-		return res
-	}
 
 	steps, secrets, err := render(ctx)
 	if err != nil {
 		res.Error = "rendering recipe: " + err.Error()
 		return res
 	}
-	upCtx, cancelUp := context.WithTimeout(ctx, r.stepTimeout)
-	err = conn.Upload(upCtx, JobEnvPath, 0o600, bytes.NewReader(JobEnv(p.ev, in.ID, r.prefix)))
-	cancelUp()
+	book, err := r.bookkeeping(p, in, start)
 	if err != nil {
-		res.Error = "uploading " + JobEnvPath + ": " + err.Error()
+		res.Error = err.Error()
 		return res
 	}
+	steps = recipe.Fold(steps, book)
 
-	for _, st := range steps {
+	var conn session
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	for i := 0; i < len(steps); {
+		if conn == nil {
+			if conn, err = r.connect(ctx, log, p, addr, hostKey, gate); err != nil {
+				res.Error = "connecting: " + err.Error()
+				return res
+			}
+		}
+		st := steps[i]
 		var stdin io.Reader
 		if st.Stdin != nil {
 			stdin = bytes.NewReader(st.Stdin)
@@ -244,6 +261,26 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 		t := r.now()
 		out, err := r.run(ctx, conn, st.Command, stdin)
 		sr := events.StepResult{Name: st.Name, ExitCode: out.ExitCode, DurationMS: r.now().Sub(t).Milliseconds()}
+		if err != nil && errors.Is(err, remote.ErrConnection) && ctx.Err() == nil {
+			again := st.Rerun || errors.Is(err, remote.ErrNotStarted)
+			if again && redials < MaxRedials {
+				redials++
+				log.Warn("connection lost: redialling to resume", "step", st.Name, "error", redact(err.Error(), secrets), "redial", redials)
+				conn.Close()
+				conn = nil
+				continue
+			}
+			if !again {
+				err = fmt.Errorf("%w (run steps are rerun only when the recipe says rerun: %s)", err, opsconfig.RerunSafe)
+			}
+		}
+		if i == 0 && err == nil && recipe.IsDone(book, out.ExitCode, out.Stdout) {
+			// Re-bootstrap of an instance that finished before: report it, run nothing.
+			log.Info("instance already bootstrapped: running nothing")
+			res.OK = true
+			res.Steps = []events.StepResult{{Name: AlreadyBootstrapped, DurationMS: sr.DurationMS}}
+			return res
+		}
 		stepErr := err
 		if stepErr == nil && out.ExitCode != 0 {
 			stepErr = fmt.Errorf("exit status %d", out.ExitCode)
@@ -263,19 +300,43 @@ func (r *runner) bootstrap(ctx context.Context, log *slog.Logger, p fleetPlan, i
 			log.Warn("step failed", "step", st.Name, "exit_code", sr.ExitCode, "command", st.Redacted)
 			return res
 		}
+		if i == len(steps)-1 && len(out.Stderr) > 0 && bytes.Contains(out.Stderr, []byte("writing "+MarkerPath+" failed")) {
+			// Every step succeeded; a redelivery would rerun them, which start steps tolerate.
+			log.Warn("writing bootstrap marker failed", "stderr", redact(string(out.Stderr), secrets))
+		}
 		res.Steps = append(res.Steps, sr)
-	}
-
-	marker := fmt.Sprintf("job=%s fleet=%s at=%s\n", p.ev.JobID, p.ev.FleetID, r.now().UTC().Format(time.RFC3339))
-	mkCtx, cancelMk := context.WithTimeout(ctx, r.stepTimeout)
-	err = conn.Upload(mkCtx, MarkerPath, 0o600, strings.NewReader(marker))
-	cancelMk()
-	if err != nil {
-		// Every step succeeded; a redelivery would rerun them, which start steps tolerate.
-		log.Warn("writing bootstrap marker", "error", redact(err.Error(), secrets))
+		i++
 	}
 	res.OK = true
 	return res
+}
+
+// bookkeeping is what the folded commands do besides the steps on one instance.
+func (r *runner) bookkeeping(p fleetPlan, in events.Instance, start time.Time) (recipe.Bookkeeping, error) {
+	var nonce [12]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return recipe.Bookkeeping{}, fmt.Errorf("nonce: %w", err)
+	}
+	return recipe.Bookkeeping{
+		MarkerPath:    MarkerPath,
+		MarkerContent: fmt.Appendf(nil, "job=%s fleet=%s at=%s\n", p.ev.JobID, p.ev.FleetID, start.UTC().Format(time.RFC3339)),
+		EnvPath:       JobEnvPath,
+		EnvContent:    JobEnv(p.ev, in.ID, r.prefix),
+		Done:          "sortie: already bootstrapped " + hex.EncodeToString(nonce[:]),
+	}, nil
+}
+
+// connect dials the instance, retrying until it is reachable or the dial timeout passes.
+func (r *runner) connect(ctx context.Context, log *slog.Logger, p fleetPlan, addr string, hostKey ssh.PublicKey, gate *remote.Gate) (session, error) {
+	dialCtx, cancel := context.WithTimeout(ctx, r.dialTimeout)
+	defer cancel()
+	return r.dial(dialCtx, remote.DialConfig{
+		Addr: addr, User: p.user, Signer: r.signer, HostKey: hostKey,
+		HandshakeTimeout: r.handshakeTimeout, Gate: gate,
+		OnRetry: func(err error, next time.Duration) {
+			log.Debug("instance not reachable yet", "error", err.Error(), "retry_in", next)
+		},
+	})
 }
 
 // target is where to connect to instance id and which host key to pin, from EC2; an

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -196,53 +197,67 @@ func TestOutputTail(t *testing.T) {
 	})
 }
 
-// fakeSession records what the runner does on an instance.
+// fakeSession records what the runner does on an instance. It sees the folded commands
+// and records each as "run STEP" plus "+check", "+env" and "+marker" for the bookkeeping
+// folded in; the job environment and marker are parsed back out of the command.
 type fakeSession struct {
 	mu      sync.Mutex
 	calls   []string
-	uploads map[string]string
 	stdins  map[string]string
+	files   map[string]string // written by the folded bookkeeping
 	marker  bool
-	results map[string]remote.Result // by command; default exit 0
-	runErr  map[string]error
-	upErr   map[string]error
+	results map[string]remote.Result // by step command; default exit 0
+	runErr  map[string][]error       // by step command: the errors of its successive runs
 	closed  bool
 }
 
 func newFake() *fakeSession {
-	return &fakeSession{uploads: map[string]string{}, stdins: map[string]string{}, results: map[string]remote.Result{}, runErr: map[string]error{}, upErr: map[string]error{}}
+	return &fakeSession{stdins: map[string]string{}, files: map[string]string{}, results: map[string]remote.Result{}, runErr: map[string][]error{}}
 }
+
+var (
+	stepCmdRe = regexp.MustCompile(`cmd-[a-z]`)
+	doneRe    = regexp.MustCompile(`then echo '(sortie: already bootstrapped [0-9a-f]+)'; exit 0`)
+	writeRe   = regexp.MustCompile(`(?s)printf %s '((?:[^']|'"'"')*)' > ([^ )]+)`)
+)
 
 func (f *fakeSession) Run(_ context.Context, cmd string, stdin io.Reader) (remote.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, "run "+cmd)
+	step := stepCmdRe.FindString(cmd)
+	call := "run " + step
+	done := doneRe.FindStringSubmatch(cmd)
+	if done != nil {
+		call += " +check"
+	}
+	if strings.Contains(cmd, JobEnvPath) {
+		call += " +env"
+	}
+	if strings.Contains(cmd, "> "+MarkerPath+" ") {
+		call += " +marker"
+	}
+	f.calls = append(f.calls, call)
+	if done != nil && f.marker {
+		return remote.Result{Stdout: []byte(done[1] + "\n")}, nil
+	}
 	if stdin != nil {
 		b, _ := io.ReadAll(stdin)
-		f.stdins[cmd] = string(b)
+		f.stdins[step] = string(b)
 	}
-	if cmd == "test -f "+MarkerPath {
-		if f.marker {
-			return remote.Result{}, nil
+	if errs := f.runErr[step]; len(errs) > 0 {
+		err := errs[0]
+		f.runErr[step] = errs[1:]
+		if err != nil {
+			return remote.Result{ExitCode: -1, Stdout: []byte("partial\n")}, err
 		}
-		return remote.Result{ExitCode: 1}, nil
 	}
-	if err := f.runErr[cmd]; err != nil {
-		return remote.Result{ExitCode: -1, Stdout: []byte("partial\n")}, err
+	res := f.results[step]
+	if res.ExitCode == 0 {
+		for _, m := range writeRe.FindAllStringSubmatch(cmd, -1) {
+			f.files[m[2]] = strings.ReplaceAll(m[1], `'"'"'`, "'")
+		}
 	}
-	return f.results[cmd], nil
-}
-
-func (f *fakeSession) Upload(_ context.Context, p string, mode os.FileMode, r io.Reader) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, fmt.Sprintf("upload %s %04o", p, mode))
-	if err := f.upErr[p]; err != nil {
-		return err
-	}
-	b, _ := io.ReadAll(r)
-	f.uploads[p] = string(b)
-	return nil
+	return res, nil
 }
 
 func (f *fakeSession) Close() error {
@@ -254,8 +269,8 @@ func (f *fakeSession) Close() error {
 
 var testSteps = []recipe.Step{
 	{Name: "a", Kind: "run", Command: "cmd-a", Redacted: "cmd-a"},
-	{Name: "b", Kind: "upload", Command: "cmd-b", Stdin: []byte("content-b"), Redacted: "cmd-b"},
-	{Name: "c", Kind: "start", Command: "cmd-c", Redacted: "cmd-c"},
+	{Name: "b", Kind: "upload", Command: "cmd-b", Stdin: []byte("content-b"), Redacted: "cmd-b", Rerun: true},
+	{Name: "c", Kind: "start", Command: "cmd-c", Redacted: "cmd-c", Rerun: true},
 }
 
 const secretURL = "http://127.0.0.1:1/b/k?X-Amz-Signature=s3cr3t"
@@ -284,33 +299,41 @@ func testRunner(dial dialFunc) *runner {
 	}
 }
 
+// connLost is what remote.Run returns when the connection drops under a command.
+var connLost = fmt.Errorf("running command on x: %w: EOF", remote.ErrConnection)
+
+// sessionLost is what remote.Run returns when no session could be opened.
+var sessionLost = fmt.Errorf("opening ssh session on x: %w: %w: i/o timeout", remote.ErrConnection, remote.ErrNotStarted)
+
 func TestBootstrapInstance(t *testing.T) {
 	lines := strings.Repeat("line\n", 79) + "fetching " + secretURL + "\n"
+	allSteps := []string{"run cmd-a +check +env", "run cmd-b", "run cmd-c +marker"}
 	tests := []struct {
 		name      string
 		setup     func(f *fakeSession)
 		dialErr   error
 		wantOK    bool
+		wantDials int
 		wantCalls []string
 		wantSteps []string // name:exit
 		wantErr   string
 		check     func(t *testing.T, f *fakeSession, r events.InstanceResult)
 	}{
 		{
-			name:   "every step succeeds",
-			wantOK: true,
-			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600",
-				"run cmd-a", "run cmd-b", "run cmd-c", "upload .sortie/bootstrapped 0600"},
+			name:      "every step succeeds, one session each",
+			wantOK:    true,
+			wantDials: 1,
+			wantCalls: allSteps,
 			wantSteps: []string{"a:0", "b:0", "c:0"},
 			check: func(t *testing.T, f *fakeSession, r events.InstanceResult) {
-				if f.uploads[JobEnvPath] != string(JobEnv(testEvent(), "i-0123456789abcdef0", "sortie-test")) {
-					t.Errorf("job.env = %q", f.uploads[JobEnvPath])
+				if f.files[JobEnvPath] != string(JobEnv(testEvent(), "i-0123456789abcdef0", "sortie-test")) {
+					t.Errorf("job.env = %q", f.files[JobEnvPath])
 				}
 				if f.stdins["cmd-b"] != "content-b" {
 					t.Errorf("step b stdin = %q, want its content", f.stdins["cmd-b"])
 				}
-				if !strings.Contains(f.uploads[MarkerPath], "job=job-42") {
-					t.Errorf("marker = %q", f.uploads[MarkerPath])
+				if !strings.Contains(f.files[MarkerPath], "job=job-42") {
+					t.Errorf("marker = %q", f.files[MarkerPath])
 				}
 			},
 		},
@@ -318,7 +341,8 @@ func TestBootstrapInstance(t *testing.T) {
 			name:      "already bootstrapped: runs nothing",
 			setup:     func(f *fakeSession) { f.marker = true },
 			wantOK:    true,
-			wantCalls: []string{"run test -f .sortie/bootstrapped"},
+			wantDials: 1,
+			wantCalls: allSteps[:1],
 			wantSteps: []string{AlreadyBootstrapped + ":0"},
 		},
 		{
@@ -326,7 +350,8 @@ func TestBootstrapInstance(t *testing.T) {
 			setup: func(f *fakeSession) {
 				f.results["cmd-b"] = remote.Result{ExitCode: 3, Stdout: []byte(lines), Stderr: []byte("boom\n")}
 			},
-			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600", "run cmd-a", "run cmd-b"},
+			wantDials: 1,
+			wantCalls: allSteps[:2],
 			wantSteps: []string{"a:0", "b:3"},
 			wantErr:   "step b exited with status 3",
 			check: func(t *testing.T, f *fakeSession, r events.InstanceResult) {
@@ -340,31 +365,43 @@ func TestBootstrapInstance(t *testing.T) {
 			},
 		},
 		{
-			name:      "connection lost during a step",
-			setup:     func(f *fakeSession) { f.runErr["cmd-a"] = errors.New("running command on x: EOF") },
-			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600", "run cmd-a"},
+			name:      "connection lost during a rerunnable step: redial and resume there",
+			setup:     func(f *fakeSession) { f.runErr["cmd-b"] = []error{connLost} },
+			wantOK:    true,
+			wantDials: 2,
+			wantCalls: []string{"run cmd-a +check +env", "run cmd-b", "run cmd-b", "run cmd-c +marker"},
+			wantSteps: []string{"a:0", "b:0", "c:0"},
+		},
+		{
+			name:      "first session not opened: redial, the folded check runs again",
+			setup:     func(f *fakeSession) { f.runErr["cmd-a"] = []error{sessionLost, sessionLost} },
+			wantOK:    true,
+			wantDials: 3,
+			wantCalls: []string{"run cmd-a +check +env", "run cmd-a +check +env", "run cmd-a +check +env", "run cmd-b", "run cmd-c +marker"},
+			wantSteps: []string{"a:0", "b:0", "c:0"},
+		},
+		{
+			name:      "connection lost during a run step not declared safe: not rerun",
+			setup:     func(f *fakeSession) { f.runErr["cmd-a"] = []error{connLost} },
+			wantDials: 1,
+			wantCalls: allSteps[:1],
 			wantSteps: []string{"a:-1"},
-			wantErr:   "step a: running command on x: EOF",
+			wantErr:   "step a: running command on x: ssh connection lost: EOF (run steps are rerun only when the recipe says rerun: safe)",
+		},
+		{
+			name:      "connection keeps dropping: gives up after MaxRedials",
+			setup:     func(f *fakeSession) { f.runErr["cmd-c"] = []error{connLost, connLost, connLost, connLost} },
+			wantDials: 1 + MaxRedials,
+			wantCalls: []string{"run cmd-a +check +env", "run cmd-b", "run cmd-c +marker", "run cmd-c +marker", "run cmd-c +marker", "run cmd-c +marker"},
+			wantSteps: []string{"a:0", "b:0", "c:-1"},
+			wantErr:   "step c: running command on x: ssh connection lost: EOF",
 		},
 		{
 			name:      "host key mismatch",
 			dialErr:   fmt.Errorf("dialing ssh worker@127.0.0.1:2201 (1 attempts in 2ms): %w: server presented ...", remote.ErrHostKeyMismatch),
+			wantDials: 1,
 			wantErr:   "connecting: dialing ssh worker@127.0.0.1:2201 (1 attempts in 2ms): ssh host key mismatch",
 			wantCalls: nil,
-		},
-		{
-			name:      "job.env upload fails",
-			setup:     func(f *fakeSession) { f.upErr[JobEnvPath] = errors.New("disk full") },
-			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600"},
-			wantErr:   "uploading .sortie/job.env: disk full",
-		},
-		{
-			name:      "marker write fails: still bootstrapped",
-			setup:     func(f *fakeSession) { f.upErr[MarkerPath] = errors.New("EOF") },
-			wantOK:    true,
-			wantSteps: []string{"a:0", "b:0", "c:0"},
-			wantCalls: []string{"run test -f .sortie/bootstrapped", "upload .sortie/job.env 0600",
-				"run cmd-a", "run cmd-b", "run cmd-c", "upload .sortie/bootstrapped 0600"},
 		},
 	}
 	for _, tt := range tests {
@@ -374,8 +411,10 @@ func TestBootstrapInstance(t *testing.T) {
 				tt.setup(f)
 			}
 			var dialed remote.DialConfig
+			dials := 0
 			r := testRunner(func(_ context.Context, cfg remote.DialConfig) (session, error) {
 				dialed = cfg
+				dials++
 				if tt.dialErr != nil {
 					return nil, tt.dialErr
 				}
@@ -386,10 +425,13 @@ func TestBootstrapInstance(t *testing.T) {
 				t.Fatal(err)
 			}
 			p.target = eventTargets(p)
-			res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], staticRender)
+			res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], staticRender, r.newGate(1))
 
-			if dialed.Addr != "127.0.0.1:2201" || dialed.User != "worker" || dialed.HostKey == nil {
-				t.Errorf("dialed %+v, want the instance's endpoint as worker with the pinned key", dialed)
+			if dialed.Addr != "127.0.0.1:2201" || dialed.User != "worker" || dialed.HostKey == nil || dialed.Gate == nil {
+				t.Errorf("dialed %+v, want the instance's endpoint as worker with the pinned key, through the gate", dialed)
+			}
+			if dials != tt.wantDials {
+				t.Errorf("dialled %d times, want %d", dials, tt.wantDials)
 			}
 			if res.OK != tt.wantOK {
 				t.Errorf("OK = %v (error %q), want %v", res.OK, res.Error, tt.wantOK)
@@ -424,49 +466,69 @@ func TestBootstrapInstance(t *testing.T) {
 }
 
 func TestBootstrapAllBoundsConcurrency(t *testing.T) {
-	var inFlight, maxSeen atomic.Int32
-	var fakes sync.Map
-	r := testRunner(func(_ context.Context, cfg remote.DialConfig) (session, error) {
-		n := inFlight.Add(1)
-		for {
-			m := maxSeen.Load()
-			if n <= m || maxSeen.CompareAndSwap(m, n) {
-				break
+	tests := []struct {
+		name        string
+		concurrency int
+		instances   int
+		wantMax     int32
+	}{
+		{name: "set lower than the fleet", concurrency: 3, instances: 10, wantMax: 3},
+		{name: "default: the whole fleet at once", concurrency: 0, instances: 10, wantMax: 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var inFlight, maxSeen atomic.Int32
+			release := make(chan struct{})
+			var once sync.Once
+			r := testRunner(func(ctx context.Context, cfg remote.DialConfig) (session, error) {
+				n := inFlight.Add(1)
+				defer inFlight.Add(-1)
+				for {
+					m := maxSeen.Load()
+					if n <= m || maxSeen.CompareAndSwap(m, n) {
+						break
+					}
+				}
+				if n == tt.wantMax {
+					once.Do(func() { close(release) }) // every dial the limit admits is in flight at once
+				}
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				if cfg.Addr == "127.0.0.1:2205" {
+					return nil, errors.New("unreachable")
+				}
+				return newFake(), nil
+			})
+			r.concurrency = tt.concurrency
+			r.dialTimeout = time.Minute
+			ev := testEvent()
+			ev.Instances = nil
+			for i := range tt.instances {
+				ev.Instances = append(ev.Instances, events.Instance{
+					ID: fmt.Sprintf("i-%017x", i), InstanceType: "t3.micro", SSHEndpoint: fmt.Sprintf("127.0.0.1:%d", 2200+i), LaunchedAt: ev.Time,
+				})
 			}
-		}
-		time.Sleep(20 * time.Millisecond)
-		inFlight.Add(-1)
-		if cfg.Addr == "127.0.0.1:2205" {
-			return nil, errors.New("unreachable")
-		}
-		f := newFake()
-		fakes.Store(cfg.Addr, f)
-		return f, nil
-	})
-	r.concurrency = 3
-	ev := testEvent()
-	ev.Instances = nil
-	for i := range 10 {
-		ev.Instances = append(ev.Instances, events.Instance{
-			ID: fmt.Sprintf("i-%017x", i), InstanceType: "t3.micro", SSHEndpoint: fmt.Sprintf("127.0.0.1:%d", 2200+i), LaunchedAt: ev.Time,
+			p, err := planFleet(ev, testOps(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.target = eventTargets(p)
+			results := r.bootstrapAll(context.Background(), slog.New(slog.DiscardHandler), p, staticRender)
+			if got := maxSeen.Load(); got != tt.wantMax {
+				t.Errorf("max concurrent dials = %d, want %d", got, tt.wantMax)
+			}
+			for i, res := range results {
+				if res.ID != ev.Instances[i].ID {
+					t.Fatalf("result %d is %s, want %s: order lost", i, res.ID, ev.Instances[i].ID)
+				}
+				if wantOK := i != 5; res.OK != wantOK {
+					t.Errorf("instance %d OK = %v (%s), want %v: one failure must not affect the others", i, res.OK, res.Error, wantOK)
+				}
+			}
 		})
-	}
-	p, err := planFleet(ev, testOps(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.target = eventTargets(p)
-	results := r.bootstrapAll(context.Background(), slog.New(slog.DiscardHandler), p, staticRender)
-	if got := maxSeen.Load(); got > 3 || got < 2 {
-		t.Errorf("max concurrent dials = %d, want 2-3 (limit 3)", got)
-	}
-	for i, res := range results {
-		if res.ID != ev.Instances[i].ID {
-			t.Fatalf("result %d is %s, want %s: order lost", i, res.ID, ev.Instances[i].ID)
-		}
-		if wantOK := i != 5; res.OK != wantOK {
-			t.Errorf("instance %d OK = %v (%s), want %v: one failure must not affect the others", i, res.OK, res.Error, wantOK)
-		}
 	}
 }
 

@@ -62,14 +62,15 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		},
 		presign: s3.NewPresignClient(s3c),
 		runner: &runner{
-			dial:        dialRemote,
-			signer:      signer,
-			dialTimeout: cfg.DialTimeout,
-			stepTimeout: cfg.StepTimeout,
-			concurrency: cfg.Concurrency,
-			prefix:      cfg.Prefix,
-			now:         deps.Now,
-			metrics:     deps.Telemetry,
+			dial:             dialRemote,
+			signer:           signer,
+			dialTimeout:      cfg.DialTimeout,
+			stepTimeout:      cfg.StepTimeout,
+			concurrency:      cfg.Concurrency,
+			handshakeTimeout: cfg.HandshakeTimeout,
+			prefix:           cfg.Prefix,
+			now:              deps.Now,
+			metrics:          deps.Telemetry,
 		},
 	}
 	router, err := bus.NewRouter(deps.Bus(bus.Config{

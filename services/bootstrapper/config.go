@@ -7,20 +7,26 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
+	"github.com/sortie-fleet/sortie/pkg/remote"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
 )
 
 // Defaults of the bootstrapper's settings.
 const (
-	DefaultConcurrency = 16
-	DefaultDialTimeout = 2 * time.Minute
-	DefaultStepTimeout = 10 * time.Minute
+	// DefaultConcurrency 0 bootstraps a whole fleet at once (handshakes pass an adaptive
+	// gate that narrows when they slow down).
+	DefaultConcurrency      = 0
+	DefaultDialTimeout      = 2 * time.Minute
+	DefaultHandshakeTimeout = remote.DefaultHandshakeTimeout
+	DefaultStepTimeout      = 10 * time.Minute
 	// DefaultHostKeyTimeout is how long an instance that makes its own host key may take
 	// to show it in its console output (EC2 publishes the output minutes after boot).
 	DefaultHostKeyTimeout = 10 * time.Minute
-	MaxConcurrency        = 256
+	// MaxConcurrency is the largest fleet a template allows.
+	MaxConcurrency = opsconfig.MaxInstances
 )
 
 // Config is the bootstrapper's configuration, read from the environment.
@@ -29,12 +35,15 @@ type Config struct {
 	// SSHKey is where the instances' login key is read from once at start: a file path or
 	// s3://bucket/key (SORTIE_SSH_KEY, required).
 	SSHKey string
-	// Concurrency bounds the instances bootstrapped at once per fleet
-	// (SORTIE_BOOTSTRAP_CONCURRENCY, default 16).
+	// Concurrency bounds the instances bootstrapped at once per fleet; 0 means the whole
+	// fleet (SORTIE_BOOTSTRAP_CONCURRENCY, default 0).
 	Concurrency int
 	// DialTimeout is how long an instance may stay unreachable before it is reported
 	// failed (SORTIE_BOOTSTRAP_DIAL_TIMEOUT, default 2m).
 	DialTimeout time.Duration
+	// HandshakeTimeout bounds one SSH handshake attempt (SORTIE_BOOTSTRAP_HANDSHAKE_TIMEOUT,
+	// default 30s: a loaded instance or bootstrapper is slow, not gone).
+	HandshakeTimeout time.Duration
 	// StepTimeout bounds one recipe step (SORTIE_BOOTSTRAP_STEP_TIMEOUT, default 10m).
 	StepTimeout time.Duration
 	// HostKeyTimeout bounds the wait for the host key block in the console output of an
@@ -62,6 +71,9 @@ func ConfigFromEnv() (Config, error) {
 	if cfg.DialTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_DIAL_TIMEOUT", DefaultDialTimeout); err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.HandshakeTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_HANDSHAKE_TIMEOUT", DefaultHandshakeTimeout); err != nil {
+		errs = append(errs, err)
+	}
 	if cfg.StepTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_STEP_TIMEOUT", DefaultStepTimeout); err != nil {
 		errs = append(errs, err)
 	}
@@ -80,8 +92,11 @@ func (c Config) Validate() error {
 	if _, err := sshkey.ParseSource(c.SSHKey); err != nil {
 		errs = append(errs, fmt.Errorf("SORTIE_SSH_KEY: %w", err))
 	}
-	if c.Concurrency < 1 || c.Concurrency > MaxConcurrency {
-		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_CONCURRENCY: %d: want 1-%d", c.Concurrency, MaxConcurrency))
+	if c.Concurrency < 0 || c.Concurrency > MaxConcurrency {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_CONCURRENCY: %d: want 0 (the whole fleet) to %d", c.Concurrency, MaxConcurrency))
+	}
+	if c.HandshakeTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_HANDSHAKE_TIMEOUT: %s: want > 0", c.HandshakeTimeout))
 	}
 	if c.DialTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_DIAL_TIMEOUT: %s: want > 0", c.DialTimeout))
@@ -103,8 +118,8 @@ func (c Config) WithDefaults() Config {
 	if c.Prefix == "" {
 		c.Prefix = "sortie"
 	}
-	if c.Concurrency == 0 {
-		c.Concurrency = DefaultConcurrency
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = DefaultDialTimeout

@@ -16,7 +16,7 @@ func TestConfigFromEnv(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ConfigFromEnv: %v", err)
 		}
-		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 16, DialTimeout: 2 * time.Minute, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl"}
+		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 0, DialTimeout: 2 * time.Minute, HandshakeTimeout: 30 * time.Second, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl"}
 		want.Prefix = "sortie"
 		want.HTTPAddr = service.DefaultHTTPAddr
 		if cfg != want {
@@ -39,15 +39,15 @@ func TestConfigFromEnv(t *testing.T) {
 	})
 	t.Run("every problem at once", func(t *testing.T) {
 		cloudtest.Setenv(t, map[string]string{
-			"SORTIE_SSH_KEY": "", "SORTIE_PREFIX": "Bad Prefix", "SORTIE_BOOTSTRAP_CONCURRENCY": "0",
-			"SORTIE_BOOTSTRAP_DIAL_TIMEOUT": "-1s", "SORTIE_BOOTSTRAP_STEP_TIMEOUT": "", "SORTIE_BOOTSTRAP_FETCHER": "scp",
+			"SORTIE_SSH_KEY": "", "SORTIE_PREFIX": "Bad Prefix", "SORTIE_BOOTSTRAP_CONCURRENCY": "1001",
+			"SORTIE_BOOTSTRAP_DIAL_TIMEOUT": "-1s", "SORTIE_BOOTSTRAP_HANDSHAKE_TIMEOUT": "0s", "SORTIE_BOOTSTRAP_STEP_TIMEOUT": "", "SORTIE_BOOTSTRAP_FETCHER": "scp",
 			"SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT": "0s",
 		})
 		_, err := ConfigFromEnv()
 		if err == nil {
 			t.Fatal("ConfigFromEnv accepted a bad configuration")
 		}
-		for _, want := range []string{"SORTIE_SSH_KEY", "SORTIE_PREFIX", "SORTIE_BOOTSTRAP_CONCURRENCY", "SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "SORTIE_BOOTSTRAP_FETCHER", "SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT"} {
+		for _, want := range []string{"SORTIE_SSH_KEY", "SORTIE_PREFIX", "SORTIE_BOOTSTRAP_CONCURRENCY", "SORTIE_BOOTSTRAP_DIAL_TIMEOUT", "SORTIE_BOOTSTRAP_HANDSHAKE_TIMEOUT", "SORTIE_BOOTSTRAP_FETCHER", "SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q does not mention %s", err, want)
 			}

@@ -64,7 +64,7 @@ func TestInstanceHostKeyNeverAppears(t *testing.T) {
 		dialed = true
 		return newFake(), nil
 	})
-	res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], staticRender)
+	res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], staticRender, r.newGate(1))
 	if res.OK || dialed || len(res.Steps) != 0 {
 		t.Fatalf("ok=%t dialed=%t steps=%d: want the instance failed before any connection", res.OK, dialed, len(res.Steps))
 	}

@@ -108,10 +108,14 @@ func TestBootstrapper(t *testing.T) {
 			if err != nil || st.State != recipe.StateRunning {
 				t.Errorf("instance %s: worker status %q (%v), want running", insts[i].ID, res.Stdout, err)
 			}
-			log, _ := os.ReadFile(e.instanceFile(insts[i].ID, recipe.LogPath("worker")))
-			if string(log) != "working\n" {
-				t.Errorf("worker log %q", log)
-			}
+			// The detached workload writes its log in its own time: poll for it.
+			cloudtest.Eventually(t, 10*time.Second, func() error {
+				log, _ := os.ReadFile(e.instanceFile(insts[i].ID, recipe.LogPath("worker")))
+				if string(log) != "working\n" {
+					return fmt.Errorf("worker log %q", log)
+				}
+				return nil
+			})
 		}
 	})
 
