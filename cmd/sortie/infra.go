@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
@@ -16,7 +17,9 @@ type InfraCmd struct {
 }
 
 // InfraUpCmd is `sortie infra up`.
-type InfraUpCmd struct{}
+type InfraUpCmd struct {
+	JSON bool `name:"json" help:"Print what was done as JSON: {\"resources\": [{action, kind, name, detail}]}."`
+}
 
 // Run creates the stack and prints what it did.
 func (c *InfraUpCmd) Run(ctx context.Context, g *Globals) error {
@@ -29,7 +32,7 @@ func (c *InfraUpCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	report, err := infra.Up(ctx, infra.NewClients(cfg), topo)
-	fmt.Fprint(g.Stdout, report.String())
+	printReport(g, report, c.JSON)
 	if err != nil {
 		return fmt.Errorf("infra up: %w", err)
 	}
@@ -39,6 +42,7 @@ func (c *InfraUpCmd) Run(ctx context.Context, g *Globals) error {
 // InfraDownCmd is `sortie infra down`.
 type InfraDownCmd struct {
 	EmptyBucket bool `help:"Delete the archived logs in the bucket so it can be removed too."`
+	JSON        bool `name:"json" help:"Print what was done as JSON."`
 }
 
 // Run removes the stack and prints what it did.
@@ -52,9 +56,22 @@ func (c *InfraDownCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	report, err := infra.Down(ctx, infra.NewClients(cfg), topo, infra.DownOptions{EmptyBucket: c.EmptyBucket})
-	fmt.Fprint(g.Stdout, report.String())
+	printReport(g, report, c.JSON)
 	if err != nil {
 		return fmt.Errorf("infra down: %w", err)
 	}
 	return nil
+}
+
+// printReport prints what infra up or down did, as text or JSON.
+func printReport(g *Globals, r infra.Report, asJSON bool) {
+	if !asJSON {
+		fmt.Fprint(g.Stdout, r.String())
+		return
+	}
+	if r.Lines == nil {
+		r.Lines = []infra.Line{}
+	}
+	b, _ := json.MarshalIndent(r, "", "  ") // plain strings: never fails
+	fmt.Fprintf(g.Stdout, "%s\n", b)
 }

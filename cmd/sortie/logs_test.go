@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -175,9 +174,8 @@ wait:
 
 	t.Run("logs of an unknown job", func(t *testing.T) {
 		_, err := runCLI(t, "--prefix", prefix, "logs", "no-such-job")
-		want := "no log archives for job no-such-job in s3://" + prefix + "-logs/logs/no-such-job/ (is the job finished?)"
-		var na *fleetview.NoArchivesError
-		if !errors.As(err, &na) || err.Error() != want {
+		want := "no job no-such-job in stack " + prefix + " (no instances, no log archives): check the job id (`sortie status --all` lists the stack's jobs) and --prefix"
+		if err == nil || err.Error() != want {
 			t.Errorf("got %v, want %q", err, want)
 		}
 	})

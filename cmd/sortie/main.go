@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,7 +26,9 @@ type CLI struct {
 	Demo       DemoCmd       `cmd:"" help:"Prepare and submit the demo job against services run separately (task up)."`
 	Audit      AuditCmd      `cmd:"" help:"Check that the stack's buckets (log, secrets, any --bucket) enforce TLS only, SSE-KMS and a public access block; exit non-zero if not."`
 	Status     StatusCmd     `cmd:"" help:"List the stack's (--prefix) Sortie instances by job (from their tags), flagging expired leases."`
-	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3."`
+	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3; --follow streams them live from the instances."`
+	SSH        SSHCmd        `cmd:"" name:"ssh" help:"Log in to (or run a command on) one of a job's instances with OpenSSH, the pinned host key and the fleet's login key."`
+	SSHConfig  SSHConfigCmd  `cmd:"" name:"ssh-config" help:"Print ssh_config Host blocks and known_hosts lines for a job's instances (pinned host keys only)."`
 	Simulate   SimulateCmd   `cmd:"" help:"Replay a synthetic trace of jobs against Sortie's sizing and two baseline autoscaling policies (--trace FILE), or generate one (--generate N --seed S)."`
 }
 
@@ -40,6 +43,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, cliArgs(os.Args), os.Stdout, os.Stderr)
 	stop()
+	var exit *exitError
+	if errors.As(err, &exit) {
+		os.Exit(exit.code)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sortie:", err)
 		os.Exit(1)
@@ -63,5 +70,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return kctx.Run(&Globals{Stdout: stdout, Stderr: stderr, Prefix: cli.Prefix})
+	return explain(kctx.Run(&Globals{Stdout: stdout, Stderr: stderr, Prefix: cli.Prefix}))
 }

@@ -7,9 +7,12 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
+	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/fleetview"
+	"github.com/sortie-fleet/sortie/pkg/sshaccess"
 )
 
 // StatusCmd is `sortie status`: the stack's (--prefix) Sortie instances by job, from their
@@ -27,6 +30,9 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
+	if err := checkStack(ctx, s3.NewFromConfig(cfg, awsx.S3Options(cfg)), bus.Topology{Prefix: g.Prefix}); err != nil {
+		return err
+	}
 	insts, err := fleetview.Describe(ctx, ec2.NewFromConfig(cfg), fleetview.Query{Stack: g.Prefix, JobID: c.JobID, All: c.All})
 	if err != nil {
 		return err
@@ -40,6 +46,19 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 		}
 		_, err = fmt.Fprintf(g.Stdout, "%s\n", b)
 		return err
+	}
+	if len(jobs) == 0 && c.JobID != "" && !c.All {
+		// Terminated instances are left out: say so if the job has only those.
+		all, err := fleetview.Describe(ctx, ec2.NewFromConfig(cfg), fleetview.Query{Stack: g.Prefix, JobID: c.JobID, All: true})
+		if err != nil {
+			return err
+		}
+		if len(all) == 0 {
+			return &sshaccess.NoInstancesError{JobID: c.JobID, Stack: g.Prefix}
+		}
+	}
+	if len(jobs) == 0 && c.JobID != "" && c.All {
+		return &sshaccess.NoInstancesError{JobID: c.JobID, Stack: g.Prefix}
 	}
 	if len(jobs) == 0 {
 		_, err := fmt.Fprintln(g.Stdout, "no Sortie instances")

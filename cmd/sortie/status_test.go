@@ -56,8 +56,15 @@ func TestStatusShowsLeaks(t *testing.T) {
 	client := ec2.NewFromConfig(awsx.ForEndpoint(cloud.URL()))
 
 	out, err := runCLI(t, "status")
+	if err == nil || !strings.Contains(err.Error(), `no Sortie stack "sortie"`) {
+		t.Fatalf("status without a stack = %q, %v; want no Sortie stack", out, err)
+	}
+	if out, err := runCLI(t, "infra", "up"); err != nil {
+		t.Fatalf("infra up: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "status")
 	if err != nil || strings.TrimSpace(out) != "no Sortie instances" {
-		t.Fatalf("status on an empty cloud = %q, %v; want %q", out, err, "no Sortie instances")
+		t.Fatalf("status on an empty stack = %q, %v; want %q", out, err, "no Sortie instances")
 	}
 
 	stack := map[string]string{"sortie:stack": "sortie"} // the default --prefix
@@ -118,6 +125,9 @@ func TestStatusShowsLeaks(t *testing.T) {
 	})
 
 	t.Run("--prefix: that stack's instances only", func(t *testing.T) {
+		if out, err := runCLI(t, "--prefix", "other", "infra", "up"); err != nil {
+			t.Fatalf("infra up: %v\n%s", err, out)
+		}
 		out, err := runCLI(t, "--prefix", "other", "status", "--json")
 		if err != nil {
 			t.Fatalf("status: %v\n%s", err, out)

@@ -31,13 +31,14 @@ type SubmitCmd struct {
 	Recipe   string        `help:"Recipe name."`
 	Count    int           `help:"Work size: an explicit item count."`
 	Queue    string        `help:"Work size: the depth of this SQS queue."`
-	S3       string        `help:"Work size: the object count under s3://BUCKET/PREFIX." placeholder:"s3://BUCKET/PREFIX"`
+	S3       string        `name:"s3" help:"Work size: the object count under s3://BUCKET/PREFIX." placeholder:"s3://BUCKET/PREFIX"`
 	Deadline time.Duration `help:"Deadline from now." default:"10m"`
 	// BestEffort is JobSubmitted.best_effort.
 	BestEffort bool              `help:"Plan the job even when no fleet can finish it in the time left (otherwise it is rejected)."`
 	Param      map[string]string `help:"Recipe parameter (repeatable)." placeholder:"KEY=VALUE"`
 	Watch      bool              `help:"Follow the job until its fleet is terminated; exit non-zero unless it succeeded."`
 	Timeout    time.Duration     `help:"With --watch: give up after this long." default:"1h"`
+	JSON       bool              `name:"json" help:"Print the submitted job as JSON (one line), and with --watch each event as a JSON line {\"after_seconds\", \"type\", \"event\"}."`
 }
 
 // Run validates the job locally (the same rules the planner applies), publishes it and,
@@ -71,19 +72,40 @@ func (c *SubmitCmd) Run(ctx context.Context, g *Globals) error {
 	if err := pub.Publish(ctx, job); err != nil {
 		return err
 	}
-	fmt.Fprintf(g.Stdout, "submitted job %s (correlation id %s)\n", job.JobID, job.CorrelationID)
+	if c.JSON {
+		b, err := json.Marshal(struct {
+			Submitted events.JobSubmitted `json:"submitted"`
+		}{job})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(g.Stdout, "%s\n", b)
+	} else {
+		fmt.Fprintf(g.Stdout, "submitted job %s (correlation id %s)\n", job.JobID, job.CorrelationID)
+	}
 	if w == nil {
 		return nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	return follow(wctx, w, job.JobID, g)
+	return follow(wctx, w, job.JobID, g, c.JSON)
 }
 
 // follow prints the job's events and returns an error unless it ended in success.
-func follow(ctx context.Context, w *watch.Watcher, jobID string, g *Globals) error {
+func follow(ctx context.Context, w *watch.Watcher, jobID string, g *Globals, asJSON bool) error {
 	start := time.Now()
 	ft, err := w.Follow(ctx, jobID, func(ev events.Event) {
+		if asJSON {
+			b, err := json.Marshal(struct {
+				After float64      `json:"after_seconds"`
+				Type  string       `json:"type"`
+				Event events.Event `json:"event"`
+			}{time.Since(start).Seconds(), ev.EventType(), ev})
+			if err == nil {
+				fmt.Fprintf(g.Stdout, "%s\n", b)
+			}
+			return
+		}
 		fmt.Fprintf(g.Stdout, "%6.1fs  %s\n", time.Since(start).Seconds(), watch.Describe(ev))
 	})
 	if err != nil {

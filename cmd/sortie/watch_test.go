@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sortie-fleet/sortie/pkg/devstack"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/watch"
 )
 
@@ -32,13 +33,20 @@ func TestMain(m *testing.M) {
 // commands) at it. The stack closes when the test ends.
 func startDevStack(t *testing.T, prefix string, files int) (*devstack.Stack, devstack.Demo) {
 	t.Helper()
+	return startDevStackWith(t, prefix, files, nil)
+}
+
+// startDevStackWith is startDevStack with an ops configuration of the test's own (nil: the
+// embedded one).
+func startDevStackWith(t *testing.T, prefix string, files int, ops *opsconfig.Config) (*devstack.Stack, devstack.Demo) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, err := devstack.Start(ctx, devstack.Options{Prefix: prefix, WorkerCommand: []string{"/usr/bin/env", testWorkerEnv + "=1", exe}})
+	st, err := devstack.Start(ctx, devstack.Options{Prefix: prefix, Ops: ops, WorkerCommand: []string{"/usr/bin/env", testWorkerEnv + "=1", exe}})
 	if err != nil {
 		t.Fatal(err)
 	}

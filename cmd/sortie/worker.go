@@ -11,11 +11,12 @@ import (
 )
 
 // WorkerCmd is `sortie worker`: what runs on the instances (installed there as
-// `sortie-worker`). Both subcommands read the job's ids from $HOME/.sortie/job.env and
-// their AWS access from the instance's environment.
+// `sortie-worker`). Every subcommand reads the job's ids from $HOME/.sortie/job.env and
+// its AWS access from the instance's environment.
 type WorkerCmd struct {
 	Run    WorkerRunCmd    `cmd:"" default:"withargs" help:"Run the demo workload: drain the work queue (the default)."`
 	Report WorkerReportCmd `cmd:"" help:"Report one task's result as a TaskReported (for any workload: shell scripts, the Ansible callback)."`
+	Exited WorkerExitedCmd `cmd:"" help:"Report that a start step's workload exited (run by the step's wrapper on the instance)."`
 }
 
 // WorkerRunCmd is `sortie worker [run]`: the demo workload.
@@ -62,6 +63,27 @@ func (c *WorkerReportCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	return worker.Publish(ctx, cfg, env, r)
+}
+
+// WorkerExitedCmd is `sortie worker exited --step STEP --code N`: the wrapper of a start
+// step reports its workload's exit at once, so that the monitor checks the fleet now
+// rather than at its next round.
+type WorkerExitedCmd struct {
+	Step string `help:"The start step whose workload exited." required:""`
+	Code int    `help:"Its exit status (0-255)." required:""`
+}
+
+// Run publishes the exit report on the TaskReported topic.
+func (c *WorkerExitedCmd) Run(ctx context.Context, g *Globals) error {
+	env, err := loadJobEnv()
+	if err != nil {
+		return err
+	}
+	cfg, err := awsx.Load(ctx, "worker")
+	if err != nil {
+		return err
+	}
+	return worker.PublishExit(ctx, cfg, env, c.Step, c.Code)
 }
 
 func loadJobEnv() (worker.JobEnv, error) {

@@ -148,6 +148,15 @@ func (t Topology) ServiceQueues(service string) []string {
 // TLS-only, and never fetchable by a recipe.
 func (t Topology) SecretsBucketName() string { return t.Prefix + "-secrets" }
 
+// LoginKeyObject is the key, in SecretsBucketName, of the private half of the key pair
+// named keyName: the instances' login key the services read (SORTIE_SSH_KEY).
+func (t Topology) LoginKeyObject(keyName string) string { return "keys/" + keyName + ".pem" }
+
+// LoginKey is SORTIE_SSH_KEY's value for the key pair named keyName: s3://<prefix>-secrets/keys/<name>.pem.
+func (t Topology) LoginKey(keyName string) string {
+	return "s3://" + t.SecretsBucketName() + "/" + t.LoginKeyObject(keyName)
+}
+
 // LedgerTableName is the DynamoDB table of the job ledger.
 func (t Topology) LedgerTableName() string { return t.Prefix + "-ledger" }
 

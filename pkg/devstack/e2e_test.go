@@ -51,6 +51,9 @@ func workerMain(args []string) int {
 	if len(args) > 0 && args[0] == "report" {
 		return reportMain(args[1:])
 	}
+	if len(args) > 0 && args[0] == "exited" { // the start steps' exit report
+		return exitedMain(args[1:])
+	}
 	fs := flag.NewFlagSet("sortie-worker", flag.ContinueOnError)
 	bucket := fs.String("bucket", "", "")
 	queue := fs.String("queue", "", "")
@@ -125,6 +128,10 @@ func e2eOps(t testing.TB) *opsconfig.Config {
 	ops.Recipes["quick"] = opsconfig.Recipe{Steps: []opsconfig.Step{{
 		Name: "work", Start: &opsconfig.Start{Argv: []string{"sh", "-c", "echo done"}},
 	}}}
+	// nap: a workload that works for a second, then succeeds.
+	ops.Recipes["nap"] = opsconfig.Recipe{Steps: []opsconfig.Step{{
+		Name: "nap", Start: &opsconfig.Start{Argv: []string{"sh", "-c", "sleep 1; echo rested"}},
+	}}}
 	// echo: hands a free-form parameter to a shell command, quoted.
 	ops.Recipes["echo"] = opsconfig.Recipe{
 		Params: map[string]opsconfig.Param{"message": {Pattern: `[^\x00\n]*`, Required: true}},
@@ -156,13 +163,53 @@ type e2e struct {
 	execs       []string // every command run on any instance: "<id> <command>"
 }
 
+// exitedMain is `sortie-worker exited --step STEP --code N`, as `sortie worker exited`.
+func exitedMain(args []string) int {
+	fs := flag.NewFlagSet("sortie-worker exited", flag.ContinueOnError)
+	step := fs.String("step", "", "")
+	code := fs.Int("code", -1, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	home, _ := os.UserHomeDir()
+	env, err := worker.LoadJobEnv(home)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx := context.Background()
+	cfg, err := awsx.Load(ctx, "worker")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := worker.PublishExit(ctx, cfg, env, *step, *code); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
 func startE2E(t testing.TB) *e2e {
 	t.Helper()
-	return startE2EWith(t, localcloud.SSHEmbedded)
+	return startE2EOpts(t, localcloud.SSHEmbedded, 0)
 }
 
 // startE2EWith starts the stack with the given SSH server on the instances.
 func startE2EWith(t testing.TB, sshServer string) *e2e {
+	t.Helper()
+	return startE2EOpts(t, sshServer, 0)
+}
+
+// startE2EInterval is startE2E with the monitor's check interval (0: the dev stack's 1 s).
+func startE2EInterval(t testing.TB, interval time.Duration) *e2e {
+	t.Helper()
+	return startE2EOpts(t, localcloud.SSHEmbedded, interval)
+}
+
+// startE2EOpts starts the stack with the given SSH server on the instances and monitor
+// check interval.
+func startE2EOpts(t testing.TB, sshServer string, interval time.Duration) *e2e {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
@@ -175,12 +222,13 @@ func startE2EWith(t testing.TB, sshServer string) *e2e {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := Start(ctx, Options{
-		Prefix:        "e2e",
-		Ops:           e2eOps(t),
-		SSH:           sshServer,
-		WorkerCommand: []string{"/usr/bin/env", workerEnv + "=1", exe},
-		Recorder:      e.calls,
-		WorkerEnv:     []string{awsx.EnvCallLog + "=" + e.workerCalls},
+		Prefix:          "e2e",
+		Ops:             e2eOps(t),
+		SSH:             sshServer,
+		MonitorInterval: interval,
+		WorkerCommand:   []string{"/usr/bin/env", workerEnv + "=1", exe},
+		Recorder:        e.calls,
+		WorkerEnv:       []string{awsx.EnvCallLog + "=" + e.workerCalls},
 		OnExec: func(id, cmd string) {
 			e.mu.Lock()
 			e.execs = append(e.execs, id+" "+cmd)

@@ -62,7 +62,7 @@ func CreateLoginKeys(ctx context.Context, ec2c KeyPairAPI, s3c LoginKeyS3API, pr
 	if _, err := infra.SecureBucket(ctx, s3c, regionOf(s3c), bucket, ""); err != nil {
 		return "", fmt.Errorf("securing the secrets bucket: %w", err)
 	}
-	key := "keys/" + name + ".pem"
+	key := (bus.Topology{Prefix: prefix}).LoginKeyObject(name)
 	loc := "s3://" + bucket + "/" + key
 	out, err := ec2c.CreateKeyPair(ctx, &ec2.CreateKeyPairInput{KeyName: aws.String(name), KeyType: "ed25519"})
 	if awsx.ErrorCode(err) == "InvalidKeyPair.Duplicate" {

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -17,6 +18,49 @@ var update = flag.Bool("update", false, "rewrite testdata/*.json from the fixtur
 
 // TestGolden pins the wire format: each fixture encodes to its testdata file, and the file
 // decodes to the fixture.
+// TestGoldenExitReport pins the wire form of an exit report (TaskReported with kind
+// exited) in testdata/TaskReported-exited.json, beside the task report's.
+func TestGoldenExitReport(t *testing.T) {
+	e := validExitReport()
+	path := filepath.Join("testdata", "TaskReported-exited.json")
+	got, err := Encode(e)
+	if err != nil {
+		t.Fatalf("Encode: %v", err)
+	}
+	if *update {
+		var pretty bytes.Buffer
+		if err := json.Indent(&pretty, got, "", "  "); err != nil {
+			t.Fatal(err)
+		}
+		pretty.WriteByte('\n')
+		if err := os.WriteFile(path, pretty.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	golden, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./pkg/events -run TestGoldenExitReport -update)", err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, golden); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, compact.Bytes()) {
+		t.Errorf("Encode differs from %s:\n got: %s\nwant: %s", path, got, compact.Bytes())
+	}
+	decoded, err := DecodeTaskReported(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(decoded, e) || !decoded.Exited() {
+		t.Errorf("DecodeTaskReported(golden) = %#v, want %#v", decoded, e)
+	}
+	// A task report's golden body has neither key: reports of older workers still decode.
+	if bytes.Contains(readGolden(t, TypeTaskReported), []byte(`"kind"`)) {
+		t.Error("the task report's golden body carries kind")
+	}
+}
+
 func TestGolden(t *testing.T) {
 	for _, e := range validEvents() {
 		t.Run(e.EventType(), func(t *testing.T) {

@@ -120,6 +120,21 @@ func validTaskReported() TaskReported {
 	}
 }
 
+// validExitReport is a start step's workload exiting 3, as its wrapper reports it.
+func validExitReport() TaskReported {
+	code := 3
+	return TaskReported{
+		Header:     testHeader(t1.Add(95 * time.Second)),
+		FleetID:    "job-202-files-r1",
+		InstanceID: instanceA,
+		TaskID:     "worker",
+		Outcome:    OutcomeFailed,
+		Kind:       ReportExited,
+		ExitCode:   &code,
+		Detail:     "exit code 3",
+	}
+}
+
 func validJobFinished() JobFinished {
 	return JobFinished{
 		Header:          testHeader(t1.Add(300 * time.Second)),

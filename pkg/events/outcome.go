@@ -1,15 +1,33 @@
 package events
 
-// TaskReported is one task's result, reported from an instance. The monitor consumes it.
+// TaskReported is one task's result, reported from an instance, or (Kind ReportExited) the
+// end of a start step's workload, reported by the step's wrapper the moment it exits. The
+// monitor consumes it.
 type TaskReported struct {
 	Header
 	FleetID    string `json:"fleet_id"`
 	InstanceID string `json:"instance_id"`
-	TaskID     string `json:"task_id"` // the workload's own name for the item
-	Outcome    string `json:"outcome"` // OutcomeSucceeded or OutcomeFailed
+	TaskID     string `json:"task_id"` // the workload's own name for the item; the start step's name for an exit
+	Outcome    string `json:"outcome"` // OutcomeSucceeded or OutcomeFailed (an exit: succeeded iff ExitCode is 0)
 	DurationMS int64  `json:"duration_ms"`
 	Detail     string `json:"detail,omitempty"`
+	// Kind is ReportTask (empty: one task's result) or ReportExited. Optional, added
+	// within schema version 1: a consumer of an older build rejects the key, so the
+	// monitor is deployed before the instances' sortie-worker that sends it.
+	Kind string `json:"kind,omitempty"`
+	// ExitCode is the workload's exit status, 0-255; required for ReportExited, absent
+	// otherwise. Added within schema version 1, with Kind.
+	ExitCode *int `json:"exit_code,omitempty"`
 }
+
+// TaskReported kinds.
+const (
+	ReportTask   = ""       // one task's result
+	ReportExited = "exited" // a start step's workload ended
+)
+
+// Exited reports whether the report is a workload's exit rather than a task's result.
+func (e TaskReported) Exited() bool { return e.Kind == ReportExited }
 
 var _ Event = TaskReported{}
 
@@ -26,6 +44,23 @@ func (e TaskReported) Validate() error {
 	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed)
 	c.durationMS("duration_ms", e.DurationMS)
 	c.text("detail", e.Detail, MaxTextBytes, false)
+	switch e.Kind {
+	case ReportTask:
+		if e.ExitCode != nil {
+			c.fail("exit_code", "must be absent unless kind is %q", ReportExited)
+		}
+	case ReportExited:
+		switch {
+		case e.ExitCode == nil:
+			c.fail("exit_code", "must be set when kind is %q", ReportExited)
+		case *e.ExitCode < 0 || *e.ExitCode > 255:
+			c.fail("exit_code", "must be between 0 and 255, got %d", *e.ExitCode)
+		case (*e.ExitCode == 0) != (e.Outcome == OutcomeSucceeded):
+			c.fail("outcome", "must be %s exactly when exit_code is 0, got %s with exit code %d", OutcomeSucceeded, quote(e.Outcome), *e.ExitCode)
+		}
+	default:
+		c.fail("kind", "must be empty or %q, got %s", ReportExited, quote(e.Kind))
+	}
 	return c.err()
 }
 

@@ -427,11 +427,32 @@ func TestTaskReportedRules(t *testing.T) {
 		{"detail too long", func(v *T) { v.Detail = repeat("d", MaxTextBytes+1) }, "detail", false},
 		{"detail NUL", func(v *T) { v.Detail = "\x00" }, "detail", false},
 		{"detail empty ok", func(v *T) { v.Detail = "" }, "", false},
+		{"kind unknown", func(v *T) { v.Kind = "finished" }, "kind", false},
+		{"exit_code on a task", func(v *T) { v.ExitCode = ptr(1) }, "exit_code", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, instanceIDRules("instance_id", func(v *T, s string) { v.InstanceID = s })...)
 	checkRules(t, validTaskReported, DecodeTaskReported, func(v *T) *Header { return &v.Header }, rules)
 }
+
+// TestExitReportRules: an exit report names its start step and carries the exit code,
+// with an outcome that agrees with it.
+func TestExitReportRules(t *testing.T) {
+	type T = TaskReported
+	rules := []rule[T]{
+		{"exit_code missing", func(v *T) { v.ExitCode = nil }, "exit_code", false},
+		{"exit_code negative", func(v *T) { v.ExitCode = ptr(-1) }, "exit_code", false},
+		{"exit_code over 255", func(v *T) { v.ExitCode = ptr(256) }, "exit_code", false},
+		{"exit 0 but failed", func(v *T) { v.ExitCode = ptr(0) }, "outcome", false},
+		{"exit 2 but succeeded", func(v *T) { v.ExitCode, v.Outcome = ptr(2), OutcomeSucceeded }, "outcome", false},
+		{"exit 0 succeeded ok", func(v *T) { v.ExitCode, v.Outcome = ptr(0), OutcomeSucceeded }, "", false},
+		{"exit 255 ok", func(v *T) { v.ExitCode = ptr(255) }, "", false},
+		{"step name empty", func(v *T) { v.TaskID = "" }, "task_id", false},
+	}
+	checkRules(t, validExitReport, DecodeTaskReported, func(v *T) *Header { return &v.Header }, rules)
+}
+
+func ptr[V any](v V) *V { return &v }
 
 func TestJobFinishedRules(t *testing.T) {
 	type T = JobFinished

@@ -366,3 +366,53 @@ func printArchive(ctx context.Context, api S3API, p *Printer, bucket string, a A
 	}
 	return nil
 }
+
+// PrintArchivedLog prints one file of an instance's log archive, from its line from
+// (1-based; earlier lines are skipped): what `sortie logs --follow` shows of a log whose
+// instance went away while it was followed. It returns a *NoArchivesError while the
+// archive is not there yet, and an error when the archive lacks the file.
+func PrintArchivedLog(ctx context.Context, api S3API, w io.Writer, bucket, jobID, instanceID, file string, from int) error {
+	archives, err := ListArchives(ctx, api, bucket, jobID)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(archives, func(a Archive) bool { return a.InstanceID == instanceID })
+	if i < 0 {
+		return &NoArchivesError{Bucket: bucket, JobID: jobID, InstanceID: instanceID}
+	}
+	want := path.Clean(file)
+	skip := &skipLines{w: w, n: from}
+	p := &Printer{W: skip, Match: func(name string) bool { return path.Clean(name) == want }}
+	if err := printArchive(ctx, api, p, bucket, archives[i]); err != nil {
+		return err
+	}
+	if p.Files() == 0 {
+		return fmt.Errorf("the archive of %s holds no %s", instanceID, printable(file))
+	}
+	return nil
+}
+
+// skipLines drops the `==> … <==` header and the lines before line n, passing the rest.
+type skipLines struct {
+	w    io.Writer
+	n    int // the first line to pass (1-based), after the header
+	seen int // newlines seen, the header's included
+}
+
+func (s *skipLines) Write(b []byte) (int, error) {
+	total := len(b)
+	for len(b) > 0 && s.seen < s.n {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return total, nil
+		}
+		b = b[i+1:]
+		s.seen++
+	}
+	if len(b) > 0 {
+		if _, err := s.w.Write(b); err != nil {
+			return 0, err
+		}
+	}
+	return total, nil
+}

@@ -298,3 +298,40 @@ func TestNoArchivesErrorIsTyped(t *testing.T) {
 		t.Fatalf("want a NoArchivesError for j, got %v", err)
 	}
 }
+
+// TestPrintArchivedLog: the rest of one followed log from its instance's archive, from a
+// given line; an archive not there yet is a NoArchivesError (the caller waits for it).
+func TestPrintArchivedLog(t *testing.T) {
+	arch := tarGz(t, entry{name: ".sortie/", typ: tar.TypeDir}, entry{name: "work.log", body: "l1\nl2\nl3\nl4"}, entry{name: ".sortie/w/stderr", body: "e\n"})
+	api := &fakeS3{objects: map[string][]byte{"logs/j1/i-1.tar.gz": arch}}
+	tests := []struct {
+		name, instance, file string
+		from                 int
+		want, err            string
+	}{
+		{"from line 3", "i-1", "work.log", 3, "l3\nl4\n", ""},
+		{"from the start", "i-1", "./work.log", 1, "l1\nl2\nl3\nl4\n", ""},
+		{"past the end", "i-1", "work.log", 5, "", ""},
+		{"no such file", "i-1", "other.log", 1, "", "holds no other.log"},
+		{"not archived yet", "i-2", "work.log", 1, "", "no log archive for instance i-2"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := PrintArchivedLog(context.Background(), api, &out, "b", "j1", tc.instance, tc.file, tc.from)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || out.String() != tc.want {
+				t.Errorf("got %q, %v; want %q", out.String(), err, tc.want)
+			}
+		})
+	}
+	var none *NoArchivesError
+	if err := PrintArchivedLog(context.Background(), api, io.Discard, "b", "j1", "i-2", "work.log", 1); !errors.As(err, &none) {
+		t.Errorf("not yet archived: %v, want a *NoArchivesError", err)
+	}
+}

@@ -42,15 +42,15 @@ const (
 
 // Line is one resource's outcome.
 type Line struct {
-	Action Action
-	Kind   Kind
-	Name   string
-	Detail string // why, for updated and kept lines; empty otherwise
+	Action Action `json:"action"`
+	Kind   Kind   `json:"kind"`
+	Name   string `json:"name"`
+	Detail string `json:"detail,omitempty"` // why, for updated and kept lines; empty otherwise
 }
 
 // Report lists one line per resource, in the order Up or Down handled them.
 type Report struct {
-	Lines []Line
+	Lines []Line `json:"resources"`
 }
 
 func (r *Report) add(a Action, k Kind, name, detail string) {

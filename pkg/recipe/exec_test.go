@@ -3,9 +3,12 @@
 package recipe
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -464,4 +467,74 @@ func TestFoldExec(t *testing.T) {
 			t.Errorf("marker written after a failed step: %v", err)
 		}
 	})
+}
+
+// TestFollowCommand runs FollowCommand with sh against a state directory: it prints the
+// start line number and the last lines of an exited workload's log and ends; with a live
+// workload it goes on until the workload's process exits.
+func TestFollowCommand(t *testing.T) {
+	if _, err := exec.LookPath("tail"); err != nil {
+		t.Skip("no tail")
+	}
+	dir := t.TempDir()
+	sh := func(cmd string) string {
+		t.Helper()
+		c := exec.Command("sh", "-c", cmd)
+		c.Dir = dir
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		return string(out)
+	}
+	sh("mkdir -p .sortie/w logs && printf 'logs/w.log\\n' > .sortie/w/log-path && printf 'a\\nb\\nc\\nd\\n' > logs/w.log && echo 0 > .sortie/w/exit_code")
+	if got := sh(FollowedStepsCommand()); got != "w\n" {
+		t.Errorf("steps %q, want w", got)
+	}
+	for _, tc := range []struct {
+		n    int
+		want string
+	}{{2, FollowStart + " 3\nc\nd\n"}, {0, FollowStart + " 1\na\nb\nc\nd\n"}, {9, FollowStart + " 1\na\nb\nc\nd\n"}} {
+		if got := sh(FollowCommand("w", tc.n)); got != tc.want {
+			t.Errorf("tail %d: %q, want %q", tc.n, got, tc.want)
+		}
+	}
+	// A live workload: lines written after the command started arrive; it ends with the
+	// process. The workload writes its line only once the follower has shown the old ones.
+	sh("rm .sortie/w/exit_code")
+	c := exec.Command("sh", "-c", "while ! test -f go; do sleep 0.05; done; echo e >> logs/w.log; sleep 0.3")
+	c.Dir = dir
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan error, 1) // reaped at once: a zombie would look alive to kill -0
+	go func() { reaped <- c.Wait() }()
+	sh(fmt.Sprintf("echo %d > .sortie/w/pid", c.Process.Pid))
+	f := exec.Command("sh", "-c", FollowCommand("w", 1))
+	f.Dir = dir
+	out, err := f.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	var got []string
+	for len(got) < 2 {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, l)
+	}
+	sh("touch go")
+	rest, _ := io.ReadAll(br)
+	if err := f.Wait(); err != nil {
+		t.Errorf("follow: %v", err)
+	}
+	<-reaped
+	if all := strings.Join(got, "") + string(rest); all != FollowStart+" 4\nd\ne\n" {
+		t.Errorf("live: %q, want the last line, then e", all)
+	}
 }

@@ -373,18 +373,25 @@ func renderStep(s opsconfig.Step, r opsconfig.Recipe, values map[string]string, 
 
 // startCommand starts cmd detached under nohup, once: the first run creates the marker
 // file with O_EXCL (set -C) and later runs (a re-bootstrap, a duplicate message) only
-// print that the step already started.
+// print that the step already started. It records the log's path for `sortie logs
+// --follow`. When the workload ends its wrapper records the exit code and, where the
+// instance has ExitReporter, reports the exit at once.
 func startCommand(step, cmd, log string) string {
 	exitTmp := ExitCodePath(step) + ".tmp"
-	script := fmt.Sprintf("%s; echo $? > %s && mv -f %s %s", cmd, q(exitTmp), q(exitTmp), q(ExitCodePath(step)))
+	report := shellescape.QuoteCommand([]string{ExitReporter, "exited", "--step", step, "--code"})
+	script := fmt.Sprintf("%s; echo $? > %s && mv -f %s %s; "+
+		"if command -v %s > /dev/null 2>&1; then %s \"$(cat %s)\" > %s 2>&1; fi",
+		cmd, q(exitTmp), q(exitTmp), q(ExitCodePath(step)),
+		ExitReporter, report, q(ExitCodePath(step)), q(ExitReportLogPath(step)))
 	dirs := q(StateDir(step))
 	if d := path.Dir(log); d != StateDir(step) {
 		dirs += " " + q(d)
 	}
 	return fmt.Sprintf("mkdir -p %s && if (set -C; : > %s) 2> /dev/null; "+
-		"then nohup sh -c %s < /dev/null > %s 2> %s & echo $! > %s; "+
+		"then printf '%%s\\n' %s > %s; nohup sh -c %s < /dev/null > %s 2> %s & echo $! > %s; "+
 		"else echo %s; fi",
 		dirs, q(StartedPath(step)),
+		q(log), q(LogRecordPath(step)),
 		q(script), q(log), q(StderrPath(step)), q(PIDPath(step)),
 		q("sortie: step "+step+" already started"))
 }

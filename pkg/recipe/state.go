@@ -25,6 +25,19 @@ func PIDPath(step string) string { return path.Join(StateDir(step), "pid") }
 // ExitCodePath holds the workload's exit status once it has ended.
 func ExitCodePath(step string) string { return path.Join(StateDir(step), "exit_code") }
 
+// LogRecordPath holds the path of the workload's log (relative to the login directory),
+// written when the step starts: what `sortie logs --follow` tails.
+func LogRecordPath(step string) string { return path.Join(StateDir(step), "log-path") }
+
+// ExitReportLogPath receives the output of the wrapper's exit report.
+func ExitReportLogPath(step string) string { return path.Join(StateDir(step), "exit-report.log") }
+
+// ExitReporter is the program the start step's wrapper runs, when the instance has it on
+// its PATH, to report the workload's exit at once (a TaskReported of kind exited):
+// `sortie-worker exited --step STEP --code CODE`. Without it the monitor's check notices
+// the exit at its next round.
+const ExitReporter = "sortie-worker"
+
 // StderrPath receives the workload's standard error.
 func StderrPath(step string) string { return path.Join(StateDir(step), "stderr") }
 
@@ -103,4 +116,31 @@ func ParseStatus(out string) (Status, error) {
 	default:
 		return bad()
 	}
+}
+
+// FollowStart is the first line FollowCommand prints: "sortie-follow-start N", the number
+// of the log's first line it shows (1-based); the log's lines follow.
+const FollowStart = "sortie-follow-start"
+
+// FollowedStepsCommand lists the start steps whose workload recorded its log's path (one
+// step name per line): what FollowCommand can follow.
+func FollowedStepsCommand() string {
+	return fmt.Sprintf("for f in %s/*/log-path; do if test -f \"$f\"; then d=${f%%/log-path}; printf '%%s\\n' \"${d#%s/}\"; fi; done",
+		StateRoot, StateRoot)
+}
+
+// FollowCommand prints FollowStart's line, then the last n lines (every line when n < 1)
+// of the start step's log, and, while its workload runs, every line it adds until it
+// exits (GNU tail -F --pid). It ends at once when the workload has already ended.
+func FollowCommand(step string, n int) string {
+	start := "1"
+	if n > 0 {
+		start = fmt.Sprintf("$(( c >= %d ? c - %d + 1 : 1 ))", n, n)
+	}
+	return fmt.Sprintf("log=$(cat %[1]s) || exit 1; pid=$(cat %[2]s 2> /dev/null); "+
+		"c=$(wc -l < \"$log\" 2> /dev/null || echo 0); s=%[4]s; echo %[5]s \"$s\"; "+
+		"if test -n \"$pid\" && ! test -s %[3]s && kill -0 \"$pid\" 2> /dev/null; "+
+		"then exec tail -s 0.2 -n +\"$s\" -F --pid=\"$pid\" -- \"$log\" 2> /dev/null; fi; "+
+		"exec tail -n +\"$s\" -- \"$log\" 2> /dev/null",
+		q(LogRecordPath(step)), q(PIDPath(step)), q(ExitCodePath(step)), start, FollowStart)
 }

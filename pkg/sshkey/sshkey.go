@@ -85,6 +85,30 @@ func Load(ctx context.Context, api GetObjectAPI, source string) (ssh.Signer, err
 	return signer, nil
 }
 
+// Read returns the private key at source (a file path or s3://bucket/key; api may be nil
+// for a file) as stored, after checking that it parses: for a tool that needs the key in
+// a file of its own (OpenSSH's ssh -i). The caller clears it when done.
+func Read(ctx context.Context, api GetObjectAPI, source string) ([]byte, error) {
+	loc, err := ParseSource(source)
+	if err != nil {
+		return nil, err
+	}
+	var data []byte
+	if loc.Path != "" {
+		data, err = readFile(loc.Path)
+	} else {
+		data, err = readObject(ctx, api, loc)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading ssh key %s: %w", loc, err)
+	}
+	if _, err := Parse(data); err != nil {
+		clear(data)
+		return nil, fmt.Errorf("loading ssh key %s: %w", loc, err)
+	}
+	return data, nil
+}
+
 // Parse parses a private key in OpenSSH, PKCS#1, PKCS#8 or SEC1 PEM form.
 func Parse(data []byte) (ssh.Signer, error) {
 	signer, err := ssh.ParsePrivateKey(data)

@@ -211,3 +211,36 @@ func TestLoadS3(t *testing.T) {
 		}
 	})
 }
+
+// TestRead: the key as stored, for a tool that reads it from a file; something that is not
+// an unencrypted private key is refused without its content in the error.
+func TestRead(t *testing.T) {
+	edPEM, _ := ed25519PEM(t, "")
+	encPEM, _ := ed25519PEM(t, "hunter2")
+	tests := []struct {
+		name    string
+		data    []byte
+		wantErr string
+	}{
+		{"openssh ed25519", edPEM, ""},
+		{"passphrase", encPEM, "passphrase-protected"},
+		{"not a key", []byte("hello\n"), "parsing private key"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := sshkey.Read(context.Background(), nil, writeFile(t, tc.data))
+			if tc.wantErr == "" {
+				if err != nil || !bytes.Equal(got, tc.data) {
+					t.Fatalf("got %d bytes, %v; want the file", len(got), err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || strings.Contains(err.Error(), "hello") {
+				t.Errorf("got %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+	if _, err := sshkey.Read(context.Background(), nil, "s3://b/k"); err == nil {
+		t.Error("an S3 source without a client was read")
+	}
+}

@@ -24,6 +24,10 @@ const (
 	// found again (a duplicate plan with another nonce, same ClientToken) is pinned with the
 	// key its instances actually have.
 	HostKeyNonce = "sortie:hostkey-nonce"
+	// HostKey is the public half (authorized_keys format) of the host key the provisioner
+	// derived for a fleet and installed through user data: what `sortie ssh` pins. Absent on
+	// instances that make their own keys (read from their console output instead).
+	HostKey = "sortie:host-key"
 	// SSHEndpoint is the local cloud's loopback SSH address of an instance. It is honoured only
 	// when local mode is switched on explicitly, never against AWS.
 	SSHEndpoint = "sortie:ssh-endpoint"

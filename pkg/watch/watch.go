@@ -352,6 +352,9 @@ func Describe(ev events.Event) string {
 		}
 		return fmt.Sprintf("FleetBootstrapped  %d/%d instances bootstrapped", ok, len(e.Instances))
 	case events.TaskReported:
+		if e.Exited() && e.ExitCode != nil {
+			return fmt.Sprintf("TaskReported       workload %s exited %d on %s", e.TaskID, *e.ExitCode, e.InstanceID)
+		}
 		return fmt.Sprintf("TaskReported       %s %s on %s (%d ms)", e.TaskID, e.Outcome, e.InstanceID, e.DurationMS)
 	case events.JobFinished:
 		s := fmt.Sprintf("JobFinished        %s: %d tasks succeeded, %d failed", e.Outcome, e.TasksSucceeded, e.TasksFailed)

@@ -168,6 +168,7 @@ func newFakes(t *testing.T, probes fakeProber) fakes {
 		metrics: f.sink,
 		prober:  probes,
 		now:     func() time.Time { return clock },
+		fleets:  newFleetCache(4),
 	}
 	return f
 }
@@ -387,6 +388,76 @@ func TestUnknownTimer(t *testing.T) {
 	}
 }
 
+// exitReport is the wrapper's report that a workload on instance id exited with code.
+func exitReport(e events.FleetBootstrapped, id string, code int) events.TaskReported {
+	outcome := events.OutcomeSucceeded
+	if code != 0 {
+		outcome = events.OutcomeFailed
+	}
+	return events.TaskReported{Header: events.NewHeader(e.JobID, e.CorrelationID, clock), FleetID: e.FleetID, InstanceID: id,
+		TaskID: "s0", Outcome: outcome, Kind: events.ReportExited, ExitCode: &code}
+}
+
+// TestExitReport: a workload's exit report makes the monitor check its fleet at once and
+// finish the job when every workload has ended or one failed, with no timer; otherwise
+// (others still run, a fleet it never saw, a report from outside the fleet) it does
+// nothing and the periodic check stays in charge. Exit reports are not tasks.
+func TestExitReport(t *testing.T) {
+	t.Parallel()
+	const a, b = "i-0000000000000000a", "i-0000000000000000b"
+	tests := []struct {
+		name     string
+		probes   fakeProber
+		seen     bool   // the replica handled the fleet's FleetBootstrapped
+		from     string // the reporting instance
+		code     int
+		finished string // the JobFinished outcome; empty: none published
+	}{
+		{"last workload exits 0", fakeProber{a: {ID: a, Steps: steps(exited(0))}, b: {ID: b, Steps: steps(exited(0))}}, true, b, 0, events.OutcomeSucceeded},
+		{"a workload fails", fakeProber{a: {ID: a, Steps: steps(running())}, b: {ID: b, Steps: steps(exited(2))}}, true, b, 2, events.OutcomeFailed},
+		{"others still run", fakeProber{a: {ID: a, Steps: steps(running())}, b: {ID: b, Steps: steps(exited(0))}}, true, b, 0, ""},
+		{"an instance unreachable is no miss", fakeProber{a: {ID: a, Err: errors.New("refused")}, b: {ID: b, Steps: steps(exited(0))}}, true, b, 0, ""},
+		{"fleet not seen by this replica", fakeProber{a: {ID: a, Steps: steps(exited(0))}, b: {ID: b, Steps: steps(exited(0))}}, false, b, 0, ""},
+		{"instance outside the fleet", fakeProber{a: {ID: a, Steps: steps(exited(0))}, b: {ID: b, Steps: steps(exited(0))}}, true, "i-0000000000000000c", 0, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakes(t, tc.probes)
+			e := fleetEvent()
+			if tc.seen {
+				if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, e)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			timers := len(f.pub.timers)
+			msg := &bus.Message{Payload: cloudtest.Encode(t, exitReport(e, tc.from, tc.code)), ReceiveCount: 1}
+			if err := f.m.handleTaskReported(context.Background(), msg); err != nil {
+				t.Fatal(err)
+			}
+			if len(f.pub.timers) != timers {
+				t.Errorf("the exit report armed %d timers: the periodic check is the only chain", len(f.pub.timers)-timers)
+			}
+			for _, d := range f.sink.data {
+				if d.Name == metrics.TasksSucceeded || d.Name == metrics.TasksFailed {
+					t.Errorf("an exit report counted as a task: %+v", d)
+				}
+			}
+			if tc.finished == "" {
+				if len(f.pub.published) != 0 {
+					t.Errorf("published %+v, want nothing", f.pub.published)
+				}
+				return
+			}
+			if len(f.pub.published) != 1 || f.pub.published[0].Outcome != tc.finished {
+				t.Fatalf("published %+v, want one JobFinished %s", f.pub.published, tc.finished)
+			}
+			if _, still := f.m.fleets.get(e.FleetID); still {
+				t.Error("the finished fleet is still cached")
+			}
+		})
+	}
+}
+
 // An instance the event names that EC2 does not describe as this stack's and this fleet's
 // is never probed nor tagged: the job fails with the reason, and JobFinished hands only
 // the fleet's own instances to the reaper.
@@ -426,5 +497,35 @@ func TestCheckRefusesForeignInstances(t *testing.T) {
 		if slices.Contains(tg.Resources, "i-0000000000000000b") {
 			t.Errorf("the foreign instance was tagged %s", aws.ToString(tg.Tags[0].Key))
 		}
+	}
+}
+
+// TestExitReportInvalid: an exit report without its code (or of an unknown kind) is
+// invalid input: dead-lettered with the reason, nothing probed, nothing published.
+func TestExitReportInvalid(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	e := fleetEvent()
+	if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, e)}); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{
+		"no exit code": `"kind":"exited"`,
+		"unknown kind": `"kind":"finished"`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := exitReport(e, "i-0000000000000000a", 0)
+			r.Kind, r.ExitCode = "", nil
+			valid := cloudtest.Encode(t, r)
+			bad := strings.Replace(string(valid), `"outcome"`, body+`,"outcome"`, 1)
+			published := len(f.pub.published)
+			err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: []byte(bad), ReceiveCount: 1})
+			if !errors.Is(err, events.ErrInvalid) {
+				t.Fatalf("got %v, want an invalid-event error (dead-lettered)", err)
+			}
+			if len(f.pub.published) != published {
+				t.Error("an invalid report published a JobFinished")
+			}
+		})
 	}
 }

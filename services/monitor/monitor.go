@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -87,6 +89,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		metrics: batcher,
 		prober:  sshProber{signer: signer, timeout: cfg.SSHTimeout},
 		now:     deps.Now,
+		fleets:  newFleetCache(maxCachedFleets),
 	}
 	router.Handle(bus.FleetBootstrapped, m.handleBootstrapped)
 	router.Handle(bus.TaskReported, m.handleTaskReported)
@@ -126,20 +129,83 @@ type monitor struct {
 	metrics metricsSink
 	prober  prober
 	now     func() time.Time
+	// fleets holds the FleetBootstrapped of the fleets this replica watches, so that a
+	// workload's exit report can trigger a check at once.
+	fleets *fleetCache
 	// consoleKeys caches the host keys instances of templates with host_keys: instance
 	// printed to their console (instance id → ssh.PublicKey).
 	consoleKeys sync.Map
 }
 
-// handleTaskReported turns a task's report into metrics. Sending them is batched.
+// handleTaskReported turns a task's report into metrics (sending them is batched), and a
+// workload's exit report into an immediate check of its fleet.
 func (m *monitor) handleTaskReported(ctx context.Context, msg *bus.Message) error {
 	e, err := events.DecodeTaskReported(msg.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered with the reason
 	}
+	if e.Exited() {
+		return m.onExit(ctx, e, msg.ReceiveCount)
+	}
 	for _, d := range metrics.TaskData(e) {
 		m.metrics.Add(d)
 	}
+	return nil
+}
+
+// onExit checks the fleet of an exited workload at once, and finishes the job when every
+// workload has ended (or one failed) instead of waiting for the next check. The verdict
+// is the check's own (decide): the report only says when to look. The task reports of
+// the instance went out before its exit report, on the same queue, so they are counted
+// before the totals are read. A fleet this replica has not seen (another replica armed
+// its checks) is left to its next check, which stays the backstop.
+func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCount int) error {
+	log := bus.Logger(ctx).With("fleet_id", r.FleetID, "instance_id", r.InstanceID, "step", r.TaskID, "exit_code", *r.ExitCode)
+	body, ok := m.fleets.get(r.FleetID)
+	if !ok {
+		log.Info("workload exited on a fleet this replica does not watch: left to the next check")
+		return nil
+	}
+	e, err := events.DecodeFleetBootstrapped(body)
+	if err != nil || e.JobID != r.JobID {
+		log.Warn("workload exit report does not match the fleet's job: ignored")
+		return nil
+	}
+	if !slices.ContainsFunc(e.Instances, func(in events.InstanceResult) bool { return in.ID == r.InstanceID }) {
+		log.Warn("workload exit report from an instance outside the fleet: ignored")
+		return nil
+	}
+	ids := instanceIDs(e)
+	states, refused, err := m.describe(ctx, e.FleetID, ids)
+	if err != nil {
+		log.Warn("describing the fleet after an exit report; the next check decides", "error", err.Error())
+		return nil
+	}
+	if finished(states) {
+		m.fleets.drop(e.FleetID)
+		return nil
+	}
+	if len(refused) > 0 || goneInstance(states, ids) != "" {
+		return nil // the check reports which and why
+	}
+	wl, err := m.workloadsOf(e)
+	if err != nil {
+		return nil // the check fails the job with the reason
+	}
+	now := m.now()
+	pastDeadline := now.After(e.DeadlineAt.Add(m.cfg.Grace))
+	checks := probeAll(ctx, m.prober, m.targets(ctx, e, states), wl, pastDeadline, m.cfg.Parallel)
+	// An instance unreachable now is not a miss here: only the periodic check counts those.
+	v, _ := decide(checks, checkState{Misses: map[string]int{}, MaxMisses: math.MaxInt, Deadline: e.DeadlineAt, Grace: m.cfg.Grace, PastDeadline: pastDeadline})
+	if !v.Done {
+		log.Debug("workload exited; others still run", "alive", v.Alive)
+		return nil
+	}
+	log.Info("workload exited: finishing the job now", "outcome", v.Outcome)
+	if err := m.finish(ctx, jobFinished(e, v, wl, now), receiveCount); err != nil {
+		return err
+	}
+	m.fleets.drop(e.FleetID)
 	return nil
 }
 
@@ -163,6 +229,7 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 		log.Error("cannot watch fleet: finishing the job", "error", wlErr.Error())
 		return m.finish(ctx, jobFinished(e, v, nil, m.now()), msg.ReceiveCount)
 	}
+	m.fleets.put(e.FleetID, msg.Payload)
 	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
 		return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
 	}
@@ -218,6 +285,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	if err != nil {
 		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
 	}
+	m.fleets.put(e.FleetID, body)
 	owned := ownedIDs(ids, states) // the only instances probed and tagged
 	var v verdict
 	var wl []recipe.Workload
@@ -226,6 +294,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: firstRefusal(ids, refused)}
 	case finished(states):
 		log.Info("job already finished: stopping the checks")
+		m.fleets.drop(e.FleetID)
 		return nil
 	case gone != "":
 		v = verdict{Done: true, Outcome: events.OutcomeFailed, FailingInstance: gone,
@@ -549,4 +618,57 @@ func instanceIDs(e events.FleetBootstrapped) []string {
 		ids[i] = in.ID
 	}
 	return ids
+}
+
+// maxCachedFleets bounds a replica's fleet cache; past it the oldest entry goes (its
+// exits are then noticed by the periodic check).
+const maxCachedFleets = 10000
+
+// fleetCache maps fleet ids to their FleetBootstrapped bodies.
+type fleetCache struct {
+	mu    sync.Mutex
+	max   int
+	order []string
+	m     map[string][]byte
+}
+
+func newFleetCache(max int) *fleetCache { return &fleetCache{max: max, m: map[string][]byte{}} }
+
+// A nil cache holds nothing.
+func (c *fleetCache) put(id string, body []byte) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[id]; !ok {
+		c.order = append(c.order, id)
+	}
+	c.m[id] = body
+	for len(c.order) > c.max {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+}
+
+func (c *fleetCache) get(id string) ([]byte, bool) {
+	if c == nil {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.m[id]
+	return b, ok
+}
+
+func (c *fleetCache) drop(id string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[id]; ok {
+		delete(c.m, id)
+		c.order = slices.DeleteFunc(c.order, func(s string) bool { return s == id })
+	}
 }

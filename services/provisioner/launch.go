@@ -306,7 +306,7 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a laun
 	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
 	tag := func(k, v string) types.Tag { return types.Tag{Key: aws.String(k), Value: aws.String(v)} }
 	if !t.InstanceHostKeys() {
-		fleet = append(fleet, tag(tags.HostKeyNonce, key.nonce))
+		fleet = append(fleet, tag(tags.HostKeyNonce, key.nonce), tag(tags.HostKey, key.public))
 	}
 	fleet = append(fleet, tag(tags.Market, a.Market), tag(tags.HourlyPrice, cost.Format(a.HourlyPrice)))
 	if fp.PlannedCost > 0 {

@@ -231,6 +231,7 @@ func TestRunInput(t *testing.T) {
 		"sortie:market":         "on-demand",
 		"sortie:hourly-price":   "0.17",
 		"sortie:planned-cost":   "0.0034",
+		"sortie:host-key":       "ssh-ed25519 AAAA", // what `sortie ssh` pins
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("tg %v, want %v", got, want)
@@ -262,8 +263,8 @@ func TestRunInput(t *testing.T) {
 		t.Errorf("instance host keys: user data %q, want none", aws.ToString(in.UserData))
 	}
 	for _, tag := range in.TagSpecifications[0].Tags {
-		if aws.ToString(tag.Key) == tags.HostKeyNonce {
-			t.Errorf("instance host keys: tagged %s", tags.HostKeyNonce)
+		if k := aws.ToString(tag.Key); k == tags.HostKeyNonce || k == tags.HostKey {
+			t.Errorf("instance host keys: tagged %s", k)
 		}
 	}
 

@@ -123,7 +123,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			want := map[string]string{
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
-				"sortie:hostkey-nonce": nonceA, "sortie:market": "on-demand", "sortie:hourly-price": "0.067",
+				"sortie:hostkey-nonce": nonceA, "sortie:host-key": fl.HostKey, "sortie:market": "on-demand", "sortie:hourly-price": "0.067",
 			}
 			if in.Market != events.MarketOnDemand || in.HourlyPrice != 0.067 {
 				t.Errorf("%s: market %q at $%v an hour in FleetLaunched, want on-demand at the profile's $0.067", in.ID, in.Market, in.HourlyPrice)
@@ -211,6 +211,9 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		for _, in := range b.Instances {
 			if got := cloudtest.Tags(tagged(t, "fleet-e")[in.ID])[tags.HostKeyNonce]; got != nonceA {
 				t.Errorf("%s: %s = %q, want the first plan's %q", in.ID, tags.HostKeyNonce, got, nonceA)
+			}
+			if got := cloudtest.Tags(tagged(t, "fleet-e")[in.ID])[tags.HostKey]; got != a.HostKey {
+				t.Errorf("%s: %s = %q, want the pinned %q", in.ID, tags.HostKey, got, a.HostKey)
 			}
 			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo ok"); out != "ok\n" {
 				t.Errorf("%s: ssh printed %q", in.ID, out)
