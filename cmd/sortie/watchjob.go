@@ -125,7 +125,8 @@ type HistoryLine struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// history prints the stages the ledger records, in the order they were done.
+// history prints the stages the ledger records, in pipeline order (a stage may record
+// itself a moment after the next one: the bootstrapper writes after its publish).
 func (p *jobPrinter) history(rec ledger.Record) {
 	var lines []HistoryLine
 	if at := rec.Attrs[ledger.AttrSubmittedAt]; at != "" {
@@ -149,7 +150,6 @@ func (p *jobPrinter) history(rec ledger.Record) {
 		}
 		lines = append(lines, h)
 	}
-	slices.SortStableFunc(lines, func(a, b HistoryLine) int { return strings.Compare(a.At, b.At) })
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, h := range lines {
