@@ -59,7 +59,7 @@ func TestStatusAndLogsOnDevStack(t *testing.T) {
 		var out, errOut strings.Builder
 		err := run(ctx, []string{"--prefix", prefix, "submit", "--job-id", jobID,
 			"--template", "demo", "--profile", "demo-fast", "--recipe", "demo-worker", "--queue", demo.Queue,
-			"--param", "bucket=" + demo.Bucket, "--param", "queue=" + demo.Queue, "--deadline", "10s", "--watch", "--timeout", "90s"},
+			"--param", "bucket=" + demo.Bucket, "--param", "queue=" + demo.Queue, "--deadline", "20s", "--watch", "--timeout", "90s"},
 			&out, &errOut)
 		done <- result{out.String() + errOut.String(), err}
 	}()

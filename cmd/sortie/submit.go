@@ -24,19 +24,21 @@ import (
 
 // SubmitCmd is `sortie submit`: publish a JobSubmitted, optionally following it to the end.
 type SubmitCmd struct {
-	File     string            `help:"A JSON job (a JobSubmitted; job_id, correlation_id, time and schema_version are filled in when missing)." type:"existingfile" xor:"source"`
-	JobID    string            `help:"Job id (default: generated)."`
-	Template string            `help:"Fleet template name (ops-owned)."`
-	Profile  string            `help:"Capacity profile name."`
-	Recipe   string            `help:"Recipe name."`
-	Count    int               `help:"Work size: an explicit item count."`
-	Queue    string            `help:"Work size: the depth of this SQS queue."`
-	S3       string            `name:"s3" help:"Work size: the object count under s3://BUCKET/PREFIX." placeholder:"s3://BUCKET/PREFIX"`
-	Deadline time.Duration     `help:"Deadline from now." default:"10m"`
-	Param    map[string]string `help:"Recipe parameter (repeatable)." placeholder:"KEY=VALUE"`
-	Watch    bool              `help:"Follow the job until its fleet is terminated; exit non-zero unless it succeeded."`
-	Timeout  time.Duration     `help:"With --watch: give up after this long." default:"1h"`
-	JSON     bool              `name:"json" help:"Print the submitted job as JSON (one line), and with --watch each event as a JSON line {\"after_seconds\", \"type\", \"event\"}."`
+	File     string        `help:"A JSON job (a JobSubmitted; job_id, correlation_id, time and schema_version are filled in when missing)." type:"existingfile" xor:"source"`
+	JobID    string        `help:"Job id (default: generated)."`
+	Template string        `help:"Fleet template name (ops-owned)."`
+	Profile  string        `help:"Capacity profile name."`
+	Recipe   string        `help:"Recipe name."`
+	Count    int           `help:"Work size: an explicit item count."`
+	Queue    string        `help:"Work size: the depth of this SQS queue."`
+	S3       string        `name:"s3" help:"Work size: the object count under s3://BUCKET/PREFIX." placeholder:"s3://BUCKET/PREFIX"`
+	Deadline time.Duration `help:"Deadline from now." default:"10m"`
+	// BestEffort is JobSubmitted.best_effort.
+	BestEffort bool              `help:"Plan the job even when no fleet can finish it in the time left (otherwise it is rejected)."`
+	Param      map[string]string `help:"Recipe parameter (repeatable)." placeholder:"KEY=VALUE"`
+	Watch      bool              `help:"Follow the job until its fleet is terminated; exit non-zero unless it succeeded."`
+	Timeout    time.Duration     `help:"With --watch: give up after this long." default:"1h"`
+	JSON       bool              `name:"json" help:"Print the submitted job as JSON (one line), and with --watch each event as a JSON line {\"after_seconds\", \"type\", \"event\"}."`
 }
 
 // Run validates the job locally (the same rules the planner applies), publishes it and,
@@ -144,6 +146,7 @@ func (c *SubmitCmd) job(now time.Time) (events.JobSubmitted, error) {
 		job.Template, job.Profile, job.Recipe = c.Template, c.Profile, c.Recipe
 		job.Params = c.Param
 		job.DeadlineSeconds = int(c.Deadline / time.Second)
+		job.BestEffort = c.BestEffort
 		switch {
 		case c.Count > 0:
 			job.Work.Count = c.Count

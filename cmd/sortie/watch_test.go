@@ -87,7 +87,7 @@ func TestSubmitWatch(t *testing.T) {
 	t.Run("followed to the end", func(t *testing.T) {
 		out, err := runCLI(t, "--prefix", prefix, "submit", "--job-id", okID,
 			"--template", "demo", "--profile", "demo-fast", "--recipe", "demo-worker", "--queue", demo.Queue,
-			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--deadline", "10s", "--watch", "--timeout", "90s")
+			"--param", "bucket="+demo.Bucket, "--param", "queue="+demo.Queue, "--deadline", "20s", "--watch", "--timeout", "90s")
 		if err != nil {
 			t.Fatalf("submit --watch: %v\n%s\nservices: %v", err, out, st.Err())
 		}

@@ -159,6 +159,8 @@ locals {
           "arn:aws:ec2:${local.region}:${local.account_id}:security-group/*",
           "arn:aws:ec2:${local.region}:${local.account_id}:network-interface/*",
           "arn:aws:ec2:${local.region}:${local.account_id}:key-pair/*",
+          # A spot launch (a template's spot market) creates a spot instance request.
+          "arn:aws:ec2:${local.region}:${local.account_id}:spot-instances-request/*",
         ]
       },
       {
@@ -221,6 +223,14 @@ locals {
       local.describe_instances,
       local.read_login_key,
       local.read_own_consoles,
+      {
+        # Sortie/JobCost per reaped job, Sortie/ArchiveFailures per unarchived instance.
+        Sid       = "PutSortieMetrics"
+        Effect    = "Allow"
+        Action    = "cloudwatch:PutMetricData"
+        Resource  = "*"
+        Condition = { StringEquals = { "cloudwatch:namespace" = local.metrics_namespace } }
+      },
       {
         Sid       = "TerminateOwnInstances"
         Effect    = "Allow"

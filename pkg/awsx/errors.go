@@ -32,6 +32,8 @@ var (
 		"InsufficientCapacity",
 		"InstanceLimitExceeded",
 		"MaxSpotInstanceCountExceeded",
+		// A spot launch whose max price is under the spot price: try another market or type.
+		"SpotMaxPriceTooLow",
 		"VcpuLimitExceeded",
 		// EC2 answers Unsupported when an instance type is not offered in the subnet's AZ.
 		"Unsupported",

@@ -296,8 +296,8 @@ func (r *Recorder) resources(prefix, region, op string, v reflect.Value) ([]stri
 }
 
 // launchResources are the resources IAM authorises a RunInstances on: what it creates
-// (instances, their network interfaces, volumes when tagged at launch) and what it uses
-// (image, subnet, security groups, key pair).
+// (instances, their network interfaces, volumes when tagged at launch, the spot instance
+// request of a spot launch) and what it uses (image, subnet, security groups, key pair).
 func (r *Recorder) launchResources(region string, v reflect.Value) []string {
 	ec2ARN := func(account, typ, id string) string {
 		return "arn:aws:ec2:" + region + ":" + account + ":" + typ + "/" + id
@@ -308,6 +308,9 @@ func (r *Recorder) launchResources(region string, v reflect.Value) []string {
 		if rt := field(specs.Index(i), "ResourceType"); rt.IsValid() && rt.String() == "volume" {
 			res = append(res, ec2ARN(r.Account, "volume", "*"))
 		}
+	}
+	if mo := field(v, "InstanceMarketOptions"); mo.IsValid() && !(mo.Kind() == reflect.Pointer && mo.IsNil()) {
+		res = append(res, ec2ARN(r.Account, "spot-instances-request", "*"))
 	}
 	if id := str(v, "ImageId"); id != "" {
 		res = append(res, ec2ARN("", "image", id)) // public and shared images have no account of ours

@@ -113,6 +113,10 @@ func TestRecorder(t *testing.T) {
 				t.Errorf("RunInstances resources %v lack %s", c.Resources, r)
 			}
 		}
+		// An on-demand launch creates no spot instance request (a spot one: see TestRecordSpotLaunch).
+		if slices.Contains(c.Resources, "arn:aws:ec2:"+R+":"+A+":spot-instances-request/*") {
+			t.Errorf("on-demand RunInstances resources %v name a spot request", c.Resources)
+		}
 	}
 	if len(calls) != len(want) {
 		t.Errorf("%d calls recorded, want %d: %+v", len(calls), len(want), calls)
@@ -170,5 +174,25 @@ func TestCallLog(t *testing.T) {
 	// Queue named without an account: the checker supplies it.
 	if got := calls[0].WithAccount(localcloud.Account).Resources; !slices.Equal(got, []string{"arn:aws:sqs:us-east-1:" + localcloud.Account + ":" + name}) {
 		t.Errorf("resources %v", got)
+	}
+}
+
+// A spot launch is authorised on the spot instance request it creates, too.
+func TestRecordSpotLaunch(t *testing.T) {
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
+	rec := awsx.NewRecorder(localcloud.Account)
+	ec2c := ec2.NewFromConfig(rec.Wrap(awsx.ForEndpoint(cloud.URL()), "tester"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := ec2c.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: aws.String("ami-0123456789abcdef0"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+		InstanceType:          ec2types.InstanceTypeM3Medium,
+		InstanceMarketOptions: &ec2types.InstanceMarketOptionsRequest{MarketType: ec2types.MarketTypeSpot},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	calls := rec.Calls()
+	want := "arn:aws:ec2:us-east-1:" + localcloud.Account + ":spot-instances-request/*"
+	if len(calls) != 1 || calls[0].Action != "ec2:RunInstances" || !slices.Contains(calls[0].Resources, want) {
+		t.Fatalf("calls %+v, want one RunInstances on %s", calls, want)
 	}
 }

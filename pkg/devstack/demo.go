@@ -129,7 +129,7 @@ func createBucket(ctx context.Context, s3c DemoS3API, bucket string) error {
 }
 
 // DemoJob is the job `sortie dev` submits: the demo template, the time-scaled profile, the
-// demo worker recipe, work sized by the work queue's depth, a 10-second deadline.
+// demo worker recipe, work sized by the work queue's depth, a 20-second deadline.
 func DemoJob(d Demo, jobID, correlationID string, now time.Time) events.JobSubmitted {
 	return events.JobSubmitted{
 		Header:          events.NewHeader(jobID, correlationID, now),
@@ -137,7 +137,7 @@ func DemoJob(d Demo, jobID, correlationID string, now time.Time) events.JobSubmi
 		Profile:         "demo-fast",
 		Recipe:          "demo-worker",
 		Work:            events.WorkSource{Queue: d.Queue},
-		DeadlineSeconds: 10,
+		DeadlineSeconds: 20,
 		Params:          map[string]string{"bucket": d.Bucket, "queue": d.Queue},
 	}
 }
@@ -230,7 +230,8 @@ func PrintSummary(ctx context.Context, cw metrics.StatisticsAPI, out io.Writer, 
 		}
 		sort.Strings(keys)
 		fmt.Fprintf(out, "archives:    %s\n", strings.Join(keys, "\n             "))
-		fmt.Fprintf(out, "terminated:  %d instances, %.1f instance-seconds\n", len(t.Terminated.TerminatedInstanceIDs), t.Terminated.InstanceSeconds)
+		fmt.Fprintf(out, "terminated:  %d instances, %.1f instance-seconds, cost $%.6f (planned $%.6f)\n", len(t.Terminated.TerminatedInstanceIDs),
+			t.Terminated.InstanceSeconds, t.Terminated.Cost, t.Terminated.PlannedCost)
 	}
 	return nil
 }

@@ -502,7 +502,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("workload fails on one instance", func(t *testing.T) {
 		e.t = t
 		job := events.JobSubmitted{Header: events.NewHeader("e2e-fail"+run, "corr-fail", time.Now()),
-			Template: "demo", Profile: "demo-fast", Recipe: "fail-one", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
+			Template: "demo", Profile: "demo-fast", Recipe: "fail-one", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 20}
 		tr := e.run(job, 1)
 		if tr.Finished == nil || tr.Finished.Outcome != events.OutcomeFailed {
 			t.Fatalf("finished = %+v", tr.Finished)
@@ -542,7 +542,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("the same job delivered twice makes one fleet", func(t *testing.T) {
 		e.t = t
 		job := events.JobSubmitted{Header: events.NewHeader("e2e-twice"+run, "corr-twice", time.Now()),
-			Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
+			Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 20}
 		tr := e.run(job, 2)
 		if tr.Terminated.Outcome != events.OutcomeSucceeded {
 			t.Fatalf("terminated = %+v", tr.Terminated)

@@ -32,7 +32,7 @@ func runNap(t testing.TB, e *e2e, jobID string) ([]finish, []events.TaskReported
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	job := events.JobSubmitted{Header: events.NewHeader(jobID, "corr-"+jobID, time.Now()),
-		Template: "demo", Profile: "demo-fast", Recipe: "nap", Work: events.WorkSource{Count: 202}, DeadlineSeconds: 10}
+		Template: "demo", Profile: "demo-fast", Recipe: "nap", Work: events.WorkSource{Count: 202}, DeadlineSeconds: 20}
 	if err := e.Publisher.Publish(ctx, job); err != nil {
 		t.Fatal(err)
 	}

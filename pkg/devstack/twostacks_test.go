@@ -94,7 +94,7 @@ func TestTwoStacksAtOnce(t *testing.T) {
 			}
 			defer w.Close(context.Background())
 			job := events.JobSubmitted{Header: events.NewHeader(jobIDs[i], "corr-"+s.st.Topology.Prefix, time.Now()),
-				Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 10}
+				Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: DemoFiles}, DeadlineSeconds: 20}
 			if err := s.st.Publisher.Publish(ctx, job); err != nil {
 				results[i] <- outcome{err: err}
 				return

@@ -194,6 +194,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"int as string", body(t, func(m map[string]any) { m["deadline_seconds"] = "600" }), "deadline_seconds", `must be an integer within 64 bits, got string "600"`},
 		{"int as float", body(t, func(m map[string]any) { m["deadline_seconds"] = 1.5 }), "deadline_seconds", "got number 1.5"},
 		{"int overflow", replace(`"deadline_seconds": 600`, `"deadline_seconds": 1e99`), "deadline_seconds", "got number 1e99"},
+		{"best effort as string", body(t, func(m map[string]any) { m["best_effort"] = "yes" }), "best_effort", "must be"},
 		{"time garbage", body(t, func(m map[string]any) { m["time"] = "yesterday" }), "time", `must be an RFC 3339 time string, got string "yesterday"`},
 		{"time without zone", body(t, func(m map[string]any) { m["time"] = "2025-03-14T09:26:53" }), "time", "RFC 3339"},
 		{"time as number", body(t, func(m map[string]any) { m["time"] = 1741944413 }), "time", "RFC 3339"},

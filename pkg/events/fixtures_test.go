@@ -38,6 +38,7 @@ func validJobSubmitted() JobSubmitted {
 		Work:            WorkSource{Count: 202},
 		DeadlineSeconds: 600,
 		Params:          map[string]string{"QUALITY": "85", "output_dir": "/data/out dir", "FILTER": "*.jpg && echo 'ok' > /dev/null"},
+		BestEffort:      true,
 	}
 }
 
@@ -59,6 +60,7 @@ func validFleetPlanned() FleetPlanned {
 		MeetsDeadline:    true,
 		Rationale:        "m3.medium does 10 items/min: ceil(202 / (10 * (600-90)/60)) = 3 instances",
 		Nonce:            "q1fTxb0nVZ4Rk3yHc2o8Ww",
+		PlannedCost:      0.0276,
 	}
 }
 
@@ -74,10 +76,13 @@ func validFleetLaunched() FleetLaunched {
 		KeyName:      "sortie-fleet",
 		HostKey:      testHostKey,
 		Instances: []Instance{
-			{ID: instanceA, InstanceType: "m3.medium", PrivateIP: "10.0.1.17", SSHEndpoint: "127.0.0.1:40022", LaunchedAt: t1},
-			{ID: instanceB, InstanceType: "m3.medium", PrivateIP: "10.0.1.18", SSHEndpoint: "127.0.0.1:40023", LaunchedAt: t1},
-			{ID: instanceC, InstanceType: "m3.medium", SSHEndpoint: "[::1]:40024", LaunchedAt: t1},
+			{ID: instanceA, InstanceType: "c5.large", PrivateIP: "10.0.1.17", SSHEndpoint: "127.0.0.1:40022", LaunchedAt: t1, Market: MarketSpot, HourlyPrice: 0.035},
+			{ID: instanceB, InstanceType: "c5.large", PrivateIP: "10.0.1.18", SSHEndpoint: "127.0.0.1:40023", LaunchedAt: t1, Market: MarketOnDemand, HourlyPrice: 0.085},
+			{ID: instanceC, InstanceType: "c5.large", SSHEndpoint: "[::1]:40024", LaunchedAt: t1},
 		},
+		PlannedInstanceType: "m3.medium",
+		PlannedCount:        4,
+		Fallback:            "m3.medium: InsufficientInstanceCapacity; re-sized for c5.large: 202 items, 20/min per c5.large → 3 instances",
 	}
 }
 
@@ -163,6 +168,8 @@ func validFleetTerminated() FleetTerminated {
 		},
 		TerminatedInstanceIDs: []string{instanceA, instanceB, instanceC},
 		InstanceSeconds:       1290.25,
+		Cost:                  0.0241,
+		PlannedCost:           0.0276,
 		ArchiveFailures:       []ArchiveFailure{{InstanceID: instanceC, Error: "archiving logs of i-0a1b2c3d4e5f6071a: dialing ssh: connection refused"}},
 		Refused: []RefusedInstance{
 			{InstanceID: "i-0f00000000000000d", Reason: RefusedOtherFleet, Detail: "sortie:fleet is job-other-r1"},

@@ -28,6 +28,11 @@ type FleetPlanned struct {
 	// another submission never gets the same key. Optional: added in schema version 1;
 	// plans without one derive the key from the fleet and revision alone.
 	Nonce string `json:"nonce,omitempty"`
+
+	// PlannedCost is the plan's estimated cost in dollars (Count instances billed per
+	// second, 60 s minimum, at the profile's on-demand price). Optional: added in schema
+	// version 1.
+	PlannedCost float64 `json:"planned_cost,omitempty"`
 }
 
 var _ Event = FleetPlanned{}
@@ -58,6 +63,7 @@ func (e FleetPlanned) Validate() error {
 	c.seconds("estimated_seconds", e.EstimatedSeconds, MaxEstimatedSeconds)
 	c.text("rationale", e.Rationale, MaxTextBytes, true)
 	c.nonce("nonce", e.Nonce)
+	c.seconds("planned_cost", e.PlannedCost, MaxCost)
 	return c.err()
 }
 
@@ -80,6 +86,14 @@ type FleetLaunched struct {
 	// version 1 gained instance host keys).
 	HostKey   string     `json:"host_key"`
 	Instances []Instance `json:"instances"`
+
+	// PlannedInstanceType and PlannedCount are what FleetPlanned asked for; Instances are
+	// what was launched, which differs when the provisioner fell back to another type
+	// (re-sized for it) or market. Fallback says why and how, in words. Optional: added in
+	// schema version 1.
+	PlannedInstanceType string `json:"planned_instance_type,omitempty"`
+	PlannedCount        int    `json:"planned_count,omitempty"`
+	Fallback            string `json:"fallback,omitempty"`
 }
 
 // Instance is one launched instance. SSHEndpoint and PrivateIP are informational:
@@ -90,7 +104,19 @@ type Instance struct {
 	PrivateIP    string    `json:"private_ip,omitempty"`
 	SSHEndpoint  string    `json:"ssh_endpoint"` // host:port
 	LaunchedAt   time.Time `json:"launched_at"`
+	// Market is where the instance runs: "spot" or "on-demand". Optional: added in schema
+	// version 1.
+	Market string `json:"market,omitempty"`
+	// HourlyPrice is the profile's price of the instance's type in its market, in dollars.
+	// Optional: added in schema version 1.
+	HourlyPrice float64 `json:"hourly_price,omitempty"`
 }
+
+// Markets an instance may run in.
+const (
+	MarketOnDemand = "on-demand"
+	MarketSpot     = "spot"
+)
 
 var _ Event = FleetLaunched{}
 
@@ -109,6 +135,11 @@ func (e FleetLaunched) Validate() error {
 	c.time("deadline_at", e.DeadlineAt)
 	c.keyName("key_name", e.KeyName)
 	c.optionalHostKey("host_key", e.HostKey)
+	if e.PlannedInstanceType != "" {
+		c.instanceType("planned_instance_type", e.PlannedInstanceType)
+	}
+	c.intRange("planned_count", int64(e.PlannedCount), 0, MaxInstances)
+	c.text("fallback", e.Fallback, MaxTextBytes, false)
 	if len(e.Instances) == 0 {
 		c.fail("instances", "must list at least one instance")
 	} else if c.count("instances", len(e.Instances), MaxInstances) {
@@ -119,6 +150,10 @@ func (e FleetLaunched) Validate() error {
 			c.ip(f+".private_ip", in.PrivateIP)
 			c.endpoint(f+".ssh_endpoint", in.SSHEndpoint)
 			c.time(f+".launched_at", in.LaunchedAt)
+			if in.Market != "" {
+				c.outcome(f+".market", in.Market, MarketOnDemand, MarketSpot)
+			}
+			c.seconds(f+".hourly_price", in.HourlyPrice, MaxHourlyPrice)
 		}
 		c.uniqueIDs("instances", len(e.Instances), func(i int) string { return e.Instances[i].ID })
 	}

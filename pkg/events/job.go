@@ -12,6 +12,10 @@ type JobSubmitted struct {
 	Work            WorkSource        `json:"work"`
 	DeadlineSeconds int               `json:"deadline_seconds"`
 	Params          map[string]string `json:"params,omitempty"` // recipe parameters
+	// BestEffort (optional, added in schema version 1): plan the job even when no fleet the
+	// template allows can finish it in the time left; the planner plans the template's most
+	// instances of the type that finishes soonest. Without it such a job is rejected.
+	BestEffort bool `json:"best_effort,omitempty"`
 }
 
 // WorkSource says how much work there is: exactly one field is set.

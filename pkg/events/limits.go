@@ -45,6 +45,10 @@ const (
 	// MaxInstanceSeconds bounds a fleet's billed instance-seconds: MaxInstances for a year.
 	MaxInstanceSeconds = MaxInstances * 365 * 24 * 3600.0
 	MaxArchiveBytes    = 5 << 40 // S3's object size limit
+	// MaxHourlyPrice bounds an instance's price in dollars an hour (pkg/sizing's bound).
+	MaxHourlyPrice = 1e6
+	// MaxCost bounds a fleet's cost in dollars: MaxInstanceSeconds at MaxHourlyPrice.
+	MaxCost = MaxInstanceSeconds / 3600 * MaxHourlyPrice
 
 	MaxParams             = 64      // recipe parameters of one job
 	MaxParamValueBytes    = 4 << 10 // one recipe parameter value

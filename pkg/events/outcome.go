@@ -165,6 +165,11 @@ type FleetTerminated struct {
 	// reaper did not touch: another fleet's, another stack's, untagged, or unknown to EC2.
 	// Added in schema version 1 (optional, absent when nothing was refused).
 	Refused []RefusedInstance `json:"refused,omitempty"`
+	// Cost is what the fleet cost in dollars: each instance's seconds (60 s minimum) times
+	// its type's hourly price in its market, from the capacity profile. PlannedCost is the
+	// plan's estimate. Optional: added in schema version 1 (absent when unknown).
+	Cost        float64 `json:"cost,omitempty"`
+	PlannedCost float64 `json:"planned_cost,omitempty"`
 }
 
 // ArchiveFailure is an instance whose logs could not be archived before it was terminated.
@@ -229,6 +234,8 @@ func (e FleetTerminated) Validate() error {
 		c.uniqueIDs("terminated_instance_ids", len(e.TerminatedInstanceIDs), func(i int) string { return e.TerminatedInstanceIDs[i] })
 	}
 	c.seconds("instance_seconds", e.InstanceSeconds, MaxInstanceSeconds)
+	c.seconds("cost", e.Cost, MaxCost)
+	c.seconds("planned_cost", e.PlannedCost, MaxCost)
 	if c.count("archive_failures", len(e.ArchiveFailures), MaxInstances) {
 		for i, a := range e.ArchiveFailures {
 			f := index("archive_failures", i)

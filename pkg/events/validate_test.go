@@ -291,6 +291,10 @@ func TestFleetPlannedRules(t *testing.T) {
 		{"nonce too long", func(v *T) { v.Nonce = repeat("A", 65) }, "nonce", false},
 		{"nonce padding", func(v *T) { v.Nonce = "AAECAwQFBgcICQoLDA0ODw==" }, "nonce", false},
 		{"nonce standard base64", func(v *T) { v.Nonce = "AAECAwQFBgcICQoL+/0ODw" }, "nonce", false},
+		{"planned_cost omitted ok", func(v *T) { v.PlannedCost = 0 }, "", false},
+		{"planned_cost negative", func(v *T) { v.PlannedCost = -0.01 }, "planned_cost", false},
+		{"planned_cost NaN", func(v *T) { v.PlannedCost = math.NaN() }, "planned_cost", true},
+		{"planned_cost over MaxCost", func(v *T) { v.PlannedCost = MaxCost * 2 }, "planned_cost", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, nameRules("template", func(v *T, s string) { v.Template = s })...)
@@ -324,6 +328,15 @@ func TestFleetLaunchedRules(t *testing.T) {
 		{"private_ip host name", func(v *T) { v.Instances[0].PrivateIP = "ip-10-0-0-1" }, "instances[0].private_ip", false},
 		{"private_ip ipv6 ok", func(v *T) { v.Instances[0].PrivateIP = "fd00::17" }, "", false},
 		{"launched_at zero", func(v *T) { v.Instances[2].LaunchedAt = time.Time{} }, "instances[2].launched_at", false},
+		{"market unknown", func(v *T) { v.Instances[0].Market = "reserved" }, "instances[0].market", false},
+		{"market omitted ok", func(v *T) { v.Instances[0].Market = "" }, "", false},
+		{"hourly_price negative", func(v *T) { v.Instances[1].HourlyPrice = -1 }, "instances[1].hourly_price", false},
+		{"hourly_price +Inf", func(v *T) { v.Instances[1].HourlyPrice = math.Inf(1) }, "instances[1].hourly_price", true},
+		{"planned_instance_type bad", func(v *T) { v.PlannedInstanceType = "medium" }, "planned_instance_type", false},
+		{"planned_count negative", func(v *T) { v.PlannedCount = -1 }, "planned_count", false},
+		{"planned_count over MaxInstances", func(v *T) { v.PlannedCount = MaxInstances + 1 }, "planned_count", false},
+		{"planned fields omitted ok", func(v *T) { v.PlannedInstanceType, v.PlannedCount, v.Fallback = "", 0, "" }, "", false},
+		{"fallback too long", func(v *T) { v.Fallback = repeat("f", MaxTextBytes+1) }, "fallback", false},
 	}
 	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
 	rules = append(rules, nameRules("recipe", func(v *T, s string) { v.Recipe = s })...)
@@ -540,6 +553,10 @@ func TestFleetTerminatedRules(t *testing.T) {
 		{"instance_seconds negative", func(v *T) { v.InstanceSeconds = -1 }, "instance_seconds", false},
 		{"instance_seconds too large", func(v *T) { v.InstanceSeconds = MaxInstanceSeconds + 1 }, "instance_seconds", false},
 		{"instance_seconds NaN", func(v *T) { v.InstanceSeconds = math.NaN() }, "instance_seconds", true},
+		{"cost negative", func(v *T) { v.Cost = -1 }, "cost", false},
+		{"cost NaN", func(v *T) { v.Cost = math.NaN() }, "cost", true},
+		{"planned_cost over MaxCost", func(v *T) { v.PlannedCost = MaxCost * 2 }, "planned_cost", false},
+		{"costs omitted ok", func(v *T) { v.Cost, v.PlannedCost = 0, 0 }, "", false},
 		{"instance_seconds zero ok", func(v *T) { v.InstanceSeconds = 0 }, "", false},
 		{"archive failures none ok", func(v *T) { v.ArchiveFailures = nil }, "", false},
 		{"archive failure instance_id bad", func(v *T) { v.ArchiveFailures[0].InstanceID = "i-x" }, "archive_failures[0].instance_id", false},

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
@@ -85,6 +86,8 @@ type Instance struct {
 	LeaseExpires *time.Time `json:"lease_expires,omitempty"` // nil: no lease tag, or it does not parse
 	Expired      bool       `json:"expired"`                 // lease in the past on an instance not terminated
 	SSHEndpoint  string     `json:"ssh_endpoint,omitempty"`
+	Market       string     `json:"market,omitempty"`       // its sortie:market tag
+	HourlyPrice  *float64   `json:"hourly_price,omitempty"` // its sortie:hourly-price tag; nil: none
 }
 
 // Job is the instances of one job.
@@ -102,6 +105,11 @@ type Job struct {
 	LeaseExpires *time.Time `json:"lease_expires,omitempty"`
 	Expired      bool       `json:"expired"` // some instance not terminated has an expired lease: a leak
 	Instances    []Instance `json:"instances"`
+	// Cost is what the instances have cost so far (until now for those still running), in
+	// dollars; nil when an instance carries no price. PlannedCost is the plan's estimate; nil
+	// when unknown.
+	Cost        *float64 `json:"cost,omitempty"`
+	PlannedCost *float64 `json:"planned_cost,omitempty"`
 }
 
 // live reports whether an instance in state s still runs, or may again: not terminated.
@@ -111,6 +119,7 @@ func live(s string) bool { return s != string(ec2types.InstanceStateNameTerminat
 // at now. Jobs are sorted by id, instances by id.
 func Group(insts []ec2types.Instance, now time.Time) []Job {
 	byJob := map[string]*Job{}
+	raw := map[string][]ec2types.Instance{}
 	for _, in := range insts {
 		tg := tagMap(in.Tags)
 		id, ok := tg[tags.JobID]
@@ -122,12 +131,17 @@ func Group(insts []ec2types.Instance, now time.Time) []Job {
 			j = &Job{JobID: id, States: map[string]int{}}
 			byJob[id] = j
 		}
+		raw[id] = append(raw[id], in)
 		inst := Instance{
 			ID:          aws.ToString(in.InstanceId),
 			Type:        string(in.InstanceType),
 			Stage:       tg[tags.Stage],
 			LaunchedAt:  aws.ToTime(in.LaunchTime).UTC(),
 			SSHEndpoint: tg[tags.SSHEndpoint],
+			Market:      tg[tags.Market],
+		}
+		if p, err := cost.Parse(tg[tags.HourlyPrice]); err == nil {
+			inst.HourlyPrice = &p
 		}
 		if in.State != nil {
 			inst.State = string(in.State.Name)
@@ -144,7 +158,13 @@ func Group(insts []ec2types.Instance, now time.Time) []Job {
 		j.Template = cmp.Or(j.Template, tg[tags.Template])
 	}
 	jobs := make([]Job, 0, len(byJob))
-	for _, j := range byJob {
+	for id, j := range byJob {
+		if c, ok := cost.Instances(raw[id], now); ok {
+			j.Cost = &c
+		}
+		if p := cost.PlannedCost(raw[id]); p > 0 {
+			j.PlannedCost = &p
+		}
 		summarize(j, now)
 		jobs = append(jobs, *j)
 	}
@@ -241,17 +261,30 @@ func (j Job) StatesText() string {
 // WriteTable prints the jobs as an aligned table, one row per job, judged at now.
 func WriteTable(w io.Writer, jobs []Job, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tFLEET\tTEMPLATE\tSTAGE\tINSTANCES\tTYPE\tAGE\tLEASE\tSSH")
+	fmt.Fprintln(tw, "JOB\tFLEET\tTEMPLATE\tSTAGE\tINSTANCES\tTYPE\tAGE\tLEASE\tCOST\tSSH")
 	for _, j := range jobs {
 		age := "-"
 		if !j.LaunchedAt.IsZero() {
 			age = Duration(now.Sub(j.LaunchedAt))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			cell(j.JobID), cell(j.Fleet), cell(j.Template), cell(j.Stage), j.StatesText(),
-			cell(strings.Join(j.InstanceTypes, ",")), age, leaseText(j, now), cell(sshText(j)))
+			cell(strings.Join(j.InstanceTypes, ",")), age, leaseText(j, now), costText(j), cell(sshText(j)))
 	}
 	return tw.Flush()
+}
+
+// costText is a job's cost column: "$0.0123", with the plan's "(planned $0.0150)" when
+// known; "-" when an instance carries no price.
+func costText(j Job) string {
+	s := "-"
+	if j.Cost != nil {
+		s = fmt.Sprintf("$%.4f", *j.Cost)
+	}
+	if j.PlannedCost != nil {
+		s += fmt.Sprintf(" (planned $%.4f)", *j.PlannedCost)
+	}
+	return s
 }
 
 // leaseText is a job's lease column: when it ends, relative to now, and EXPIRED for a leak.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -216,15 +217,23 @@ func TestWriteTableGolden(t *testing.T) {
 	future := rfc(now.Add(10 * time.Minute))
 	jobs := Group([]ec2types.Instance{
 		inst("i-0a", "running", now.Add(-3*time.Minute-12*time.Second), tags.JobID, "job-b", tags.Fleet, "job-b", tags.Template, "demo",
-			tags.Stage, "bootstrapped", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40001"),
+			tags.Stage, "bootstrapped", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40001", tags.Market, "on-demand", tags.HourlyPrice, "0.067", tags.PlannedCost, "0.0259"),
 		inst("i-0b", "running", now.Add(-3*time.Minute), tags.JobID, "job-b", tags.Fleet, "job-b", tags.Template, "demo",
-			tags.Stage, "bootstrapped", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40002"),
+			tags.Stage, "bootstrapped", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40002", tags.Market, "on-demand", tags.HourlyPrice, "0.067", tags.PlannedCost, "0.0259"),
 		inst("i-0c", "terminated", now.Add(-3*time.Minute), tags.JobID, "job-b", tags.Fleet, "job-b", tags.Template, "demo",
-			tags.Stage, "finished", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40003"),
+			tags.Stage, "finished", tags.LeaseExpires, future, tags.SSHEndpoint, "127.0.0.1:40003", tags.Market, "on-demand", tags.HourlyPrice, "0.067", tags.PlannedCost, "0.0259"),
 		inst("i-1", "running", now.Add(-26*time.Hour), tags.JobID, "leak-1", tags.LeaseExpires, rfc(now.Add(-2*time.Hour-5*time.Minute)),
 			tags.SSHEndpoint, "10.0.0.9:22"),
 		inst("i-2", "running", now.Add(-time.Minute), tags.JobID, "odd job\tid", tags.Template, "x y"),
 	}, now)
+	// job-b: 3 instances at $0.067 an hour for 192 s, 180 s and 180 s (the terminated one
+	// has no termination time: until now).
+	if c := jobs[0].Cost; c == nil || math.Abs(*c-0.067*552/3600) > 1e-12 {
+		t.Errorf("job-b cost %v, want %v", c, 0.067*552/3600)
+	}
+	if jobs[1].Cost != nil || jobs[1].PlannedCost != nil {
+		t.Errorf("leak-1 has no price tags, yet cost %v planned %v", jobs[1].Cost, jobs[1].PlannedCost)
+	}
 	var buf bytes.Buffer
 	if err := WriteTable(&buf, jobs, now); err != nil {
 		t.Fatal(err)

@@ -114,6 +114,8 @@ type Cloud struct {
 	keyPairs     map[string]*keyPair // by name
 	network      *network
 	capacity     map[string]int
+	spotFaults   map[string]string  // instance type → the error code its spot launches fail with
+	spotPrices   map[string]float64 // instance type → its spot price, checked against MaxPrice
 	throttle     throttleState
 }
 
@@ -157,6 +159,8 @@ func New(opts Options) (*Cloud, error) {
 		keyPairs:     map[string]*keyPair{},
 		network:      newNetwork(),
 		capacity:     map[string]int{},
+		spotFaults:   map[string]string{},
+		spotPrices:   map[string]float64{},
 		throttle:     throttleState{every: opts.ThrottleEvery},
 	}
 	for t, n := range opts.Capacity {

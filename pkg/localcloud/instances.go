@@ -53,6 +53,7 @@ type instance struct {
 	privateIP     string
 	userData      []byte
 	metadata      metadataOptions
+	spot          *spotOptions // nil: on demand
 
 	stop   chan struct{} // closed when termination starts
 	booted chan struct{} // closed when the boot goroutine is done
@@ -141,6 +142,10 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 	if err != nil {
 		return nil, err
 	}
+	spot, err := parseMarketOptions(form)
+	if err != nil {
+		return nil, err
+	}
 	fingerprint := fingerprintForm(form)
 
 	c.mu.Lock()
@@ -176,6 +181,11 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 		return nil, netErr
 	}
 
+	if spot != nil {
+		if spotErr := c.spotLaunchableLocked(instanceType, spot); spotErr != nil {
+			return nil, spotErr
+		}
+	}
 	count, capErr := c.launchableLocked(instanceType, minCount, maxCount)
 	if capErr != nil {
 		return nil, capErr
@@ -205,6 +215,7 @@ func (c *Cloud) runInstances(requestID string, form url.Values) (any, *apiError)
 			privateIP:     c.network.nextPrivateIPLocked(where.cidr),
 			userData:      userData,
 			metadata:      metadata,
+			spot:          spot,
 			stop:          make(chan struct{}),
 			booted:        make(chan struct{}),
 			state:         statePending,
@@ -354,6 +365,10 @@ func (c *Cloud) renderInstanceLocked(inst *instance) xmlInstance {
 		IamInstanceProfile: inst.profile,
 		PlatformDetails:    "Linux/UNIX",
 		MetadataOptions:    inst.metadata.render(),
+	}
+	if inst.spot != nil {
+		x.InstanceLifecycle = "spot"
+		x.SpotInstanceRequestID = inst.spot.requestID
 	}
 	if inst.state != stateTerminated {
 		x.PrivateIPAddress = inst.privateIP

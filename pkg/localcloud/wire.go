@@ -167,6 +167,9 @@ type xmlInstance struct {
 	MetadataOptions    xmlMetadataOptions       `xml:"metadataOptions"`
 	NetworkInterfaces  []xmlNetworkInterface    `xml:"networkInterfaceSet>item"`
 	BlockDevices       []xmlInstanceBlockDevice `xml:"blockDeviceMapping>item"`
+	// InstanceLifecycle is "spot" for a spot instance; absent on demand.
+	InstanceLifecycle     string `xml:"instanceLifecycle,omitempty"`
+	SpotInstanceRequestID string `xml:"spotInstanceRequestId,omitempty"`
 }
 
 type xmlReservation struct {

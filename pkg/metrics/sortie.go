@@ -23,6 +23,7 @@ const (
 	TaskDuration        = "TaskDuration"        // Milliseconds, samples: one per task
 	FleetInstancesAlive = "FleetInstancesAlive" // Count, samples: instances with a live workload, at each check
 	ArchiveFailures     = "ArchiveFailures"     // Count, a counter: one per instance the reaper terminated without archiving its logs
+	JobCost             = "JobCost"             // None (dollars), samples: a job's fleet cost, once per reap (read its Maximum)
 )
 
 // Dimension names.
@@ -70,6 +71,12 @@ func FleetAlive(jobID, fleetID string, alive int) Datum {
 // before terminating it.
 func ArchiveFailed(stack string) Datum {
 	return Datum{Name: ArchiveFailures, Unit: types.StandardUnitCount, Dimensions: map[string]string{DimStack: stack}, Value: 1, Counter: true}
+}
+
+// FleetCost is a job's fleet cost in dollars as the reaper computed it. It is a sample,
+// not a counter: a duplicate reap sends the same value again, and Maximum stays the cost.
+func FleetCost(jobID string, dollars float64) Datum {
+	return Datum{Name: JobCost, Unit: types.StandardUnitNone, Dimensions: map[string]string{DimJobID: jobID}, Value: dollars}
 }
 
 // StatisticsAPI is the CloudWatch call JobTotals makes.

@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/sizing"
 )
 
@@ -50,7 +51,31 @@ type Template struct {
 	// SSHAddress says which of EC2's addresses Sortie connects to: AddressPrivate (the
 	// default) or AddressPublic.
 	SSHAddress string `yaml:"ssh_address"`
+	// Spot, when set, launches the template's fleets as spot instances, falling back as
+	// it says when spot capacity is short. Unset: on demand.
+	Spot *Spot `yaml:"spot"`
 }
+
+// Spot is a template's use of the spot market.
+type Spot struct {
+	// MaxPrice is the most to pay per instance-hour, in dollars; 0 (unset) gives none, which
+	// EC2 caps at the on-demand price.
+	MaxPrice float64 `yaml:"max_price"`
+	// Fallback lists, in order, what to try when a spot launch of the planned type finds no
+	// capacity (InsufficientInstanceCapacity, SpotMaxPriceTooLow,
+	// MaxSpotInstanceCountExceeded): FallbackTypes, the template's other types as spot;
+	// FallbackOnDemand, every type on demand. Empty: the planned type as spot only.
+	Fallback []string `yaml:"fallback"`
+}
+
+// Spot fallbacks (Spot.Fallback).
+const (
+	FallbackTypes    = "types"
+	FallbackOnDemand = "on-demand"
+)
+
+// Falls reports whether the spot fallback lists f.
+func (s *Spot) Falls(f string) bool { return s != nil && slices.Contains(s.Fallback, f) }
 
 // Host key sources of a template (Template.HostKeys).
 const (
@@ -79,11 +104,24 @@ func (t Template) PublicAddress() bool { return t.SSHAddress == AddressPublic }
 // Profile maps an instance type to its capacity for one workload profile.
 type Profile map[string]Capacity
 
-// Capacity is what one instance of a type does for a workload profile.
+// Capacity is what one instance of a type does for a workload profile, and what it costs.
 type Capacity struct {
 	ItemsPerMinute float64 `yaml:"items_per_minute"`
 	BootSeconds    float64 `yaml:"boot_seconds"`
-	HourlyPrice    float64 `yaml:"hourly_price"`
+	// HourlyPrice is the on-demand price in dollars an hour.
+	HourlyPrice float64 `yaml:"hourly_price"`
+	// SpotPrice is the price expected in the spot market, in dollars an hour; 0 (unset)
+	// prices spot instances at HourlyPrice, which can only overstate their cost.
+	SpotPrice float64 `yaml:"spot_price"`
+}
+
+// Price is the hourly price of an instance in market (events.MarketSpot or
+// events.MarketOnDemand).
+func (c Capacity) Price(market string) float64 {
+	if market == events.MarketSpot && c.SpotPrice > 0 {
+		return c.SpotPrice
+	}
+	return c.HourlyPrice
 }
 
 // Recipe is the ordered steps that bootstrap an instance, and the parameters a job may pass.
@@ -191,7 +229,26 @@ func (r Run) RerunSafe() bool { return r.Rerun == RerunSafe }
 type Start struct {
 	Argv []string `yaml:"argv"`
 	Log  string   `yaml:"log"` // empty: the recipe package's default under the step's state dir
+	// Progress, when set, names the signal that the workload is making progress: the
+	// monitor fails a job whose live workload shows none for the stall window, before its
+	// deadline.
+	Progress *Progress `yaml:"progress"`
 }
+
+// Progress is a start step's progress signal.
+type Progress struct {
+	// Signal is ProgressLog, the step's log must grow, or ProgressTasks, the job's count of
+	// reported tasks (TaskReported, succeeded or failed) must rise.
+	Signal string `yaml:"signal"`
+	// StallWindow is how long the signal may stand still before the job fails.
+	StallWindow Duration `yaml:"stall_window"`
+}
+
+// Progress signals (Progress.Signal).
+const (
+	ProgressLog   = "log"   // the step's log file grows
+	ProgressTasks = "tasks" // the job's reported tasks rise
+)
 
 // DefaultMode is the mode of uploaded and fetched files whose step names none.
 const DefaultMode FileMode = 0o600
@@ -350,7 +407,8 @@ func (c *Config) Recipe(name string) (Recipe, error) {
 }
 
 // Candidates returns the sizing candidates for a job: the template's instance types, in the
-// template's order, that the profile has a capacity for.
+// template's order, that the profile has a capacity for, priced in the market the template
+// launches in (spot for a spot template).
 func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error) {
 	t, err := c.Template(template)
 	if err != nil {
@@ -359,6 +417,10 @@ func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error
 	p, err := c.Profile(profile)
 	if err != nil {
 		return nil, err
+	}
+	market := events.MarketOnDemand
+	if t.Spot != nil {
+		market = events.MarketSpot
 	}
 	var out []sizing.Candidate
 	for _, it := range t.InstanceTypes {
@@ -370,7 +432,7 @@ func (c *Config) Candidates(template, profile string) ([]sizing.Candidate, error
 			InstanceType:   it,
 			ItemsPerMinute: cp.ItemsPerMinute,
 			BootSeconds:    cp.BootSeconds,
-			HourlyPrice:    cp.HourlyPrice,
+			HourlyPrice:    cp.Price(market),
 		})
 	}
 	if len(out) == 0 {

@@ -88,6 +88,13 @@ func TestCandidates(t *testing.T) {
 				{InstanceType: "c5.xlarge", ItemsPerMinute: 45, BootSeconds: 40, HourlyPrice: 0.17},
 			},
 		},
+		{
+			name: "a spot template is priced at the spot price, on demand where the profile has none", template: "batch-spot", profile: "files",
+			want: []sizing.Candidate{
+				{InstanceType: "m3.medium", ItemsPerMinute: 10, BootSeconds: 60, HourlyPrice: 0.02},
+				{InstanceType: "c5.xlarge", ItemsPerMinute: 45, BootSeconds: 40, HourlyPrice: 0.17},
+			},
+		},
 		{name: "no common type", template: "gpu", profile: "files",
 			wantErr: `template "gpu" and profile "files" share no instance type (template: g5.xlarge)`},
 		{name: "unknown template", template: "nope", profile: "files",
@@ -209,6 +216,18 @@ func TestParseErrors(t *testing.T) {
 		{name: "unknown param field", old: "{pattern: '[a-z]+'}", new: "{pattern: '[a-z]+', regex: x}", want: "field regex not found"},
 		{name: "bad ttl", old: "ttl: 1h", new: "ttl: soon", want: `duration "soon" must be a string such as "2h"`},
 		{name: "ttl as number", old: "ttl: 1h", new: "ttl: 3600", want: `duration "3600"`},
+		{name: "progress signal is valid", old: "run: {argv: [echo, '{{v}}']}", new: "start: {argv: [echo], log: w.log, progress: {signal: log, stall_window: 5m}}"},
+		{name: "progress signal unknown", old: "run: {argv: [echo, '{{v}}']}", new: "start: {argv: [echo], progress: {signal: lines, stall_window: 5m}}",
+			want: `recipes.r.steps[0].start.progress.signal: must be log (the log must grow) or tasks (the reported tasks must rise), got "lines"`, invalid: true},
+		{name: "progress on tasks is valid", old: "run: {argv: [echo, '{{v}}']}", new: "start: {argv: [echo], progress: {signal: tasks, stall_window: 30s}}"},
+		{name: "progress without a window", old: "run: {argv: [echo, '{{v}}']}", new: "start: {argv: [echo], progress: {signal: log}}",
+			want: "recipes.r.steps[0].start.progress.stall_window: must be a positive duration", invalid: true},
+		{name: "spot with fallbacks is valid", old: "ttl: 1h", new: "ttl: 1h\n    spot: {max_price: 0.05, fallback: [types, on-demand]}"},
+		{name: "spot fallback unknown", old: "ttl: 1h", new: "ttl: 1h\n    spot: {fallback: [reserved]}", want: `templates.t.spot.fallback[0]: must be types or on-demand, got "reserved"`, invalid: true},
+		{name: "spot fallback twice", old: "ttl: 1h", new: "ttl: 1h\n    spot: {fallback: [on-demand, on-demand]}", want: `templates.t.spot.fallback[1]: duplicate "on-demand"`, invalid: true},
+		{name: "spot max price negative", old: "ttl: 1h", new: "ttl: 1h\n    spot: {max_price: -1}", want: "templates.t.spot.max_price: must be within", invalid: true},
+		{name: "spot unknown field", old: "ttl: 1h", new: "ttl: 1h\n    spot: {bid: 1}", want: "field bid not found"},
+		{name: "spot price negative", old: "hourly_price: 0}", new: "hourly_price: 0, spot_price: -0.1}", want: "profiles.p.m3.medium.spot_price: must be within", invalid: true},
 		{name: "negative ttl", old: "ttl: 1h", new: "ttl: -1h", want: "templates.t.ttl: must be a positive duration", invalid: true},
 		{name: "bad mode", old: "run: {argv: [echo, '{{v}}']}", new: "upload: {path: x, mode: 0999}", want: `mode "0999" must be octal digits`},
 		{name: "mode too big", old: "run: {argv: [echo, '{{v}}']}", new: "upload: {path: x, mode: 17777}", want: `mode "17777"`},
@@ -309,8 +328,8 @@ func TestDefault(t *testing.T) {
 	if res := plan("files", 202, 10*time.Minute); res.InstanceType != "m3.medium" || res.Count != 3 || !res.MeetsDeadline {
 		t.Errorf("files profile, 202 items in 10 min: %+v, want 3 × m3.medium", res)
 	}
-	if res := plan("demo-fast", 202, 10*time.Second); res.InstanceType != "m3.medium" || res.Count != 3 || !res.MeetsDeadline {
-		t.Errorf("demo-fast profile, 202 items in 10 s: %+v, want 3 × m3.medium", res)
+	if res := plan("demo-fast", 202, 20*time.Second); res.InstanceType != "m3.medium" || res.Count != 3 || !res.MeetsDeadline {
+		t.Errorf("demo-fast profile, 202 items in 20 s: %+v, want 3 × m3.medium", res)
 	}
 
 	r, err := c.Recipe("demo-worker")

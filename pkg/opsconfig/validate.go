@@ -116,6 +116,19 @@ func (t Template) validate(p *problems, path, name string) {
 	if t.TTL <= 0 {
 		p.add(path+".ttl", "must be a positive duration such as \"2h\", got %s", t.TTL.Std())
 	}
+	if s := t.Spot; s != nil {
+		if !(s.MaxPrice >= 0 && s.MaxPrice <= sizing.MaxHourlyPrice) {
+			p.add(path+".spot.max_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, s.MaxPrice)
+		}
+		for i, f := range s.Fallback {
+			fp := fmt.Sprintf("%s.spot.fallback[%d]", path, i)
+			if f != FallbackTypes && f != FallbackOnDemand {
+				p.add(fp, "must be %s or %s, got %q", FallbackTypes, FallbackOnDemand, f)
+			} else if slices.Index(s.Fallback, f) < i {
+				p.add(fp, "duplicate %q", f)
+			}
+		}
+	}
 }
 
 func checkList(p *problems, path string, list []string, re *regexp.Regexp) {
@@ -147,6 +160,9 @@ func (pr Profile) validate(p *problems, path, name string) {
 		}
 		if !(c.HourlyPrice >= 0 && c.HourlyPrice <= sizing.MaxHourlyPrice) {
 			p.add(ip+".hourly_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, c.HourlyPrice)
+		}
+		if !(c.SpotPrice >= 0 && c.SpotPrice <= sizing.MaxHourlyPrice) {
+			p.add(ip+".spot_price", "must be within [0, %g], got %v", sizing.MaxHourlyPrice, c.SpotPrice)
 		}
 	}
 }
@@ -238,6 +254,14 @@ func (r Recipe) validate(p *problems, path, name string) {
 			argv("start.argv", s.Start.Argv)
 			if s.Start.Log != "" {
 				filePath("start.log", s.Start.Log)
+			}
+			if pr := s.Start.Progress; pr != nil {
+				if pr.Signal != ProgressLog && pr.Signal != ProgressTasks {
+					p.add(sp+".start.progress.signal", "must be %s (the log must grow) or %s (the reported tasks must rise), got %q", ProgressLog, ProgressTasks, pr.Signal)
+				}
+				if pr.StallWindow <= 0 {
+					p.add(sp+".start.progress.stall_window", "must be a positive duration such as \"5m\", got %s", pr.StallWindow.Std())
+				}
 			}
 		default:
 			p.add(sp, "must have exactly one of fetch, upload, run, start")

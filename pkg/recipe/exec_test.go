@@ -390,6 +390,22 @@ func TestUploadModeAndUmask(t *testing.T) {
 	}
 }
 
+// SizeCommand prints a log's size in bytes, 0 before it exists, and reads a path that
+// starts with "-" as a file.
+func TestSizeCommandExecuted(t *testing.T) {
+	b := newBox(t)
+	if out, _, err := b.sh(SizeCommand("logs/none.log"), nil); err != nil || strings.TrimSpace(out) != "0" {
+		t.Fatalf("missing log: %q, %v; want 0", out, err)
+	}
+	b.mustSh("mkdir -p logs && printf 'line 1\\nline 2\\n' > logs/w.log && printf abc > ./-n", nil)
+	if out := strings.TrimSpace(b.mustSh(SizeCommand("logs/w.log"), nil)); out != "14" {
+		t.Errorf("size %q, want 14", out)
+	}
+	if out := strings.TrimSpace(b.mustSh(SizeCommand("-n"), nil)); out != "3" {
+		t.Errorf("size of -n %q, want 3", out)
+	}
+}
+
 // TestFoldExec runs folded steps with sh: the first run does every step and the
 // bookkeeping, a rerun of the first command says Done and runs nothing, and a failing last
 // step keeps its status and writes no marker.

@@ -200,6 +200,20 @@ type Workload struct {
 	Step        string // the step name: StatusCommand(Step) reports on it
 	Log, Stderr string
 	StateDir    string
+	// StallWindow is how long the workload's progress signal (Signal) may stand still while
+	// it runs before the job fails; 0: no stall detection.
+	StallWindow time.Duration
+	// Signal is the step's progress signal: opsconfig.ProgressLog or ProgressTasks.
+	Signal string
+}
+
+// StallWindow is a start step's stall window: how long its progress signal may stand still
+// (0: the step names none).
+func StallWindow(s opsconfig.Step) time.Duration {
+	if s.Start == nil || s.Start.Progress == nil {
+		return 0
+	}
+	return s.Start.Progress.StallWindow.Std()
 }
 
 // Workloads returns the recipe's start steps with their paths for the given job parameters,
@@ -219,7 +233,11 @@ func Workloads(r opsconfig.Recipe, params map[string]string) ([]Workload, error)
 		if err != nil {
 			return nil, fmt.Errorf("rendering step %d %q: %w", i, s.Name, err)
 		}
-		out = append(out, Workload{Step: s.Name, Log: st.Log, Stderr: st.Stderr, StateDir: StateDir(s.Name)})
+		w := Workload{Step: s.Name, Log: st.Log, Stderr: st.Stderr, StateDir: StateDir(s.Name), StallWindow: StallWindow(s)}
+		if w.StallWindow > 0 {
+			w.Signal = s.Start.Progress.Signal
+		}
+		out = append(out, w)
 	}
 	return out, nil
 }

@@ -52,6 +52,12 @@ func TailCommand(p string, n int) string {
 	return fmt.Sprintf("tail -n %d %s", n, q(safePath(p)))
 }
 
+// SizeCommand prints the size in bytes of the file at p (relative to the login directory),
+// 0 when it does not exist yet.
+func SizeCommand(p string) string {
+	return fmt.Sprintf("wc -c 2> /dev/null < %s || echo 0", q(safePath(p)))
+}
+
 // States StatusCommand reports.
 const (
 	StateNotStarted = "not-started" // no marker: the step never ran

@@ -37,11 +37,15 @@ type Candidate struct {
 	HourlyPrice    float64
 }
 
-// Request is the work to size: Items within Deadline, on one of Candidates, with a count
-// in [Min, Max].
+// Request is the work to size: Items within what is left of Deadline once Waited has
+// passed (the time from submission to planning), on one of Candidates, with a count in
+// [Min, Max].
 type Request struct {
-	Items      int
-	Deadline   time.Duration
+	Items    int
+	Deadline time.Duration
+	// Waited is how long the job waited between submission and planning: the fleet has
+	// Deadline − Waited, less its boot time, to do the work. Zero plans on the whole deadline.
+	Waited     time.Duration
 	Candidates []Candidate
 	Min, Max   int
 }
@@ -56,6 +60,9 @@ type Result struct {
 	MeetsDeadline    bool
 	Rationale        string // the arithmetic in words
 }
+
+// left is the time left at planning.
+func (req Request) left() time.Duration { return req.Deadline - req.Waited }
 
 // option is one candidate worked out.
 type option struct {
@@ -77,7 +84,7 @@ func Plan(req Request) (Result, error) {
 	if err := validate(req); err != nil {
 		return Result{}, err
 	}
-	deadline := req.Deadline.Seconds()
+	deadline := req.left().Seconds()
 	lo := max(req.Min, 1)
 
 	opts := make([]option, len(req.Candidates))
@@ -202,6 +209,9 @@ func validate(req Request) error {
 	if len(req.Candidates) == 0 {
 		bad("candidates", "must not be empty")
 	}
+	if req.Waited < 0 {
+		bad("waited", "must be ≥ 0, got %s", req.Waited)
+	}
 	if req.Min < 0 {
 		bad("min", "must be ≥ 0, got %d", req.Min)
 	}
@@ -240,7 +250,7 @@ func rationale(req Request, opts []option, chosen int) string {
 	if o.c.BootSeconds > 0 {
 		fmt.Fprintf(&b, ", %s s boot", num(o.c.BootSeconds))
 	}
-	fmt.Fprintf(&b, ", %s deadline → %s, ≈%s", span(req.Deadline.Seconds()), instances(o.count), approx(work(o)))
+	fmt.Fprintf(&b, ", %s → %s, ≈%s", deadlineText(req), instances(o.count), approx(work(o)))
 	if o.c.BootSeconds > 0 {
 		fmt.Fprintf(&b, " + %s s boot", num(o.c.BootSeconds))
 	}
@@ -260,8 +270,10 @@ func rationaleLate(req Request, opts []option, chosen int) string {
 	if o.c.BootSeconds > 0 {
 		fmt.Fprintf(&b, ", %s s boot", num(o.c.BootSeconds))
 	}
-	fmt.Fprintf(&b, ", %s deadline: no candidate meets it within max %d; ", span(req.Deadline.Seconds()), req.Max)
-	if o.noTime {
+	fmt.Fprintf(&b, ", %s: no candidate meets it within max %d; ", deadlineText(req), req.Max)
+	if req.left() <= 0 {
+		fmt.Fprintf(&b, "the deadline has passed; ")
+	} else if o.noTime {
 		fmt.Fprintf(&b, "boot alone takes the deadline; ")
 	} else {
 		fmt.Fprintf(&b, "%s needed; ", neededText(o.needed))
@@ -270,9 +282,22 @@ func rationaleLate(req Request, opts []option, chosen int) string {
 	if o.c.BootSeconds > 0 {
 		fmt.Fprintf(&b, " + %s s boot", num(o.c.BootSeconds))
 	}
-	fmt.Fprintf(&b, ", late by ≈%s, $%s", approx(o.estAtMax-req.Deadline.Seconds()), money(o.costAtM))
+	fmt.Fprintf(&b, ", late by ≈%s, $%s", approx(o.estAtMax-req.left().Seconds()), money(o.costAtM))
 	b.WriteString(alternatives(opts, chosen))
 	return b.String()
+}
+
+// deadlineText is "10 min deadline", or, when the job waited, "10 min deadline, 7 min
+// left after 3 min waiting".
+func deadlineText(req Request) string {
+	if req.Waited < 50*time.Millisecond { // would read "0.0 s waiting"
+		return span(req.Deadline.Seconds()) + " deadline"
+	}
+	left := req.left().Seconds()
+	if left <= 0 {
+		return fmt.Sprintf("%s deadline, none left after %s waiting", span(req.Deadline.Seconds()), approx(req.Waited.Seconds()))
+	}
+	return fmt.Sprintf("%s deadline, %s left after %s waiting", span(req.Deadline.Seconds()), approx(left), approx(req.Waited.Seconds()))
 }
 
 // alternatives summarises the candidates not chosen.

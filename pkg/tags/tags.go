@@ -31,4 +31,11 @@ const (
 	// SSHEndpoint is the local cloud's loopback SSH address of an instance. It is honoured only
 	// when local mode is switched on explicitly, never against AWS.
 	SSHEndpoint = "sortie:ssh-endpoint"
+	// Market is the market an instance was launched in: "spot" or "on-demand".
+	Market = "sortie:market"
+	// HourlyPrice is the capacity profile's price of an instance's type in its market, in
+	// dollars an hour, when it was launched (pkg/cost formats and parses it).
+	HourlyPrice = "sortie:hourly-price"
+	// PlannedCost is the cost, in dollars, the plan of an instance's fleet estimated.
+	PlannedCost = "sortie:planned-cost"
 )

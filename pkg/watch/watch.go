@@ -374,7 +374,8 @@ func Describe(ev events.Event) string {
 		if e.Outcome == events.OutcomeRejected {
 			return fmt.Sprintf("FleetTerminated    rejected by %s: %s", e.RejectedBy, e.Reason)
 		}
-		s := fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds", e.Outcome, len(e.Archives), len(e.TerminatedInstanceIDs), e.InstanceSeconds)
+		s := fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds, cost $%.6f (planned $%.6f)",
+			e.Outcome, len(e.Archives), len(e.TerminatedInstanceIDs), e.InstanceSeconds, e.Cost, e.PlannedCost)
 		for _, f := range e.ArchiveFailures {
 			s += fmt.Sprintf("; %s not archived: %s", f.InstanceID, f.Error)
 		}

@@ -29,6 +29,9 @@ type stepCheck struct {
 	// Tail is the last lines of the workload's log (of its stderr when the log is empty),
 	// fetched when the workload failed, or is still running past the deadline.
 	Tail []string
+	// LogSize is the size of the workload's log in bytes, read for a live workload with a
+	// stall window; -1 when not read.
+	LogSize int64
 }
 
 // failed reports whether the workload has ended badly.

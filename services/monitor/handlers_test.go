@@ -195,7 +195,7 @@ func TestCheckStillRunning(t *testing.T) {
 	})
 	e := fleetEvent()
 	b := cloudtest.Encode(t, e)
-	if err := f.m.check(context.Background(), e, b, map[string]int{"i-0000000000000000b": 1}); err != nil {
+	if err := f.m.check(context.Background(), e, b, map[string]int{"i-0000000000000000b": 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.pub.published) != 0 || len(f.pub.timers) != 1 {
@@ -226,7 +226,7 @@ func TestCheckVerdictSettles(t *testing.T) {
 	})
 	e := fleetEvent()
 	e.Params = map[string]string{"tag": "abc"}
-	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.pub.published) != 0 || len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerSettle || f.pub.timers[0].delay != 2*time.Second {
@@ -271,7 +271,7 @@ func TestCheckTerminatedInstance(t *testing.T) {
 	f := newFakes(t, nil) // no SSH: the probe must not run
 	f.ec2.states = map[string]ec2types.InstanceStateName{"i-0000000000000000b": ec2types.InstanceStateNameTerminated}
 	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
@@ -292,7 +292,7 @@ func TestCheckStopsWhenFinished(t *testing.T) {
 	f := newFakes(t, nil)
 	f.ec2.stage = StageFinished
 	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.pub.timers)+len(f.pub.published)+len(f.ec2.tags) != 0 {
@@ -523,7 +523,7 @@ func TestCheckRefusesForeignInstances(t *testing.T) {
 	f := newFakes(t, fakeProber{}) // a probe of any instance would return an empty check
 	f.ec2.foreign = map[string]bool{"i-0000000000000000b": true}
 	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil); err != nil {
+	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.ec2.tags) != 0 {

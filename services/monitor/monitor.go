@@ -311,7 +311,11 @@ func (m *monitor) handleTimer(ctx context.Context, msg *bus.Message) error {
 		if err != nil {
 			return bus.Permanent(err)
 		}
-		return m.check(ctx, e, msg.Payload, misses)
+		progress, err := decodeProgress(msg.Attributes[AttrProgress])
+		if err != nil {
+			return bus.Permanent(err)
+		}
+		return m.check(ctx, e, msg.Payload, misses, progress)
 	case TimerSettle:
 		jf, err := events.DecodeJobFinished(msg.Payload)
 		if err != nil {
@@ -325,7 +329,7 @@ func (m *monitor) handleTimer(ctx context.Context, msg *bus.Message) error {
 
 // check looks at every instance of a fleet once, then settles the job's verdict or arms
 // the next check.
-func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []byte, misses map[string]int) error {
+func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []byte, misses map[string]int, progress map[string]progressMark) error {
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
 	now := m.now()
 	ids := instanceIDs(e)
@@ -354,7 +358,8 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 			break
 		}
 		pastDeadline := now.After(e.DeadlineAt.Add(m.cfg.Grace))
-		checks := probeAll(ctx, m.prober, m.targets(ctx, e, states), wl, pastDeadline, m.cfg.Parallel)
+		targets := m.targets(ctx, e, states)
+		checks := probeAll(ctx, m.prober, targets, wl, pastDeadline, m.cfg.Parallel)
 		for _, c := range checks {
 			if c.Err != nil {
 				log.Warn("instance unreachable", "instance_id", c.ID, "misses", misses[c.ID]+1, "max_misses", m.cfg.MaxMisses, "error", c.Err.Error())
@@ -362,6 +367,23 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		}
 		v, misses = decide(checks, checkState{Misses: misses, MaxMisses: m.cfg.MaxMisses, Deadline: e.DeadlineAt, Grace: m.cfg.Grace, PastDeadline: pastDeadline})
 		m.metrics.Add(metrics.FleetAlive(e.JobID, e.FleetID, v.Alive))
+		if !v.Done {
+			var sv verdict
+			var w recipe.Workload
+			sv, w, progress = stalled(checks, wl, progress, now, m.taskCount(ctx, e.JobID, wl))
+			if sv.Done { // the stalled workload's log tail, read now
+				for _, tg := range targets {
+					if tg.ID == sv.FailingInstance {
+						c := m.prober.probe(ctx, tg, []recipe.Workload{w}, true)
+						if len(c.Steps) == 1 {
+							sv.LogTail = c.Steps[0].Tail
+						}
+					}
+				}
+				sv.Alive = v.Alive
+				v = sv
+			}
+		}
 	}
 
 	if v.Done {
@@ -385,11 +407,34 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 		log.Warn("refreshing leases; retrying at the next check", "error", err.Error())
 	}
 	attrs := map[string]string{AttrTimer: TimerCheck, AttrMisses: encodeMisses(misses)}
+	if p := encodeProgress(progress); p != "" {
+		attrs[AttrProgress] = p
+	}
 	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, body, attrs); err != nil {
 		return fmt.Errorf("arming the next check of fleet %s: %w", e.FleetID, err)
 	}
 	log.Debug("fleet checked", "alive", v.Alive, "lease_expires", expires)
 	return nil
+}
+
+// taskCount is the job's count of reported tasks (succeeded and failed) in CloudWatch, after
+// flushing this replica's metrics, for a workload whose progress signal it is; -1 when none
+// is, or the count cannot be read (no progress is then judged at this check).
+func (m *monitor) taskCount(ctx context.Context, jobID string, wl []recipe.Workload) int64 {
+	if !tasksSignal(wl) {
+		return -1
+	}
+	log := bus.Logger(ctx)
+	if err := m.metrics.Flush(ctx); err != nil {
+		log.Warn("flushing metrics before reading the task count", "error", err.Error())
+	}
+	now := m.now()
+	totals, err := metrics.JobTotals(ctx, m.stats, jobID, now.Add(-(events.MaxDeadline + m.cfg.Grace + time.Hour)), now.Add(time.Minute))
+	if err != nil {
+		log.Warn("task count unreadable: progress not judged at this check", "error", err.Error())
+		return -1
+	}
+	return int64(totals.Succeeded + totals.Failed)
 }
 
 // targets says how to reach each instance of the fleet: at the address EC2 gives

@@ -307,6 +307,74 @@ func TestMonitor(t *testing.T) {
 		s.dlqsEmpty()
 	})
 
+	// A workload whose log stops growing fails the job at its stall window, long before the
+	// deadline, with its log tail; one that keeps writing is not stalled.
+	t.Run("stalled workload fails at the stall window with the tail", func(t *testing.T) {
+		t.Parallel()
+		s := c.newStack(t, nil)
+		job := cloudtest.Unique("job-stall-")
+		fleet := s.launch(t, job, 2)
+		c.startRecipe(t, fleet[0], "stall", map[string]string{"lines": "60", "every": "0.5", "hang": "600"}) // 30 s of output
+		c.startRecipe(t, fleet[1], "stall", map[string]string{"lines": "7", "hang": "600"})                  // 7 lines, then silence
+		e := s.bootstrapped(job, time.Now().Add(time.Hour), fleet)
+		e.Recipe = "stall"
+		start := time.Now()
+		s.Publish(t, e)
+
+		jf := s.jobFinished(job, 30*time.Second)
+		took := time.Since(start)
+		if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != fleet[1].ID {
+			t.Fatalf("JobFinished %s failing %s (%s), want failed on the silent %s", jf.Outcome, jf.FailingInstance, jf.Reason, fleet[1].ID)
+		}
+		if want := "workload work on " + fleet[1].ID + " made no progress: its log logs/work.log stayed at "; !strings.HasPrefix(jf.Reason, want) ||
+			!strings.Contains(jf.Reason, "(stall window 3s)") {
+			t.Errorf("reason %q, want it to start %q and name the window", jf.Reason, want)
+		}
+		want := []string{"line 1", "line 2", "line 3", "line 4", "line 5", "line 6", "line 7"}
+		if !slices.Equal(jf.LogTail, want) {
+			t.Errorf("log tail %q, want %q", jf.LogTail, want)
+		}
+		// Stalled for 3 s, seen at checks about a second apart: well before the 30 s the
+		// busy instance writes for, and the hour-long deadline.
+		if took > 25*time.Second {
+			t.Errorf("took %s to catch the stall", took)
+		}
+	})
+
+	// Tasks reported, then none: the job fails at the stall window of its tasks signal.
+	t.Run("no task reported for the stall window fails the job", func(t *testing.T) {
+		t.Parallel()
+		s := c.newStack(t, nil)
+		job := cloudtest.Unique("job-quiet-")
+		fleet := s.launch(t, job, 1)
+		c.startRecipe(t, fleet[0], "quiet", nil)
+		e := s.bootstrapped(job, time.Now().Add(time.Hour), fleet)
+		e.Recipe = "quiet"
+		s.Publish(t, e)
+		// Four tasks over 2 s (less than the window between two of them), then silence.
+		for i := range 4 {
+			s.Publish(t, s.taskReported(job, job, fleet[0].ID, events.OutcomeSucceeded, i))
+			time.Sleep(500 * time.Millisecond)
+		}
+		stopped := time.Now()
+
+		jf := s.jobFinished(job, 30*time.Second)
+		if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != fleet[0].ID ||
+			!strings.HasPrefix(jf.Reason, "workload count made no progress: the job's reported tasks stayed at ") ||
+			!strings.HasSuffix(jf.Reason, "(stall window 3s); running on "+fleet[0].ID) {
+			t.Fatalf("JobFinished %s failing %s: %q; want failed for want of tasks", jf.Outcome, jf.FailingInstance, jf.Reason)
+		}
+		if !slices.Equal(jf.LogTail, []string{"counting"}) {
+			t.Errorf("log tail %q, want the workload's log", jf.LogTail)
+		}
+		if jf.TasksSucceeded != 4 {
+			t.Errorf("%d tasks succeeded, want 4", jf.TasksSucceeded)
+		}
+		if took := time.Since(stopped); took > 25*time.Second {
+			t.Errorf("took %s after the last task to catch the stall", took)
+		}
+	})
+
 	// One instance's workload exits 3 after 120 lines: failed, with exactly its last 50.
 	t.Run("failed with the log tail", func(t *testing.T) {
 		t.Parallel()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -48,6 +49,9 @@ func workloads(r opsconfig.Recipe, params map[string]string) ([]recipe.Workload,
 		}
 		if len(refs) > 0 {
 			w[0].Log = ""
+		}
+		if w[0].StallWindow = recipe.StallWindow(s); w[0].StallWindow > 0 {
+			w[0].Signal = s.Start.Progress.Signal
 		}
 		out = append(out, w[0])
 	}
@@ -131,13 +135,30 @@ func (p sshProber) probe(ctx context.Context, t target, wl []recipe.Workload, ta
 			c.Err, c.Steps = fmt.Errorf("checking %s on %s: %w", w.Step, t.ID, err), nil
 			return c
 		}
-		s := stepCheck{Step: w.Step, Status: st}
+		s := stepCheck{Step: w.Step, Status: st, LogSize: -1}
 		if s.failed() || (tailLive && s.live()) {
 			s.Tail = tail(ctx, conn, w)
+		}
+		if w.StallWindow > 0 && w.Signal == opsconfig.ProgressLog && w.Log != "" && s.live() {
+			s.LogSize = logSize(ctx, conn, w.Log)
 		}
 		c.Steps = append(c.Steps, s)
 	}
 	return c
+}
+
+// logSize is the size of the log at p, or -1 when it cannot be read (no progress is then
+// judged at this check).
+func logSize(ctx context.Context, conn *remote.Client, p string) int64 {
+	res, err := conn.Run(ctx, recipe.SizeCommand(p), nil)
+	if err != nil || res.ExitCode != 0 {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(res.Stdout)), 10, 64)
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
 }
 
 // tail returns the last lines of the workload's log, or of its stderr when the log is

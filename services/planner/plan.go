@@ -110,7 +110,7 @@ func resolve(ops *opsconfig.Config, job events.JobSubmitted, secretsBucket strin
 }
 
 // countWork returns the number of work items: the explicit count, the depth of a queue
-// (visible plus in flight) or the number of objects under an S3 prefix.
+// (visible, in flight and delayed) or the number of objects under an S3 prefix.
 func countWork(ctx context.Context, queues QueueAPI, objects BucketAPI, w events.WorkSource) (int, error) {
 	switch {
 	case w.Count != 0:
@@ -123,11 +123,12 @@ func countWork(ctx context.Context, queues QueueAPI, objects BucketAPI, w events
 	return 0, bus.Permanent(errors.New("work: no source set"))
 }
 
-// queueDepthAttributes are summed to measure a queue: messages waiting and messages
-// being processed.
+// queueDepthAttributes are summed to measure a queue: messages waiting, messages being
+// processed and messages sent with a delay that are not visible yet (work all the same).
 var queueDepthAttributes = []sqstypes.QueueAttributeName{
 	sqstypes.QueueAttributeNameApproximateNumberOfMessages,
 	sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible,
+	sqstypes.QueueAttributeNameApproximateNumberOfMessagesDelayed,
 }
 
 func queueDepth(ctx context.Context, api QueueAPI, name string) (int, error) {
@@ -196,8 +197,10 @@ func classify(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// buildPlan sizes the fleet for items and returns the plan: revision 1 of the fleet
-// whose id is the job id.
+// buildPlan sizes the fleet for items on the time left at now (the job's submission time
+// plus its deadline, less now) and returns the plan: revision 1 of the fleet whose id is
+// the job id. A job that no fleet the template allows can finish in the time left is
+// rejected with the sizing's rationale, unless it is best effort.
 func buildPlan(job events.JobSubmitted, sel selection, items int, now time.Time) (events.FleetPlanned, error) {
 	if items == 0 {
 		return events.FleetPlanned{}, bus.Permanent(fmt.Errorf("nothing to do: %s holds no work items", workName(job.Work)))
@@ -208,12 +211,16 @@ func buildPlan(job events.JobSubmitted, sel selection, items int, now time.Time)
 	res, err := sizing.Plan(sizing.Request{
 		Items:      items,
 		Deadline:   job.Deadline(),
+		Waited:     max(now.Sub(job.Time), 0),
 		Candidates: sel.Candidates,
 		Min:        sel.Template.MinInstances,
 		Max:        sel.Template.MaxInstances,
 	})
 	if err != nil {
 		return events.FleetPlanned{}, bus.Permanent(fmt.Errorf("sizing: %w", err))
+	}
+	if !res.MeetsDeadline && !job.BestEffort {
+		return events.FleetPlanned{}, bus.Permanent(fmt.Errorf("the deadline cannot be met at any size (not best effort): %s", res.Rationale))
 	}
 	return events.FleetPlanned{
 		Header:           events.NewHeader(job.JobID, job.CorrelationID, now),
@@ -231,6 +238,7 @@ func buildPlan(job events.JobSubmitted, sel selection, items int, now time.Time)
 		EstimatedSeconds: res.EstimatedSeconds,
 		MeetsDeadline:    res.MeetsDeadline,
 		Rationale:        truncate(res.Rationale, events.MaxTextBytes),
+		PlannedCost:      res.Cost,
 	}, nil
 }
 

@@ -38,7 +38,7 @@ func demoJob() events.JobSubmitted {
 		Profile:         "demo-fast",
 		Recipe:          "demo-worker",
 		Work:            events.WorkSource{Count: 202},
-		DeadlineSeconds: 10,
+		DeadlineSeconds: 20,
 		Params:          map[string]string{"bucket": "sortie-demo", "queue": "sortie-demo-work"},
 	}
 }
@@ -190,22 +190,47 @@ func TestBuildPlan(t *testing.T) {
 		{
 			name: "seed vector: 202 files, 10/min, 10 min deadline → 3 not 2", job: seedJob(), items: 202,
 			wantType: "m3.medium", wantCount: 3, wantMeets: true,
-			wantRationale: "202 items, 10/min per m3.medium, 60 s boot, 10 min deadline → 3 instances, ≈6.7 min + 60 s boot",
+			// 3 × $0.067 an hour for 60 s + 202 / 30 min = 464 s: $0.0259.
+			wantRationale: "202 items, 10/min per m3.medium, 60 s boot, 10 min deadline, 10.0 min left after 2.0 s waiting → 3 instances, ≈6.7 min + 60 s boot, $0.0259",
 		},
 		{
 			name: "demo profile: cheaper 3 × m3.medium over 2 × c5.large", job: demoJob(), items: 202,
 			wantType: "m3.medium", wantCount: 3, wantMeets: true,
-			wantRationale: "202 items, 600/min per m3.medium, 1 s boot, 10 s deadline → 3 instances, ≈6.7 s + 1 s boot",
+			wantRationale: "202 items, 300/min per m3.medium, 1 s boot, 20 s deadline, 18.0 s left after 2.0 s waiting → 3 instances, ≈13.5 s + 1 s boot",
 		},
 		{
 			name: "one item: the template's minimum", job: demoJob(), items: 1,
 			wantType: "m3.medium", wantCount: 1, wantMeets: true,
 		},
 		{
-			name: "deadline out of reach: plan the template's max and say so",
-			job:  with(seedJob(), func(j *events.JobSubmitted) { j.DeadlineSeconds = 120 }), items: 5000,
+			name: "deadline out of reach, best effort: plan the template's max and say so",
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.DeadlineSeconds = 120; j.BestEffort = true }), items: 5000,
 			wantType: "m3.medium", wantCount: 10, wantMeets: false,
-			wantRationale: "5000 items, 10/min per m3.medium, 60 s boot, 2 min deadline: no candidate meets it within max 10",
+			wantRationale: "5000 items, 10/min per m3.medium, 60 s boot, 2 min deadline, 2.0 min left after 2.0 s waiting: no candidate meets it within max 10",
+		},
+		{
+			name: "deadline out of reach: rejected with the arithmetic",
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.DeadlineSeconds = 120 }), items: 5000,
+			wantErr: "the deadline cannot be met at any size (not best effort): 5000 items, 10/min per m3.medium, 60 s boot, 2 min deadline, 2.0 min left after 2.0 s waiting: no candidate meets it within max 10; 518 instances needed",
+		},
+		{
+			// Submitted 8 min before planning: 2 min left, 1 min of it to work after boot.
+			name: "waited 8 of its 10 minutes: planned on the 2 minutes left",
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.Time = planned.Add(-8 * time.Minute) }), items: 50,
+			wantType: "m3.medium", wantCount: 5, wantMeets: true,
+			wantRationale: "50 items, 10/min per m3.medium, 60 s boot, 10 min deadline, 2.0 min left after 8.0 min waiting → 5 instances, ≈1.0 min + 60 s boot",
+		},
+		{
+			// Submitted 9.5 min before planning: boot alone takes what is left.
+			name: "waited past the point where any size can make it: rejected",
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.Time = planned.Add(-570 * time.Second) }), items: 50,
+			wantErr: "the deadline cannot be met at any size (not best effort): 50 items, 10/min per m3.medium, 60 s boot, 10 min deadline, 30.0 s left after 9.5 min waiting: no candidate meets it within max 10; boot alone takes the deadline",
+		},
+		{
+			name: "waited past its deadline, best effort: planned at max, late",
+			job:  with(seedJob(), func(j *events.JobSubmitted) { j.Time = planned.Add(-11 * time.Minute); j.BestEffort = true }), items: 50,
+			wantType: "m3.medium", wantCount: 10, wantMeets: false,
+			wantRationale: "50 items, 10/min per m3.medium, 60 s boot, 10 min deadline, none left after 11.0 min waiting: no candidate meets it within max 10; the deadline has passed",
 		},
 		{name: "nothing to do", job: demoJob(), items: 0, wantErr: "nothing to do: the job's count holds no work items"},
 		{
@@ -237,19 +262,23 @@ func TestBuildPlan(t *testing.T) {
 			if !strings.HasPrefix(got.Rationale, tt.wantRationale) {
 				t.Errorf("rationale %q, want it to start %q", got.Rationale, tt.wantRationale)
 			}
+			// The planned cost is the one the rationale states.
+			if c := fmt.Sprintf("$%.4f", got.PlannedCost); got.PlannedCost <= 0 || !strings.Contains(got.Rationale, c) {
+				t.Errorf("planned cost %v: want > 0 and %s in the rationale %q", got.PlannedCost, c, got.Rationale)
+			}
 			// The carried fields and the plan's identity.
 			j := tt.job
 			if got.FleetID != j.JobID || got.PlanRevision != 1 || got.JobID != j.JobID || got.CorrelationID != j.CorrelationID {
 				t.Errorf("identity: fleet %q rev %d job %q corr %q", got.FleetID, got.PlanRevision, got.JobID, got.CorrelationID)
 			}
-			if !got.SubmittedAt.Equal(submitted) || !got.Time.Equal(planned) {
-				t.Errorf("submitted_at %s (want the job's time %s), time %s (want %s)", got.SubmittedAt, submitted, got.Time, planned)
+			if !got.SubmittedAt.Equal(tt.job.Time) || !got.Time.Equal(planned) {
+				t.Errorf("submitted_at %s (want the job's time %s), time %s (want %s)", got.SubmittedAt, tt.job.Time, got.Time, planned)
 			}
 			if got.Template != j.Template || got.Profile != j.Profile || got.Recipe != j.Recipe ||
 				got.DeadlineSeconds != j.DeadlineSeconds || fmt.Sprint(got.Params) != fmt.Sprint(j.Params) || got.Items != tt.items {
 				t.Errorf("carried fields differ: %+v", got)
 			}
-			if !got.DeadlineAt().Equal(submitted.Add(j.Deadline())) {
+			if !got.DeadlineAt().Equal(j.Time.Add(j.Deadline())) {
 				t.Errorf("deadline at %s", got.DeadlineAt())
 			}
 			if _, err := events.Encode(got); err != nil {
@@ -268,6 +297,7 @@ func apiError(code string) error {
 type fakeQueues struct {
 	name              string
 	visible, inFlight string
+	delayed           string
 	urlErr, attrErr   error
 	asked             []string
 }
@@ -299,6 +329,8 @@ func (f *fakeQueues) GetQueueAttributes(_ context.Context, in *sqs.GetQueueAttri
 			attrs[string(a)] = f.visible
 		case "ApproximateNumberOfMessagesNotVisible":
 			attrs[string(a)] = f.inFlight
+		case "ApproximateNumberOfMessagesDelayed":
+			attrs[string(a)] = f.delayed
 		}
 	}
 	return &sqs.GetQueueAttributesOutput{Attributes: attrs}, nil
@@ -367,12 +399,16 @@ func TestCountWork(t *testing.T) {
 	}{
 		{name: "explicit count", work: events.WorkSource{Count: 202}, want: 202},
 		{
-			name: "queue depth is visible plus in flight", work: events.WorkSource{Queue: "work"},
-			queues: &fakeQueues{name: "work", visible: "150", inFlight: "52"}, want: 202,
+			name: "queue depth is visible plus in flight plus delayed", work: events.WorkSource{Queue: "work"},
+			queues: &fakeQueues{name: "work", visible: "150", inFlight: "40", delayed: "12"}, want: 202,
+		},
+		{
+			name: "only delayed messages are work too", work: events.WorkSource{Queue: "work"},
+			queues: &fakeQueues{name: "work", visible: "0", inFlight: "0", delayed: "7"}, want: 7,
 		},
 		{
 			name: "empty queue", work: events.WorkSource{Queue: "work"},
-			queues: &fakeQueues{name: "work", visible: "0", inFlight: "0"}, want: 0,
+			queues: &fakeQueues{name: "work", visible: "0", inFlight: "0", delayed: "0"}, want: 0,
 		},
 		{
 			name: "missing queue is permanent and named", work: events.WorkSource{Queue: "nope"},
@@ -388,7 +424,7 @@ func TestCountWork(t *testing.T) {
 		},
 		{
 			name: "garbage attribute", work: events.WorkSource{Queue: "work"},
-			queues: &fakeQueues{name: "work", visible: "many", inFlight: "0"}, wantErr: `ApproximateNumberOfMessages is "many", not a count`,
+			queues: &fakeQueues{name: "work", visible: "many", inFlight: "0", delayed: "0"}, wantErr: `ApproximateNumberOfMessages is "many", not a count`,
 		},
 		{
 			name: "S3 prefix, three pages, folder markers skipped", work: events.WorkSource{S3: &events.S3Prefix{Bucket: "data", Prefix: "in/"}},
@@ -437,7 +473,7 @@ func TestCountWork(t *testing.T) {
 			if got != tt.want {
 				t.Errorf("counted %d, want %d", got, tt.want)
 			}
-			if tt.queues != nil && fmt.Sprint(tt.queues.asked) != "[ApproximateNumberOfMessages ApproximateNumberOfMessagesNotVisible]" {
+			if tt.queues != nil && fmt.Sprint(tt.queues.asked) != "[ApproximateNumberOfMessages ApproximateNumberOfMessagesNotVisible ApproximateNumberOfMessagesDelayed]" {
 				t.Errorf("asked for attributes %v", tt.queues.asked)
 			}
 			if tt.bucket != nil && tt.bucket.calls != tt.wantPages {

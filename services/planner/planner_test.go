@@ -94,6 +94,31 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 		}
 	})
 
+	t.Run("delayed messages in the work queue count as work", func(t *testing.T) {
+		q, err := s.SQS.CreateQueue(t.Context(), &sqs.CreateQueueInput{QueueName: aws.String(s.Topology.Prefix + "-delayed")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 8 {
+			in := &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: aws.String(fmt.Sprint(i))}
+			if i < 5 {
+				in.DelaySeconds = 900 // not visible during the test
+			}
+			if _, err := s.SQS.SendMessage(t.Context(), in); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.Publish(t, job("delayed", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: s.Topology.Prefix + "-delayed"} }))
+		got := cloudtest.Collect(t, s.SQS, plans, 20*time.Second, cloudtest.HasAll(1, "delayed"))
+		plan, err := events.DecodeFleetPlanned([]byte(aws.ToString(got["delayed"][0].Body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if plan.Items != 8 {
+			t.Errorf("planned %d items, want 8 (3 visible + 5 delayed): %s", plan.Items, plan.Rationale)
+		}
+	})
+
 	t.Run("bad jobs go to the DLQ with their reason and plan nothing", func(t *testing.T) {
 		valid := string(cloudtest.Encode(t, job("bad-raw", nil)))
 		bad := map[string]string{ // job id → the reason the DLQ entry must give
@@ -105,7 +130,12 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 			"bad-count0":   "work: must set exactly one of count, queue, s3, got none",
 			"bad-deadline": "deadline_seconds: must be",
 			"bad-json":     "malformed JSON",
+			"bad-late":     "the deadline cannot be met at any size (not best effort): 202 items, ",
 		}
+		// Submitted 19.5 s ago with a 20 s deadline: the boot alone takes what is left.
+		late := job("bad-late", nil)
+		late.Time = time.Now().Add(-19500 * time.Millisecond)
+		s.Publish(t, late)
 		s.Publish(t, job("bad-template", func(j *events.JobSubmitted) { j.Template = "x" }))
 		s.Publish(t, job("bad-hostile", func(j *events.JobSubmitted) { j.Params["bucket"] = `"; rm -rf ~"` }))
 		s.Publish(t, job("bad-queue", func(j *events.JobSubmitted) { j.Work = events.WorkSource{Queue: s.Topology.Prefix + "-nope"} }))
@@ -116,7 +146,7 @@ func TestPlannerOnLocalCloud(t *testing.T) {
 			j.Work = events.WorkSource{S3: &events.S3Prefix{Bucket: bucket, Prefix: "none/"}}
 		}))
 		publishRaw(t, "bad-count0", strings.Replace(strings.Replace(valid, `"count":202`, `"count":0`, 1), "bad-raw", "bad-count0", 1))
-		publishRaw(t, "bad-deadline", strings.Replace(strings.Replace(valid, `"deadline_seconds":10`, `"deadline_seconds":-10`, 1), "bad-raw", "bad-deadline", 1))
+		publishRaw(t, "bad-deadline", strings.Replace(strings.Replace(valid, `"deadline_seconds":20`, `"deadline_seconds":-20`, 1), "bad-raw", "bad-deadline", 1))
 		publishRaw(t, "bad-json", `{"job_id": "bad-json", `)
 
 		dlq := bus.DLQName(s.Topology.QueueName(bus.Planner, bus.JobSubmitted))

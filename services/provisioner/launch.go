@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -19,9 +20,11 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/sizing"
 	"github.com/sortie-fleet/sortie/pkg/sshaddr"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 	"github.com/sortie-fleet/sortie/pkg/telemetry"
@@ -63,7 +66,8 @@ type launcher struct {
 // launch launches the planned fleet, or finds it when a delivery of the same FleetPlanned
 // already did, waits for it to be running and returns the FleetLaunched to publish.
 func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
-	t, err := l.ops.Current().Template(fp.Template)
+	ops := l.ops.Current() // one configuration for the whole message
+	t, err := ops.Template(fp.Template)
 	if err != nil {
 		return events.FleetLaunched{}, bus.Permanent(err)
 	}
@@ -82,7 +86,7 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 	}
 	if len(found.ids) > 0 {
 		bus.Logger(ctx).Info("fleet already launched: reusing its instances", "instances", found.ids)
-	} else if found, err = l.run(ctx, fp, t, atts, key); err != nil {
+	} else if found, err = l.run(ctx, ops, fp, t, atts, key); err != nil {
 		return events.FleetLaunched{}, err
 	} else if found.raced { // another delivery launched them: their nonce made their key
 		if key, err = l.hostKeys(t, fp, found); err != nil {
@@ -90,8 +94,8 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 		}
 	}
 	ids := found.ids
-	if len(ids) != fp.Count {
-		bus.Logger(ctx).Warn("the fleet's live instances differ from the plan", "planned", fp.Count, "live", len(ids))
+	if found.launched != nil && len(ids) != found.launched.Count {
+		bus.Logger(ctx).Warn("the fleet's live instances differ from the launch", "launched", found.launched.Count, "live", len(ids))
 	}
 
 	out, err := l.wait(ctx, ids)
@@ -102,17 +106,24 @@ func (l *launcher) launch(ctx context.Context, fp events.FleetPlanned) (events.F
 	if err != nil {
 		return events.FleetLaunched{}, err
 	}
+	fallback := ""
+	if found.launched != nil {
+		fallback = found.launched.Fallback
+	}
 	return events.FleetLaunched{
-		Header:       events.NewHeader(fp.JobID, fp.CorrelationID, l.now()),
-		FleetID:      fp.FleetID,
-		PlanRevision: fp.PlanRevision,
-		Template:     fp.Template,
-		Recipe:       fp.Recipe,
-		Params:       fp.Params,
-		DeadlineAt:   fp.DeadlineAt(),
-		KeyName:      t.KeyName,
-		HostKey:      key.public,
-		Instances:    instances,
+		Header:              events.NewHeader(fp.JobID, fp.CorrelationID, l.now()),
+		FleetID:             fp.FleetID,
+		PlanRevision:        fp.PlanRevision,
+		Template:            fp.Template,
+		Recipe:              fp.Recipe,
+		Params:              fp.Params,
+		DeadlineAt:          fp.DeadlineAt(),
+		KeyName:             t.KeyName,
+		HostKey:             key.public,
+		Instances:           instances,
+		PlannedInstanceType: fp.InstanceType,
+		PlannedCount:        fp.Count,
+		Fallback:            truncate(fallback, events.MaxTextBytes),
 	}, nil
 }
 
@@ -153,7 +164,69 @@ func (l *launcher) hostKeys(t opsconfig.Template, fp events.FleetPlanned, found 
 type attempt struct {
 	InstanceType string
 	Subnet       string
+	Market       string // events.MarketSpot or events.MarketOnDemand
 	Token        string
+}
+
+// launch is how an attempt that succeeded launched: Count instances of its type; Fallback
+// says, when it was not the first attempt, which attempts failed and how the count was
+// re-sized.
+type launch struct {
+	attempt
+	Count    int
+	Fallback string
+	// HourlyPrice is the profile's price of the type in the attempt's market, recorded in
+	// the instances' tags.
+	HourlyPrice float64
+}
+
+// price is the profile's hourly price of instanceType in market; 0 when the profile has
+// none for it.
+func price(ops *opsconfig.Config, fp events.FleetPlanned, instanceType, market string) float64 {
+	p, err := ops.Profile(fp.Profile)
+	if err != nil {
+		return 0
+	}
+	return p[instanceType].Price(market)
+}
+
+// sizeFor returns the count to launch of instanceType: the plan's count for the planned
+// type; for another type, the sizing re-run for that type (the profile's rate, boot time
+// and price) on the plan's items and the time left now, within the template's bounds.
+// ok is false when the re-sized fleet cannot meet a deadline the plan met; why says why,
+// or gives the re-sizing's arithmetic.
+func (l *launcher) sizeFor(ops *opsconfig.Config, fp events.FleetPlanned, t opsconfig.Template, instanceType string) (count int, why string, ok bool) {
+	if instanceType == fp.InstanceType || fp.Items < 1 {
+		return fp.Count, "", true
+	}
+	cands, err := ops.Candidates(fp.Template, fp.Profile)
+	if err != nil {
+		return 0, fmt.Sprintf("%s: not sized: %v", instanceType, err), false
+	}
+	var cand []sizing.Candidate
+	for _, c := range cands {
+		if c.InstanceType == instanceType {
+			cand = append(cand, c)
+		}
+	}
+	if len(cand) == 0 {
+		return 0, fmt.Sprintf("%s: profile %q has no capacity for it", instanceType, fp.Profile), false
+	}
+	res, err := sizing.Plan(sizing.Request{
+		Items:      fp.Items,
+		Deadline:   time.Duration(fp.DeadlineSeconds) * time.Second,
+		Waited:     max(l.now().Sub(fp.SubmittedAt), 0),
+		Candidates: cand,
+		Min:        t.MinInstances,
+		Max:        t.MaxInstances,
+	})
+	if err != nil {
+		return 0, fmt.Sprintf("%s: not sized: %v", instanceType, err), false
+	}
+	if !res.MeetsDeadline && fp.MeetsDeadline {
+		return 0, fmt.Sprintf("%s cannot meet the deadline: %s", instanceType, res.Rationale), false
+	}
+	return res.Count, fmt.Sprintf("re-sized for %s: %s", instanceType, res.Rationale), true
 }
 
 // clientToken is RunInstances' idempotency token: hex(sha256(parts joined by "/")), the
@@ -163,17 +236,36 @@ func clientToken(parts ...string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// attempts lists the launches to try, in order: the planned type, then the template's
-// other types in its order, in the first subnet; then the same in the next subnet. The
+// attempts lists the launches to try, in order, in each of the template's subnets in turn.
+// An on-demand template tries the planned type, then its other types in its order. A spot
+// template tries the planned type as spot, then what its fallback lists, in its order:
+// "types", the other types as spot; "on-demand", every type on demand (planned first). The
 // first attempt's token is hex(sha256(stack + "/" + job_id + "/" + plan_revision)); each
-// fallback has its own (type and subnet appended), because EC2 refuses a token reused with
-// other parameters (IdempotentParameterMismatch). The stack is part of the token so that two
-// stacks in one account never collide on a job id.
+// fallback has its own (type and subnet appended, and "spot" for a spot one), because EC2
+// refuses a token reused with other parameters (IdempotentParameterMismatch). The stack is
+// part of the token so that two stacks in one account never collide on a job id.
 func attempts(stack string, t opsconfig.Template, fp events.FleetPlanned) []attempt {
-	types := []string{fp.InstanceType}
+	var others []string
 	for _, it := range t.InstanceTypes {
 		if it != fp.InstanceType {
-			types = append(types, it)
+			others = append(others, it)
+		}
+	}
+	all := append([]string{fp.InstanceType}, others...)
+	type step struct {
+		market string
+		types  []string
+	}
+	steps := []step{{events.MarketOnDemand, all}}
+	if t.Spot != nil {
+		steps = []step{{events.MarketSpot, []string{fp.InstanceType}}}
+		for _, f := range t.Spot.Fallback {
+			switch f {
+			case opsconfig.FallbackTypes:
+				steps = append(steps, step{events.MarketSpot, others})
+			case opsconfig.FallbackOnDemand:
+				steps = append(steps, step{events.MarketOnDemand, all})
+			}
 		}
 	}
 	subnets := t.Subnets
@@ -183,12 +275,17 @@ func attempts(stack string, t opsconfig.Template, fp events.FleetPlanned) []atte
 	rev := strconv.Itoa(fp.PlanRevision)
 	var out []attempt
 	for _, subnet := range subnets {
-		for _, it := range types {
-			token := clientToken(stack, fp.JobID, rev)
-			if len(out) > 0 {
-				token = clientToken(stack, fp.JobID, rev, it, subnet)
+		for _, st := range steps {
+			for _, it := range st.types {
+				token := clientToken(stack, fp.JobID, rev)
+				switch {
+				case len(out) > 0 && st.market == events.MarketSpot:
+					token = clientToken(stack, fp.JobID, rev, it, subnet, "spot")
+				case len(out) > 0:
+					token = clientToken(stack, fp.JobID, rev, it, subnet)
+				}
+				out = append(out, attempt{InstanceType: it, Subnet: subnet, Market: st.market, Token: token})
 			}
-			out = append(out, attempt{InstanceType: it, Subnet: subnet, Token: token})
 		}
 	}
 	return out
@@ -205,17 +302,21 @@ func tokens(atts []attempt) []string {
 // runInput is the RunInstances request of one attempt. MinCount = MaxCount = Count: a
 // fleet smaller than planned is never accepted silently; short of capacity, the launch
 // fails and falls back instead.
-func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a attempt, key hostKeys, now time.Time) *ec2.RunInstancesInput {
+func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a launch, key hostKeys, now time.Time) *ec2.RunInstancesInput {
 	fleet := fleetTags(stack, fp, now.Add(t.TTL.Std()))
+	tag := func(k, v string) types.Tag { return types.Tag{Key: aws.String(k), Value: aws.String(v)} }
 	if !t.InstanceHostKeys() {
-		fleet = append(fleet, types.Tag{Key: aws.String(tags.HostKeyNonce), Value: aws.String(key.nonce)},
-			types.Tag{Key: aws.String(tags.HostKey), Value: aws.String(key.public)})
+		fleet = append(fleet, tag(tags.HostKeyNonce, key.nonce), tag(tags.HostKey, key.public))
+	}
+	fleet = append(fleet, tag(tags.Market, a.Market), tag(tags.HourlyPrice, cost.Format(a.HourlyPrice)))
+	if fp.PlannedCost > 0 {
+		fleet = append(fleet, tag(tags.PlannedCost, cost.Format(fp.PlannedCost)))
 	}
 	in := &ec2.RunInstancesInput{
 		ImageId:          aws.String(t.AMI),
 		InstanceType:     types.InstanceType(a.InstanceType),
-		MinCount:         aws.Int32(int32(fp.Count)),
-		MaxCount:         aws.Int32(int32(fp.Count)),
+		MinCount:         aws.Int32(int32(a.Count)),
+		MaxCount:         aws.Int32(int32(a.Count)),
 		KeyName:          aws.String(t.KeyName),
 		SecurityGroupIds: t.SecurityGroups,
 		ClientToken:      aws.String(a.Token),
@@ -224,6 +325,18 @@ func runInput(stack string, fp events.FleetPlanned, t opsconfig.Template, a atte
 			{ResourceType: types.ResourceTypeInstance, Tags: fleet},
 			{ResourceType: types.ResourceTypeVolume, Tags: volumeTags(fleet)},
 		},
+	}
+	if a.Market == events.MarketSpot {
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{
+			MarketType: types.MarketTypeSpot,
+			SpotOptions: &types.SpotMarketOptions{
+				SpotInstanceType:             types.SpotInstanceTypeOneTime,
+				InstanceInterruptionBehavior: types.InstanceInterruptionBehaviorTerminate,
+			},
+		}
+		if t.Spot != nil && t.Spot.MaxPrice > 0 {
+			in.InstanceMarketOptions.SpotOptions.MaxPrice = aws.String(cost.Format(t.Spot.MaxPrice))
+		}
 	}
 	if key.userData != "" { // none for instance host keys: cloud-init generates them
 		in.UserData = aws.String(base64.StdEncoding.EncodeToString([]byte(key.userData)))
@@ -290,6 +403,7 @@ type fleet struct {
 	nonce    string
 	hasNonce bool
 	raced    bool
+	launched *launch // set by run when this delivery launched the fleet
 }
 
 // find returns the live (pending or running) instances of the fleet launched with one of
@@ -326,11 +440,25 @@ func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) (f
 	return f, nil
 }
 
-// run launches the fleet with the first attempt that has capacity.
-func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, key hostKeys) (fleet, error) {
+// run launches the fleet with the first attempt that has capacity; an attempt of another
+// type than planned launches the count re-sized for that type (sizeFor).
+func (l *launcher) run(ctx context.Context, ops *opsconfig.Config, fp events.FleetPlanned, t opsconfig.Template, atts []attempt, key hostKeys) (fleet, error) {
 	var short []error
-	for _, a := range atts {
-		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "subnet", a.Subnet, "count", fp.Count)
+	var notes []string // what failed before, for FleetLaunched.Fallback
+	for _, at := range atts {
+		count, why, ok := l.sizeFor(ops, fp, t, at.InstanceType)
+		if !ok {
+			bus.Logger(ctx).Warn("fallback type skipped", "instance_type", at.InstanceType, "reason", why)
+			short = append(short, errors.New(why))
+			notes = append(notes, why)
+			continue
+		}
+		a := launch{attempt: at, Count: count}
+		a.HourlyPrice = price(ops, fp, a.InstanceType, a.Market)
+		if len(notes) > 0 {
+			a.Fallback = strings.Join(append(slices.Clone(notes), cmpOr(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
+		}
+		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "market", a.Market, "subnet", a.Subnet, "count", a.Count)
 		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, key, l.now()))
 		switch {
 		case err == nil:
@@ -343,15 +471,17 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			if len(ids) == 0 { // the token's earlier launch, long gone
 				return fleet{}, errFleetEnded
 			}
-			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId))
+			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId), "fallback", a.Fallback)
 			l.metrics.InstancesLaunched(a.InstanceType, len(ids))
-			return fleet{ids: ids, nonce: key.nonce, hasNonce: true}, nil
+			return fleet{ids: ids, nonce: key.nonce, hasNonce: true, launched: &a}, nil
 		case awsx.IsQuota(err):
 			// An account limit: another type or subnet counts against it too. Wait.
 			return fleet{}, fmt.Errorf("launching fleet %s: %w", fp.FleetID, err)
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
-			short = append(short, fmt.Errorf("%s in %s: %s", a.InstanceType, cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err)))
+			e := fmt.Errorf("%s%s in %s: %s", a.InstanceType, marketNote(a.Market), cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err))
+			short = append(short, e)
+			notes = append(notes, e.Error())
 		case awsx.ErrorCode(err) == "IdempotentParameterMismatch":
 			// Another delivery of this FleetPlanned launched with this token between our
 			// look-up and now (with, say, another lease time): its instances are ours.
@@ -367,7 +497,7 @@ func (l *launcher) run(ctx context.Context, fp events.FleetPlanned, t opsconfig.
 			f.raced = true
 			return f, nil
 		default:
-			return fleet{}, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, fp.Count, a.InstanceType), err)
+			return fleet{}, classify(fmt.Sprintf("launching fleet %s (%d × %s)", fp.FleetID, a.Count, a.InstanceType), err)
 		}
 	}
 	return fleet{}, bus.Permanent(fmt.Errorf("launching fleet %s: no capacity for %d instances of any type in any subnet of template %q: %w",
@@ -428,12 +558,22 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 		if in.LaunchTime != nil {
 			launched = in.LaunchTime.UTC()
 		}
+		market := events.MarketOnDemand
+		if in.InstanceLifecycle == types.InstanceLifecycleTypeSpot {
+			market = events.MarketSpot
+		}
+		var price float64
+		if s, ok := tagLookup(in.Tags, tags.HourlyPrice); ok {
+			price, _ = cost.Parse(s) // a tag that does not parse prices nothing
+		}
 		res = append(res, events.Instance{
 			ID:           id,
 			InstanceType: string(in.InstanceType),
 			PrivateIP:    aws.ToString(in.PrivateIpAddress),
 			SSHEndpoint:  endpoint,
 			LaunchedAt:   launched,
+			Market:       market,
+			HourlyPrice:  min(price, events.MaxHourlyPrice),
 		})
 	}
 	return res, nil
@@ -457,6 +597,27 @@ func classify(what string, err error) error {
 		return bus.Permanent(err)
 	}
 	return err
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	cut := n - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
+}
+
+// marketNote is " (spot)" for a spot attempt: on-demand ones read as before.
+func marketNote(market string) string {
+	if market == events.MarketSpot {
+		return " (spot)"
+	}
+	return ""
 }
 
 func cmpOr(a, b string) string {

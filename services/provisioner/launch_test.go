@@ -1,6 +1,7 @@
 package provisioner
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -139,10 +140,58 @@ func TestAttempts(t *testing.T) {
 	}
 }
 
+// spotTemplate is the demo template asking for spot at up to maxPrice, with fallback.
+func spotTemplate(maxPrice float64, fallback ...string) *opsconfig.Config {
+	ops := opsconfig.Default()
+	t := ops.Templates["demo"]
+	t.Spot = &opsconfig.Spot{MaxPrice: maxPrice, Fallback: fallback}
+	ops.Templates["demo"] = t
+	return ops
+}
+
+func TestSpotAttempts(t *testing.T) {
+	const sub = "@subnet-0123456789abcdef0"
+	tests := []struct {
+		name     string
+		fallback []string
+		want     []string // type/market@subnet
+	}{
+		{"spot only", nil, []string{"m3.medium/spot" + sub}},
+		{"spot, then on demand", []string{"on-demand"}, []string{"m3.medium/spot" + sub, "m3.medium/on-demand" + sub, "c5.large/on-demand" + sub}},
+		{"spot, other types as spot", []string{"types"}, []string{"m3.medium/spot" + sub, "c5.large/spot" + sub}},
+		{"spot, other types as spot, then on demand", []string{"types", "on-demand"}, []string{
+			"m3.medium/spot" + sub, "c5.large/spot" + sub, "m3.medium/on-demand" + sub, "c5.large/on-demand" + sub,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			atts := attempts("sortie", spotTemplate(0, tt.fallback...).Templates["demo"], plan())
+			var got []string
+			seen := map[string]bool{}
+			for _, a := range atts {
+				got = append(got, a.InstanceType+"/"+a.Market+"@"+a.Subnet)
+				if seen[a.Token] {
+					t.Errorf("token %s used twice", a.Token)
+				}
+				seen[a.Token] = true
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("attempts %v, want %v", got, tt.want)
+			}
+			if atts[0].Token != baseToken {
+				t.Errorf("first attempt's token %s, want the plan's %s", atts[0].Token, baseToken)
+			}
+		})
+	}
+}
+
 func TestRunInput(t *testing.T) {
 	tmpl := opsconfig.Default().Templates["demo"]
-	a := attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Token: fallbackToken}
-	in := runInput("sortie", plan(), tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
+	a := launch{attempt: attempt{InstanceType: "c5.large", Subnet: "subnet-0123456789abcdef0", Market: events.MarketOnDemand, Token: fallbackToken},
+		Count: 3, HourlyPrice: 0.17}
+	fp := plan()
+	fp.PlannedCost = 0.0034
+	in := runInput("sortie", fp, tmpl, a, hostKeys{userData: "#cloud-config\n", public: "ssh-ed25519 AAAA", nonce: nonceA}, now)
 
 	if aws.ToString(in.ImageId) != "ami-0123456789abcdef0" || in.InstanceType != "c5.large" ||
 		aws.ToInt32(in.MinCount) != 3 || aws.ToInt32(in.MaxCount) != 3 ||
@@ -180,10 +229,27 @@ func TestRunInput(t *testing.T) {
 		"sortie:template":       "demo",
 		"sortie:correlation-id": "corr-42",
 		"sortie:hostkey-nonce":  nonceA,
+		"sortie:market":         "on-demand",
+		"sortie:hourly-price":   "0.17",
+		"sortie:planned-cost":   "0.0034",
 		"sortie:host-key":       "ssh-ed25519 AAAA", // what `sortie ssh` pins
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("tg %v, want %v", got, want)
+	}
+	if in.InstanceMarketOptions != nil {
+		t.Errorf("on-demand attempt asks for market %+v", in.InstanceMarketOptions)
+	}
+	spot := a
+	spot.Market = events.MarketSpot
+	in2 := runInput("sortie", fp, spotTemplate(0.05).Templates["demo"], spot, hostKeys{}, now)
+	if mo := in2.InstanceMarketOptions; mo == nil || mo.MarketType != types.MarketTypeSpot || mo.SpotOptions == nil ||
+		aws.ToString(mo.SpotOptions.MaxPrice) != "0.05" || mo.SpotOptions.SpotInstanceType != types.SpotInstanceTypeOneTime ||
+		mo.SpotOptions.InstanceInterruptionBehavior != types.InstanceInterruptionBehaviorTerminate {
+		t.Errorf("spot attempt: market options %+v", mo)
+	}
+	if in2 = runInput("sortie", fp, spotTemplate(0).Templates["demo"], spot, hostKeys{}, now); in2.InstanceMarketOptions.SpotOptions.MaxPrice != nil {
+		t.Errorf("spot without a max price sends %q", aws.ToString(in2.InstanceMarketOptions.SpotOptions.MaxPrice))
 	}
 	if m := in.MetadataOptions; m == nil || m.HttpTokens != types.HttpTokensStateRequired ||
 		aws.ToInt32(m.HttpPutResponseHopLimit) != 1 || m.HttpEndpoint != types.InstanceMetadataEndpointStateEnabled {
@@ -205,7 +271,7 @@ func TestRunInput(t *testing.T) {
 
 	tmpl.InstanceProfile = "arn:aws:iam::000000000000:instance-profile/worker"
 	tmpl.Subnets = nil
-	in = runInput("sortie", plan(), tmpl, attempt{InstanceType: "m3.medium", Token: baseToken}, hostKeys{}, now)
+	in = runInput("sortie", plan(), tmpl, launch{attempt: attempt{InstanceType: "m3.medium", Market: events.MarketOnDemand, Token: baseToken}, Count: 3}, hostKeys{}, now)
 	if in.IamInstanceProfile.Name != nil || aws.ToString(in.IamInstanceProfile.Arn) != tmpl.InstanceProfile || in.SubnetId != nil {
 		t.Errorf("profile by ARN, no subnet: %+v %+v", in.IamInstanceProfile, in.SubnetId)
 	}
@@ -381,6 +447,8 @@ func TestLaunch(t *testing.T) {
 		ec2       *fakeEC2
 		wantRuns  []string // type@token-prefix of each RunInstances
 		wantType  string   // of the launched instances
+		wantCount int      // of the launched instances; 0 means the plan's 3
+		wantFall  string   // a substring of FleetLaunched.Fallback; "" means none
 		wantIDs   []string
 		wantEnd   []string // endpoints
 		wantErr   string
@@ -430,9 +498,25 @@ func TestLaunch(t *testing.T) {
 			ended: true,
 		},
 		{
-			name:     "no capacity for the planned type: falls back to the next with its own token",
+			// 202 items, 7 s left of 10 s at 3 s past submission, 1 s boot: c5.large does 60
+			// items in the 6 s, so 4 of them (the plan's 3 were sized as m3.mediums).
+			name:     "no capacity for the planned type: falls back to the next, re-sized for it, with its own token",
 			ec2:      &fakeEC2{noCapacity: map[string]bool{"m3.medium": true}},
-			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large",
+			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large", wantCount: 4,
+			wantFall: "m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity; re-sized for c5.large: 202 items, 600/min per c5.large, 1 s boot, 10 s deadline, 7.0 s left after 3.0 s waiting → 4 instances",
+		},
+		{
+			name: "fallback type that cannot meet the deadline is not launched",
+			fp:   func(fp *events.FleetPlanned) { fp.Items = 2000; fp.InstanceType = "c5.large"; fp.Count = 10 },
+			ops: func() *opsconfig.Config { // m3.medium at 10/min: 2000 items need far more than 10
+				ops := opsconfig.Default()
+				ops.Profiles["demo-fast"]["m3.medium"] = opsconfig.Capacity{ItemsPerMinute: 10, BootSeconds: 1, HourlyPrice: 0.067}
+				return ops
+			}(),
+			ec2:       &fakeEC2{noCapacity: map[string]bool{"c5.large": true}},
+			wantRuns:  []string{"c5.large@" + baseToken[:8]},
+			wantErr:   "m3.medium cannot meet the deadline: 2000 items, 10/min per m3.medium",
+			permanent: true,
 		},
 		{
 			name: "no capacity anywhere: every type in every subnet, then a permanent failure", ops: twoSubnets(),
@@ -549,8 +633,20 @@ func TestLaunch(t *testing.T) {
 					t.Errorf("instance %+v, want type %s launched at %s", in, tt.wantType, now)
 				}
 			}
-			if len(ids) != 3 {
-				t.Errorf("instances %v, want 3", ids)
+			wantCount := cmp.Or(tt.wantCount, 3)
+			if len(ids) != wantCount {
+				t.Errorf("instances %v, want %d", ids, wantCount)
+			}
+			if got.PlannedInstanceType != fp.InstanceType || got.PlannedCount != fp.Count {
+				t.Errorf("planned %d × %s in FleetLaunched, want the plan's %d × %s", got.PlannedCount, got.PlannedInstanceType, fp.Count, fp.InstanceType)
+			}
+			if tt.wantFall == "" && got.Fallback != "" || !strings.Contains(got.Fallback, tt.wantFall) {
+				t.Errorf("fallback %q, want %q", got.Fallback, tt.wantFall)
+			}
+			if n := len(tt.ec2.runs); n > 0 {
+				if last := tt.ec2.runs[n-1]; aws.ToInt32(last.MinCount) != int32(wantCount) || aws.ToInt32(last.MaxCount) != int32(wantCount) {
+					t.Errorf("RunInstances counts %d..%d, want %d", aws.ToInt32(last.MinCount), aws.ToInt32(last.MaxCount), wantCount)
+				}
 			}
 			if tt.wantIDs != nil && !slices.Equal(ids, tt.wantIDs) {
 				t.Errorf("instances %v, want %v", ids, tt.wantIDs)

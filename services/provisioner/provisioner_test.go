@@ -126,7 +126,10 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			want := map[string]string{
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
-				"sortie:hostkey-nonce": nonceA, "sortie:host-key": fl.HostKey,
+				"sortie:hostkey-nonce": nonceA, "sortie:host-key": fl.HostKey, "sortie:market": "on-demand", "sortie:hourly-price": "0.067",
+			}
+			if in.Market != events.MarketOnDemand || in.HourlyPrice != 0.067 {
+				t.Errorf("%s: market %q at $%v an hour in FleetLaunched, want on-demand at the profile's $0.067", in.ID, in.Market, in.HourlyPrice)
 			}
 			if len(tags) != len(want) {
 				t.Errorf("%s: tags %v, want %v and a lease", in.ID, tags, want)
@@ -247,14 +250,23 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		}
 	})
 
-	t.Run("no capacity for the planned type: falls back to the next", func(t *testing.T) {
+	t.Run("no capacity for the planned type: falls back to the next, re-sized for it", func(t *testing.T) {
 		s.Cloud.SetCapacityFault("m3.medium", true)
 		defer s.Cloud.SetCapacityFault("m3.medium", false)
-		s.Publish(t, fleet("fleet-c"))
+		// 4000 items in 2 min: 7 × m3.medium (300/min) as planned; c5.large does 600/min,
+		// so 4000 / (600 × (119 s − the seconds since submission) / 60) → 4 of them
+		// (for anything between 0 and 10 s since submission).
+		fp := fleet("fleet-c")
+		fp.Items, fp.DeadlineSeconds, fp.Count = 4000, 120, 7
+		s.Publish(t, fp)
 		fl := launchedEvents(t, "fleet-c", 1)[0]
 		instances := tagged(t, "fleet-c")
-		if len(instances) != 3 {
-			t.Fatalf("%d instances tagged fleet-c, want 3", len(instances))
+		if len(instances) != 4 || len(fl.Instances) != 4 {
+			t.Fatalf("%d instances tagged fleet-c, %d in the event, want 4", len(instances), len(fl.Instances))
+		}
+		if fl.PlannedInstanceType != "m3.medium" || fl.PlannedCount != 7 ||
+			!strings.Contains(fl.Fallback, "m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity; re-sized for c5.large: 4000 items, 600/min per c5.large") {
+			t.Errorf("FleetLaunched planned %d × %s, fallback %q", fl.PlannedCount, fl.PlannedInstanceType, fl.Fallback)
 		}
 		for _, in := range fl.Instances {
 			got := instances[in.ID]
@@ -267,6 +279,81 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(hostKeyOf(t, "fleet-c")), "echo ok"); out != "ok\n" {
 				t.Errorf("%s: ssh printed %q", in.ID, out)
 			}
+		}
+	})
+
+	// checkMarket checks a fleet's instances: in EC2 (lifecycle, market and price tags) and in
+	// its FleetLaunched.
+	checkMarket := func(t *testing.T, fl events.FleetLaunched, market string, price string) {
+		t.Helper()
+		instances := tagged(t, fl.FleetID)
+		if len(instances) != 3 || len(fl.Instances) != 3 {
+			t.Fatalf("%d instances tagged %s, %d in the event, want 3", len(instances), fl.FleetID, len(fl.Instances))
+		}
+		for _, in := range fl.Instances {
+			got := instances[in.ID]
+			tg := cloudtest.Tags(got)
+			if spot := got.InstanceLifecycle == types.InstanceLifecycleTypeSpot; spot != (market == events.MarketSpot) {
+				t.Errorf("%s: EC2 lifecycle %q, want market %s", in.ID, got.InstanceLifecycle, market)
+			}
+			if tg[tags.Market] != market || tg[tags.HourlyPrice] != price {
+				t.Errorf("%s: tags %s=%q %s=%q, want %s at %s", in.ID, tags.Market, tg[tags.Market], tags.HourlyPrice, tg[tags.HourlyPrice], market, price)
+			}
+			if in.Market != market || fmt.Sprint(in.HourlyPrice) != price {
+				t.Errorf("%s: FleetLaunched says %s at %v, want %s at %s", in.ID, in.Market, in.HourlyPrice, market, price)
+			}
+		}
+	}
+
+	t.Run("a spot template launches spot instances", func(t *testing.T) {
+		fp := fleet("fleet-s")
+		fp.Template = "demo-spot"
+		s.Publish(t, fp)
+		fl := launchedEvents(t, "fleet-s", 1)[0]
+		checkMarket(t, fl, events.MarketSpot, "0.02")
+		if fl.Fallback != "" {
+			t.Errorf("fallback %q, want none", fl.Fallback)
+		}
+		for id, in := range tagged(t, "fleet-s") {
+			if got := aws.ToString(in.ClientToken); got != clientToken(s.Topology.Prefix, "fleet-s", "1") {
+				t.Errorf("%s: client token %s, want the plan's", id, got)
+			}
+		}
+	})
+
+	t.Run("spot capacity refused: on-demand fallback, market in the event and tags", func(t *testing.T) {
+		faults := []struct {
+			code  string
+			set   func()
+			clear func()
+		}{
+			{"InsufficientInstanceCapacity", func() { s.Cloud.SetSpotFault("m3.medium", "InsufficientInstanceCapacity") }, func() { s.Cloud.SetSpotFault("m3.medium", "") }},
+			{"MaxSpotInstanceCountExceeded", func() { s.Cloud.SetSpotFault("m3.medium", "MaxSpotInstanceCountExceeded") }, func() { s.Cloud.SetSpotFault("m3.medium", "") }},
+			// The template's max price is $0.05 an hour.
+			{"SpotMaxPriceTooLow", func() { s.Cloud.SetSpotPrice("m3.medium", 0.06) }, func() { s.Cloud.SetSpotPrice("m3.medium", 0) }},
+		}
+		for i, f := range faults {
+			t.Run(f.code, func(t *testing.T) {
+				f.set()
+				defer f.clear()
+				id := fmt.Sprintf("fleet-o%d", i)
+				fp := fleet(id)
+				fp.Template = "demo-spot"
+				s.Publish(t, fp)
+				fl := launchedEvents(t, id, 1)[0]
+				checkMarket(t, fl, events.MarketOnDemand, "0.067")
+				if want := "m3.medium (spot) in subnet-0123456789abcdef0: " + f.code; !strings.HasPrefix(fl.Fallback, want) {
+					t.Errorf("fallback %q, want it to start %q", fl.Fallback, want)
+				}
+				if fl.PlannedInstanceType != "m3.medium" || fl.PlannedCount != 3 {
+					t.Errorf("planned %d × %s", fl.PlannedCount, fl.PlannedInstanceType)
+				}
+				for iid, in := range tagged(t, id) {
+					if got, want := aws.ToString(in.ClientToken), clientToken(s.Topology.Prefix, id, "1", "m3.medium", "subnet-0123456789abcdef0"); got != want {
+						t.Errorf("%s: client token %s, want the on-demand fallback's %s", iid, got, want)
+					}
+				}
+			})
 		}
 	})
 
@@ -303,8 +390,22 @@ func serve(t *testing.T, s *cloudtest.Stack, launchTimeout time.Duration) {
 			WaiterMinDelay: 100 * time.Millisecond,
 			WaiterMaxDelay: 100 * time.Millisecond,
 			LaunchTimeout:  launchTimeout,
-		}, s.Deps(opsconfig.Default()))
+		}, s.Deps(testOps()))
 	})
+}
+
+// testOps is the default ops config plus the template demo-spot: the demo template asking
+// for spot at up to $0.05 an hour, falling back to on demand; the demo-fast profile prices
+// m3.medium at $0.02 an hour in the spot market.
+func testOps() *opsconfig.Config {
+	ops := opsconfig.Default()
+	t := ops.Templates["demo"]
+	t.Spot = &opsconfig.Spot{MaxPrice: 0.05, Fallback: []string{opsconfig.FallbackOnDemand}}
+	ops.Templates["demo-spot"] = t
+	c := ops.Profiles["demo-fast"]["m3.medium"]
+	c.SpotPrice = 0.02
+	ops.Profiles["demo-fast"]["m3.medium"] = c
+	return ops
 }
 
 func sshDial(endpoint string, login ssh.Signer, hostKey ssh.HostKeyCallback) (*ssh.Client, error) {

@@ -23,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/archive"
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
@@ -246,6 +247,13 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 		out.TerminatedInstanceIDs = append(out.TerminatedInstanceIDs, id)
 	}
 	out.InstanceSeconds = InstanceSeconds(insts, now)
+	if c, priced := cost.Instances(insts, now); priced && len(insts) > 0 {
+		out.Cost = min(c, events.MaxCost)
+		s.metrics.Add(metrics.FleetCost(ev.JobID, out.Cost))
+	} else {
+		log.Warn("fleet cost unknown: an instance carries no hourly price tag")
+	}
+	out.PlannedCost = min(cost.PlannedCost(insts), events.MaxCost)
 	for i, r := range results {
 		switch {
 		case r.archive != nil:
@@ -260,7 +268,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	slices.SortFunc(out.ArchiveFailures, func(a, b events.ArchiveFailure) int { return strings.Compare(a.InstanceID, b.InstanceID) })
 	log.Info("fleet terminated", "terminated", len(out.TerminatedInstanceIDs), "archives", len(out.Archives),
 		"archive_failures", len(out.ArchiveFailures), "refused", len(out.Refused),
-		"instance_seconds", out.InstanceSeconds, "newly_terminated", len(live))
+		"instance_seconds", out.InstanceSeconds, "cost", out.Cost, "planned_cost", out.PlannedCost, "newly_terminated", len(live))
 	return out, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -43,7 +44,10 @@ func TestReaper(t *testing.T) {
 	// fleet's (its archive fails), D tagged with the fleet (an earlier plan revision, another
 	// host key) but not in the event.
 	stack := e.Topology.Prefix
-	fleetTags := map[string]string{tags.Stack: stack, tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live}
+	// Every instance of the fleet was launched at the profile's price of $0.17 an hour.
+	const price = 0.17
+	fleetTags := map[string]string{tags.Stack: stack, tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live,
+		tags.Market: events.MarketOnDemand, tags.HourlyPrice: "0.17", tags.PlannedCost: "0.0123"}
 	fleet := e.launch(2, userData, fleetTags)
 	extra := e.launch(2, otherUserData, fleetTags)
 	a, b, c, d := fleet[0], fleet[1], extra[0], extra[1]
@@ -233,6 +237,34 @@ func TestReaper(t *testing.T) {
 		if got.InstanceSeconds <= 0 || got.InstanceSeconds > upper {
 			t.Fatalf("InstanceSeconds = %v, want within (0, %v]", got.InstanceSeconds, upper)
 		}
+	})
+
+	t.Run("cost is instance-seconds × the configured price, next to the planned cost, and in CloudWatch", func(t *testing.T) {
+		want := got.InstanceSeconds * price / 3600
+		if got.Cost <= 0 || math.Abs(got.Cost-want) > 1e-9*want {
+			t.Fatalf("Cost = %v, want %v s × $%v / 3600 = %v", got.Cost, got.InstanceSeconds, price, want)
+		}
+		if got.PlannedCost != 0.0123 {
+			t.Errorf("PlannedCost = %v, want the plan's 0.0123", got.PlannedCost)
+		}
+		cw := metrics.NewClient(e.AWS)
+		cloudtest.Eventually(t, 20*time.Second, func() error {
+			st, err := cw.GetMetricStatistics(t.Context(), &cloudwatch.GetMetricStatisticsInput{
+				Namespace: aws.String(metrics.Namespace), MetricName: aws.String(metrics.JobCost),
+				Dimensions: []cwtypes.Dimension{{Name: aws.String(metrics.DimJobID), Value: aws.String("job-reap")}},
+				StartTime:  aws.Time(time.Now().Add(-time.Hour)), EndTime: aws.Time(time.Now().Add(time.Hour)),
+				Period: aws.Int32(60), Statistics: []cwtypes.Statistic{cwtypes.StatisticMaximum},
+			})
+			if err != nil {
+				return err
+			}
+			for _, p := range st.Datapoints {
+				if math.Abs(aws.ToFloat64(p.Maximum)-got.Cost) <= 1e-9*got.Cost {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s of job-reap: %d data points, none with the cost %v", metrics.JobCost, len(st.Datapoints), got.Cost)
+		})
 	})
 
 	t.Run("duplicate JobFinished: nothing reaped or published again", func(t *testing.T) {

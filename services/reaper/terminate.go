@@ -3,7 +3,6 @@ package reaper
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
@@ -133,24 +133,8 @@ func (t terminator) terminate(ctx context.Context, ids []string, wait bool) ([]e
 	return out, nil
 }
 
-// transitionTime finds the time EC2 writes into a terminated instance's
-// StateTransitionReason: "User initiated (2025-01-02 03:04:05 GMT)".
-var transitionTime = regexp.MustCompile(`\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (GMT|UTC)\)`)
-
-// terminatedAt is when a terminated instance stopped running: from its state transition
-// reason (so a repeated reap computes the same figure), else now; never before its launch.
-func terminatedAt(in ec2types.Instance, now time.Time) time.Time {
-	at := now
-	if m := transitionTime.FindStringSubmatch(aws.ToString(in.StateTransitionReason)); m != nil {
-		if t, err := time.Parse(time.DateTime, m[1]); err == nil {
-			at = t
-		}
-	}
-	if launch := aws.ToTime(in.LaunchTime); !launch.IsZero() && at.Before(launch) {
-		at = launch
-	}
-	return at
-}
+// terminatedAt is when a terminated instance stopped running (see cost.Ended).
+func terminatedAt(in ec2types.Instance, now time.Time) time.Time { return cost.Ended(in, now) }
 
 // InstanceSeconds sums the lifetimes (termination − launch) of instances; instances
 // without a launch time count nothing.
