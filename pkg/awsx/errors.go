@@ -136,10 +136,8 @@ func IsCapacity(err error) bool {
 }
 
 // quotaCodes are the account's limits: waiting (for other instances to end, or for a
-// raised quota) helps, another instance type or subnet does not. The spot instance limit
-// (MaxSpotInstanceCountExceeded) is not one of them: the on-demand market is counted
-// apart, so a spot launch falls back to it.
-var quotaCodes = set("InstanceLimitExceeded", "VcpuLimitExceeded")
+// raised quota) helps, another instance type or subnet does not.
+var quotaCodes = set("InstanceLimitExceeded", "VcpuLimitExceeded") // a spot limit (MaxSpotInstanceCountExceeded) falls back to on-demand instead
 
 // IsQuota reports whether err is an account limit on running instances or vCPUs: the
 // provisioner waits on it instead of falling back to another type.

@@ -523,9 +523,17 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 		ids[i] = in.ID
 	}
 	claim, err := m.ledger.Claim(ctx, jf.JobID, ledger.Finished)
-	if errors.Is(err, ledger.ErrTaken) {
+	var taken *ledger.TakenError
+	if errors.As(err, &taken) && taken.DoneAt != "" {
 		log.Debug("job already finished: not publishing JobFinished again", "reason", err.Error())
 		return nil
+	}
+	if taken != nil {
+		// Held by another finish (a settle timer, an exit report): this message stays the
+		// backstop until that one is done, since the holder's own message may be dropped
+		// on its redelivery (an exit report reaching a replica that does not watch the
+		// fleet). Retried: it finds the stage done, or takes it over from a dead holder.
+		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
 	}
 	if err != nil {
 		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
