@@ -29,6 +29,7 @@ type CLI struct {
 	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3; --follow streams them live from the instances."`
 	SSH        SSHCmd        `cmd:"" name:"ssh" help:"Log in to (or run a command on) one of a job's instances with OpenSSH, the pinned host key and the fleet's login key."`
 	SSHConfig  SSHConfigCmd  `cmd:"" name:"ssh-config" help:"Print ssh_config Host blocks and known_hosts lines for a job's instances (pinned host keys only)."`
+	Dlq        DlqCmd        `cmd:"" help:"List the stack's dead letters with their reasons, or move them back to their queue."`
 	Simulate   SimulateCmd   `cmd:"" help:"Replay a synthetic trace of jobs against Sortie's sizing and two baseline autoscaling policies (--trace FILE), or generate one (--generate N --seed S)."`
 }
 

@@ -12,6 +12,8 @@
 #   SORTIE_RUN_DIR  where the logs, the instances' directories and the pids file go
 #                   (default: a new directory under $TMPDIR)
 #   DEMO_TIMEOUT    how long the demo job may take (default 2m)
+#   REPLICAS        instances of every service (default 1): NAME, NAME-2, NAME-3, ... each
+#                   its own process with its own log, competing for the same queues
 #   SORTIE_HTTP_ADDR  where every service serves /healthz, /readyz and /metrics
 #                   (default 127.0.0.1:0: a free port each, printed once they listen)
 # Exit status: the demo's (0 when the job succeeded).
@@ -51,6 +53,22 @@ submit_pid=
 
 # start NAME CMD...: runs CMD in the background, output to $run_dir/NAME.log, and records
 # its pid (in $run_dir/pids too, one "NAME PID" a line).
+replicas=${REPLICAS:-1}
+[[ $replicas =~ ^[1-9][0-9]*$ ]] || {
+	printf 'up: REPLICAS=%s: want a whole number >= 1\n' "$replicas" >&2
+	exit 1
+}
+
+# start_service NAME CMD...: REPLICAS processes of a service (NAME, NAME-2, ...).
+start_service() {
+	local name=$1 r
+	shift
+	start "$name" "$@"
+	for ((r = 2; r <= replicas; r++)); do
+		start "$name-$r" "$@"
+	done
+}
+
 start() {
 	local name=$1
 	shift
@@ -153,12 +171,12 @@ export SORTIE_WAITER_MIN_DELAY=100ms SORTIE_WAITER_MAX_DELAY=1s SORTIE_LAUNCH_TI
 	SORTIE_BOOTSTRAP_DIAL_TIMEOUT=30s SORTIE_MONITOR_INTERVAL=1s SORTIE_POLL_WAIT=1s \
 	SORTIE_METRICS_FLUSH=500ms SORTIE_ARCHIVE_TIMEOUT=30s
 hostkey_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-start planner "$bin/planner"
-SORTIE_HOSTKEY_SECRET=$hostkey_secret start provisioner "$bin/provisioner"
+start_service planner "$bin/planner"
+SORTIE_HOSTKEY_SECRET=$hostkey_secret start_service provisioner "$bin/provisioner"
 unset hostkey_secret
-SORTIE_SSH_KEY=$ssh_key start bootstrapper "$bin/bootstrapper"
-SORTIE_SSH_KEY=$ssh_key start monitor "$bin/monitor"
-SORTIE_SSH_KEY=$ssh_key start reaper "$bin/reaper"
+SORTIE_SSH_KEY=$ssh_key start_service bootstrapper "$bin/bootstrapper"
+SORTIE_SSH_KEY=$ssh_key start_service monitor "$bin/monitor"
+SORTIE_SSH_KEY=$ssh_key start_service reaper "$bin/reaper"
 sleep 0.3 # a misconfigured service exits at once
 for i in "${!names[@]}"; do alive "${names[i]}" "${pids[i]}"; done
 say "running: $(for i in "${!names[@]}"; do printf '%s=%s ' "${names[i]}" "${pids[i]}"; done)"

@@ -241,7 +241,7 @@ locals {
     FleetBootstrapped = ["bootstrapper"]
     TaskReported      = ["worker"]
     JobFinished       = ["monitor"]
-    FleetTerminated   = ["reaper"]
+    FleetTerminated   = ["reaper", "planner", "provisioner", "bootstrapper", "monitor"] # any stage ends a job it rejects
   }
 
   # Producer => its role's ARN (built from names so topics and roles need no cycle).

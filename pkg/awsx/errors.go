@@ -135,6 +135,16 @@ func IsCapacity(err error) bool {
 	return err != nil && capacityCodes[ErrorCode(err)]
 }
 
+// quotaCodes are the account's limits: waiting (for other instances to end, or for a
+// raised quota) helps, another instance type or subnet does not.
+var quotaCodes = set("InstanceLimitExceeded", "VcpuLimitExceeded") // a spot limit (MaxSpotInstanceCountExceeded) falls back to on-demand instead
+
+// IsQuota reports whether err is an account limit on running instances or vCPUs: the
+// provisioner waits on it instead of falling back to another type.
+func IsQuota(err error) bool {
+	return err != nil && quotaCodes[ErrorCode(err)]
+}
+
 // IsNotFound reports whether the resource named in the request does not exist.
 func IsNotFound(err error) bool {
 	return err != nil && notFoundCodes[ErrorCode(err)]

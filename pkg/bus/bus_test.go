@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -508,5 +509,55 @@ func TestPublishRejectsInvalidEvent(t *testing.T) {
 	}
 	if err := p.PublishBody(context.Background(), fakeEvent{"NoSuchEvent", "j", "c"}, []byte(`{}`)); err == nil || !strings.Contains(err.Error(), "unknown event type") {
 		t.Errorf("PublishBody(unknown type) = %v, want an unknown event type error", err)
+	}
+}
+
+// TestOnDeadLetterHook: a permanent error tells the hook (job, event type, reason) before
+// the message goes to its DLQ; while the hook fails, the message is retried instead of
+// dead-lettered, so a job's rejection is never lost.
+func TestOnDeadLetterHook(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.createStack(stackOpts{visibilityTimeout: 1})
+	cfg := e.routerConfig(bus.Planner)
+	cfg.Retry = bus.RetryPolicy{MaxRetries: 1, InitialInterval: 10 * time.Millisecond, Multiplier: 1, MaxInterval: 10 * time.Millisecond}
+	var mu sync.Mutex
+	var told []bus.DeadLetter
+	hookFails := 2
+	cfg.OnDeadLetter = func(_ context.Context, d bus.DeadLetter) error {
+		mu.Lock()
+		defer mu.Unlock()
+		told = append(told, d)
+		if hookFails > 0 {
+			hookFails--
+			return errors.New("sns down")
+		}
+		return nil
+	}
+	r, err := bus.NewRouter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Handle(bus.JobSubmitted, func(ctx context.Context, m *bus.Message) error {
+		return bus.Permanent(errors.New("template gpu-xl is not defined"))
+	})
+	stop := e.run(r)
+	if err := e.publisher().PublishBody(context.Background(), fakeEvent{bus.JobSubmitted, "job-h", "corr-h"}, []byte(`{"job_id":"job-h"}`)); err != nil {
+		t.Fatal(err)
+	}
+	q := e.topo.QueueName(bus.Planner, bus.JobSubmitted)
+	eventually(t, 20*time.Second, "message in the DLQ", func() bool { return e.depth(bus.DLQName(q)).visible == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 3 {
+		t.Fatalf("hook told %d times, want 3 (two failures, then the one that lets the message go)", len(told))
+	}
+	d := told[2]
+	if d.JobID != "job-h" || d.CorrelationID != "corr-h" || d.EventType != bus.JobSubmitted || d.Queue != q || d.DLQ != bus.DLQName(q) ||
+		!strings.Contains(d.Reason, "gpu-xl") || d.Exhausted {
+		t.Errorf("dead letter %+v", d)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }

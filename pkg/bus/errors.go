@@ -45,3 +45,26 @@ func IsPermanent(err error) bool {
 	var p *permanentError
 	return errors.As(err, &p) || errors.Is(err, events.ErrInvalid)
 }
+
+// Abandon marks err as the end of a handler that must leave its message alone, as a
+// process killed in the middle of handling would: no in-process retry, no DLQ, and the
+// message is neither acknowledged nor made visible again, so SQS delivers it again once its
+// visibility timeout has run out. The ledger's fault hook uses it to simulate a crash.
+// Abandon(nil) is nil.
+func Abandon(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &abandonError{err: err}
+}
+
+type abandonError struct{ err error }
+
+func (e *abandonError) Error() string { return e.err.Error() }
+func (e *abandonError) Unwrap() error { return e.err }
+
+// IsAbandoned reports whether err was marked with Abandon.
+func IsAbandoned(err error) bool {
+	var a *abandonError
+	return errors.As(err, &a)
+}

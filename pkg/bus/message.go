@@ -58,7 +58,20 @@ const (
 	loggerKey ctxKey = iota
 	idsKey
 	deliveryKey
+	messageIDKey
 )
+
+// WithMessageID returns ctx carrying the id of the message being handled: the same on
+// every delivery of one published message, another for each publish.
+func WithMessageID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, messageIDKey, id)
+}
+
+// MessageID returns the id of the message ctx's handler handles ("" outside one).
+func MessageID(ctx context.Context) string {
+	v, _ := ctx.Value(messageIDKey).(string)
+	return v
+}
 
 type ids struct{ jobID, correlationID string }
 

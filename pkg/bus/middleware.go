@@ -36,7 +36,7 @@ func (r *Router) stack(rt route) message.NoPublishHandlerFunc {
 	h = recoverer(h)
 	h = permanentStopsRetry(h)
 	h = r.retry().Middleware(h)
-	h = logPermanent(dlq)(h)
+	h = r.logPermanent(rt, dlq)(h)
 	h = poison(h)
 	h = r.correlate(rt)(h)
 	h = r.observe(rt)(h)
@@ -78,7 +78,7 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 				attrs = append(attrs, "event_type", et)
 			}
 			logger := r.cfg.Logger.With(attrs...)
-			ctx := WithLogger(WithIDs(msg.Context(), jobID, correlationID), logger)
+			ctx := WithMessageID(WithLogger(WithIDs(msg.Context(), jobID, correlationID), logger), msg.UUID)
 			msg.SetContext(ctx)
 			if d.logger != nil {
 				d.logger.Store(logger) // the heartbeat's lines carry the ids too
@@ -89,8 +89,11 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 			switch {
 			case err == nil:
 				logger.Debug("message handled")
-			case d.receiveCount >= MaxReceiveCount:
+			case d.receiveCount >= MaxReceiveCount && !IsAbandoned(err):
 				logger.Error("message not handled; SQS will move it to the DLQ", "error", err)
+				if hookErr := r.deadLetter(msg, rt, DLQName(rt.queue), err); hookErr != nil {
+					logger.Error("telling the dead letter's job", "error", hookErr)
+				}
 			default:
 				logger.Warn("message not handled; SQS will redeliver it", "error", err)
 			}
@@ -127,16 +130,53 @@ func (r *Router) observe(rt route) message.HandlerMiddleware {
 }
 
 // logPermanent logs the permanent errors the poison middleware is about to dead-letter.
-func logPermanent(dlq string) message.HandlerMiddleware {
+//
+// With Config.OnDeadLetter set it tells it first; when that fails, the message is not
+// dead-lettered but retried (the error is returned as transient), so that the job's
+// rejection is not lost.
+func (r *Router) logPermanent(rt route, dlq string) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
 			if err != nil && IsPermanent(err) {
+				if hookErr := r.deadLetter(msg, rt, dlq, err); hookErr != nil {
+					Logger(msg.Context()).Error("telling the dead letter's job; retrying the message", "dlq", dlq, "error", hookErr, "reason", err)
+					return out, fmt.Errorf("telling the dead letter's job: %w", hookErr)
+				}
 				Logger(msg.Context()).Warn("permanent error: sending the message to its DLQ", "dlq", dlq, "error", err)
 			}
 			return out, err
 		}
 	}
+}
+
+// DeadLetter is a message about to reach its DLQ, as Config.OnDeadLetter sees it.
+type DeadLetter struct {
+	MessageID            string // the message's id: the same on every delivery
+	JobID, CorrelationID string
+	EventType            string
+	Queue, DLQ           string
+	Reason               string
+	// Exhausted says SQS moves it after its last delivery failed with a transient error;
+	// otherwise a permanent error sends it at once.
+	Exhausted bool
+}
+
+// deadLetter calls Config.OnDeadLetter, if set, for a message with a job id.
+func (r *Router) deadLetter(msg *message.Message, rt route, dlq string, reason error) error {
+	if r.cfg.OnDeadLetter == nil {
+		return nil
+	}
+	ctx := msg.Context()
+	d := DeadLetter{
+		MessageID: msg.UUID,
+		JobID:     JobID(ctx), CorrelationID: CorrelationID(ctx), EventType: cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType),
+		Queue: rt.queue, DLQ: dlq, Reason: reason.Error(), Exhausted: !IsPermanent(reason),
+	}
+	if d.JobID == "" && !d.Exhausted {
+		return nil // nothing to answer, and the DLQ message carries its reason
+	}
+	return r.cfg.OnDeadLetter(ctx, d)
 }
 
 // retry is watermill's retry middleware with the configured policy. Permanent errors
@@ -158,7 +198,7 @@ func (r *Router) retry() middleware.Retry {
 func permanentStopsRetry(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		out, err := h(msg)
-		if err != nil && IsPermanent(err) {
+		if err != nil && (IsPermanent(err) || IsAbandoned(err)) {
 			return out, backoff.Permanent(err)
 		}
 		if err != nil {

@@ -73,6 +73,11 @@ type Config struct {
 	// service run by service.Serve waits (its /readyz says what is missing); tests and
 	// tools fail fast.
 	AwaitQueues bool
+	// OnDeadLetter, when set, is told of every message of a known job that is about to
+	// reach its DLQ: at once for a permanent error (an error it returns keeps the message
+	// from the DLQ and has it retried), or after the last delivery SQS allows failed. The
+	// stages answer the job with its rejection there (ledger.Rejecter).
+	OnDeadLetter func(ctx context.Context, d DeadLetter) error
 }
 
 func (c Config) withDefaults() Config {

@@ -199,5 +199,7 @@ var Producers = map[string][]string{
 	FleetBootstrapped: {Bootstrapper},
 	TaskReported:      {WorkerProducer},
 	JobFinished:       {Monitor},
-	FleetTerminated:   {Reaper},
+	// The reaper ends every job it reaps; any stage ends a job it rejects (outcome
+	// rejected: see events.FleetTerminated and ledger.Rejecter).
+	FleetTerminated: {Reaper, Planner, Provisioner, Bootstrapper, Monitor},
 }

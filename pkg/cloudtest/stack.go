@@ -19,6 +19,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/infra"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -189,4 +190,9 @@ func (s *Stack) Subscribe(tb testing.TB, eventType string) string {
 		tb.Fatalf("subscribing to %s: %v", eventType, err)
 	}
 	return aws.ToString(q.QueueUrl)
+}
+
+// Ledger returns the job ledger of the stack (its table, created by infra.Up).
+func (s *Stack) Ledger() *ledger.Ledger {
+	return ledger.ForStack(s.AWS, s.Topology)
 }

@@ -185,10 +185,13 @@ func Download(tb testing.TB, client *s3.Client, bucket, key string) ([]byte, *s3
 type Recorder struct {
 	Published []events.Event
 	Err       error
+	mu        sync.Mutex
 }
 
-// Publish records e, or returns r.Err.
+// Publish records e, or returns r.Err. It is safe for concurrent use.
 func (r *Recorder) Publish(_ context.Context, e events.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.Err != nil {
 		return r.Err
 	}

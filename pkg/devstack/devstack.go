@@ -20,6 +20,7 @@ import (
 	"al.essio.dev/pkg/shellescape"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatch"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -28,6 +29,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/infra"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -78,6 +80,18 @@ type Options struct {
 	// in one account): the stack uses it and leaves it running on Close; Addr, DataDir,
 	// WorkerCommand, WorkerEnv and OnExec are then the cloud's business.
 	Cloud *localcloud.Cloud
+	// Replicas is the number of instances of every service (default 1), each with its own
+	// publisher and ledger client, competing for the same queues as separate processes do.
+	Replicas int
+	// VisibilityTimeout is the queues' visibility timeout (default: infra's, 60 s). A
+	// message whose handler died comes back after it.
+	VisibilityTimeout time.Duration
+	// Lease is the ledger's claim lease (default ledger.DefaultLease); keep it below two
+	// thirds of the visibility timeout.
+	Lease time.Duration
+	// Fault is the ledger's fault hook (tests): true at a claim's checkpoint simulates the
+	// crash of that replica's handler after its claim and before its publish.
+	Fault func(jobID string, stage ledger.Stage) bool
 }
 
 // Stack is a running Sortie on the local cloud.
@@ -92,6 +106,8 @@ type Stack struct {
 	SNS       *sns.Client
 	CW        *cloudwatch.Client
 	Publisher *bus.Publisher
+	// Ledger is the stack's job ledger.
+	Ledger *ledger.Ledger
 	// SSHKey is where the services read the instances' login key: s3://<prefix>-secrets/keys/<name>.pem.
 	SSHKey string
 	// Endpoints is each service's health and metrics base URL (http://host:port), by
@@ -177,8 +193,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.SQS = sqs.NewFromConfig(s.AWS)
 	s.SNS = sns.NewFromConfig(s.AWS)
 	s.CW = cloudwatch.NewFromConfig(s.AWS)
+	s.Ledger = ledger.ForStack(s.AWS, s.Topology)
 
-	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), s.Topology); err != nil {
+	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), s.Topology, infra.UpOptions{VisibilityTimeout: opts.VisibilityTimeout}); err != nil {
 		return nil, fmt.Errorf("infra up: %w", err)
 	}
 	if s.SSHKey, err = CreateLoginKeys(ctx, s.EC2, s.S3, s.Topology.Prefix, s.Ops); err != nil {
@@ -214,7 +231,7 @@ func (s *Stack) startServices(opts Options) error {
 				WaiterMinDelay: fast, WaiterMaxDelay: time.Second, LaunchTimeout: time.Minute}, d)
 		}},
 		{bus.Bootstrapper, func(ctx context.Context, d service.Deps) error {
-			return bootstrapper.Run(ctx, bootstrapper.Config{Base: base, SSHKey: s.SSHKey, DialTimeout: 30 * time.Second}, d)
+			return bootstrapper.Run(ctx, bootstrapper.Config{Base: base, SSHKey: s.SSHKey, DialTimeout: 30 * time.Second, PollWait: time.Second}, d)
 		}},
 		{bus.Monitor, func(ctx context.Context, d service.Deps) error {
 			return monitor.Run(ctx, monitor.Config{Base: base, SSHKey: s.SSHKey, Interval: opts.MonitorInterval,
@@ -226,43 +243,59 @@ func (s *Stack) startServices(opts Options) error {
 		}},
 	}
 	s.Telemetry = map[string]*telemetry.Telemetry{}
+	replicas := max(opts.Replicas, 1)
 	for _, sv := range services {
-		logger := opts.Logger.With("service", sv.name)
-		awsCfg := s.AWS
-		if opts.Recorder != nil {
-			awsCfg = opts.Recorder.Wrap(s.AWS, sv.name)
-		}
-		pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: awsCfg, Logger: logger})
-		if err != nil {
-			return err
-		}
-		s.closers = append(s.closers, pub.Close)
-		tel := telemetry.New(sv.name)
-		tel.ConfigLoaded(nil)
-		s.Telemetry[sv.name] = tel
-		if opts.HTTPAddr != "-" {
-			srv, err := telemetry.Listen(tel, opts.HTTPAddr, logger)
+		for r := range replicas {
+			name := sv.name
+			if r > 0 {
+				name = fmt.Sprintf("%s-%d", sv.name, r+1)
+			}
+			logger := opts.Logger.With("service", sv.name)
+			if replicas > 1 {
+				logger = logger.With("replica", r+1)
+			}
+			awsCfg := s.AWS
+			if opts.Recorder != nil {
+				awsCfg = opts.Recorder.Wrap(s.AWS, sv.name)
+			}
+			pub, err := bus.NewPublisher(bus.PublisherConfig{Topology: s.Topology, AWS: awsCfg, Logger: logger})
 			if err != nil {
 				return err
 			}
-			s.closers = append(s.closers, srv.Close)
-			s.Endpoints = append(s.Endpoints, Endpoint{Service: sv.name, URL: srv.URL()})
-		}
-		deps := service.Deps{AWS: awsCfg, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel}
-		s.wg.Add(1)
-		go func() {
-			<-ctx.Done() // Close: not ready while draining
-			tel.Drain()
-		}()
-		go func() {
-			defer s.wg.Done()
-			if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
-				s.mu.Lock()
-				s.errs = append(s.errs, fmt.Errorf("%s: %w", sv.name, err))
-				s.mu.Unlock()
-				logger.Error("service stopped", "error", err.Error())
+			s.closers = append(s.closers, pub.Close)
+			led, err := ledger.New(ledger.Config{
+				API: dynamodb.NewFromConfig(awsCfg), Table: s.Topology.LedgerTableName(), Lease: opts.Lease, Fault: opts.Fault,
+			})
+			if err != nil {
+				return err
 			}
-		}()
+			tel := telemetry.New(sv.name)
+			tel.ConfigLoaded(nil)
+			s.Telemetry[name] = tel
+			if opts.HTTPAddr != "-" {
+				srv, err := telemetry.Listen(tel, opts.HTTPAddr, logger)
+				if err != nil {
+					return err
+				}
+				s.closers = append(s.closers, srv.Close)
+				s.Endpoints = append(s.Endpoints, Endpoint{Service: name, URL: srv.URL()})
+			}
+			deps := service.Deps{AWS: awsCfg, Ops: s.Ops, Publisher: pub, Logger: logger, Now: time.Now, Telemetry: tel, Ledger: led}
+			s.wg.Add(1)
+			go func() {
+				<-ctx.Done() // Close: not ready while draining
+				tel.Drain()
+			}()
+			go func() {
+				defer s.wg.Done()
+				if err := sv.run(ctx, deps); err != nil && ctx.Err() == nil {
+					s.mu.Lock()
+					s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
+					s.mu.Unlock()
+					logger.Error("service stopped", "error", err.Error())
+				}
+			}()
+		}
 	}
 	return nil
 }

@@ -19,11 +19,14 @@ var Types = []string{
 	TypeTaskReported, TypeJobFinished, TypeFleetTerminated,
 }
 
-// Outcomes of a task (succeeded, failed) and of a job (any of the three).
+// Outcomes of a task (succeeded, failed) and of a job (any of the three, or rejected).
 const (
 	OutcomeSucceeded = "succeeded"
 	OutcomeFailed    = "failed"
 	OutcomeTimedOut  = "timed_out"
+	// OutcomeRejected ends a job that a stage refused (invalid, unknown names, a reused
+	// job id, a permanent error, retries exhausted): only FleetTerminated carries it.
+	OutcomeRejected = "rejected"
 )
 
 // Limits enforced by Validate. They bound what one message may ask for or carry.

@@ -139,12 +139,21 @@ func (e JobFinished) Validate() error {
 }
 
 // FleetTerminated closes a job: its logs are archived and its instances are gone. No
-// service consumes it; watchers (the CLI, upstream callbacks) do.
+// service consumes it; watchers (the CLI, upstream callbacks) do. It is every job's
+// terminal event: a job that a stage rejects ends with a FleetTerminated whose outcome is
+// OutcomeRejected, whose reason says why, and whose RejectedBy names the stage (then
+// FleetID is the job id, and no instance is listed: instances a rejected job may have left
+// are taken by the reaper's sweep when their lease expires).
+//
+// Schema version 1 added, as optional: outcome "rejected" and rejected_by. Consumers
+// written before them (older CLI watchers) skip a rejected FleetTerminated as invalid,
+// which leaves them where they were without it: waiting until their timeout.
 type FleetTerminated struct {
 	Header
 	FleetID               string    `json:"fleet_id"`
-	Outcome               string    `json:"outcome"`          // the job's, as in JobFinished
-	Reason                string    `json:"reason,omitempty"` // the job's, as in JobFinished
+	Outcome               string    `json:"outcome"`               // the job's, as in JobFinished, or OutcomeRejected
+	Reason                string    `json:"reason,omitempty"`      // the job's, as in JobFinished; why it was rejected
+	RejectedBy            string    `json:"rejected_by,omitempty"` // the service that rejected the job
 	Archives              []Archive `json:"archives,omitempty"`
 	TerminatedInstanceIDs []string  `json:"terminated_instance_ids,omitempty"`
 	InstanceSeconds       float64   `json:"instance_seconds"` // summed lifetime of the fleet's instances
@@ -204,8 +213,11 @@ func (e FleetTerminated) Validate() error {
 	var c checker
 	e.Header.check(&c)
 	c.fleetID("fleet_id", e.FleetID)
-	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut)
-	c.text("reason", e.Reason, MaxTextBytes, false)
+	c.outcome("outcome", e.Outcome, OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeRejected)
+	c.text("reason", e.Reason, MaxTextBytes, e.Outcome == OutcomeRejected)
+	if e.RejectedBy != "" || e.Outcome == OutcomeRejected {
+		c.name("rejected_by", e.RejectedBy)
+	}
 	if c.count("archives", len(e.Archives), MaxInstances) {
 		for i, a := range e.Archives {
 			f := index("archives", i)

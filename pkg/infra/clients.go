@@ -1,5 +1,5 @@
 // Package infra creates and removes the SNS topics (each with its producers-only policy), SQS
-// queues, DLQs, subscriptions, log bucket and secrets bucket of one Sortie stack
+// queues, DLQs, subscriptions, ledger table, log bucket and secrets bucket of one Sortie stack
 // (`sortie infra up | down`), idempotently and by name.
 package infra
 
@@ -7,6 +7,7 @@ import (
 	"context"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -62,16 +63,29 @@ type S3API interface {
 }
 
 var (
-	_ SNSAPI = (*sns.Client)(nil)
-	_ SQSAPI = (*sqs.Client)(nil)
-	_ S3API  = (*s3.Client)(nil)
+	_ SNSAPI      = (*sns.Client)(nil)
+	_ SQSAPI      = (*sqs.Client)(nil)
+	_ S3API       = (*s3.Client)(nil)
+	_ DynamoDBAPI = (*dynamodb.Client)(nil)
 )
+
+// DynamoDBAPI lists the DynamoDB calls infra makes (the ledger's table).
+type DynamoDBAPI interface {
+	CreateTable(ctx context.Context, params *dynamodb.CreateTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.CreateTableOutput, error)
+	DescribeTable(ctx context.Context, params *dynamodb.DescribeTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DescribeTableOutput, error)
+	DeleteTable(ctx context.Context, params *dynamodb.DeleteTableInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DeleteTableOutput, error)
+	DescribeTimeToLive(ctx context.Context, params *dynamodb.DescribeTimeToLiveInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DescribeTimeToLiveOutput, error)
+	UpdateTimeToLive(ctx context.Context, params *dynamodb.UpdateTimeToLiveInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateTimeToLiveOutput, error)
+	ListTagsOfResource(ctx context.Context, params *dynamodb.ListTagsOfResourceInput, optFns ...func(*dynamodb.Options)) (*dynamodb.ListTagsOfResourceOutput, error)
+	TagResource(ctx context.Context, params *dynamodb.TagResourceInput, optFns ...func(*dynamodb.Options)) (*dynamodb.TagResourceOutput, error)
+}
 
 // Clients are the AWS clients Up and Down use.
 type Clients struct {
-	SNS SNSAPI
-	SQS SQSAPI
-	S3  S3API
+	SNS      SNSAPI
+	SQS      SQSAPI
+	S3       S3API
+	DynamoDB DynamoDBAPI
 	// Region is the bucket's region; outside us-east-1 CreateBucket must name it.
 	Region string
 }
@@ -80,8 +94,9 @@ type Clients struct {
 // uses path-style addressing, since emulators do not serve bucket subdomains.
 func NewClients(cfg aws.Config) Clients {
 	return Clients{
-		SNS: sns.NewFromConfig(cfg),
-		SQS: sqs.NewFromConfig(cfg),
+		SNS:      sns.NewFromConfig(cfg),
+		DynamoDB: dynamodb.NewFromConfig(cfg),
+		SQS:      sqs.NewFromConfig(cfg),
 		S3: s3.NewFromConfig(cfg, func(o *s3.Options) {
 			if cfg.BaseEndpoint != nil {
 				o.UsePathStyle = true

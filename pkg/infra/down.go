@@ -133,6 +133,9 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
+	if err := d.deleteTable(ctx, topo.LedgerTableName(), topo.Prefix); err != nil {
+		return err
+	}
 	// The secrets bucket goes only when empty: Down never deletes a login key.
 	if err := d.deleteBucket(ctx, topo.SecretsBucketName(), false); err != nil {
 		return err

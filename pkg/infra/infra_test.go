@@ -68,6 +68,7 @@ func upResources(topo bus.Topology) []resource {
 		q := topo.TimerQueueName(svc)
 		out = append(out, resource{KindDLQ, bus.DLQName(q)}, resource{KindTimerQueue, q})
 	}
+	out = append(out, resource{KindTable, topo.LedgerTableName()}, resource{KindTableTTL, topo.LedgerTableName()})
 	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
 		out = append(out, resource{KindBucket, b}, resource{KindBucketEncryption, b}, resource{KindPublicAccessBlock, b}, resource{KindBucketPolicy, b})
 	}
@@ -703,7 +704,7 @@ func topoNames(topo bus.Topology) []string {
 	for _, et := range bus.EventTypes {
 		out = append(out, topo.TopicName(et))
 	}
-	return append(append(out, queueNames(topo)...), topo.SecretsBucketName(), topo.BucketName())
+	return append(append(out, queueNames(topo)...), topo.LedgerTableName(), topo.SecretsBucketName(), topo.BucketName())
 }
 
 func TestDownOnMissingStackSucceeds(t *testing.T) {

@@ -38,6 +38,8 @@ const (
 	KindPublicAccessBlock Kind = "bucket-public-access-block"
 	KindBucketPolicy      Kind = "bucket-policy"
 	KindObjects           Kind = "objects"
+	KindTable             Kind = "table"
+	KindTableTTL          Kind = "table-ttl"
 )
 
 // Line is one resource's outcome.

@@ -18,6 +18,7 @@ import (
 	"github.com/zclconf/go-cty/cty/function/stdlib"
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 )
 
 // Terraform is not run here (nor in CI). Instead these tests parse deployments/terraform with
@@ -396,6 +397,29 @@ func TestTerraformMatchesGenerators(t *testing.T) {
 		}
 		if !maps.Equal(got, want) {
 			t.Errorf("subscriptions:\n got %v\nwant %v", got, want)
+		}
+	})
+
+	t.Run("ledger table", func(t *testing.T) {
+		tables := m.instances(t, "aws_dynamodb_table", "ledger")
+		if len(tables) != 1 {
+			t.Fatalf("%d ledger tables, want 1", len(tables))
+		}
+		tb := tables[0]
+		if got, want := tb.str(t, "name"), topo.LedgerTableName(); got != want {
+			t.Errorf("ledger table %s, want %s", got, want)
+		}
+		if got := tb.str(t, "billing_mode"); got != "PAY_PER_REQUEST" {
+			t.Errorf("billing mode %s, want PAY_PER_REQUEST (infra up's)", got)
+		}
+		if got := tb.str(t, "hash_key"); got != ledger.AttrKey {
+			t.Errorf("hash key %s, want %s", got, ledger.AttrKey)
+		}
+		if a := tb.nested(t, "attribute"); a.str(t, "name") != ledger.AttrKey || a.str(t, "type") != "S" {
+			t.Errorf("key attribute %s %s, want %s S", a.str(t, "name"), a.str(t, "type"), ledger.AttrKey)
+		}
+		if ttl := tb.nested(t, "ttl"); ttl.str(t, "attribute_name") != ledger.AttrExpires || !ttl.boolean(t, "enabled") {
+			t.Errorf("TTL on %s enabled=%v, want on %s", ttl.str(t, "attribute_name"), ttl.boolean(t, "enabled"), ledger.AttrExpires)
 		}
 	})
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -34,6 +35,10 @@ type UpOptions struct {
 	// Empty means the AWS managed key aws/s3, and then any aws:kms key already configured
 	// (say, the one deployments/terraform created) counts as correct and is kept.
 	KMSKeyID string
+	// VisibilityTimeout overrides the consuming and timer queues' visibility timeout
+	// (default 60 s; whole seconds). Tests shorten it so that a crashed handler's message
+	// comes back quickly; the ledger's claim lease must stay below two thirds of it.
+	VisibilityTimeout time.Duration
 }
 
 // Up creates every topic, queue, DLQ, subscription and the log bucket of topo, and corrects
@@ -54,6 +59,14 @@ func Up(ctx context.Context, c Clients, topo bus.Topology, opts ...UpOptions) (R
 		return u.report, fmt.Errorf("stack %s: %w", topo.Prefix, err)
 	}
 	return u.report, nil
+}
+
+// visibility is the queues' visibility timeout in seconds.
+func (u *upper) visibility() int {
+	if v := int(u.o.VisibilityTimeout / time.Second); v > 0 {
+		return v
+	}
+	return queueVisibilityTimeout
 }
 
 type upper struct {
@@ -97,6 +110,10 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 		if _, err := u.ensureQueuePair(ctx, KindTimerQueue, q, bus.DLQName(q), ""); err != nil {
 			return err
 		}
+	}
+
+	if err := u.ensureTable(ctx, topo.LedgerTableName(), topo.Prefix); err != nil {
+		return err
 	}
 
 	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
@@ -195,14 +212,14 @@ func (u *upper) ensureTopicPolicy(ctx context.Context, topo bus.Topology, eventT
 // ensureQueuePair makes the DLQ, then the queue redriving to it; with a topicARN the
 // queue's policy lets that topic send to it. It returns the queue's ARN.
 func (u *upper) ensureQueuePair(ctx context.Context, kind Kind, queue, dlq, topicARN string) (string, error) {
-	dlqARN, err := u.ensureQueue(ctx, KindDLQ, dlq, dlqAttributes())
+	dlqARN, err := u.ensureQueue(ctx, KindDLQ, dlq, u.dlqAttributes())
 	if err != nil {
 		return "", err
 	}
 	// Both queues live in one account and region, so the queue's ARN is the DLQ's with
 	// the last field swapped: the policy can go into CreateQueue itself.
 	queueARN := dlqARN[:strings.LastIndex(dlqARN, ":")+1] + queue
-	attrs, err := queueAttributes(dlqARN, queueARN, topicARN)
+	attrs, err := u.queueAttributes(dlqARN, queueARN, topicARN)
 	if err != nil {
 		return "", err
 	}
@@ -216,9 +233,9 @@ func (u *upper) ensureQueuePair(ctx context.Context, kind Kind, queue, dlq, topi
 	return got, nil
 }
 
-func dlqAttributes() map[string]string {
+func (u *upper) dlqAttributes() map[string]string {
 	return map[string]string{
-		string(sqstypes.QueueAttributeNameVisibilityTimeout):             strconv.Itoa(queueVisibilityTimeout),
+		string(sqstypes.QueueAttributeNameVisibilityTimeout):             strconv.Itoa(u.visibility()),
 		string(sqstypes.QueueAttributeNameMessageRetentionPeriod):        strconv.Itoa(dlqRetention),
 		string(sqstypes.QueueAttributeNameReceiveMessageWaitTimeSeconds): strconv.Itoa(receiveWaitTime),
 	}
@@ -226,13 +243,13 @@ func dlqAttributes() map[string]string {
 
 // queueAttributes are a consuming queue's attributes; topicARN "" (timer queues) means no
 // queue policy.
-func queueAttributes(dlqARN, queueARN, topicARN string) (map[string]string, error) {
+func (u *upper) queueAttributes(dlqARN, queueARN, topicARN string) (map[string]string, error) {
 	redrive, err := RedrivePolicy(dlqARN, bus.MaxReceiveCount)
 	if err != nil {
 		return nil, err
 	}
 	attrs := map[string]string{
-		string(sqstypes.QueueAttributeNameVisibilityTimeout):             strconv.Itoa(queueVisibilityTimeout),
+		string(sqstypes.QueueAttributeNameVisibilityTimeout):             strconv.Itoa(u.visibility()),
 		string(sqstypes.QueueAttributeNameMessageRetentionPeriod):        strconv.Itoa(queueRetention),
 		string(sqstypes.QueueAttributeNameReceiveMessageWaitTimeSeconds): strconv.Itoa(receiveWaitTime),
 		string(sqstypes.QueueAttributeNameRedrivePolicy):                 string(redrive),

@@ -30,6 +30,7 @@ type Config struct {
 	Templates map[string]Template `yaml:"templates"`
 	Profiles  map[string]Profile  `yaml:"profiles"`
 	Recipes   map[string]Recipe   `yaml:"recipes"`
+	Caps      Caps                `yaml:"caps"`
 }
 
 // Template is a fleet template: everything about the instances a job may not choose itself.

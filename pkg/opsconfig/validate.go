@@ -59,6 +59,7 @@ func (c *Config) Validate() error {
 	for _, name := range slices.Sorted(maps.Keys(c.Recipes)) {
 		c.Recipes[name].validate(&p, "recipes."+name, name)
 	}
+	c.Caps.validate(&p, c.Templates)
 	return errors.Join(p...)
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/opsload"
 	"github.com/sortie-fleet/sortie/pkg/telemetry"
@@ -155,6 +156,17 @@ type Deps struct {
 	// Telemetry receives the service's metrics and readiness; nil in tests that do not
 	// look (its methods do nothing on nil).
 	Telemetry *telemetry.Telemetry
+	// Ledger is the job ledger; nil means the stack's table through AWS (LedgerFor).
+	Ledger *ledger.Ledger
+}
+
+// LedgerFor returns the ledger the stage claims its transitions in: Deps.Ledger, else the
+// table of the stack b names, through d.AWS.
+func (d Deps) LedgerFor(b Base) *ledger.Ledger {
+	if d.Ledger != nil {
+		return d.Ledger
+	}
+	return ledger.ForStack(d.AWS, b.Topology())
 }
 
 // Bus completes a stage's router configuration: with telemetry, the router reports to it
@@ -336,4 +348,10 @@ func Run(ctx context.Context, name string, base Base, awsCfg aws.Config, logger 
 		}
 	}()
 	return run(ctx, deps)
+}
+
+// Rejecter answers the jobs the stage rejects (see bus.Config.OnDeadLetter) with their
+// terminal event, through the stage's publisher and ledger.
+func (d Deps) Rejecter(b Base, stage string) ledger.Rejecter {
+	return ledger.Rejecter{Ledger: d.LedgerFor(b), Publisher: d.Publisher, Service: stage, Logger: d.Logger}
 }

@@ -177,13 +177,18 @@ func (w *Watcher) fill(ctx context.Context) error {
 	return nil
 }
 
-// RejectedError says a followed job's event was dead-lettered: the pipeline will not
-// take it further.
+// RejectedError says a followed job was rejected: one of its events was dead-lettered
+// (Queue names the DLQ), or a stage answered it with a rejected FleetTerminated (Queue is
+// empty, RejectedBy names the stage). The pipeline will not take it further.
 type RejectedError struct {
 	JobID, Queue, EventType, Reason string
+	RejectedBy                      string
 }
 
 func (e *RejectedError) Error() string {
+	if e.Queue == "" {
+		return fmt.Sprintf("job %s rejected by %s: %s", e.JobID, e.RejectedBy, e.Reason)
+	}
 	return fmt.Sprintf("job %s: %s dead-lettered in %s: %s", e.JobID, e.EventType, e.Queue, e.Reason)
 }
 
@@ -280,8 +285,8 @@ func decode(m sqstypes.Message) (events.Event, error) {
 }
 
 // Follow calls fn with every event of jobID until the job's FleetTerminated arrives, which
-// it returns. Events of other jobs are ignored. A dead-lettered event of the job ends it
-// with a *RejectedError.
+// it returns. Events of other jobs are ignored. A dead-lettered event of the job, or a
+// rejected FleetTerminated, ends it with a *RejectedError.
 func (w *Watcher) Follow(ctx context.Context, jobID string, fn func(events.Event)) (events.FleetTerminated, error) {
 	for {
 		if r := w.rejected[jobID]; r != nil {
@@ -309,6 +314,9 @@ func (w *Watcher) Follow(ctx context.Context, jobID string, fn func(events.Event
 			fn(ev)
 		}
 		if ft, ok := ev.(events.FleetTerminated); ok {
+			if ft.Outcome == events.OutcomeRejected {
+				return ft, &RejectedError{JobID: jobID, EventType: ft.EventType(), Reason: ft.Reason, RejectedBy: ft.RejectedBy}
+			}
 			return ft, nil
 		}
 	}
@@ -363,6 +371,9 @@ func Describe(ev events.Event) string {
 		}
 		return s
 	case events.FleetTerminated:
+		if e.Outcome == events.OutcomeRejected {
+			return fmt.Sprintf("FleetTerminated    rejected by %s: %s", e.RejectedBy, e.Reason)
+		}
 		s := fmt.Sprintf("FleetTerminated    %s: %d archives, %d instances terminated, %.1f instance-seconds, cost $%.6f (planned $%.6f)",
 			e.Outcome, len(e.Archives), len(e.TerminatedInstanceIDs), e.InstanceSeconds, e.Cost, e.PlannedCost)
 		for _, f := range e.ArchiveFailures {

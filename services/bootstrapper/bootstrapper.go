@@ -18,6 +18,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/sshkey"
@@ -30,8 +31,16 @@ type PresignAPI interface {
 	PresignGetObject(ctx context.Context, params *s3.GetObjectInput, optFns ...func(*s3.PresignOptions)) (*v4.PresignedHTTPRequest, error)
 }
 
+// Claimer is the ledger call the bootstrapper makes: the job's bootstrapped stage, claimed
+// (and renewed while the bootstrap runs) so that a fleet is never bootstrapped twice at
+// once, even when its FleetLaunched is delivered again meanwhile.
+type Claimer interface {
+	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+}
+
 var (
 	_ PresignAPI = (*s3.PresignClient)(nil)
+	_ Claimer    = (*ledger.Ledger)(nil)
 )
 
 // Run bootstraps the fleets of the FleetLaunched events it consumes until ctx is
@@ -53,6 +62,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	ec2c := ec2.NewFromConfig(deps.AWS)
 	st := &stage{
 		deps:          deps,
+		ledger:        deps.LedgerFor(cfg.Base),
 		fetcher:       cfg.Fetcher,
 		secretsBucket: cfg.Topology().SecretsBucketName(),
 		ec2:           ec2c,
@@ -75,6 +85,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	}
 	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(), Service: bus.Bootstrapper, AWS: deps.AWS, Logger: deps.Logger,
+		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Bootstrapper).OnDeadLetter, MaxHandle: cfg.MaxHandle, WaitTime: cfg.PollWait,
 	}))
 	if err != nil {
 		return fmt.Errorf("bootstrapper: %w", err)
@@ -86,6 +97,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 // stage holds what the handler needs.
 type stage struct {
 	deps    service.Deps
+	ledger  Claimer
 	fetcher string
 	// secretsBucket is the stack's secrets bucket: never presigned, whatever a recipe says.
 	secretsBucket string
@@ -101,12 +113,33 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered at once
 	}
-	out, err := s.bootstrapFleet(ctx, ev)
+	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.Bootstrapped)
+	if errors.Is(err, ledger.ErrTaken) {
+		bus.Logger(ctx).Debug("duplicate FleetLaunched: nothing to do", "fleet_id", ev.FleetID, "reason", err.Error())
+		return nil
+	}
 	if err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	defer claim.Release(ctx)
+	out, err := s.bootstrapFleet(claim.Context(), ev)
+	if err != nil {
+		return err
+	}
+	if err := claim.Checkpoint(); err != nil {
 		return err
 	}
 	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
 		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	ok := 0
+	for _, r := range out.Instances {
+		if r.OK {
+			ok++
+		}
+	}
+	if err := claim.Done(ctx, ledger.Fields{"bootstrapped_ok": ok, "bootstrapped_failed": len(out.Instances) - ok}); err != nil {
+		bus.Logger(ctx).Error("recording the bootstrap in the ledger", "error", err.Error())
 	}
 	return nil
 }

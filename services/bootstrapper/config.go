@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
@@ -53,6 +54,14 @@ type Config struct {
 	// Fetcher is the download tool fetch steps run on the instances: curl or wget
 	// (SORTIE_BOOTSTRAP_FETCHER, default curl).
 	Fetcher string
+	// MaxHandle is how long the router keeps a FleetLaunched hidden while its bootstrap
+	// runs (SORTIE_BOOTSTRAP_MAX_HANDLE, default bus.DefaultMaxHandle, 15m). A bootstrap
+	// that outlives it gets its message delivered again, which waits for the running
+	// bootstrap (the ledger's claim) instead of starting a second one.
+	MaxHandle time.Duration
+	// PollWait is the SQS long poll (SORTIE_POLL_WAIT, 1-20 s, default 20 s). Emulators do
+	// not wake a poll when a message becomes visible again: keep it short there.
+	PollWait time.Duration
 }
 
 // ConfigFromEnv reads the configuration from SORTIE_* variables, with defaults, and
@@ -78,6 +87,12 @@ func ConfigFromEnv() (Config, error) {
 		errs = append(errs, err)
 	}
 	if cfg.HostKeyTimeout, err = service.DurationEnv("SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT", DefaultHostKeyTimeout); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.MaxHandle, err = service.DurationEnv("SORTIE_BOOTSTRAP_MAX_HANDLE", bus.DefaultMaxHandle); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.PollWait, err = service.DurationEnv("SORTIE_POLL_WAIT", bus.DefaultWaitTime); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -106,6 +121,12 @@ func (c Config) Validate() error {
 	}
 	if c.HostKeyTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_HOSTKEY_TIMEOUT: %s: want > 0", c.HostKeyTimeout))
+	}
+	if c.MaxHandle < 0 || (c.MaxHandle > 0 && c.MaxHandle < time.Second) {
+		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_MAX_HANDLE: %s: want at least 1s", c.MaxHandle))
+	}
+	if c.PollWait != 0 && (c.PollWait < time.Second || c.PollWait > 20*time.Second || c.PollWait%time.Second != 0) {
+		errs = append(errs, fmt.Errorf("SORTIE_POLL_WAIT: %s: want whole seconds, 1s-20s", c.PollWait))
 	}
 	if c.Fetcher != recipe.FetcherCurl && c.Fetcher != recipe.FetcherWget {
 		errs = append(errs, fmt.Errorf("SORTIE_BOOTSTRAP_FETCHER: %q: want %s or %s", c.Fetcher, recipe.FetcherCurl, recipe.FetcherWget))

@@ -16,7 +16,7 @@ func TestConfigFromEnv(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ConfigFromEnv: %v", err)
 		}
-		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 0, DialTimeout: 2 * time.Minute, HandshakeTimeout: 30 * time.Second, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl"}
+		want := Config{SSHKey: "/etc/sortie/id", Concurrency: 0, DialTimeout: 2 * time.Minute, HandshakeTimeout: 30 * time.Second, StepTimeout: 10 * time.Minute, HostKeyTimeout: 10 * time.Minute, Fetcher: "curl", MaxHandle: 15 * time.Minute, PollWait: 20 * time.Second}
 		want.Prefix = "sortie"
 		want.HTTPAddr = service.DefaultHTTPAddr
 		if cfg != want {

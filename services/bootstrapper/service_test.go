@@ -2,6 +2,7 @@ package bootstrapper_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
@@ -134,9 +136,24 @@ func TestBootstrapper(t *testing.T) {
 		}
 	})
 
-	t.Run("redelivery runs no step again", func(t *testing.T) {
+	t.Run("redelivery of a bootstrapped fleet does nothing", func(t *testing.T) {
 		e.Publish(t, ev)
-		again := e.receive(t, out, "job-main")
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			if !strings.Contains(e.Logs.String(), `"duplicate FleetLaunched: nothing to do"`) {
+				return errors.New("the duplicate is not handled yet")
+			}
+			return nil
+		})
+		if extra := cloudtest.Collect(t, e.SQS, out, 2*time.Second, nil)["job-main"]; len(extra) != 0 {
+			t.Errorf("%d FleetBootstrapped after the duplicate, want none", len(extra))
+		}
+	})
+
+	t.Run("bootstrap on bootstrapped instances runs no step again", func(t *testing.T) {
+		ev := ev
+		ev.JobID = "job-main-again" // a claim of its own: the recipe's state on the instances decides
+		e.Publish(t, ev)
+		again := e.receive(t, out, "job-main-again")
 		for _, i := range []int{0, 2} {
 			r := again.Instances[i]
 			if !r.OK || stepSummary(r) != "already-bootstrapped:0" {
@@ -238,7 +255,10 @@ func newEnv(t *testing.T) *env {
 }
 
 // start runs the bootstrapper until the test ends.
-func (e *env) start() {
+func (e *env) start() { e.startWith(0) }
+
+// startWith runs the bootstrapper with a MaxHandle (0: the default).
+func (e *env) startWith(maxHandle time.Duration) {
 	t := e.t
 	t.Helper()
 	ops := cloudtest.LoadOps(t, "testdata/ops.yaml")
@@ -248,6 +268,8 @@ func (e *env) start() {
 		DialTimeout: 10 * time.Second,
 		StepTimeout: 30 * time.Second,
 		Fetcher:     e.fetcher,
+		MaxHandle:   maxHandle,
+		PollWait:    time.Second,
 	}
 	e.Serve(t, func(ctx context.Context) error {
 		return bootstrapper.Run(ctx, cfg, e.Deps(ops))
@@ -334,4 +356,46 @@ func stepSummary(r events.InstanceResult) string {
 		parts = append(parts, fmt.Sprintf("%s:%d", s.Name, s.ExitCode))
 	}
 	return strings.Join(parts, " ")
+}
+
+// TestBootstrapOutlivingVisibilityRunsOnce: a bootstrap (6 s) longer than the router's
+// MaxHandle (1 s) and the queue's visibility timeout (2 s) gets its FleetLaunched delivered
+// again while it runs; the redelivery waits for the running bootstrap (the ledger's claim)
+// and finds it done: the recipe runs once, one FleetBootstrapped.
+func TestBootstrapOutlivingVisibilityRunsOnce(t *testing.T) {
+	e := newEnv(t)
+	q := cloudtest.QueueURL(t, e.SQS, e.Topology.QueueName(bus.Bootstrapper, bus.FleetLaunched))
+	if _, err := e.SQS.SetQueueAttributes(t.Context(), &sqs.SetQueueAttributesInput{
+		QueueUrl: aws.String(q), Attributes: map[string]string{"VisibilityTimeout": "2"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out := e.Subscribe(t, bus.FleetBootstrapped)
+	e.startWith(time.Second)
+	hk := cloudtest.NewHostKey(t)
+	insts := e.launch("job-slow", 1, hk.UserData)
+	ev := e.fleetLaunched("job-slow", hk.Authorized, insts)
+	ev.Recipe = "slow"
+	ev.Params = nil
+	e.Publish(t, ev)
+	got := e.receive(t, out, "job-slow")
+	if len(got.Instances) != 1 || !got.Instances[0].OK {
+		t.Fatalf("FleetBootstrapped %+v, want the instance bootstrapped", got.Instances)
+	}
+	cloudtest.Eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(e.Logs.String(), "delivered again while its holder runs") {
+			return errors.New("no redelivery of the FleetLaunched seen yet")
+		}
+		if !strings.Contains(e.Logs.String(), `"duplicate FleetLaunched: nothing to do"`) {
+			return errors.New("the redelivery has not found the bootstrap done yet")
+		}
+		return nil
+	})
+	if extra := cloudtest.Collect(t, e.SQS, out, 3*time.Second, nil)["job-slow"]; len(extra) != 0 {
+		t.Errorf("%d more FleetBootstrapped, want none", len(extra))
+	}
+	runs, _ := os.ReadFile(e.instanceFile(insts[0].ID, "slow-runs"))
+	if string(runs) != "ran\n" {
+		t.Errorf("the slow step ran %d times, want once", strings.Count(string(runs), "ran"))
+	}
 }

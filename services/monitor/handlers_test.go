@@ -20,6 +20,8 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -35,6 +37,7 @@ type timer struct {
 }
 
 type fakePub struct {
+	mu        sync.Mutex
 	published []events.JobFinished
 	timers    []timer
 }
@@ -44,6 +47,8 @@ func (f *fakePub) PublishBody(_ context.Context, e bus.Event, body []byte) error
 	if err != nil {
 		return err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.published = append(f.published, jf)
 	return nil
 }
@@ -52,6 +57,8 @@ func (f *fakePub) After(_ context.Context, service string, delay time.Duration, 
 	if service != bus.Monitor {
 		return errors.New("timer for " + service)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.timers = append(f.timers, timer{delay, body, attrs})
 	return nil
 }
@@ -168,6 +175,7 @@ func newFakes(t *testing.T, probes fakeProber) fakes {
 		metrics: f.sink,
 		prober:  probes,
 		now:     func() time.Time { return clock },
+		ledger:  cloudtest.NewStack(t, cloudtest.NewCloud(t, localcloud.Options{})).Ledger(),
 		fleets:  newFleetCache(4),
 	}
 	return f
@@ -312,16 +320,38 @@ func TestFinishWhenTotalsAreUnreadable(t *testing.T) {
 	}
 }
 
+// TestFinishOnce: two check chains reaching their verdict at once (a FleetBootstrapped
+// delivered twice) and a settle timer delivered again publish one JobFinished; the ledger
+// records its outcome.
 func TestFinishOnce(t *testing.T) {
 	t.Parallel()
 	f := newFakes(t, nil)
-	f.ec2.stage = StageFinished
 	jf := jobFinished(fleetEvent(), verdict{Done: true, Outcome: events.OutcomeSucceeded}, nil, clock)
-	if err := f.m.finish(context.Background(), jf, 1); err != nil {
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			// One that finds the stage held is retried later (an error wrapping ErrTaken).
+			if err := f.m.finish(context.Background(), jf, 1); err != nil && !errors.Is(err, ledger.ErrTaken) {
+				t.Errorf("finish: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := f.m.finish(context.Background(), jf, 2); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.pub.published) != 0 {
-		t.Error("JobFinished published again for a finished job")
+	f.pub.mu.Lock()
+	n := len(f.pub.published)
+	f.pub.mu.Unlock()
+	if n != 1 {
+		t.Errorf("JobFinished published %d times, want once", n)
+	}
+	rec, err := f.m.ledger.(*ledger.Ledger).Get(context.Background(), jf.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.DoneAt(ledger.Finished) == "" || rec.Attrs["outcome"] != events.OutcomeSucceeded {
+		t.Errorf("ledger record %v, want finished with the outcome", rec.Attrs)
 	}
 }
 
@@ -385,6 +415,33 @@ func TestUnknownTimer(t *testing.T) {
 	err := f.m.handleTimer(context.Background(), &bus.Message{Payload: []byte(`{}`), Attributes: map[string]string{AttrTimer: "nap"}})
 	if !bus.IsPermanent(err) || !strings.Contains(err.Error(), `"nap"`) {
 		t.Errorf("unknown timer: %v", err)
+	}
+}
+
+// TestTaskReportedCountedOnce: a task report delivered three times (twice at once) sends
+// its metrics once, flushed before the handler returns.
+func TestTaskReportedCountedOnce(t *testing.T) {
+	t.Parallel()
+	f := newFakes(t, nil)
+	tr := events.TaskReported{Header: events.NewHeader("job-tasks", "corr", clock), FleetID: "job-tasks",
+		InstanceID: "i-0000000000000000a", TaskID: "input/file-1", Outcome: events.OutcomeSucceeded, DurationMS: 12}
+	body := cloudtest.Encode(t, tr)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: body}); err != nil {
+				t.Errorf("handle: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := f.m.handleTaskReported(context.Background(), &bus.Message{Payload: body}); err != nil {
+		t.Fatal(err)
+	}
+	f.sink.mu.Lock()
+	defer f.sink.mu.Unlock()
+	if len(f.sink.data) != len(metrics.TaskData(tr)) || f.sink.flushes < 1 {
+		t.Errorf("%d data points, %d flushes; want the task's %d once, flushed", len(f.sink.data), f.sink.flushes, len(metrics.TaskData(tr)))
 	}
 }
 

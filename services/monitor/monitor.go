@@ -19,6 +19,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
@@ -71,11 +72,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		}
 	}()
 	router, err := bus.NewRouter(deps.Bus(bus.Config{
-		Topology: cfg.Topology(),
-		Service:  bus.Monitor,
-		AWS:      deps.AWS,
-		Logger:   deps.Logger,
-		WaitTime: cfg.PollWait,
+		Topology:     cfg.Topology(),
+		Service:      bus.Monitor,
+		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Monitor).OnDeadLetter,
+		AWS:          deps.AWS,
+		Logger:       deps.Logger,
+		WaitTime:     cfg.PollWait,
 	}))
 	if err != nil {
 		return fmt.Errorf("monitor: %w", err)
@@ -89,6 +91,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		metrics: batcher,
 		prober:  sshProber{signer: signer, timeout: cfg.SSHTimeout},
 		now:     deps.Now,
+		ledger:  deps.LedgerFor(cfg.Base),
 		fleets:  newFleetCache(maxCachedFleets),
 	}
 	router.Handle(bus.FleetBootstrapped, m.handleBootstrapped)
@@ -112,12 +115,21 @@ type (
 		Add(d metrics.Datum)
 		Flush(ctx context.Context) error
 	}
+	// claimer is the ledger calls the monitor makes: a job's watching stage (one check
+	// chain per fleet), its finished stage (one JobFinished per job), and its task
+	// reports, each counted once.
+	claimer interface {
+		Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+		CountTask(ctx context.Context, jobID, taskID, outcome string) (ledger.TaskCount, error)
+		MarkTaskSent(ctx context.Context, jobID, taskID, outcome string) error
+	}
 )
 
 var (
 	_ publisher   = (*bus.Publisher)(nil)
 	_ ec2API      = (*ec2.Client)(nil)
 	_ metricsSink = (*metrics.Batcher)(nil)
+	_ claimer     = (*ledger.Ledger)(nil)
 )
 
 type monitor struct {
@@ -129,6 +141,7 @@ type monitor struct {
 	metrics metricsSink
 	prober  prober
 	now     func() time.Time
+	ledger  claimer
 	// fleets holds the FleetBootstrapped of the fleets this replica watches, so that a
 	// workload's exit report can trigger a check at once.
 	fleets *fleetCache
@@ -137,8 +150,13 @@ type monitor struct {
 	consoleKeys sync.Map
 }
 
-// handleTaskReported turns a task's report into metrics (sending them is batched), and a
-// workload's exit report into an immediate check of its fleet.
+// handleTaskReported turns a workload's exit report into an immediate check of its fleet,
+// and counts a task's report once in the ledger (by job, task id and outcome: a
+// redelivered or duplicated report counts nothing), then sends its metrics and flushes
+// them before the message is acknowledged, so that CloudWatch's totals are exact under
+// redelivery. A report counted before whose metrics did not reach CloudWatch (the flush
+// failed, the replica died) sends them on its redelivery. Only a crash between the flush
+// and MarkTaskSent can count a task twice in CloudWatch (never in the ledger).
 func (m *monitor) handleTaskReported(ctx context.Context, msg *bus.Message) error {
 	e, err := events.DecodeTaskReported(msg.Payload)
 	if err != nil {
@@ -147,8 +165,22 @@ func (m *monitor) handleTaskReported(ctx context.Context, msg *bus.Message) erro
 	if e.Exited() {
 		return m.onExit(ctx, e, msg.ReceiveCount)
 	}
+	n, err := m.ledger.CountTask(ctx, e.JobID, e.TaskID, e.Outcome)
+	if err != nil {
+		return fmt.Errorf("counting task %s: %w", e.TaskID, err)
+	}
+	if n == ledger.TaskDuplicate {
+		bus.Logger(ctx).Debug("duplicate TaskReported: counted before", "task_id", e.TaskID)
+		return nil
+	}
 	for _, d := range metrics.TaskData(e) {
 		m.metrics.Add(d)
+	}
+	if err := m.metrics.Flush(ctx); err != nil {
+		return fmt.Errorf("sending the metrics of task %s: %w", e.TaskID, err)
+	}
+	if err := m.ledger.MarkTaskSent(ctx, e.JobID, e.TaskID, e.Outcome); err != nil {
+		bus.Logger(ctx).Warn("marking the task's metrics sent", "task_id", e.TaskID, "error", err.Error())
 	}
 	return nil
 }
@@ -209,31 +241,51 @@ func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCoun
 	return nil
 }
 
-// handleBootstrapped fails the job at once when the recipe failed on any instance, and
-// otherwise arms the fleet's first check.
+// handleBootstrapped claims the job's watching stage (a duplicate FleetBootstrapped starts
+// no second check chain), then fails the job at once when the recipe failed on any
+// instance, and otherwise arms the fleet's first check.
 func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) error {
 	e, err := events.DecodeFleetBootstrapped(msg.Payload)
 	if err != nil {
 		return err
 	}
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
-	wl, wlErr := m.workloadsOf(e)
-	if v, failed := bootstrapVerdict(e); failed {
-		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
-		return m.finish(ctx, jobFinished(e, v, wl, m.now()), msg.ReceiveCount)
+	claim, err := m.ledger.Claim(ctx, e.JobID, ledger.Watching)
+	if errors.Is(err, ledger.ErrTaken) {
+		log.Debug("duplicate FleetBootstrapped: nothing to do", "reason", err.Error())
+		return nil
 	}
-	if wlErr != nil {
+	if err != nil {
+		return fmt.Errorf("watching fleet %s: %w", e.FleetID, err)
+	}
+	defer claim.Release(ctx)
+	wl, wlErr := m.workloadsOf(e)
+	switch v, failed := bootstrapVerdict(e); {
+	case failed:
+		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
+		err = m.finish(ctx, jobFinished(e, v, wl, m.now()), msg.ReceiveCount)
+	case wlErr != nil:
 		// The instances exist: finish the job so that the reaper archives and terminates
 		// them, rather than dead-lettering the event and leaving them to their lease.
 		v := verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + wlErr.Error()}
 		log.Error("cannot watch fleet: finishing the job", "error", wlErr.Error())
-		return m.finish(ctx, jobFinished(e, v, nil, m.now()), msg.ReceiveCount)
+		err = m.finish(ctx, jobFinished(e, v, nil, m.now()), msg.ReceiveCount)
+	default:
+		if err = claim.Checkpoint(); err != nil {
+			return err
+		}
+		m.fleets.put(e.FleetID, msg.Payload)
+		if err = m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
+			return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
+		}
+		log.Info("watching fleet", "instances", len(e.Instances), "deadline", e.DeadlineAt, "interval", m.cfg.Interval)
 	}
-	m.fleets.put(e.FleetID, msg.Payload)
-	if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, msg.Payload, map[string]string{AttrTimer: TimerCheck}); err != nil {
-		return fmt.Errorf("arming the check of fleet %s: %w", e.FleetID, err)
+	if err != nil {
+		return err
 	}
-	log.Info("watching fleet", "instances", len(e.Instances), "deadline", e.DeadlineAt, "interval", m.cfg.Interval)
+	if err := claim.Done(ctx, nil); err != nil {
+		log.Error("recording the watch in the ledger", "error", err.Error())
+	}
 	return nil
 }
 
@@ -443,16 +495,34 @@ func (m *monitor) consoleKey(ctx context.Context, id string) (ssh.PublicKey, err
 	return k, nil
 }
 
-// finish reads the job's task totals (after flushing this replica's metrics) and
-// publishes JobFinished, once: a job whose instances are already tagged finished is left
-// alone. When CloudWatch stays unreadable until the message's last delivery, JobFinished
-// goes out with zero totals rather than never, so that the fleet is still reaped.
+// finish claims the job's finished stage in the ledger, reads the job's task totals (after
+// flushing this replica's metrics) and publishes JobFinished: once per job, by the claim's
+// winner; a job whose finished stage is done or held elsewhere is left alone. When
+// CloudWatch stays unreadable until the message's last delivery, JobFinished goes out with
+// zero totals rather than never, so that the fleet is still reaped.
 func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCount int) error {
 	log := bus.Logger(ctx).With("fleet_id", jf.FleetID)
 	ids := make([]string, len(jf.Instances))
 	for i, in := range jf.Instances {
 		ids[i] = in.ID
 	}
+	claim, err := m.ledger.Claim(ctx, jf.JobID, ledger.Finished)
+	var taken *ledger.TakenError
+	if errors.As(err, &taken) && taken.DoneAt != "" {
+		log.Debug("job already finished: not publishing JobFinished again", "reason", err.Error())
+		return nil
+	}
+	if taken != nil {
+		// Held by another finish (a settle timer, an exit report): this message stays the
+		// backstop until that one is done, since the holder's own message may be dropped
+		// on its redelivery (an exit report reaching a replica that does not watch the
+		// fleet). Retried: it finds the stage done, or takes it over from a dead holder.
+		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+	}
+	if err != nil {
+		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+	}
+	defer claim.Release(ctx)
 	if len(ids) > 0 {
 		states, refused, err := m.describe(ctx, jf.FleetID, ids)
 		if err != nil {
@@ -489,8 +559,15 @@ func (m *monitor) finish(ctx context.Context, jf events.JobFinished, receiveCoun
 	if err != nil {
 		return bus.Permanent(fmt.Errorf("finishing job %s: %w", jf.JobID, err))
 	}
+	if err := claim.Checkpoint(); err != nil {
+		return err
+	}
 	if err := m.pub.PublishBody(ctx, jf, body); err != nil {
 		return fmt.Errorf("finishing job %s: %w", jf.JobID, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"outcome": jf.Outcome, "reason": jf.Reason,
+		"finished_tasks_succeeded": jf.TasksSucceeded, "finished_tasks_failed": jf.TasksFailed}); err != nil {
+		log.Error("recording JobFinished in the ledger", "error", err.Error())
 	}
 	log.Info("job finished", "outcome", jf.Outcome, "reason", jf.Reason, "failing_instance", jf.FailingInstance,
 		"tasks_succeeded", jf.TasksSucceeded, "tasks_failed", jf.TasksFailed)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
@@ -496,10 +499,12 @@ func TestHandle(t *testing.T) {
 		{name: "unknown template", payload: body(with(demoJob(), func(j *events.JobSubmitted) { j.Template = "x" })), wantErr: `planning job job-demo: unknown template "x"`, permanent: true},
 		{name: "publish fails: retried", payload: body(demoJob()), pubErr: errors.New("sns down"), wantErr: "sns down"},
 	}
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pub := &cloudtest.Recorder{Err: tt.pubErr}
-			h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub}
+			h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub,
+				ledger: cloudtest.NewStack(t, cloud).Ledger()}
 			err := h.handle(context.Background(), &bus.Message{Payload: tt.payload})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -527,13 +532,60 @@ func TestHandle(t *testing.T) {
 	}
 }
 
-// The same job submitted twice (a duplicate, or a job id reused by a new submission) is
-// planned twice with two nonces: which key the fleet gets is settled by the provisioner,
-// which keeps the nonce its instances were launched with.
+// TestHandleDuplicates: the same JobSubmitted handled by eight replicas at once, then
+// redelivered, is planned once; a failed publish releases the claim so a redelivery plans.
+func TestHandleDuplicates(t *testing.T) {
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
+	body := cloudtest.Encode(t, demoJob())
+	newHandler := func(l *ledger.Ledger, pub *cloudtest.Recorder) handler {
+		return handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub, ledger: l}
+	}
+
+	l := cloudtest.NewStack(t, cloud).Ledger()
+	pub := &cloudtest.Recorder{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if err := newHandler(l, pub).handle(t.Context(), &bus.Message{Payload: body}); err != nil {
+				t.Errorf("handle: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := newHandler(l, pub).handle(t.Context(), &bus.Message{Payload: body}); err != nil {
+		t.Fatalf("redelivery: %v", err)
+	}
+	if len(pub.Published) != 1 {
+		t.Fatalf("published %d FleetPlanned, want 1", len(pub.Published))
+	}
+	rec, err := l.Get(t.Context(), "job-demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State() != string(ledger.Planned) || rec.Attrs["fleet_id"] == "" || rec.Attrs["instance_type"] == "" {
+		t.Errorf("ledger record %v (state %s), want the plan recorded", rec.Attrs, rec.State())
+	}
+
+	l2 := cloudtest.NewStack(t, cloud).Ledger()
+	failing := &cloudtest.Recorder{Err: errors.New("sns down")}
+	if err := newHandler(l2, failing).handle(t.Context(), &bus.Message{Payload: body}); err == nil {
+		t.Fatal("a failed publish returned nil")
+	}
+	pub2 := &cloudtest.Recorder{}
+	if err := newHandler(l2, pub2).handle(t.Context(), &bus.Message{Payload: body}); err != nil || len(pub2.Published) != 1 {
+		t.Fatalf("redelivery after a failed publish: %v, %d published; want the plan", err, len(pub2.Published))
+	}
+}
+
+// A job planned twice (its first plan's publish failed, or on two stacks) gets two nonces:
+// which key the fleet gets is settled by the provisioner, which keeps the nonce its
+// instances were launched with. (A duplicate JobSubmitted is planned once: the ledger.)
 func TestEveryPlanHasItsOwnNonce(t *testing.T) {
 	pub := &cloudtest.Recorder{}
-	h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub}
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
 	for range 2 {
+		h := handler{planner: &planner{ops: opsconfig.Default(), now: func() time.Time { return planned }}, pub: pub,
+			ledger: cloudtest.NewStack(t, cloud).Ledger()}
 		if err := h.handle(context.Background(), &bus.Message{Payload: cloudtest.Encode(t, demoJob())}); err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,8 @@ package planner
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/service"
 	"github.com/sortie-fleet/sortie/pkg/telemetry"
 )
@@ -28,10 +31,11 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		return errors.New("planner: deps need an ops config and a publisher")
 	}
 	router, err := bus.NewRouter(deps.Bus(bus.Config{
-		Topology: cfg.Topology(),
-		Service:  bus.Planner,
-		AWS:      deps.AWS,
-		Logger:   deps.Logger,
+		Topology:     cfg.Topology(),
+		Service:      bus.Planner,
+		OnDeadLetter: deps.Rejecter(cfg.Base, bus.Planner).OnDeadLetter,
+		AWS:          deps.AWS,
+		Logger:       deps.Logger,
 	}))
 	if err != nil {
 		return fmt.Errorf("planner: %w", err)
@@ -46,6 +50,8 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		},
 		pub:     deps.Publisher,
 		metrics: deps.Telemetry,
+		ledger:  deps.LedgerFor(cfg.Base),
+		reuse:   deps.Rejecter(cfg.Base, bus.Planner),
 	}
 	router.Handle(bus.JobSubmitted, h.handle)
 	return router.Run(ctx)
@@ -56,26 +62,78 @@ type publisher interface {
 	Publish(ctx context.Context, e events.Event) error
 }
 
-var _ publisher = (*bus.Publisher)(nil)
+// claimer is the ledger calls the handler makes: the job's submission (a job id taken by
+// an earlier, different job is refused) and its planned stage, claimed before planning.
+type claimer interface {
+	Submit(ctx context.Context, jobID, digest string) (ledger.Submission, error)
+	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+}
+
+// reuseAnswerer answers a JobSubmitted that reuses a job id.
+type reuseAnswerer interface {
+	RejectReuse(ctx context.Context, job events.JobSubmitted, digest string, earlier ledger.Record) error
+}
+
+var (
+	_ publisher     = (*bus.Publisher)(nil)
+	_ claimer       = (*ledger.Ledger)(nil)
+	_ reuseAnswerer = ledger.Rejecter{}
+)
 
 type handler struct {
 	planner *planner
 	pub     publisher
+	ledger  claimer
+	reuse   reuseAnswerer
 	metrics *telemetry.Telemetry // counts the fleets planned; nil counts nothing
 }
 
-// handle decodes a JobSubmitted, plans its fleet and publishes the plan.
+// handle decodes a JobSubmitted, claims the job's planned stage in the ledger, plans its
+// fleet and publishes the plan. A duplicate or redelivered JobSubmitted whose job is
+// planned (or being planned) does nothing.
 func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	job, err := events.DecodeJobSubmitted(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered with the reason
 	}
+	sum := sha256.Sum256(m.Payload)
+	digest := hex.EncodeToString(sum[:])
+	sub, err := h.ledger.Submit(ctx, job.JobID, digest)
+	if err != nil {
+		return fmt.Errorf("planning job %s: %w", job.JobID, err)
+	}
+	if sub.Reused {
+		bus.Logger(ctx).Warn("job id reused: answering with the earlier job's outcome", "reason", ledger.ReuseReason(job.JobID, sub.Earlier))
+		if err := h.reuse.RejectReuse(ctx, job, digest, sub.Earlier); err != nil {
+			return fmt.Errorf("planning job %s: %w", job.JobID, err)
+		}
+		return nil
+	}
+	claim, err := h.ledger.Claim(ctx, job.JobID, ledger.Planned)
+	if errors.Is(err, ledger.ErrTaken) {
+		bus.Logger(ctx).Debug("duplicate JobSubmitted: nothing to do", "reason", err.Error())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("planning job %s: %w", job.JobID, err)
+	}
+	defer claim.Release(ctx)
 	plan, err := h.planner.plan(ctx, job)
 	if err != nil {
 		return fmt.Errorf("planning job %s: %w", job.JobID, err)
 	}
+	if err := claim.Checkpoint(); err != nil {
+		return err
+	}
 	if err := h.pub.Publish(ctx, plan); err != nil {
 		return fmt.Errorf("planning job %s: %w", job.JobID, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{
+		"fleet_id": plan.FleetID, "template": plan.Template, "profile": plan.Profile, "recipe": plan.Recipe,
+		"items": plan.Items, "instance_type": plan.InstanceType, "count": plan.Count,
+		"submitted_at": plan.SubmittedAt, "deadline_seconds": plan.DeadlineSeconds,
+	}); err != nil {
+		bus.Logger(ctx).Error("recording the plan in the ledger", "error", err.Error())
 	}
 	h.metrics.FleetPlanned()
 	bus.Logger(ctx).Info("fleet planned", "items", plan.Items, "instance_type", plan.InstanceType,

@@ -474,6 +474,9 @@ func (l *launcher) run(ctx context.Context, ops *opsconfig.Config, fp events.Fle
 			log.Info("fleet launched", "instances", ids, "reservation", aws.ToString(out.ReservationId), "fallback", a.Fallback)
 			l.metrics.InstancesLaunched(a.InstanceType, len(ids))
 			return fleet{ids: ids, nonce: key.nonce, hasNonce: true, launched: &a}, nil
+		case awsx.IsQuota(err):
+			// An account limit: another type or subnet counts against it too. Wait.
+			return fleet{}, fmt.Errorf("launching fleet %s: %w", fp.FleetID, err)
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
 			e := fmt.Errorf("%s%s in %s: %s", a.InstanceType, marketNote(a.Market), cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err))

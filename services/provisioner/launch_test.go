@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
@@ -697,13 +698,14 @@ func TestHandle(t *testing.T) {
 		{name: "ended fleet: acknowledged, nothing published", payload: body, ec2: ended},
 		{name: "publish fails: retried", payload: body, ec2: &fakeEC2{}, pubErr: errors.New("sns down"), wantErr: "sns down"},
 	}
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pub := &cloudtest.Recorder{Err: tt.pubErr}
 			h := handler{launcher: &launcher{
 				stack: "sortie", ec2: tt.ec2, ops: opsconfig.Default(), secret: testSecret, now: time.Now,
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
-			}, pub: pub}
+			}, pub: pub, ledger: cloudtest.NewStack(t, cloud).Ledger()}
 			err := h.handle(context.Background(), &bus.Message{Payload: tt.payload})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || bus.IsPermanent(err) != tt.permanent {

@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"golang.org/x/crypto/ssh"
@@ -19,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -161,27 +164,38 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		}
 	})
 
-	t.Run("the same FleetPlanned again launches nothing new", func(t *testing.T) {
-		s.Publish(t, fleet("fleet-a")) // another delivery of the plan above (a fresh header time: also a new lease)
-		fl := launchedEvents(t, "fleet-a", 1)[0]
-		instances := tagged(t, "fleet-a")
-		if len(instances) != 3 || len(fl.Instances) != 3 {
-			t.Fatalf("%d instances tagged, FleetLaunched lists %v: want the same 3", len(instances), idsOf(fl))
-		}
-		for _, in := range fl.Instances {
-			if _, ok := instances[in.ID]; !ok {
-				t.Errorf("FleetLaunched lists %s, not one of the fleet's", in.ID)
+	// handledDuplicate waits for the provisioner to have dropped a duplicate of the job's
+	// plan (the ledger's claim was taken), then checks that no FleetLaunched followed it.
+	handledDuplicate := func(t *testing.T, id string) {
+		t.Helper()
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			for _, line := range strings.Split(s.Logs.String(), "\n") {
+				if strings.Contains(line, `"duplicate FleetPlanned: nothing to do"`) && strings.Contains(line, `"job_id":"`+id+`"`) {
+					return nil
+				}
 			}
+			return fmt.Errorf("no duplicate FleetPlanned of %s logged yet", id)
+		})
+		if extra := cloudtest.Collect(t, s.SQS, launchedQ, 2*time.Second, nil)[id]; len(extra) != 0 {
+			t.Errorf("%d more FleetLaunched for %s after the duplicate, want none", len(extra), id)
+		}
+	}
+
+	t.Run("the same FleetPlanned again launches nothing and publishes nothing", func(t *testing.T) {
+		s.Publish(t, fleet("fleet-a")) // another delivery of the plan above
+		handledDuplicate(t, "fleet-a")
+		if n := len(tagged(t, "fleet-a")); n != 3 {
+			t.Errorf("%d instances tagged fleet-a, want the same 3", n)
 		}
 
-		// Two deliveries at once, racing each other.
+		// Two deliveries at once, racing each other: one launch, one FleetLaunched.
 		fp := fleet("fleet-b")
 		s.Publish(t, fp)
 		s.Publish(t, fp)
-		two := launchedEvents(t, "fleet-b", 2)
-		if a, b := idsOf(two[0]), idsOf(two[1]); !slices.Equal(a, b) || len(a) != 3 {
-			t.Errorf("racing deliveries launched %v and %v: want the same 3", a, b)
+		if fl := launchedEvents(t, "fleet-b", 1)[0]; len(fl.Instances) != 3 {
+			t.Errorf("FleetLaunched lists %v, want 3 instances", idsOf(fl))
 		}
+		handledDuplicate(t, "fleet-b")
 		if n := len(tagged(t, "fleet-b")); n != 3 {
 			t.Errorf("%d instances tagged fleet-b, want 3", n)
 		}
@@ -193,6 +207,21 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 		a := launchedEvents(t, "fleet-e", 1)[0]
 		dup := fleet("fleet-e") // the job planned again: same fleet and revision, another nonce
 		dup.Nonce = nonceB
+		// As if the first launch's handler had died after its publish and before marking
+		// the stage done in the ledger: the duplicate wins the claim and launches again.
+		cloudtest.Eventually(t, 10*time.Second, func() error { // the mark follows the publish
+			rec, err := s.Ledger().Get(t.Context(), "fleet-e")
+			if err == nil && rec.DoneAt(ledger.Launched) == "" {
+				err = errors.New("launch not marked done yet")
+			}
+			return err
+		})
+		if _, err := dynamodb.NewFromConfig(s.AWS).UpdateItem(t.Context(), &dynamodb.UpdateItemInput{
+			TableName: aws.String(s.Topology.LedgerTableName()), Key: ledger.Key("fleet-e"),
+			UpdateExpression: aws.String("REMOVE launched_at"),
+		}); err != nil {
+			t.Fatal(err)
+		}
 		s.Publish(t, dup)
 		b := launchedEvents(t, "fleet-e", 1)[0]
 		if !slices.Equal(idsOf(a), idsOf(b)) || len(tagged(t, "fleet-e")) != 3 {

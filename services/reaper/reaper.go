@@ -25,6 +25,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/metrics"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/service"
@@ -78,11 +79,12 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			maxBytes: cfg.ArchiveMaxBytes,
 			alive:    stillRunning(ec2c, cfg.Prefix),
 		},
-		term:  terminator{api: ec2c, stack: cfg.Prefix, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
-		chain: &sweepChain{},
+		term:   terminator{api: ec2c, stack: cfg.Prefix, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
+		chain:  &sweepChain{},
+		ledger: deps.LedgerFor(cfg.Base),
 	}
 	router, err := bus.NewRouter(deps.Bus(bus.Config{
-		Topology: cfg.Topology(), Service: bus.Reaper, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
+		Topology: cfg.Topology(), Service: bus.Reaper, OnDeadLetter: deps.Rejecter(cfg.Base, bus.Reaper).OnDeadLetter, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
 	}))
 	if err != nil {
 		return fmt.Errorf("reaper: %w", err)
@@ -93,6 +95,16 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	return router.Run(ctx)
 }
 
+// Claimer is the ledger call the reaper makes: the job's terminated stage, claimed before
+// reaping, so that FleetTerminated is published once per job; and the fleet's capacity,
+// released once it is terminated.
+type Claimer interface {
+	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+	Release(ctx context.Context, jobID string) error
+}
+
+var _ Claimer = (*ledger.Ledger)(nil)
+
 // stage holds what the handlers need.
 type stage struct {
 	cfg     Config
@@ -102,6 +114,7 @@ type stage struct {
 	arch    *archiver
 	term    terminator
 	chain   *sweepChain
+	ledger  Claimer
 }
 
 // metricsSink takes the reaper's CloudWatch data points.
@@ -111,18 +124,41 @@ type metricsSink interface {
 
 var _ metricsSink = (*metrics.Batcher)(nil)
 
-// handleJobFinished: JobFinished → archive every instance's logs → terminate → FleetTerminated.
+// handleJobFinished: JobFinished → claim the job's terminated stage → archive every
+// instance's logs → terminate → FleetTerminated. A duplicate JobFinished whose job is
+// terminated (or being reaped by another replica) does nothing.
 func (s *stage) handleJobFinished(ctx context.Context, m *bus.Message) error {
 	ev, err := events.DecodeJobFinished(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered at once (the sweep still reaps the fleet)
 	}
-	out, err := s.reap(ctx, ev)
+	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.Terminated)
+	if errors.Is(err, ledger.ErrTaken) {
+		bus.Logger(ctx).Debug("duplicate JobFinished: nothing to do", "fleet_id", ev.FleetID, "reason", err.Error())
+		return nil
+	}
 	if err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	defer claim.Release(ctx)
+	out, err := s.reap(claim.Context(), ev)
+	if err != nil {
+		return err
+	}
+	// The fleet is terminated: its capacity goes back to the stack (once, however often
+	// this runs) before the job's end is told.
+	if err := s.ledger.Release(ctx, ev.JobID); err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	if err := claim.Checkpoint(); err != nil {
 		return err
 	}
 	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
 		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"outcome": out.Outcome, "reason": out.Reason,
+		"instance_seconds": out.InstanceSeconds, "archives": len(out.Archives)}); err != nil {
+		bus.Logger(ctx).Error("recording FleetTerminated in the ledger", "error", err.Error())
 	}
 	return nil
 }
