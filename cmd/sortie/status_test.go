@@ -54,26 +54,28 @@ func statusJSON(t *testing.T, args ...string) []fleetview.Job {
 func TestStatusShowsLeaks(t *testing.T) {
 	cloud := useCloud(t)
 	client := ec2.NewFromConfig(awsx.ForEndpoint(cloud.URL()))
+	// kumo's buckets outlive a test's cloud (-count): each run names its own stacks.
+	prefix, other := "st"+strings.ToLower(randomHex(3)), "ot"+strings.ToLower(randomHex(3))
 
-	out, err := runCLI(t, "status")
-	if err == nil || !strings.Contains(err.Error(), `no Sortie stack "sortie"`) {
+	out, err := runCLI(t, "--prefix", prefix, "status")
+	if err == nil || !strings.Contains(err.Error(), `no Sortie stack "`+prefix+`"`) {
 		t.Fatalf("status without a stack = %q, %v; want no Sortie stack", out, err)
 	}
-	if out, err := runCLI(t, "infra", "up"); err != nil {
+	if out, err := runCLI(t, "--prefix", prefix, "infra", "up"); err != nil {
 		t.Fatalf("infra up: %v\n%s", err, out)
 	}
-	out, err = runCLI(t, "status")
+	out, err = runCLI(t, "--prefix", prefix, "status")
 	if err != nil || strings.TrimSpace(out) != "no Sortie instances" {
 		t.Fatalf("status on an empty stack = %q, %v; want %q", out, err, "no Sortie instances")
 	}
 
-	stack := map[string]string{"sortie:stack": "sortie"} // the default --prefix
+	stack := map[string]string{"sortie:stack": prefix}
 	with := func(m map[string]string) map[string]string { maps.Copy(m, stack); return m }
 	expired := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 	runInstance(t, client, map[string]string{"Name": "not-sortie"}) // untagged: never listed
 	// Sortie's tags but no stack, or another stack's: never listed (but by that stack's prefix).
 	runInstance(t, client, map[string]string{"sortie:job-id": "nostack-1", "sortie:lease-expires": expired})
-	runInstance(t, client, map[string]string{"sortie:stack": "other", "sortie:job-id": "other-1", "sortie:lease-expires": expired})
+	runInstance(t, client, map[string]string{"sortie:stack": other, "sortie:job-id": "other-1", "sortie:lease-expires": expired})
 	leak := runInstance(t, client, with(map[string]string{"sortie:job-id": "leak-1", "sortie:lease-expires": expired}))
 	runInstance(t, client, with(map[string]string{"sortie:job-id": "live-1", "sortie:fleet": "live-1", "sortie:template": "demo",
 		"sortie:stage": "bootstrapped", "sortie:lease-expires": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}))
@@ -82,7 +84,7 @@ func TestStatusShowsLeaks(t *testing.T) {
 		t.Fatal(err)
 	}
 	cloudtest.Eventually(t, 30*time.Second, func() error {
-		jobs := statusJSON(t, "--all", "gone-1")
+		jobs := statusJSON(t, "--prefix", prefix, "--all", "gone-1")
 		if len(jobs) != 1 || jobs[0].States["terminated"] != 1 {
 			return fmt.Errorf("gone-1 not terminated yet: %+v", jobs)
 		}
@@ -90,7 +92,7 @@ func TestStatusShowsLeaks(t *testing.T) {
 	})
 
 	t.Run("table", func(t *testing.T) {
-		out, err := runCLI(t, "status")
+		out, err := runCLI(t, "--prefix", prefix, "status")
 		if err != nil {
 			t.Fatalf("status: %v\n%s", err, out)
 		}
@@ -114,7 +116,7 @@ func TestStatusShowsLeaks(t *testing.T) {
 	})
 
 	t.Run("json", func(t *testing.T) {
-		jobs := statusJSON(t, "leak-1")
+		jobs := statusJSON(t, "--prefix", prefix, "leak-1")
 		if len(jobs) != 1 || jobs[0].JobID != "leak-1" || !jobs[0].Expired ||
 			len(jobs[0].Instances) != 1 || jobs[0].Instances[0].ID != leak || !jobs[0].Instances[0].Expired {
 			t.Fatalf("leak-1 = %+v, want it expired with instance %s", jobs, leak)
@@ -125,10 +127,10 @@ func TestStatusShowsLeaks(t *testing.T) {
 	})
 
 	t.Run("--prefix: that stack's instances only", func(t *testing.T) {
-		if out, err := runCLI(t, "--prefix", "other", "infra", "up"); err != nil {
+		if out, err := runCLI(t, "--prefix", other, "infra", "up"); err != nil {
 			t.Fatalf("infra up: %v\n%s", err, out)
 		}
-		out, err := runCLI(t, "--prefix", "other", "status", "--json")
+		out, err := runCLI(t, "--prefix", other, "status", "--json")
 		if err != nil {
 			t.Fatalf("status: %v\n%s", err, out)
 		}
@@ -139,7 +141,7 @@ func TestStatusShowsLeaks(t *testing.T) {
 		if len(jobs) != 1 || jobs[0].JobID != "other-1" {
 			t.Fatalf("status --prefix other = %+v, want other-1 only", jobs)
 		}
-		for _, j := range statusJSON(t, "--all") {
+		for _, j := range statusJSON(t, "--prefix", prefix, "--all") {
 			if j.JobID == "other-1" || j.JobID == "nostack-1" {
 				t.Errorf("status of stack sortie lists %s, not its own", j.JobID)
 			}
@@ -147,10 +149,10 @@ func TestStatusShowsLeaks(t *testing.T) {
 	})
 
 	t.Run("terminated only with --all", func(t *testing.T) {
-		if out, err := runCLI(t, "status", "gone-1"); err != nil || strings.TrimSpace(out) != "no Sortie instances" {
+		if out, err := runCLI(t, "--prefix", prefix, "status", "gone-1"); err != nil || strings.TrimSpace(out) != "no Sortie instances" {
 			t.Errorf("status gone-1 = %q, %v; want no instances", out, err)
 		}
-		jobs := statusJSON(t, "--all", "gone-1")
+		jobs := statusJSON(t, "--prefix", prefix, "--all", "gone-1")
 		if len(jobs) != 1 || jobs[0].Expired || jobs[0].States["terminated"] != 1 {
 			t.Errorf("status --all gone-1 = %+v: want 1 terminated, not expired", jobs)
 		}

@@ -211,7 +211,7 @@ func (o *onceStack) checkOnce(t *testing.T, ta *tally, job string, extraBootstra
 
 func quickJob(id string) events.JobSubmitted {
 	return events.JobSubmitted{Header: events.NewHeader(id, "corr-"+id, time.Now()),
-		Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: 20}, DeadlineSeconds: 10}
+		Template: "demo", Profile: "demo-fast", Recipe: "quick", Work: events.WorkSource{Count: 20}, DeadlineSeconds: 60}
 }
 
 // TestDuplicatesEndOnce: three replicas of every service; each job's JobSubmitted is

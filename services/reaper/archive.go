@@ -128,7 +128,15 @@ type archiver struct {
 	store    archive.Store
 	maxBytes int64
 	backoff  func() backoff.BackOff // between attempts; nil: exponential from 1s
+	// alive, when set, is asked after a failed attempt whether the instance still runs: one
+	// that is shutting down or terminated (by another delivery of the same JobFinished, a
+	// spot interruption, a person) has no logs left to fetch, so retrying would only hold
+	// the handler, and a draining reaper, for the whole timeout.
+	alive func(ctx context.Context, instanceID string) (bool, error)
 }
+
+// errGone says an instance ended before its logs could be archived.
+var errGone = errors.New("the instance is shutting down or terminated: its logs are gone")
 
 // archive archives one instance's logs, trying again with backoff for up to timeout (an
 // unreachable instance, a dropped connection, a failed upload); a host key mismatch or a
@@ -155,6 +163,11 @@ func (a *archiver) archive(ctx context.Context, t target, timeout time.Duration)
 			last = err
 			if errors.Is(err, remote.ErrHostKeyMismatch) || errors.Is(err, remote.ErrAuth) || errors.Is(err, archive.ErrTooLarge) {
 				return arch, backoff.Permanent(err)
+			}
+			if a.alive != nil {
+				if ok, aerr := a.alive(ctx, t.InstanceID); aerr == nil && !ok {
+					return arch, backoff.Permanent(fmt.Errorf("%w (last attempt: %w)", errGone, err))
+				}
 			}
 		}
 		return arch, err

@@ -168,6 +168,19 @@ func TestArchiver(t *testing.T) {
 			t.Fatalf("error = %v", err)
 		}
 	})
+	t.Run("gone instance: not retried", func(t *testing.T) {
+		asked := 0
+		gone := &archiver{dial: dialRemote, signer: h.Login, store: st, maxBytes: 1 << 20, backoff: fast,
+			alive: func(_ context.Context, id string) (bool, error) {
+				asked++
+				return false, nil
+			}}
+		addr := cloudtest.FreeAddr(t)
+		_, err := gone.archive(ctx, target{InstanceID: "i-00000007", JobID: "job-1", Addr: addr, User: "sortie", HostKey: h.HostKey}, time.Minute)
+		if !errors.Is(err, errGone) || asked != 1 {
+			t.Fatalf("error = %v after %d checks, want errGone after one failed attempt", err, asked)
+		}
+	})
 	t.Run("unreachable: gives up after the timeout", func(t *testing.T) {
 		addr := cloudtest.FreeAddr(t)
 		start := time.Now()

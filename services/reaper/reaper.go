@@ -77,6 +77,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			signer:   signer,
 			store:    archive.Store{API: s3c, Bucket: cfg.Topology().BucketName(), KMSKeyID: cfg.KMSKeyID},
 			maxBytes: cfg.ArchiveMaxBytes,
+			alive:    stillRunning(ec2c, cfg.Prefix),
 		},
 		term:   terminator{api: ec2c, stack: cfg.Prefix, minDelay: cfg.WaiterMinDelay, maxDelay: cfg.WaiterMaxDelay, timeout: cfg.TerminateTimeout},
 		chain:  &sweepChain{},

@@ -149,3 +149,23 @@ func InstanceSeconds(insts []ec2types.Instance, now time.Time) float64 {
 	}
 	return total
 }
+
+// stillRunning says whether an instance of the stack is still pending or running, for the
+// archiver to stop retrying on one that has gone.
+func stillRunning(api EC2API, stack string) func(ctx context.Context, id string) (bool, error) {
+	return func(ctx context.Context, id string) (bool, error) {
+		found, err := describe(ctx, api, []ec2types.Filter{
+			{Name: aws.String("instance-id"), Values: []string{id}},
+			{Name: aws.String("tag:" + tags.Stack), Values: []string{stack}},
+		})
+		if err != nil {
+			return false, err
+		}
+		for _, in := range found {
+			if in.State != nil && (in.State.Name == ec2types.InstanceStateNamePending || in.State.Name == ec2types.InstanceStateNameRunning) {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+}
