@@ -3,10 +3,8 @@ package remote_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,52 +13,6 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/remote"
 )
 
-// proxy forwards TCP connections to target until cut.
-type proxy struct {
-	addr  string
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{addr: ln.Addr().String()}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(s, c); s.Close() }()
-			go func() { _, _ = io.Copy(c, s); c.Close() }()
-		}
-	}()
-	return p
-}
-
-// cut closes every connection forwarded so far, as a network failure would.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // TestConnectionErrors: errors the connection causes are told apart from the command's,
 // and a command that never started says so.
 func TestConnectionErrors(t *testing.T) {
@@ -68,17 +20,17 @@ func TestConnectionErrors(t *testing.T) {
 	tests := []struct {
 		name           string
 		cmd            string
-		fail           func(c *remote.Client, p *proxy)
+		fail           func(c *remote.Client, p *cloudtest.Proxy)
 		wantNotStarted bool
 	}{
-		{name: "connection closed before the command", cmd: "echo hi", fail: func(c *remote.Client, _ *proxy) { c.Close() }, wantNotStarted: true},
-		{name: "connection cut during the command", cmd: "echo started; sleep 30", fail: func(_ *remote.Client, p *proxy) { p.cut() }},
+		{name: "connection closed before the command", cmd: "echo hi", fail: func(c *remote.Client, _ *cloudtest.Proxy) { c.Close() }, wantNotStarted: true},
+		{name: "connection cut during the command", cmd: "echo started; sleep 30", fail: func(_ *remote.Client, p *cloudtest.Proxy) { p.Cut() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := startProxy(t, in.cfg.Addr)
+			p := cloudtest.StartProxy(t, in.cfg.Addr)
 			cfg := in.cfg
-			cfg.Addr = p.addr
+			cfg.Addr = p.Addr
 			c := dial(t, cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

@@ -2,13 +2,10 @@ package bootstrapper
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,56 +13,11 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 )
 
-// cutProxy forwards TCP connections to target; cut closes those forwarded so far.
-type cutProxy struct {
-	addr  string
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{addr: ln.Addr().String()}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(s, c); s.Close() }()
-			go func() { _, _ = io.Copy(c, s); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // TestRedialResumesAtTheStep: over real SSH, a connection cut while a step runs is
 // redialled and the recipe resumes at that step; the steps before it do not run again.
 func TestRedialResumesAtTheStep(t *testing.T) {
 	h := cloudtest.StartSSHHost(t, "")
-	proxy := startCutProxy(t, h.Addr)
+	proxy := cloudtest.StartProxy(t, h.Addr)
 	steps := []recipe.Step{
 		{Name: "first", Kind: "run", Command: "echo x >> first-runs"},
 		// Waits to be cut on its first run (the marker tells the test it runs), passes on
@@ -78,7 +30,7 @@ func TestRedialResumesAtTheStep(t *testing.T) {
 		prefix: "sortie-test", now: time.Now,
 	}
 	ev := testEvent()
-	ev.Instances[0].SSHEndpoint = proxy.addr
+	ev.Instances[0].SSHEndpoint = proxy.Addr
 	p, err := planFleet(ev, testOps(t))
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +44,7 @@ func TestRedialResumesAtTheStep(t *testing.T) {
 				break
 			}
 		}
-		proxy.cut()
+		proxy.Cut()
 	}()
 	render := func(context.Context) ([]recipe.Step, []string, error) { return steps, nil, nil }
 	res := r.bootstrap(context.Background(), slog.New(slog.DiscardHandler), p, p.ev.Instances[0], render, r.newGate(1))
