@@ -608,18 +608,18 @@ func TestEndToEnd(t *testing.T) {
 				Template: "demo", Profile: "demo-fast", Recipe: "demo-worker", Work: events.WorkSource{Count: 5}, DeadlineSeconds: 60,
 				Params: map[string]string{"bucket": "e2e-demo", "queue": "e2e-demo-work"}}
 		}
-		unknown := valid("bad-template")
+		unknown := valid("bad-template" + run)
 		unknown.Template = "no-such-template"
-		hostileJob := valid("bad-param")
+		hostileJob := valid("bad-param" + run)
 		hostileJob.Params["queue"] = hostile
 		cases := []struct {
 			jobID, body, reason string
-		}{
-			{"bad-json", `{"schema_version":1,"job_id":"bad-json",`, "invalid"},
-			{"bad-template", string(cloudtest.Encode(t, unknown)), `unknown template "no-such-template"`},
-			{"bad-count", strings.Replace(string(cloudtest.Encode(t, valid("bad-count"))), `"count":5`, `"count":0`, 1), "work"},
-			{"bad-deadline", strings.Replace(string(cloudtest.Encode(t, valid("bad-deadline"))), `"deadline_seconds":60`, `"deadline_seconds":-5`, 1), "deadline_seconds"},
-			{"bad-param", string(cloudtest.Encode(t, hostileJob)), "queue"},
+		}{ // ids unique per run: the ledger answers a reused job id instead of dead-lettering it
+			{"bad-json" + run, `{"schema_version":1,"job_id":"bad-json",`, "invalid"},
+			{"bad-template" + run, string(cloudtest.Encode(t, unknown)), `unknown template "no-such-template"`},
+			{"bad-count" + run, strings.Replace(string(cloudtest.Encode(t, valid("bad-count"+run))), `"count":5`, `"count":0`, 1), "work"},
+			{"bad-deadline" + run, strings.Replace(string(cloudtest.Encode(t, valid("bad-deadline"+run))), `"deadline_seconds":60`, `"deadline_seconds":-5`, 1), "deadline_seconds"},
+			{"bad-param" + run, string(cloudtest.Encode(t, hostileJob)), "queue"},
 		}
 		var ids []string
 		for _, c := range cases {
