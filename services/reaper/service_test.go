@@ -44,9 +44,12 @@ func TestReaper(t *testing.T) {
 	// fleet's (its archive fails), D tagged with the fleet (an earlier plan revision, another
 	// host key) but not in the event.
 	stack := e.Topology.Prefix
+	// A job id of its own per run: CloudWatch's JobCost points (kumo's state is per process)
+	// would otherwise add up under -count.
+	jobID := "job-reap" + cloudtest.Unique("-")
 	// Every instance of the fleet was launched at the profile's price of $0.17 an hour.
 	const price = 0.17
-	fleetTags := map[string]string{tags.Stack: stack, tags.JobID: "job-reap", tags.Fleet: "job-reap", tags.LeaseExpires: live,
+	fleetTags := map[string]string{tags.Stack: stack, tags.JobID: jobID, tags.Fleet: jobID, tags.LeaseExpires: live,
 		tags.Market: events.MarketOnDemand, tags.HourlyPrice: "0.17", tags.PlannedCost: "0.0123"}
 	fleet := e.launch(2, userData, fleetTags)
 	extra := e.launch(2, otherUserData, fleetTags)
@@ -96,8 +99,8 @@ func TestReaper(t *testing.T) {
 
 	bogus := cloudtest.FreeAddr(t)
 	ev := events.JobFinished{
-		Header:          events.NewHeader("job-reap", "corr-reap", time.Now()),
-		FleetID:         "job-reap",
+		Header:          events.NewHeader(jobID, "corr-reap", time.Now()),
+		FleetID:         jobID,
 		Template:        "test",
 		Outcome:         events.OutcomeFailed,
 		Reason:          "worker exited with status 1 on " + b.ID,
@@ -123,7 +126,7 @@ func TestReaper(t *testing.T) {
 		return nil
 	})
 	e.Publish(t, ev)
-	got := e.receive(t, out, "job-reap")
+	got := e.receive(t, out, jobID)
 
 	t.Run("instances not the fleet's in this stack: refused with the reason, untouched", func(t *testing.T) {
 		want := []events.RefusedInstance{
@@ -148,7 +151,7 @@ func TestReaper(t *testing.T) {
 			}
 		}
 		for _, in := range untouched[:4] {
-			if _, err := e.S3.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey("job-reap", in.ID))}); err == nil {
+			if _, err := e.S3.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey(jobID, in.ID))}); err == nil {
 				t.Errorf("instance %s, refused, was archived", in.ID)
 			}
 		}
@@ -196,7 +199,7 @@ func TestReaper(t *testing.T) {
 		var ids []string
 		for _, arch := range got.Archives {
 			ids = append(ids, arch.InstanceID)
-			if arch.Bucket != e.Topology.BucketName() || arch.Key != "logs/job-reap/"+arch.InstanceID+".tar.gz" {
+			if arch.Bucket != e.Topology.BucketName() || arch.Key != "logs/"+jobID+"/"+arch.InstanceID+".tar.gz" {
 				t.Errorf("archive %+v: wrong place", arch)
 			}
 			body, head := cloudtest.Download(t, e.S3, e.Topology.BucketName(), arch.Key)
@@ -227,7 +230,7 @@ func TestReaper(t *testing.T) {
 	})
 
 	t.Run("outcome and instance-seconds", func(t *testing.T) {
-		if got.Outcome != events.OutcomeFailed || got.Reason != ev.Reason || got.FleetID != "job-reap" || got.CorrelationID != "corr-reap" {
+		if got.Outcome != events.OutcomeFailed || got.Reason != ev.Reason || got.FleetID != jobID || got.CorrelationID != "corr-reap" {
 			t.Fatalf("FleetTerminated %+v does not carry JobFinished's outcome", got)
 		}
 		var upper float64
@@ -251,7 +254,7 @@ func TestReaper(t *testing.T) {
 		cloudtest.Eventually(t, 20*time.Second, func() error {
 			st, err := cw.GetMetricStatistics(t.Context(), &cloudwatch.GetMetricStatisticsInput{
 				Namespace: aws.String(metrics.Namespace), MetricName: aws.String(metrics.JobCost),
-				Dimensions: []cwtypes.Dimension{{Name: aws.String(metrics.DimJobID), Value: aws.String("job-reap")}},
+				Dimensions: []cwtypes.Dimension{{Name: aws.String(metrics.DimJobID), Value: aws.String(jobID)}},
 				StartTime:  aws.Time(time.Now().Add(-time.Hour)), EndTime: aws.Time(time.Now().Add(time.Hour)),
 				Period: aws.Int32(60), Statistics: []cwtypes.Statistic{cwtypes.StatisticMaximum},
 			})
@@ -263,7 +266,7 @@ func TestReaper(t *testing.T) {
 					return nil
 				}
 			}
-			return fmt.Errorf("%s of job-reap: %d data points, none with the cost %v", metrics.JobCost, len(st.Datapoints), got.Cost)
+			return fmt.Errorf("%s of %s: %d data points, none with the cost %v", metrics.JobCost, jobID, len(st.Datapoints), got.Cost)
 		})
 	})
 
@@ -275,7 +278,7 @@ func TestReaper(t *testing.T) {
 			}
 			return nil
 		})
-		if extra := cloudtest.Collect(t, e.SQS, out, 2*time.Second, nil)["job-reap"]; len(extra) != 0 {
+		if extra := cloudtest.Collect(t, e.SQS, out, 2*time.Second, nil)[jobID]; len(extra) != 0 {
 			t.Errorf("%d FleetTerminated after the duplicate, want none", len(extra))
 		}
 	})
