@@ -60,6 +60,16 @@ func workerMain(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	return onInstance(func(ctx context.Context, cfg aws.Config, env worker.JobEnv) error {
+		wc := worker.Config{Bucket: *bucket, Queue: *queue, AWS: cfg, Out: os.Stdout}
+		env.Apply(&wc)
+		return worker.Run(ctx, wc)
+	})
+}
+
+// onInstance runs fn as the worker binary does on an instance: with the job's env from
+// $HOME/.sortie/job.env and the instance's AWS access; its error is the exit status.
+func onInstance(fn func(ctx context.Context, cfg aws.Config, env worker.JobEnv) error) int {
 	home, _ := os.UserHomeDir()
 	env, err := worker.LoadJobEnv(home)
 	if err != nil {
@@ -72,9 +82,7 @@ func workerMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	wc := worker.Config{Bucket: *bucket, Queue: *queue, AWS: cfg, Out: os.Stdout}
-	env.Apply(&wc)
-	if err := worker.Run(ctx, wc); err != nil {
+	if err := fn(ctx, cfg, env); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -92,23 +100,9 @@ func reportMain(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	home, _ := os.UserHomeDir()
-	env, err := worker.LoadJobEnv(home)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	ctx := context.Background()
-	cfg, err := awsx.Load(ctx, "worker")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := worker.Publish(ctx, cfg, env, r); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
+	return onInstance(func(ctx context.Context, cfg aws.Config, env worker.JobEnv) error {
+		return worker.Publish(ctx, cfg, env, r)
+	})
 }
 
 const hostile = `"; rm -rf ~"`
@@ -171,23 +165,9 @@ func exitedMain(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	home, _ := os.UserHomeDir()
-	env, err := worker.LoadJobEnv(home)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	ctx := context.Background()
-	cfg, err := awsx.Load(ctx, "worker")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := worker.PublishExit(ctx, cfg, env, *step, *code); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
+	return onInstance(func(ctx context.Context, cfg aws.Config, env worker.JobEnv) error {
+		return worker.PublishExit(ctx, cfg, env, *step, *code)
+	})
 }
 
 func startE2E(t testing.TB) *e2e {
