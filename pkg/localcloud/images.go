@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 )
 
@@ -93,7 +94,7 @@ func (c *Cloud) describeImages(requestID string, form url.Values) (any, *apiErro
 	if err != nil {
 		return nil, err
 	}
-	ids := list(form, "ImageId")
+	ids := queryform.List(form, "ImageId")
 	for _, id := range ids {
 		if !imageIDPattern.MatchString(id) {
 			return nil, clientError("InvalidAMIID.Malformed", "Invalid id: %q (expecting \"ami-...\")", id)
@@ -174,7 +175,7 @@ func (c *Cloud) describeInstanceStatus(requestID string, form url.Values) (any, 
 		return nil, err
 	}
 	all := form.Get("IncludeAllInstances") == "true"
-	ids := list(form, "InstanceId")
+	ids := queryform.List(form, "InstanceId")
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	candidates := c.order

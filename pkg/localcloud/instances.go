@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // tags.SSHEndpoint is the instance tag holding the instance's SSH endpoint (host:port).
@@ -306,7 +308,7 @@ func instanceProfile(form url.Values) (*xmlProfile, string, *apiError) {
 // the others.
 func tagSpecifications(form url.Values, resourceType string) (map[string]string, *apiError) {
 	out := map[string]string{}
-	for _, n := range indices(form, "TagSpecification") {
+	for _, n := range queryform.Indices(form, "TagSpecification") {
 		base := "TagSpecification." + strconv.Itoa(n)
 		rt := form.Get(base + ".ResourceType")
 		switch rt {
@@ -410,7 +412,7 @@ func (c *Cloud) lookupInstancesLocked(ids []string) ([]*instance, *apiError) {
 }
 
 func (c *Cloud) describeInstances(requestID string, form url.Values) (any, *apiError) {
-	ids := list(form, "InstanceId")
+	ids := queryform.List(form, "InstanceId")
 	maxResults, err := intParam(form, "MaxResults", 0)
 	if err != nil {
 		return nil, err
@@ -482,7 +484,7 @@ func decodeNextToken(s string) (int, *apiError) {
 }
 
 func (c *Cloud) terminateInstances(requestID string, form url.Values) (any, *apiError) {
-	ids := list(form, "InstanceId")
+	ids := queryform.List(form, "InstanceId")
 	if len(ids) == 0 {
 		return nil, missingParameter("InstanceId")
 	}

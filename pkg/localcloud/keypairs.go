@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // keyPair is an EC2 key pair; only the public half is kept, as on AWS.
@@ -224,7 +226,7 @@ func (c *Cloud) importKeyPair(requestID string, form url.Values) (any, *apiError
 }
 
 func (c *Cloud) describeKeyPairs(requestID string, form url.Values) (any, *apiError) {
-	names, ids := list(form, "KeyName"), list(form, "KeyPairId")
+	names, ids := queryform.List(form, "KeyName"), queryform.List(form, "KeyPairId")
 	match, err := keyPairFilter(filters(form))
 	if err != nil {
 		return nil, err

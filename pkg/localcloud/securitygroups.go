@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // Security groups keep their rules, as given, so that an audit can find (say) port 22 open
@@ -60,16 +62,16 @@ func (n *network) groupByName(vpcID, name string) *securityGroup {
 // instance's VPC) to ids; no group at all means the VPC's default group. Unknown ids are
 // kept as given (see network).
 func (n *network) groupsLocked(form url.Values, vpcID string) ([]string, *apiError) {
-	ids := list(form, "SecurityGroupId")
+	ids := queryform.List(form, "SecurityGroupId")
 	if len(ids) == 0 {
-		ids = list(form, "NetworkInterface.1.SecurityGroupId")
+		ids = queryform.List(form, "NetworkInterface.1.SecurityGroupId")
 	}
 	for _, id := range ids {
 		if !strings.HasPrefix(id, "sg-") {
 			return nil, clientError("InvalidGroupId.Malformed", "Invalid id: %q (expecting \"sg-...\")", id)
 		}
 	}
-	for _, name := range list(form, "SecurityGroup") {
+	for _, name := range queryform.List(form, "SecurityGroup") {
 		g := n.groupByName(vpcID, name)
 		if g == nil {
 			return nil, clientError("InvalidGroup.NotFound", "The security group '%s' does not exist in VPC '%s'", name, vpcID)
@@ -248,7 +250,7 @@ func (c *Cloud) describeSecurityGroups(requestID string, form url.Values) (any, 
 	if err != nil {
 		return nil, err
 	}
-	ids, names := list(form, "GroupId"), list(form, "GroupName")
+	ids, names := queryform.List(form, "GroupId"), queryform.List(form, "GroupName")
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	candidates := c.network.groups
@@ -387,13 +389,13 @@ func (c *Cloud) permissionsFromFormLocked(form url.Values) ([]rule, *apiError) {
 		}
 		out = append(out, r)
 	}
-	for _, n := range indices(form, "IpPermissions") {
+	for _, n := range queryform.Indices(form, "IpPermissions") {
 		base := "IpPermissions." + strconv.Itoa(n)
 		r, err := newRule(form.Get(base+".IpProtocol"), form.Get(base+".FromPort"), form.Get(base+".ToPort"))
 		if err != nil {
 			return nil, err
 		}
-		for _, m := range indices(form, base+".IpRanges") {
+		for _, m := range queryform.Indices(form, base+".IpRanges") {
 			item := base + ".IpRanges." + strconv.Itoa(m)
 			cidr := form.Get(item + ".CidrIp")
 			if p, perr := netip.ParsePrefix(cidr); perr != nil || !p.Addr().Is4() {
@@ -401,7 +403,7 @@ func (c *Cloud) permissionsFromFormLocked(form url.Values) ([]rule, *apiError) {
 			}
 			r.cidrs = append(r.cidrs, cidrRange{cidr: cidr, description: form.Get(item + ".Description")})
 		}
-		for _, m := range indices(form, base+".Ipv6Ranges") {
+		for _, m := range queryform.Indices(form, base+".Ipv6Ranges") {
 			item := base + ".Ipv6Ranges." + strconv.Itoa(m)
 			cidr := form.Get(item + ".CidrIpv6")
 			if p, perr := netip.ParsePrefix(cidr); perr != nil || !p.Addr().Is6() {
@@ -409,7 +411,7 @@ func (c *Cloud) permissionsFromFormLocked(form url.Values) ([]rule, *apiError) {
 			}
 			r.cidrsV6 = append(r.cidrsV6, cidrRange{cidr: cidr, description: form.Get(item + ".Description")})
 		}
-		for _, m := range indices(form, base+".Groups") {
+		for _, m := range queryform.Indices(form, base+".Groups") {
 			item := base + ".Groups." + strconv.Itoa(m)
 			id := form.Get(item + ".GroupId")
 			if id == "" {

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // validateTag applies EC2's tag rules (length, the reserved aws: prefix).
@@ -23,7 +25,7 @@ func validateTag(key, value string) *apiError {
 }
 
 func (c *Cloud) createTags(requestID string, form url.Values) (any, *apiError) {
-	ids := list(form, "ResourceId")
+	ids := queryform.List(form, "ResourceId")
 	if len(ids) == 0 {
 		return nil, missingParameter("ResourceId")
 	}
@@ -62,7 +64,7 @@ func (c *Cloud) createTags(requestID string, form url.Values) (any, *apiError) {
 }
 
 func (c *Cloud) deleteTags(requestID string, form url.Values) (any, *apiError) {
-	ids := list(form, "ResourceId")
+	ids := queryform.List(form, "ResourceId")
 	if len(ids) == 0 {
 		return nil, missingParameter("ResourceId")
 	}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // The local cloud's network, as a fresh AWS account has it: one default VPC, one default
@@ -292,7 +294,7 @@ func (c *Cloud) describeVpcs(requestID string, form url.Values) (any, *apiError)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	candidates := c.network.vpcs
-	if ids := list(form, "VpcId"); len(ids) > 0 {
+	if ids := queryform.List(form, "VpcId"); len(ids) > 0 {
 		candidates = nil
 		for _, id := range ids {
 			v := c.network.vpc(id)
@@ -319,7 +321,7 @@ func (c *Cloud) describeSubnets(requestID string, form url.Values) (any, *apiErr
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	candidates := c.network.subnets
-	if ids := list(form, "SubnetId"); len(ids) > 0 {
+	if ids := queryform.List(form, "SubnetId"); len(ids) > 0 {
 		candidates = nil
 		for _, id := range ids {
 			s := c.network.subnet(id)
@@ -351,7 +353,7 @@ func (c *Cloud) describeAvailabilityZones(requestID string, form url.Values) (an
 	if err != nil {
 		return nil, err
 	}
-	names, ids := list(form, "ZoneName"), list(form, "ZoneId")
+	names, ids := queryform.List(form, "ZoneName"), queryform.List(form, "ZoneId")
 	resp := describeAvailabilityZonesResponse{responseMeta: meta(requestID)}
 	for _, z := range zones {
 		x := xmlZone{
@@ -372,7 +374,7 @@ func (c *Cloud) describeAvailabilityZones(requestID string, form url.Values) (an
 }
 
 func (c *Cloud) describeRegions(requestID string, form url.Values) (any, *apiError) {
-	for _, name := range list(form, "RegionName") {
+	for _, name := range queryform.List(form, "RegionName") {
 		if name != region {
 			return nil, clientError("InvalidParameterValue", "Invalid region: %s", name)
 		}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // ec2Version is the only EC2 Query API version the local cloud speaks.
@@ -260,40 +262,7 @@ type getConsoleOutputResponse struct {
 	Output     string `xml:"output"`
 }
 
-// Query request helpers. EC2 lists are flattened as Name.1, Name.2, … and structures as
-// Name.N.Member; indices need not be contiguous, order follows the index.
-
-// indices returns the sorted distinct N of every key prefix.N or prefix.N.…
-func indices(form url.Values, prefix string) []int {
-	seen := map[int]bool{}
-	for key := range form {
-		rest, ok := strings.CutPrefix(key, prefix+".")
-		if !ok {
-			continue
-		}
-		num, _, _ := strings.Cut(rest, ".")
-		if n, err := strconv.Atoi(num); err == nil && n > 0 {
-			seen[n] = true
-		}
-	}
-	out := make([]int, 0, len(seen))
-	for n := range seen {
-		out = append(out, n)
-	}
-	sort.Ints(out)
-	return out
-}
-
-// list returns the values of prefix.1, prefix.2, … in index order.
-func list(form url.Values, prefix string) []string {
-	var out []string
-	for _, n := range indices(form, prefix) {
-		if v, ok := form[prefix+"."+strconv.Itoa(n)]; ok && len(v) > 0 {
-			out = append(out, v[0])
-		}
-	}
-	return out
-}
+// Query request helpers; flattened lists (Name.1, Name.2, …) are read with pkg/localcloud/queryform.
 
 // formTag is one Tag.N (Key, optional Value) of a request.
 type formTag struct {
@@ -305,7 +274,7 @@ type formTag struct {
 // tags returns prefix.N.Key / prefix.N.Value pairs.
 func formTags(form url.Values, prefix string) []formTag {
 	var out []formTag
-	for _, n := range indices(form, prefix) {
+	for _, n := range queryform.Indices(form, prefix) {
 		base := prefix + "." + strconv.Itoa(n)
 		v, has := form[base+".Value"]
 		t := formTag{Key: form.Get(base + ".Key"), HasValue: has}
@@ -325,9 +294,9 @@ type formFilter struct {
 
 func filters(form url.Values) []formFilter {
 	var out []formFilter
-	for _, n := range indices(form, "Filter") {
+	for _, n := range queryform.Indices(form, "Filter") {
 		base := "Filter." + strconv.Itoa(n)
-		out = append(out, formFilter{Name: form.Get(base + ".Name"), Values: list(form, base+".Value")})
+		out = append(out, formFilter{Name: form.Get(base + ".Name"), Values: queryform.List(form, base+".Value")})
 	}
 	return out
 }

@@ -6,9 +6,9 @@ package sqsquery
 import (
 	"fmt"
 	"net/url"
-	"sort"
 	"strconv"
-	"strings"
+
+	"github.com/sortie-fleet/sortie/pkg/localcloud/queryform"
 )
 
 // Version is the SQS Query API version; a request carrying it is an SQS Query request.
@@ -25,42 +25,9 @@ func invalidValue(format string, args ...any) *paramError {
 	return &paramError{code: "InvalidParameterValue", message: fmt.Sprintf(format, args...)}
 }
 
-// indices returns the sorted distinct N of every key prefix.N or prefix.N.… (Query lists
-// are flattened as Name.1, Name.2, …; indices need not be contiguous).
-func indices(form url.Values, prefix string) []int {
-	seen := map[int]bool{}
-	for key := range form {
-		rest, ok := strings.CutPrefix(key, prefix+".")
-		if !ok {
-			continue
-		}
-		num, _, _ := strings.Cut(rest, ".")
-		if n, err := strconv.Atoi(num); err == nil && n > 0 {
-			seen[n] = true
-		}
-	}
-	out := make([]int, 0, len(seen))
-	for n := range seen {
-		out = append(out, n)
-	}
-	sort.Ints(out)
-	return out
-}
-
-// list returns prefix.1, prefix.2, … in index order.
-func list(form url.Values, prefix string) []string {
-	var out []string
-	for _, n := range indices(form, prefix) {
-		if v, ok := form[prefix+"."+strconv.Itoa(n)]; ok && len(v) > 0 {
-			out = append(out, v[0])
-		}
-	}
-	return out
-}
-
 // pairs returns prefix.N.<key>/prefix.N.<value> as a map, or nil when there are none.
 func pairs(form url.Values, prefix, key, value string) map[string]string {
-	ns := indices(form, prefix)
+	ns := queryform.Indices(form, prefix)
 	if len(ns) == 0 {
 		return nil
 	}
@@ -95,7 +62,7 @@ func (r request) integer(form url.Values, from, to string) *paramError {
 }
 
 func (r request) strings(form url.Values, from, to string) {
-	if l := list(form, from); len(l) > 0 {
+	if l := queryform.List(form, from); len(l) > 0 {
 		r[to] = l
 	}
 }
@@ -115,7 +82,7 @@ type messageAttribute struct {
 
 // messageAttributes reads prefix.N.Name and prefix.N.Value.{DataType,StringValue,BinaryValue}.
 func messageAttributes(form url.Values, prefix string) (map[string]messageAttribute, *paramError) {
-	ns := indices(form, prefix)
+	ns := queryform.Indices(form, prefix)
 	if len(ns) == 0 {
 		return nil, nil
 	}
@@ -190,7 +157,7 @@ func translate(action string, form url.Values, queueURL string) (request, *param
 		}
 	case "SendMessageBatch":
 		var entries []request
-		for _, n := range indices(form, "SendMessageBatchRequestEntry") {
+		for _, n := range queryform.Indices(form, "SendMessageBatchRequestEntry") {
 			base := "SendMessageBatchRequestEntry." + strconv.Itoa(n) + "."
 			e := request{}
 			e.str(form, base+"Id", "Id")
@@ -214,7 +181,7 @@ func translate(action string, form url.Values, queueURL string) (request, *param
 		r.str(form, "ReceiptHandle", "ReceiptHandle")
 	case "DeleteMessageBatch":
 		var entries []request
-		for _, n := range indices(form, "DeleteMessageBatchRequestEntry") {
+		for _, n := range queryform.Indices(form, "DeleteMessageBatchRequestEntry") {
 			base := "DeleteMessageBatchRequestEntry." + strconv.Itoa(n) + "."
 			e := request{}
 			e.str(form, base+"Id", "Id")
@@ -229,7 +196,7 @@ func translate(action string, form url.Values, queueURL string) (request, *param
 		}
 	case "ChangeMessageVisibilityBatch":
 		var entries []request
-		for _, n := range indices(form, "ChangeMessageVisibilityBatchRequestEntry") {
+		for _, n := range queryform.Indices(form, "ChangeMessageVisibilityBatchRequestEntry") {
 			base := "ChangeMessageVisibilityBatchRequestEntry." + strconv.Itoa(n) + "."
 			e := request{}
 			e.str(form, base+"Id", "Id")
