@@ -37,6 +37,7 @@ locals {
     TaskReported      = "task-reported"
     JobFinished       = "job-finished"
     FleetTerminated   = "fleet-terminated"
+    InstanceLost      = "instance-lost"
   }
 
   # Queue name suffix "<service>-<topic suffix>" => the event type it consumes
@@ -48,6 +49,8 @@ locals {
     "monitor-fleet-bootstrapped"  = "FleetBootstrapped"
     "monitor-task-reported"       = "TaskReported"
     "reaper-job-finished"         = "JobFinished"
+    "planner-instance-lost"       = "InstanceLost"
+    "reaper-instance-lost"        = "InstanceLost"
   }
 
   # Services that send themselves delayed messages (pkg/bus TimerServices, TimerQueueName).
@@ -241,6 +244,7 @@ locals {
     FleetBootstrapped = ["bootstrapper"]
     TaskReported      = ["worker"]
     JobFinished       = ["monitor"]
+    InstanceLost      = ["monitor"]
     FleetTerminated   = ["reaper", "planner", "provisioner", "bootstrapper", "monitor"] # any stage ends a job it rejects
   }
 

@@ -24,11 +24,13 @@ const (
 	TaskReported      = "TaskReported"
 	JobFinished       = "JobFinished"
 	FleetTerminated   = "FleetTerminated"
+	InstanceLost      = "InstanceLost"
 )
 
 // EventTypes lists every event type in pipeline order.
 var EventTypes = []string{
 	JobSubmitted, FleetPlanned, FleetLaunched, FleetBootstrapped, TaskReported, JobFinished, FleetTerminated,
+	InstanceLost,
 }
 
 // Consumers maps each event type to the services that consume it; each pair gets its own
@@ -41,6 +43,9 @@ var Consumers = map[string][]string{
 	FleetBootstrapped: {Monitor},
 	TaskReported:      {Monitor},
 	JobFinished:       {Reaper},
+	// An instance of a running fleet was interrupted or lost: the reaper archives its
+	// logs while it can, the planner replans the remaining work.
+	InstanceLost: {Planner, Reaper},
 }
 
 // TimerServices are the services that send themselves delayed messages (timers) on a
@@ -182,6 +187,15 @@ func (t Topology) ClusterName() string { return t.Prefix }
 // LogGroupName is the CloudWatch Logs group of a service's ECS tasks.
 func (t Topology) LogGroupName(service string) string { return "/" + t.Prefix + "/" + service }
 
+// EC2EventsQueueName is the SQS queue EventBridge delivers EC2's notices to (Spot Instance
+// Interruption Warnings and instance state changes) through the rule EC2EventsRuleName; the
+// monitor reads it. Its DLQ is DLQName of it.
+func (t Topology) EC2EventsQueueName() string { return t.Prefix + "-ec2-events" }
+
+// EC2EventsRuleName is the EventBridge rule (default event bus) routing EC2's notices to
+// EC2EventsQueueName.
+func (t Topology) EC2EventsRuleName() string { return t.Prefix + "-ec2-events" }
+
 // Producers that are not services: the upstream role (UpstreamRoleName) and the fleet's
 // instances (WorkerRoleName).
 const (
@@ -199,6 +213,7 @@ var Producers = map[string][]string{
 	FleetBootstrapped: {Bootstrapper},
 	TaskReported:      {WorkerProducer},
 	JobFinished:       {Monitor},
+	InstanceLost:      {Monitor},
 	// The reaper ends every job it reaps; any stage ends a job it rejects (outcome
 	// rejected: see events.FleetTerminated and ledger.Rejecter).
 	FleetTerminated: {Reaper, Planner, Provisioner, Bootstrapper, Monitor},

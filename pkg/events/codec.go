@@ -52,6 +52,8 @@ func Decode(eventType string, data []byte) (Event, error) {
 		return DecodeJobFinished(data)
 	case TypeFleetTerminated:
 		return DecodeFleetTerminated(data)
+	case TypeInstanceLost:
+		return DecodeInstanceLost(data)
 	}
 	return nil, fmt.Errorf("decoding: %w: unknown event type %s", ErrInvalid, quote(eventType))
 }
@@ -80,6 +82,9 @@ func DecodeJobFinished(data []byte) (JobFinished, error) { return decode[JobFini
 func DecodeFleetTerminated(data []byte) (FleetTerminated, error) {
 	return decode[FleetTerminated](data)
 }
+
+// DecodeInstanceLost decodes and validates an InstanceLost body.
+func DecodeInstanceLost(data []byte) (InstanceLost, error) { return decode[InstanceLost](data) }
 
 // decode runs the checks in the order that gives the most useful message: size, syntax,
 // schema version (before unknown fields, which a newer version would have), keys and

@@ -178,11 +178,27 @@ func validFleetTerminated() FleetTerminated {
 	}
 }
 
+func validInstanceLost() InstanceLost {
+	return InstanceLost{
+		Header:         testHeader(t1.Add(120 * time.Second)),
+		FleetID:        "job-202-files",
+		PlanRevision:   1,
+		InstanceID:     instanceB,
+		Cause:          LostSpotInterruption,
+		NoticeDeadline: t1.Add(240 * time.Second),
+		Detail:         "EC2 Spot Instance Interruption Warning: instance-action terminate",
+		Template:       "batch-small",
+		HostKey:        testHostKey,
+		KeyName:        "sortie-fleet",
+		Logs:           []string{"logs/resize-85.log"},
+	}
+}
+
 // validEvents returns one valid example of every event type, in Types order.
 func validEvents() []Event {
 	return []Event{
 		validJobSubmitted(), validFleetPlanned(), validFleetLaunched(), validFleetBootstrapped(),
-		validTaskReported(), validJobFinished(), validFleetTerminated(),
+		validTaskReported(), validJobFinished(), validFleetTerminated(), validInstanceLost(),
 	}
 }
 

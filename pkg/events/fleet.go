@@ -67,6 +67,9 @@ func (e FleetPlanned) Validate() error {
 	return c.err()
 }
 
+// Revision returns the plan revision, 1 when the event carries none.
+func (e FleetBootstrapped) Revision() int { return max(e.PlanRevision, 1) }
+
 // FleetLaunched lists a fleet's running instances. The bootstrapper consumes it.
 type FleetLaunched struct {
 	Header
@@ -165,6 +168,10 @@ func (e FleetLaunched) Validate() error {
 type FleetBootstrapped struct {
 	Header
 	FleetID string `json:"fleet_id"`
+	// PlanRevision is the revision of the plan that launched these instances, carried from
+	// FleetLaunched; revisions after 1 are replacements for lost instances. Optional: added
+	// in schema version 1 (absent means 1).
+	PlanRevision int `json:"plan_revision,omitempty"`
 
 	// Carried from FleetLaunched. Template and Params are optional: the monitor renders
 	// the recipe's start steps with Params to find their logs.
@@ -183,6 +190,10 @@ type FleetBootstrapped struct {
 type InstanceResult struct {
 	ID          string       `json:"id"`
 	SSHEndpoint string       `json:"ssh_endpoint"`
+	// HostKey is the instance's own host key to pin (authorized_keys format) when it is not
+	// the event's HostKey: the monitor sets it on the instances of a later plan revision it
+	// watches together with the first. Optional: added in schema version 1.
+	HostKey string `json:"host_key,omitempty"`
 	OK          bool         `json:"ok"`
 	Error       string       `json:"error,omitempty"`
 	Steps       []StepResult `json:"steps,omitempty"`
@@ -213,6 +224,7 @@ func (e FleetBootstrapped) Validate() error {
 	c.time("deadline_at", e.DeadlineAt)
 	c.optionalHostKey("host_key", e.HostKey)
 	c.keyName("key_name", e.KeyName)
+	c.intRange("plan_revision", int64(e.PlanRevision), 0, MaxPlanRevision)
 	if len(e.Instances) == 0 {
 		c.fail("instances", "must list at least one instance")
 	} else if c.count("instances", len(e.Instances), MaxInstances) {
@@ -227,6 +239,7 @@ func (e FleetBootstrapped) Validate() error {
 func (r InstanceResult) check(c *checker, field string) {
 	c.instanceID(field+".id", r.ID)
 	c.endpoint(field+".ssh_endpoint", r.SSHEndpoint)
+	c.optionalHostKey(field+".host_key", r.HostKey)
 	switch {
 	case r.OK && r.Error != "":
 		c.fail(field+".error", "must be empty when ok is true, got %s", quote(r.Error))

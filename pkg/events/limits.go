@@ -11,12 +11,13 @@ const (
 	TypeTaskReported      = "TaskReported"
 	TypeJobFinished       = "JobFinished"
 	TypeFleetTerminated   = "FleetTerminated"
+	TypeInstanceLost      = "InstanceLost"
 )
 
 // Types lists every event type in pipeline order.
 var Types = []string{
 	TypeJobSubmitted, TypeFleetPlanned, TypeFleetLaunched, TypeFleetBootstrapped,
-	TypeTaskReported, TypeJobFinished, TypeFleetTerminated,
+	TypeTaskReported, TypeJobFinished, TypeFleetTerminated, TypeInstanceLost,
 }
 
 // Outcomes of a task (succeeded, failed) and of a job (any of the three, or rejected).

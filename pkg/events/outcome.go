@@ -88,6 +88,9 @@ type JobFinished struct {
 type InstanceRef struct {
 	ID          string `json:"id"`
 	SSHEndpoint string `json:"ssh_endpoint"`
+	// HostKey is the instance's own host key to pin when it is not the event's HostKey (an
+	// instance of a later plan revision). Optional: added in schema version 1.
+	HostKey string `json:"host_key,omitempty"`
 }
 
 var _ Event = JobFinished{}
@@ -109,6 +112,7 @@ func (e JobFinished) Validate() error {
 			f := index("instances", i)
 			c.instanceID(f+".id", in.ID)
 			c.endpoint(f+".ssh_endpoint", in.SSHEndpoint)
+			c.optionalHostKey(f+".host_key", in.HostKey)
 		}
 		c.uniqueIDs("instances", len(e.Instances), func(i int) string { return e.Instances[i].ID })
 	}
