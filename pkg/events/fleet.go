@@ -188,15 +188,15 @@ type FleetBootstrapped struct {
 // InstanceResult is the recipe's result on one instance. OK is true when every step
 // succeeded and the workload started; otherwise Error says why.
 type InstanceResult struct {
-	ID          string       `json:"id"`
-	SSHEndpoint string       `json:"ssh_endpoint"`
+	ID          string `json:"id"`
+	SSHEndpoint string `json:"ssh_endpoint"`
 	// HostKey is the instance's own host key to pin (authorized_keys format) when it is not
 	// the event's HostKey: the monitor sets it on the instances of a later plan revision it
 	// watches together with the first. Optional: added in schema version 1.
-	HostKey string `json:"host_key,omitempty"`
-	OK          bool         `json:"ok"`
-	Error       string       `json:"error,omitempty"`
-	Steps       []StepResult `json:"steps,omitempty"`
+	HostKey string       `json:"host_key,omitempty"`
+	OK      bool         `json:"ok"`
+	Error   string       `json:"error,omitempty"`
+	Steps   []StepResult `json:"steps,omitempty"`
 }
 
 // StepResult is one recipe step on one instance. ExitCode is -1 when the step did not
