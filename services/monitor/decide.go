@@ -210,7 +210,7 @@ func jobFinished(e events.FleetBootstrapped, v verdict, wl []recipe.Workload, no
 		Logs:            logPaths(wl),
 	}
 	for _, in := range e.Instances {
-		jf.Instances = append(jf.Instances, events.InstanceRef{ID: in.ID, SSHEndpoint: in.SSHEndpoint})
+		jf.Instances = append(jf.Instances, events.InstanceRef{ID: in.ID, SSHEndpoint: in.SSHEndpoint, HostKey: in.HostKey})
 	}
 	jf.LogTail = sanitizeTail(v.LogTail)
 	return jf

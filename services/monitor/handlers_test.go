@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/ec2events"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
@@ -39,7 +41,22 @@ type timer struct {
 type fakePub struct {
 	mu        sync.Mutex
 	published []events.JobFinished
+	lost      []events.InstanceLost
 	timers    []timer
+}
+
+func (f *fakePub) Publish(_ context.Context, e events.Event) error {
+	l, ok := e.(events.InstanceLost)
+	if !ok {
+		return fmt.Errorf("fake: publishing %T", e)
+	}
+	if err := l.Validate(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lost = append(f.lost, l)
+	return nil
 }
 
 func (f *fakePub) PublishBody(_ context.Context, e bus.Event, body []byte) error {
@@ -69,6 +86,7 @@ type fakeEC2 struct {
 	states  map[string]ec2types.InstanceStateName
 	stage   string
 	foreign map[string]bool
+	extra   map[string]string // tags every instance carries besides the filters'
 	tags    []*ec2.CreateTagsInput
 }
 
@@ -97,6 +115,9 @@ func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstances
 		}
 		if f.stage != "" {
 			inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(tags.Stage), Value: aws.String(f.stage)})
+		}
+		for k, v := range f.extra {
+			inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v)})
 		}
 		r.Instances = append(r.Instances, inst)
 	}
@@ -266,24 +287,196 @@ func TestCheckVerdictSettles(t *testing.T) {
 	}
 }
 
-func TestCheckTerminatedInstance(t *testing.T) {
-	t.Parallel()
-	f := newFakes(t, nil) // no SSH: the probe must not run
-	f.ec2.states = map[string]ec2types.InstanceStateName{"i-0000000000000000b": ec2types.InstanceStateNameTerminated}
-	e := fleetEvent()
-	if err := f.m.check(context.Background(), e, cloudtest.Encode(t, e), nil, nil); err != nil {
+// watched starts watching e's job as handleBootstrapped does (the watching stage done,
+// with what InstanceLost carries), and returns the armed check's body.
+func watched(t *testing.T, f fakes, e events.FleetBootstrapped) []byte {
+	t.Helper()
+	b := cloudtest.Encode(t, e)
+	if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: b, ReceiveCount: 1}); err != nil {
 		t.Fatal(err)
+	}
+	f.pub.timers = nil
+	return b
+}
+
+func TestCheckTerminatedInstanceIsLostNotFatal(t *testing.T) {
+	t.Parallel()
+	const a, b, c = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
+	probes := fakeProber{a: {ID: a, Steps: steps(running(), exited(0), exited(0))}}
+	f := newFakes(t, probes)
+	e := fleetEvent()
+	e.JobID, e.FleetID = cloudtest.Unique("job-lost"), e.JobID
+	e.FleetID = e.JobID
+	body := watched(t, f, e)
+	f.ec2.states = map[string]ec2types.InstanceStateName{b: ec2types.InstanceStateNameTerminated}
+	ctx := context.Background()
+	l := f.m.ledger.(*ledger.Ledger)
+	check := func() {
+		t.Helper()
+		f.pub.timers = nil
+		if err := f.m.check(ctx, e, body, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// b is gone: told once, not fatal; the next check is armed.
+	check()
+	if len(f.pub.lost) != 1 || len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerCheck {
+		t.Fatalf("lost %+v, timers %+v: want one InstanceLost and the next check", f.pub.lost, f.pub.timers)
+	}
+	got := f.pub.lost[0]
+	if got.InstanceID != b || got.Cause != events.LostTerminated || got.HostKey != e.HostKey || got.KeyName != e.KeyName ||
+		got.Template != e.Template || got.PlanRevision != 1 || !slices.Equal(got.Logs, []string{"logs/side.log"}) {
+		t.Errorf("InstanceLost %+v", got)
+	}
+	rec, err := l.Get(ctx, e.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Lost()[b] != events.LostTerminated || !rec.LostSent(b) {
+		t.Errorf("ledger lost %v, sent %v", rec.Lost(), rec.LostSent(b))
+	}
+
+	// Then a's workloads all exit 0, but the planner has not answered for b: no verdict.
+	probes[a] = instanceCheck{ID: a, Steps: steps(exited(0), exited(0), exited(0))}
+	check()
+	if len(f.pub.lost) != 1 || len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerCheck {
+		t.Fatalf("lost %d, timers %+v: want no second InstanceLost and the next check (a replacement is pending)", len(f.pub.lost), f.pub.timers)
+	}
+
+	// The planner replaces b with revision 2; until it is bootstrapped, still no verdict.
+	if err := l.CoverLost(ctx, e.JobID, []string{b}, "2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SetRevisionState(ctx, e.JobID, 2, ledger.RevPlanned); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Note(ctx, e.JobID, ledger.Fields{ledger.AttrPlanRevision: 2}); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	if len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerCheck {
+		t.Fatalf("timers %+v: want the next check while revision 2 is on its way", f.pub.timers)
+	}
+
+	// Revision 2's instance c is bootstrapped (its own host key) and watched with a.
+	r2 := bootstrapped(okInstance(c, "127.0.0.1:2203"))
+	r2.JobID, r2.FleetID, r2.PlanRevision = e.JobID, e.FleetID, 2
+	r2.HostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA5EfU179m4Y/k1+KN0+/jjG6fLd6KHjDw33lU4cu1Qb"
+	if err := f.m.handleBootstrapped(ctx, &bus.Message{Payload: cloudtest.Encode(t, r2), ReceiveCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	probes[c] = instanceCheck{ID: c, Steps: steps(running(), exited(0), exited(0))}
+	check()
+	if len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerCheck {
+		t.Fatalf("timers %+v: want the next check while c runs", f.pub.timers)
+	}
+	if last := f.ec2.tags[len(f.ec2.tags)-1]; !slices.Equal(last.Resources, []string{a, c}) {
+		t.Errorf("leases refreshed on %v, want a and the replacement c", last.Resources)
+	}
+
+	// c finishes: the job succeeds, naming the lost instance and its replacement; the
+	// reaper is handed c with its own key.
+	probes[c] = instanceCheck{ID: c, Steps: steps(exited(0), exited(0), exited(0))}
+	check()
+	if len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerSettle {
+		t.Fatalf("timers %+v: want the settle timer", f.pub.timers)
 	}
 	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if jf.Outcome != events.OutcomeFailed || jf.FailingInstance != "i-0000000000000000b" || !strings.Contains(jf.Reason, "is terminated") {
-		t.Errorf("verdict %+v", jf)
+	if jf.Outcome != events.OutcomeSucceeded || !strings.Contains(jf.Reason, b+" (terminated, replaced by revision 2)") {
+		t.Errorf("verdict %s: %s", jf.Outcome, jf.Reason)
 	}
-	// Without params the parameterised log is unknown; the fixed one is still archived.
-	if !slices.Equal(jf.Logs, []string{"logs/side.log"}) {
-		t.Errorf("logs %q, want logs/side.log", jf.Logs)
+	if len(jf.Instances) != 2 || jf.Instances[1].ID != c || jf.Instances[1].HostKey != r2.HostKey || jf.Instances[0].HostKey != "" {
+		t.Errorf("JobFinished instances %+v, want a (the fleet's key) and c with its own", jf.Instances)
+	}
+}
+
+func TestEveryInstanceLostAndNoneReplacedFails(t *testing.T) {
+	t.Parallel()
+	const a, b = "i-0000000000000000a", "i-0000000000000000b"
+	f := newFakes(t, fakeProber{})
+	e := fleetEvent()
+	e.JobID = cloudtest.Unique("job-alllost")
+	e.FleetID = e.JobID
+	body := watched(t, f, e)
+	f.ec2.states = map[string]ec2types.InstanceStateName{a: ec2types.InstanceStateNameTerminated, b: ec2types.InstanceStateNameStopped}
+	ctx := context.Background()
+	if err := f.m.check(ctx, e, body, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.lost) != 2 || f.pub.lost[1].Cause != events.LostStopped {
+		t.Fatalf("lost %+v, want a terminated and b stopped", f.pub.lost)
+	}
+	l := f.m.ledger.(*ledger.Ledger)
+	if err := l.CoverLost(ctx, e.JobID, []string{a, b}, "none: no fleet can finish 200 items by the deadline"); err != nil {
+		t.Fatal(err)
+	}
+	f.pub.timers = nil
+	if err := f.m.check(ctx, e, body, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerSettle {
+		t.Fatalf("timers %+v: want a verdict", f.pub.timers)
+	}
+	jf, err := events.DecodeJobFinished(f.pub.timers[0].body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jf.Outcome != events.OutcomeFailed || !strings.Contains(jf.Reason, "every instance of the job was lost") ||
+		!strings.Contains(jf.Reason, "none: no fleet can finish") {
+		t.Errorf("verdict %s: %s", jf.Outcome, jf.Reason)
+	}
+}
+
+func TestEC2Notices(t *testing.T) {
+	t.Parallel()
+	const a = "i-0000000000000000a"
+	f := newFakes(t, fakeProber{})
+	e := fleetEvent()
+	e.JobID = cloudtest.Unique("job-notice")
+	e.FleetID = e.JobID
+	watched(t, f, e)
+	f.ec2.extra = map[string]string{tags.JobID: e.JobID, tags.Fleet: e.FleetID, tags.PlanRevision: "1"}
+	w := ec2events.Where{Region: "us-east-1", Account: "000000000000"}
+	notice := func(env ec2events.Envelope) *bus.Message {
+		b, err := json.Marshal(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &bus.Message{Payload: b, ReceiveCount: 1}
+	}
+	ctx := context.Background()
+	warned := clock.Add(-10 * time.Second)
+	tests := []struct {
+		name      string
+		msg       *bus.Message
+		foreign   bool
+		wantLost  int
+		permanent bool
+	}{
+		{name: "running: nothing lost", msg: notice(ec2events.StateChange(w, "e0", a, "running", warned))},
+		{name: "another stack's instance", msg: notice(ec2events.SpotWarning(w, "e1", a, warned)), foreign: true},
+		{name: "not an EC2 notice: dropped", msg: &bus.Message{Payload: []byte(`{"source":"aws.s3","detail-type":"Object Created","detail":{}}`)}},
+		{name: "garbage: dead-lettered", msg: &bus.Message{Payload: []byte(`{{{`)}, permanent: true},
+		{name: "spot warning", msg: notice(ec2events.SpotWarning(w, "e2", a, warned)), wantLost: 1},
+		{name: "its termination after the warning: told once", msg: notice(ec2events.StateChange(w, "e3", a, "terminated", warned.Add(2*time.Minute))), wantLost: 1},
+	}
+	for _, tt := range tests {
+		f.ec2.foreign = map[string]bool{a: tt.foreign}
+		err := f.m.handleEC2Notice(ctx, tt.msg)
+		if bus.IsPermanent(err) != tt.permanent || (err != nil && !tt.permanent) {
+			t.Fatalf("%s: err = %v, permanent want %v", tt.name, err, tt.permanent)
+		}
+		if len(f.pub.lost) != tt.wantLost {
+			t.Fatalf("%s: %d InstanceLost, want %d", tt.name, len(f.pub.lost), tt.wantLost)
+		}
+	}
+	got := f.pub.lost[0]
+	if got.Cause != events.LostSpotInterruption || !got.NoticeDeadline.Equal(warned.Add(2*time.Minute)) || got.InstanceID != a || got.FleetID != e.FleetID {
+		t.Errorf("InstanceLost %+v", got)
 	}
 }
 

@@ -98,12 +98,14 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 	router.Handle(bus.FleetBootstrapped, m.handleBootstrapped)
 	router.Handle(bus.TaskReported, m.handleTaskReported)
 	router.HandleTimers(m.handleTimer)
+	router.HandleQueue(cfg.Topology().EC2EventsQueueName(), m.handleEC2Notice)
 	return router.Run(ctx)
 }
 
 // The calls the monitor makes, with the SDK's signatures.
 type (
 	publisher interface {
+		Publish(ctx context.Context, e events.Event) error
 		PublishBody(ctx context.Context, e bus.Event, body []byte) error
 		After(ctx context.Context, service string, delay time.Duration, body []byte, attrs map[string]string) error
 	}
@@ -124,6 +126,9 @@ type (
 		CountTask(ctx context.Context, jobID, taskID, outcome string) (ledger.TaskCount, error)
 		MarkTaskSent(ctx context.Context, jobID, taskID, outcome string) error
 		Get(ctx context.Context, jobID string) (ledger.Record, error)
+		MarkLost(ctx context.Context, jobID, instanceID, cause string) error
+		MarkLostSent(ctx context.Context, jobID, instanceID string) error
+		RecordBootstrapped(ctx context.Context, jobID string, rev int, instances []ledger.RevisionInstance) error
 	}
 )
 
@@ -205,13 +210,21 @@ func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCoun
 		log.Warn("workload exit report does not match the fleet's job: ignored")
 		return nil
 	}
-	if !slices.ContainsFunc(e.Instances, func(in events.InstanceResult) bool { return in.ID == r.InstanceID }) {
-		log.Warn("workload exit report from an instance outside the fleet: ignored")
-		return nil
-	}
 	rec, err := m.ledger.Get(ctx, e.JobID)
 	if _, cancelled := rec.Cancelled(); err != nil || cancelled {
 		return nil // cancelled (or unreadable): the check ends it with the right outcome
+	}
+	if pending, _ := rec.ReplacementPending(); pending {
+		return nil // the check finishes it once the replacement is watched
+	}
+	vw, err := viewOf(e, rec)
+	if err != nil {
+		return nil // the check fails the job with the reason
+	}
+	e = vw.Event
+	if !slices.ContainsFunc(e.Instances, func(in events.InstanceResult) bool { return in.ID == r.InstanceID }) {
+		log.Warn("workload exit report from an instance outside the fleet: ignored")
+		return nil
 	}
 	ids := instanceIDs(e)
 	states, refused, err := m.describe(ctx, e.FleetID, ids)
@@ -235,6 +248,7 @@ func (m *monitor) onExit(ctx context.Context, r events.TaskReported, receiveCoun
 	checks := probeAll(ctx, m.prober, m.targets(ctx, e, states), wl, pastDeadline, m.cfg.Parallel)
 	// An instance unreachable now is not a miss here: only the periodic check counts those.
 	v, _ := decide(checks, checkState{Misses: map[string]int{}, MaxMisses: math.MaxInt, Deadline: e.DeadlineAt, Grace: m.cfg.Grace, PastDeadline: pastDeadline})
+	v = withReplacements(v, len(checks), false, "", pastDeadline, rec)
 	if !v.Done {
 		log.Debug("workload exited; others still run", "alive", v.Alive)
 		return nil
@@ -256,6 +270,9 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 		return err
 	}
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
+	if e.Revision() > 1 {
+		return m.recordReplacement(ctx, e)
+	}
 	claim, err := m.ledger.Claim(ctx, e.JobID, ledger.Watching)
 	if errors.Is(err, ledger.ErrTaken) {
 		log.Debug("duplicate FleetBootstrapped: nothing to do", "reason", err.Error())
@@ -289,7 +306,7 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 	if err != nil {
 		return err
 	}
-	if err := claim.Done(ctx, nil); err != nil {
+	if err := claim.Done(ctx, watchFields(e, logPaths(wl))); err != nil {
 		log.Error("recording the watch in the ledger", "error", err.Error())
 	}
 	return nil
@@ -338,23 +355,34 @@ func (m *monitor) handleTimer(ctx context.Context, msg *bus.Message) error {
 func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []byte, misses map[string]int, progress map[string]progressMark) error {
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID)
 	now := m.now()
+	m.fleets.put(e.FleetID, body)
+	// The job's record: a cancel, lost instances and the replacements watched with these.
+	rec, err := m.ledger.Get(ctx, e.JobID)
+	if err != nil {
+		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
+	}
+	if rec.DoneAt(ledger.Finished) != "" {
+		log.Info("job already finished: stopping the checks")
+		m.fleets.drop(e.FleetID)
+		return nil
+	}
+	cancel, cancelled := rec.Cancelled()
+	vw, viewErr := viewOf(e, rec)
+	if viewErr == nil {
+		e = vw.Event
+	}
 	ids := instanceIDs(e)
 	states, refused, err := m.describe(ctx, e.FleetID, ids)
 	if err != nil {
 		return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
 	}
-	m.fleets.put(e.FleetID, body)
 	owned := ownedIDs(ids, states) // the only instances probed and tagged
-	var cancel ledger.Cancel
-	var cancelled bool
-	if rec, err := m.ledger.Get(ctx, e.JobID); err != nil {
-		log.Warn("reading the job's record for a cancel; checking again at the next check", "error", err.Error())
-	} else {
-		cancel, cancelled = rec.Cancelled()
-	}
+	pending, pendingWhy := rec.ReplacementPending()
 	var v verdict
 	var wl []recipe.Workload
-	switch gone := goneInstance(states, ids); {
+	switch gone := goneInstances(states, ids); {
+	case viewErr != nil:
+		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot read the job's replacement instances: " + viewErr.Error()}
 	case len(refused) > 0:
 		v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: firstRefusal(ids, refused)}
 	case finished(states):
@@ -364,10 +392,35 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 	case cancelled:
 		log.Info("job cancelled by an operator: ending it", "cancelled_by", cancel.By, "reason", cancel.Reason)
 		v = verdict{Done: true, Outcome: events.OutcomeCancelled, Reason: cancel.Text()}
-	case gone != "":
-		v = verdict{Done: true, Outcome: events.OutcomeFailed, FailingInstance: gone,
-			Reason: fmt.Sprintf("instance %s is %s before its workloads finished", gone, states[gone].state)}
+	case len(gone) > 0:
+		// Lost, not fatal: told once (the planner replaces it, the reaper archives what it
+		// can), then the next check watches the others and the replacements.
+		for _, id := range gone {
+			st := states[id]
+			cause := events.LostTerminated
+			if st.state == ec2types.InstanceStateNameStopping || st.state == ec2types.InstanceStateNameStopped {
+				cause = events.LostStopped
+			}
+			l := lostInstance{ID: id, Revision: revisionOf(tagMap(st.instance.Tags)), Cause: cause,
+				Detail: fmt.Sprintf("found %s by the monitor's check before its workloads finished", st.state)}
+			if err := m.lose(ctx, e.JobID, e.FleetID, l); err != nil {
+				return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)
+			}
+		}
+		attrs := map[string]string{AttrTimer: TimerCheck, AttrMisses: encodeMisses(misses)}
+		if p := encodeProgress(progress); p != "" {
+			attrs[AttrProgress] = p
+		}
+		if err := m.pub.After(ctx, bus.Monitor, m.cfg.Interval, body, attrs); err != nil {
+			return fmt.Errorf("arming the next check of fleet %s: %w", e.FleetID, err)
+		}
+		return nil
 	default:
+		if rv, failed := bootstrapVerdict(events.FleetBootstrapped{Instances: vw.Replacements}); failed {
+			rv.Reason = "replacement " + rv.Reason
+			v = rv
+			break
+		}
 		wl, err = m.workloadsOf(e)
 		if err != nil {
 			v = verdict{Done: true, Outcome: events.OutcomeFailed, Reason: "monitor cannot watch the fleet: " + err.Error()}
@@ -382,6 +435,10 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 			}
 		}
 		v, misses = decide(checks, checkState{Misses: misses, MaxMisses: m.cfg.MaxMisses, Deadline: e.DeadlineAt, Grace: m.cfg.Grace, PastDeadline: pastDeadline})
+		v = withReplacements(v, len(checks), pending, pendingWhy, pastDeadline, rec)
+		if !v.Done && pending {
+			log.Info("waiting for replacement instances", "why", pendingWhy, "alive", v.Alive)
+		}
 		m.metrics.Add(metrics.FleetAlive(e.JobID, e.FleetID, v.Alive))
 		if !v.Done {
 			var sv verdict
@@ -474,6 +531,10 @@ func (m *monitor) targets(ctx context.Context, e events.FleetBootstrapped, state
 	out := make([]target, len(e.Instances))
 	for i, in := range e.Instances {
 		t := target{ID: in.ID, User: user, HostKey: fleetKey}
+		own := in.HostKey != "" // a replacement's key (Validate checked its format)
+		if own {
+			t.HostKey, _, _, _, _ = ssh.ParseAuthorizedKey([]byte(in.HostKey))
+		}
 		st, ok := states[in.ID]
 		if !ok {
 			t.Err = fmt.Errorf("instance %s is not verified: not contacted", in.ID)
@@ -484,7 +545,7 @@ func (m *monitor) targets(ctx context.Context, e events.FleetBootstrapped, state
 			out[i] = t
 			continue
 		}
-		if tmpl.InstanceHostKeys() {
+		if tmpl.InstanceHostKeys() && !own {
 			t.HostKey, t.Err = m.consoleKey(ctx, in.ID)
 		}
 		if t.HostKey == nil && t.Err == nil {
@@ -722,13 +783,7 @@ func finished(states map[string]instanceState) bool {
 // stopped or terminated, or missing from EC2's answer.
 func goneInstance(states map[string]instanceState, ids []string) string {
 	for _, id := range ids {
-		s, ok := states[id]
-		if !ok {
-			continue
-		}
-		switch s.state {
-		case ec2types.InstanceStateNameShuttingDown, ec2types.InstanceStateNameTerminated,
-			ec2types.InstanceStateNameStopping, ec2types.InstanceStateNameStopped:
+		if s, ok := states[id]; ok && gone(s.state) {
 			return id
 		}
 	}
