@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -51,9 +52,11 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		pub:     deps.Publisher,
 		metrics: deps.Telemetry,
 		ledger:  deps.LedgerFor(cfg.Base),
+		replans: deps.LedgerFor(cfg.Base),
 		reuse:   deps.Rejecter(cfg.Base, bus.Planner),
 	}
 	router.Handle(bus.JobSubmitted, h.handle)
+	router.Handle(bus.InstanceLost, h.handleLost)
 	return router.Run(ctx)
 }
 
@@ -84,6 +87,7 @@ type handler struct {
 	planner *planner
 	pub     publisher
 	ledger  claimer
+	replans replanLedger
 	reuse   reuseAnswerer
 	metrics *telemetry.Telemetry // counts the fleets planned; nil counts nothing
 }
@@ -128,11 +132,16 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	if err := h.pub.Publish(ctx, plan); err != nil {
 		return fmt.Errorf("planning job %s: %w", job.JobID, err)
 	}
-	if err := claim.Done(ctx, ledger.Fields{
+	fields, err := replanFields(job)
+	if err != nil {
+		return fmt.Errorf("planning job %s: %w", job.JobID, err)
+	}
+	maps.Copy(fields, ledger.Fields{
 		"fleet_id": plan.FleetID, "template": plan.Template, "profile": plan.Profile, "recipe": plan.Recipe,
 		"items": plan.Items, "instance_type": plan.InstanceType, "count": plan.Count,
 		"submitted_at": plan.SubmittedAt, "deadline_seconds": plan.DeadlineSeconds,
-	}); err != nil {
+	})
+	if err := claim.Done(ctx, fields); err != nil {
 		bus.Logger(ctx).Error("recording the plan in the ledger", "error", err.Error())
 	}
 	h.metrics.FleetPlanned()
