@@ -134,7 +134,14 @@ func (c *StatusCmd) runLedger(ctx context.Context, g *Globals, api ledger.ScanAP
 		if j.Cancelled != "" && j.State != ledger.StateHeld {
 			outcome = strings.TrimSuffix(j.Cancelled+"; "+outcome, "; -")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.JobID, state, dash(j.Plan), dash(tasks), dash(j.InstanceSeconds), dash(outcome), strings.Join(stages, " "))
+		plan := j.Plan
+		if j.PlanRevision > 1 {
+			plan = fmt.Sprintf("%s, %d plans", dash(plan), j.PlanRevision)
+		}
+		if len(j.Lost) > 0 {
+			outcome = strings.TrimPrefix(outcome+"; lost "+strings.Join(j.Lost, "; "), "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.JobID, state, dash(plan), dash(tasks), dash(j.InstanceSeconds), dash(outcome), strings.Join(stages, " "))
 	}
 	return tw.Flush()
 }

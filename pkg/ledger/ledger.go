@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -557,6 +558,11 @@ type Summary struct {
 	Hold *HoldSummary `json:"hold,omitempty"`
 	// Cancelled says who cancelled the job and why.
 	Cancelled string `json:"cancelled,omitempty"`
+	// PlanRevision is the job's highest plan revision when it was replanned (see
+	// revisions.go); Lost lists its lost instances: "i-0abc: spot-interruption, replaced by
+	// revision 2".
+	PlanRevision int      `json:"plan_revision,omitempty"`
+	Lost         []string `json:"lost,omitempty"`
 }
 
 // HoldSummary is a hold as `sortie status` shows it.
@@ -604,6 +610,22 @@ func (r Record) SummarizeAt(now time.Time) Summary {
 	}
 	if s.State != string(Terminated) && s.State != string(Rejected) {
 		s.Waiting = r.Attrs["waiting_for_capacity"]
+	}
+	if rev := r.PlanRevision(); rev > 1 {
+		s.PlanRevision = rev
+	}
+	lost := r.Lost()
+	for _, id := range slices.Sorted(maps.Keys(lost)) {
+		l := id + ": " + lost[id]
+		switch by := r.LostBy(id); {
+		case by == "":
+			l += ", replacement being planned"
+		case strings.HasPrefix(by, "none"):
+			l += ", " + by
+		default:
+			l += ", replaced by revision " + by
+		}
+		s.Lost = append(s.Lost, l)
 	}
 	return s
 }
