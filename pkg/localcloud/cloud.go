@@ -323,9 +323,13 @@ const (
 )
 
 // ServeHTTP answers EC2 itself (an action it does not implement gets EC2's InvalidAction),
-// translates SQS Query requests to kumo's SQS JSON protocol, and proxies every other request
-// to kumo.
+// translates SQS Query requests to kumo's SQS JSON protocol, serves the admin endpoint
+// (AdminPath) and proxies every other request to kumo.
 func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, AdminPath) {
+		c.serveAdmin(w, r)
+		return
+	}
 	service := signingName(r)
 	if service != "" && service != "ec2" && service != "sqs" {
 		c.proxy.ServeHTTP(w, r)
