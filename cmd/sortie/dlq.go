@@ -50,7 +50,8 @@ type DeadLetter struct {
 
 const watermillUUID = "_watermill_message_uuid"
 
-// dlqs lists the stack's dead-letter queues.
+// dlqs lists the stack's dead-letter queues: the consuming queues', the timer queues' and
+// the EC2 events queue's.
 func dlqs(topo bus.Topology) []string {
 	var out []string
 	for _, s := range topo.Subscriptions() {
@@ -59,7 +60,7 @@ func dlqs(topo bus.Topology) []string {
 	for _, svc := range bus.TimerServices {
 		out = append(out, bus.DLQName(topo.TimerQueueName(svc)))
 	}
-	return out
+	return append(out, bus.DLQName(topo.EC2EventsQueueName()))
 }
 
 // peek receives every message of a queue without keeping it: each is made visible again

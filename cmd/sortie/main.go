@@ -20,7 +20,7 @@ type CLI struct {
 
 	Dev        DevCmd        `cmd:"" help:"Run Sortie end to end in one process on the local cloud: the demo job from message to terminated fleet."`
 	Infra      InfraCmd      `cmd:"" help:"Create or remove the stack's topics, queues, DLQs, subscriptions and log bucket."`
-	Localcloud LocalcloudCmd `cmd:"" help:"Serve the local cloud: Sortie's EC2 endpoint with SSH-reachable instances, and kumo for every other AWS service."`
+	Localcloud LocalcloudCmd `cmd:"" help:"Serve the local cloud: Sortie's EC2 endpoint with SSH-reachable instances, and kumo for every other AWS service; interrupt or lose its instances while it runs."`
 	Worker     WorkerCmd     `cmd:"" help:"Run the demo workload on an instance (installed there as sortie-worker)."`
 	Submit     SubmitCmd     `cmd:"" help:"Submit a job (from a JSON file or flags); --watch follows it until its fleet is terminated."`
 	Demo       DemoCmd       `cmd:"" help:"Prepare and submit the demo job against services run separately (task up)."`

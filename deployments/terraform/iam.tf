@@ -18,8 +18,12 @@ locals {
   ec2_instances    = "arn:aws:ec2:${local.region}:${local.account_id}:instance/*"
   ec2_volumes      = "arn:aws:ec2:${local.region}:${local.account_id}:volume/*"
 
-  # Queue suffix => the service that reads it ("<service>-<topic>", "<service>-timers").
-  queue_owner = { for q, e in local.queues : q => split("-", q)[0] }
+  # Queue suffix => the service that reads it ("<service>-<topic>", "<service>-timers"; the
+  # monitor reads the EC2 events queue).
+  queue_owner = merge(
+    { for q, e in local.queues : q => split("-", q)[0] },
+    { (local.ec2_events_queue) = "monitor" },
+  )
 
   # pkg/bus Producers, turned around: service => topics it publishes.
   publishes = { for svc in local.services : svc => [for et, ps in local.producers : et if contains(ps, svc)] }

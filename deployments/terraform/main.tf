@@ -56,10 +56,16 @@ locals {
   # Services that send themselves delayed messages (pkg/bus TimerServices, TimerQueueName).
   timer_queues = ["monitor-timers", "reaper-timers"]
 
-  # Every queue that gets a DLQ and a redrive policy: the consuming queues and the timer queues.
+  # The queue EventBridge delivers EC2's notices to (pkg/bus EC2EventsQueueName); the
+  # monitor reads it.
+  ec2_events_queue = "ec2-events"
+
+  # Every queue that gets a DLQ and a redrive policy: the consuming queues, the timer queues
+  # and the EC2 events queue.
   queues = merge(
     { for q, event in local.subscriptions : q => event },
     { for q in local.timer_queues : q => "" },
+    { (local.ec2_events_queue) = "" },
   )
 
   # pkg/bus MaxReceiveCount and pkg/infra's queue settings.
@@ -138,6 +144,47 @@ resource "aws_sns_topic_subscription" "queue" {
 
   # The queue must accept the topic's messages before the first one is sent.
   depends_on = [aws_sqs_queue_policy.from_topic]
+}
+
+# --- EC2's notices: EventBridge -> the EC2 events queue ------------------------------------------
+#
+# Spot Instance Interruption Warnings and instance state changes of the account, on the
+# default event bus, go to the EC2 events queue; the monitor reads it (iam.tf) and acts on
+# the instances of this stack's running jobs. `sortie infra up` creates the same (pkg/infra,
+# target id EC2EventsTargetID); TestTerraformEC2Events compares the pattern with
+# pkg/ec2events Pattern and the names with bus.Topology.
+
+resource "aws_cloudwatch_event_rule" "ec2_events" {
+  name        = "${var.prefix}-ec2-events"
+  description = "Sortie ${var.prefix}: EC2 spot interruption warnings and instance state changes to ${aws_sqs_queue.queue[local.ec2_events_queue].name}"
+  event_pattern = jsonencode({
+    source        = ["aws.ec2"]
+    "detail-type" = ["EC2 Spot Instance Interruption Warning", "EC2 Instance State-change Notification"]
+  })
+}
+
+resource "aws_cloudwatch_event_target" "ec2_events" {
+  rule      = aws_cloudwatch_event_rule.ec2_events.name
+  target_id = "sortie-ec2-events"
+  arn       = aws_sqs_queue.queue[local.ec2_events_queue].arn
+}
+
+# Only EventBridge, and only for this rule, may send to the queue (pkg/infra RuleQueuePolicy).
+resource "aws_sqs_queue_policy" "from_rule" {
+  queue_url = aws_sqs_queue.queue[local.ec2_events_queue].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AllowRuleSendMessage"
+        Effect    = "Allow"
+        Principal = { Service = "events.amazonaws.com" }
+        Action    = "sqs:SendMessage"
+        Resource  = aws_sqs_queue.queue[local.ec2_events_queue].arn
+        Condition = { ArnEquals = { "aws:SourceArn" = aws_cloudwatch_event_rule.ec2_events.arn } }
+      },
+    ]
+  })
 }
 
 # --- Log bucket ----------------------------------------------------------------------------------

@@ -4,8 +4,18 @@ output "topic_arns" {
 }
 
 output "queue_urls" {
-  description = "SQS queue URL per queue name suffix (\"<service>-<topic>\", \"<service>-timers\")."
+  description = "SQS queue URL per queue name suffix (\"<service>-<topic>\", \"<service>-timers\", \"ec2-events\")."
   value       = { for q, r in aws_sqs_queue.queue : q => r.id }
+}
+
+output "ec2_events_queue_url" {
+  description = "URL of the queue EventBridge delivers EC2's spot interruption warnings and instance state changes to (the monitor reads it)."
+  value       = aws_sqs_queue.queue[local.ec2_events_queue].id
+}
+
+output "ec2_events_rule_arn" {
+  description = "ARN of the EventBridge rule routing EC2's notices to the EC2 events queue."
+  value       = aws_cloudwatch_event_rule.ec2_events.arn
 }
 
 output "dlq_urls" {

@@ -101,6 +101,8 @@ type LaunchSpec struct {
 	KeyName      string
 	UserData     string // as is; Launch encodes it
 	Tags         map[string]string
+	// Spot launches one-time spot instances that terminate on interruption (no max price).
+	Spot bool
 }
 
 // Launch runs n instances of Image and waits up to LaunchTimeout until every one is
@@ -114,6 +116,15 @@ func Launch(tb testing.TB, client *ec2.Client, n int, spec LaunchSpec) []events.
 		ImageId: aws.String(Image), InstanceType: spec.InstanceType,
 		MinCount: aws.Int32(int32(n)), MaxCount: aws.Int32(int32(n)), KeyName: aws.String(spec.KeyName),
 		UserData: aws.String(base64.StdEncoding.EncodeToString([]byte(spec.UserData))),
+	}
+	if spec.Spot {
+		in.InstanceMarketOptions = &ec2types.InstanceMarketOptionsRequest{
+			MarketType: ec2types.MarketTypeSpot,
+			SpotOptions: &ec2types.SpotMarketOptions{
+				SpotInstanceType:             ec2types.SpotInstanceTypeOneTime,
+				InstanceInterruptionBehavior: ec2types.InstanceInterruptionBehaviorTerminate,
+			},
+		}
 	}
 	if len(spec.Tags) > 0 {
 		var tags []ec2types.Tag

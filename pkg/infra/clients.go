@@ -1,6 +1,7 @@
 // Package infra creates and removes the SNS topics (each with its producers-only policy), SQS
-// queues, DLQs, subscriptions, ledger table, log bucket and secrets bucket of one Sortie stack
-// (`sortie infra up | down`), idempotently and by name.
+// queues, DLQs, subscriptions, the EventBridge rule routing EC2's notices to a queue, ledger
+// table, log bucket and secrets bucket of one Sortie stack (`sortie infra up | down`),
+// idempotently and by name.
 package infra
 
 import (
@@ -8,6 +9,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -62,11 +64,24 @@ type S3API interface {
 	PutBucketTagging(ctx context.Context, params *s3.PutBucketTaggingInput, optFns ...func(*s3.Options)) (*s3.PutBucketTaggingOutput, error)
 }
 
+// EventBridgeAPI lists the EventBridge calls infra makes (the EC2 notices' rule).
+type EventBridgeAPI interface {
+	PutRule(ctx context.Context, params *eventbridge.PutRuleInput, optFns ...func(*eventbridge.Options)) (*eventbridge.PutRuleOutput, error)
+	DescribeRule(ctx context.Context, params *eventbridge.DescribeRuleInput, optFns ...func(*eventbridge.Options)) (*eventbridge.DescribeRuleOutput, error)
+	DeleteRule(ctx context.Context, params *eventbridge.DeleteRuleInput, optFns ...func(*eventbridge.Options)) (*eventbridge.DeleteRuleOutput, error)
+	PutTargets(ctx context.Context, params *eventbridge.PutTargetsInput, optFns ...func(*eventbridge.Options)) (*eventbridge.PutTargetsOutput, error)
+	ListTargetsByRule(ctx context.Context, params *eventbridge.ListTargetsByRuleInput, optFns ...func(*eventbridge.Options)) (*eventbridge.ListTargetsByRuleOutput, error)
+	RemoveTargets(ctx context.Context, params *eventbridge.RemoveTargetsInput, optFns ...func(*eventbridge.Options)) (*eventbridge.RemoveTargetsOutput, error)
+	ListTagsForResource(ctx context.Context, params *eventbridge.ListTagsForResourceInput, optFns ...func(*eventbridge.Options)) (*eventbridge.ListTagsForResourceOutput, error)
+	TagResource(ctx context.Context, params *eventbridge.TagResourceInput, optFns ...func(*eventbridge.Options)) (*eventbridge.TagResourceOutput, error)
+}
+
 var (
-	_ SNSAPI      = (*sns.Client)(nil)
-	_ SQSAPI      = (*sqs.Client)(nil)
-	_ S3API       = (*s3.Client)(nil)
-	_ DynamoDBAPI = (*dynamodb.Client)(nil)
+	_ SNSAPI         = (*sns.Client)(nil)
+	_ SQSAPI         = (*sqs.Client)(nil)
+	_ S3API          = (*s3.Client)(nil)
+	_ DynamoDBAPI    = (*dynamodb.Client)(nil)
+	_ EventBridgeAPI = (*eventbridge.Client)(nil)
 )
 
 // DynamoDBAPI lists the DynamoDB calls infra makes (the ledger's table).
@@ -86,6 +101,8 @@ type Clients struct {
 	SQS      SQSAPI
 	S3       S3API
 	DynamoDB DynamoDBAPI
+	// EventBridge holds the rule that routes EC2's notices to the stack's queue.
+	EventBridge EventBridgeAPI
 	// Region is the bucket's region; outside us-east-1 CreateBucket must name it.
 	Region string
 }
@@ -94,9 +111,10 @@ type Clients struct {
 // uses path-style addressing, since emulators do not serve bucket subdomains.
 func NewClients(cfg aws.Config) Clients {
 	return Clients{
-		SNS:      sns.NewFromConfig(cfg),
-		DynamoDB: dynamodb.NewFromConfig(cfg),
-		SQS:      sqs.NewFromConfig(cfg),
+		SNS:         sns.NewFromConfig(cfg),
+		DynamoDB:    dynamodb.NewFromConfig(cfg),
+		EventBridge: eventbridge.NewFromConfig(cfg),
+		SQS:         sqs.NewFromConfig(cfg),
 		S3: s3.NewFromConfig(cfg, func(o *s3.Options) {
 			if cfg.BaseEndpoint != nil {
 				o.UsePathStyle = true

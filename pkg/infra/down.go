@@ -115,6 +115,11 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 		}
 	}
 
+	// The rule goes before its queue, so that nothing is routed to a queue being deleted.
+	if err := d.deleteEC2EventsRule(ctx, topo); err != nil {
+		return err
+	}
+
 	for _, s := range topo.Subscriptions() {
 		if err := d.deleteQueue(ctx, KindQueue, s.Queue); err != nil {
 			return err
@@ -131,6 +136,13 @@ func (d *downer) run(ctx context.Context, topo bus.Topology) error {
 		if err := d.deleteQueue(ctx, KindDLQ, bus.DLQName(q)); err != nil {
 			return err
 		}
+	}
+	q := topo.EC2EventsQueueName()
+	if err := d.deleteQueue(ctx, KindEventsQueue, q); err != nil {
+		return err
+	}
+	if err := d.deleteQueue(ctx, KindDLQ, bus.DLQName(q)); err != nil {
+		return err
 	}
 
 	if err := d.deleteTable(ctx, topo.LedgerTableName(), topo.Prefix); err != nil {

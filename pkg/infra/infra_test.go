@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/sivchari/kumo"
@@ -68,6 +69,8 @@ func upResources(topo bus.Topology) []resource {
 		q := topo.TimerQueueName(svc)
 		out = append(out, resource{KindDLQ, bus.DLQName(q)}, resource{KindTimerQueue, q})
 	}
+	rule, q := topo.EC2EventsRuleName(), topo.EC2EventsQueueName()
+	out = append(out, resource{KindRule, rule}, resource{KindDLQ, bus.DLQName(q)}, resource{KindEventsQueue, q}, resource{KindRuleTarget, rule + " -> " + q})
 	out = append(out, resource{KindTable, topo.LedgerTableName()}, resource{KindTableTTL, topo.LedgerTableName()})
 	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
 		out = append(out, resource{KindBucket, b}, resource{KindBucketEncryption, b}, resource{KindPublicAccessBlock, b}, resource{KindBucketPolicy, b})
@@ -84,6 +87,7 @@ func queueNames(topo bus.Topology) []string {
 	for _, svc := range bus.TimerServices {
 		out = append(out, topo.TimerQueueName(svc), bus.DLQName(topo.TimerQueueName(svc)))
 	}
+	out = append(out, topo.EC2EventsQueueName(), bus.DLQName(topo.EC2EventsQueueName()))
 	slices.Sort(out)
 	return out
 }
@@ -261,11 +265,17 @@ func TestUpCreatesEveryResource(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(out.Subscriptions) != 1 {
-				t.Fatalf("topic %s has %d subscriptions, want 1", sub.Topic, len(out.Subscriptions))
+			// One subscription per consuming service (InstanceLost has two).
+			if n := len(bus.Consumers[sub.EventType]); len(out.Subscriptions) != n {
+				t.Fatalf("topic %s has %d subscriptions, want %d", sub.Topic, len(out.Subscriptions), n)
 			}
-			got := out.Subscriptions[0]
-			if aws.ToString(got.Protocol) != "sqs" || aws.ToString(got.Endpoint) != s.queueAttributes(t, sub.Queue)["QueueArn"] {
+			queueARN := s.queueAttributes(t, sub.Queue)["QueueArn"]
+			i := slices.IndexFunc(out.Subscriptions, func(s snstypes.Subscription) bool { return aws.ToString(s.Endpoint) == queueARN })
+			if i < 0 {
+				t.Fatalf("no subscription of %s to %s", sub.Topic, queueARN)
+			}
+			got := out.Subscriptions[i]
+			if aws.ToString(got.Protocol) != "sqs" {
 				t.Errorf("subscription %s → %s, want sqs → the queue's ARN", aws.ToString(got.Protocol), aws.ToString(got.Endpoint))
 			}
 			attrs, err := s.sns.GetSubscriptionAttributes(ctx, &sns.GetSubscriptionAttributesInput{SubscriptionArn: got.SubscriptionArn})
@@ -331,11 +341,16 @@ func TestUpWiresTopicsToQueues(t *testing.T) {
 	up(t, s, topo)
 	topics := s.topicARNs(t)
 
+	// One message per topic reaches every queue subscribed to it (InstanceLost's two).
+	published := map[string]bool{}
 	for _, sub := range topo.Subscriptions() {
 		t.Run(sub.Queue, func(t *testing.T) {
-			body := fmt.Sprintf(`{"schema_version":1,"job_id":"job-%s"}`, sub.Queue)
-			if _, err := s.sns.Publish(ctx, &sns.PublishInput{TopicArn: aws.String(topics[sub.Topic]), Message: aws.String(body)}); err != nil {
-				t.Fatal(err)
+			body := fmt.Sprintf(`{"schema_version":1,"job_id":"job-%s"}`, sub.Topic)
+			if !published[sub.Topic] {
+				published[sub.Topic] = true
+				if _, err := s.sns.Publish(ctx, &sns.PublishInput{TopicArn: aws.String(topics[sub.Topic]), Message: aws.String(body)}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			out, err := s.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(s.queueURL(t, sub.Queue)), MaxNumberOfMessages: 10, WaitTimeSeconds: 2})
 			if err != nil {
@@ -410,8 +425,8 @@ func TestUpTwiceChangesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(out.Subscriptions) != 1 {
-			t.Errorf("topic %s has %d subscriptions after a second up, want 1", sub.Topic, len(out.Subscriptions))
+		if n := len(bus.Consumers[sub.EventType]); len(out.Subscriptions) != n {
+			t.Errorf("topic %s has %d subscriptions after a second up, want %d", sub.Topic, len(out.Subscriptions), n)
 		}
 	}
 }
@@ -695,7 +710,8 @@ func TestDownRemovesOnlyItsStack(t *testing.T) {
 	}
 }
 
-// topoNames is what Down reports on: subscriptions, topics, queues and DLQs, the bucket.
+// topoNames is what Down reports on: subscriptions, topics, the EC2 notices' rule and its
+// target, queues and DLQs, the table and the buckets.
 func topoNames(topo bus.Topology) []string {
 	var out []string
 	for _, sub := range topo.Subscriptions() {
@@ -704,6 +720,7 @@ func topoNames(topo bus.Topology) []string {
 	for _, et := range bus.EventTypes {
 		out = append(out, topo.TopicName(et))
 	}
+	out = append(out, topo.EC2EventsRuleName()+" -> "+topo.EC2EventsQueueName(), topo.EC2EventsRuleName())
 	return append(append(out, queueNames(topo)...), topo.LedgerTableName(), topo.SecretsBucketName(), topo.BucketName())
 }
 

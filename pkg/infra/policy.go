@@ -18,6 +18,7 @@ const (
 	SidDenyIncorrectEncryptionHeader = "DenyIncorrectEncryptionHeader"
 	SidDenyUnencryptedObjectUploads  = "DenyUnencryptedObjectUploads"
 	SidAllowTopicSendMessage         = "AllowTopicSendMessage"
+	SidAllowRuleSendMessage          = "AllowRuleSendMessage"
 	SidAllowProducersPublish         = "AllowProducersPublish"
 	SidDenyPublishByOthers           = "DenyPublishByOthers"
 )
@@ -103,6 +104,25 @@ func QueuePolicy(queueARN, topicARN string) ([]byte, error) {
 			Action:    "sqs:SendMessage",
 			Resource:  stringOrList{queueARN},
 			Condition: map[string]map[string]stringOrList{"ArnEquals": {"aws:SourceArn": {topicARN}}},
+		}},
+	})
+}
+
+// RuleQueuePolicy lets EventBridge send to the queue queueARN only on behalf of the rule
+// ruleARN (aws:SourceArn): the policy of the queue EC2's notices arrive in.
+func RuleQueuePolicy(queueARN, ruleARN string) ([]byte, error) {
+	if queueARN == "" || ruleARN == "" {
+		return nil, fmt.Errorf("rule queue policy: empty ARN (queue %q, rule %q)", queueARN, ruleARN)
+	}
+	return marshalPolicy(policyDocument{
+		Version: policyVersion,
+		Statement: []statement{{
+			Sid:       SidAllowRuleSendMessage,
+			Effect:    "Allow",
+			Principal: map[string]string{"Service": "events.amazonaws.com"},
+			Action:    "sqs:SendMessage",
+			Resource:  stringOrList{queueARN},
+			Condition: map[string]map[string]stringOrList{"ArnEquals": {"aws:SourceArn": {ruleARN}}},
 		}},
 	})
 }

@@ -21,6 +21,9 @@ func TestPolicyGolden(t *testing.T) {
 		{"bucket-policy.golden.json", func() ([]byte, error) { return BucketPolicy("sortie-logs") }},
 		{"queue-policy.golden.json", func() ([]byte, error) { return QueuePolicy(testQueueARN, testTopicARN) }},
 		{"redrive-policy.golden.json", func() ([]byte, error) { return RedrivePolicy(testDLQARN, 5) }},
+		{"rule-queue-policy.golden.json", func() ([]byte, error) {
+			return RuleQueuePolicy("arn:aws:sqs:us-east-1:123456789012:sortie-ec2-events", "arn:aws:events:us-east-1:123456789012:rule/sortie-ec2-events")
+		}},
 		{"topic-policy-job-submitted.golden.json", func() ([]byte, error) {
 			return TopicPolicy(bus.Topology{Prefix: "sortie"}, bus.JobSubmitted, "123456789012")
 		}},
@@ -54,6 +57,8 @@ func TestPolicyGeneratorsRejectEmptyInput(t *testing.T) {
 		{"bucket policy without bucket", func() ([]byte, error) { return BucketPolicy("") }},
 		{"queue policy without queue", func() ([]byte, error) { return QueuePolicy("", testTopicARN) }},
 		{"queue policy without topic", func() ([]byte, error) { return QueuePolicy(testQueueARN, "") }},
+		{"rule queue policy without queue", func() ([]byte, error) { return RuleQueuePolicy("", "arn:aws:events:us-east-1:1:rule/r") }},
+		{"rule queue policy without rule", func() ([]byte, error) { return RuleQueuePolicy(testQueueARN, "") }},
 		{"redrive without DLQ", func() ([]byte, error) { return RedrivePolicy("", 5) }},
 		{"redrive with zero receives", func() ([]byte, error) { return RedrivePolicy(testDLQARN, 0) }},
 		{"topic policy without account", func() ([]byte, error) { return TopicPolicy(bus.Topology{Prefix: "sortie"}, bus.FleetPlanned, "") }},

@@ -40,6 +40,9 @@ const (
 	KindObjects           Kind = "objects"
 	KindTable             Kind = "table"
 	KindTableTTL          Kind = "table-ttl"
+	KindEventsQueue       Kind = "events-queue" // the queue EventBridge delivers EC2's notices to
+	KindRule              Kind = "event-rule"
+	KindRuleTarget        Kind = "event-target"
 )
 
 // Line is one resource's outcome.

@@ -7,6 +7,7 @@ func TestReportString(t *testing.T) {
 		{Action: Created, Kind: KindTopic, Name: "sortie-job-submitted"},
 		{Action: Updated, Kind: KindQueue, Name: "sortie-planner-job-submitted", Detail: "VisibilityTimeout 5→60"},
 		{Action: Exists, Kind: KindSubscription, Name: "sortie-job-submitted -> sortie-planner-job-submitted"},
+		{Action: Updated, Kind: KindRule, Name: "sortie-ec2-events", Detail: "EventPattern changed; State DISABLED→ENABLED"},
 		{Action: Kept, Kind: KindBucket, Name: "sortie-logs", Detail: "bucket not empty (3 objects)"},
 		{Action: Absent, Kind: KindDLQ, Name: "sortie-reaper-timers-dlq"},
 	}}

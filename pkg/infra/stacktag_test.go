@@ -6,17 +6,20 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
+	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
 
-// owners reads the sortie:stack tag of every topic, queue and the bucket of topo.
+// owners reads the sortie:stack tag of every topic, queue, the EC2 notices' rule (named
+// "<rule> (rule)": it has the name of the queue) and the buckets of topo.
 func owners(t *testing.T, s stack, topo bus.Topology) map[string]owner {
 	t.Helper()
 	ctx := t.Context()
@@ -45,6 +48,13 @@ func owners(t *testing.T, s stack, topo bus.Topology) map[string]owner {
 			}
 		}
 	}
+	if rule, err := s.c.EventBridge.DescribeRule(ctx, &eventbridge.DescribeRuleInput{Name: aws.String(topo.EC2EventsRuleName())}); err == nil {
+		if out[topo.EC2EventsRuleName()+" (rule)"], err = tg.ruleOwner(ctx, aws.ToString(rule.Arn)); err != nil {
+			t.Fatal(err)
+		}
+	} else if !awsx.IsNotFound(err) {
+		t.Fatal(err)
+	}
 	for _, b := range []string{topo.BucketName(), topo.SecretsBucketName()} {
 		if _, err := s.s3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b)}); err == nil {
 			if out[b], err = tg.bucketOwner(ctx, b); err != nil {
@@ -60,7 +70,7 @@ func TestUpTagsEverythingWithTheStack(t *testing.T) {
 	topo := bus.Topology{Prefix: uniquePrefix(t)}
 	up(t, s, topo)
 	got := owners(t, s, topo)
-	if want := len(bus.EventTypes) + len(queueNames(topo)) + 2; len(got) != want {
+	if want := len(bus.EventTypes) + len(queueNames(topo)) + 1 + 2; len(got) != want {
 		t.Fatalf("%d resources found, want %d", len(got), want)
 	}
 	for name, o := range got {
@@ -82,8 +92,9 @@ func TestUpAdoptsUntaggedRefusesAnotherStacks(t *testing.T) {
 	if _, err := s.sns.CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(topo.TopicName(bus.JobFinished))}); err != nil {
 		t.Fatal(err)
 	}
+	putRule(t, s, topo.EC2EventsRuleName(), "")
 	r := up(t, s, topo)
-	for _, name := range []string{timer, topo.TopicName(bus.JobFinished)} {
+	for _, name := range []string{timer, topo.TopicName(bus.JobFinished), topo.EC2EventsRuleName()} {
 		found := false
 		for _, l := range r.Lines {
 			found = found || (l.Kind == KindStackTag && l.Name == name && l.Action == Updated)
@@ -97,6 +108,26 @@ func TestUpAdoptsUntaggedRefusesAnotherStacks(t *testing.T) {
 			t.Errorf("%s: %s after up", name, o)
 		}
 	}
+
+	t.Run("another stack's rule of the same name: an error, left as it is", func(t *testing.T) {
+		other := bus.Topology{Prefix: uniquePrefix(t)}
+		putRule(t, s, other.EC2EventsRuleName(), "someone-else")
+		r, err := Up(ctx, s.c, other)
+		if err == nil || !strings.Contains(err.Error(), "event-rule "+other.EC2EventsRuleName()+" belongs to another stack") {
+			t.Fatalf("Up = %v, want a refusal", err)
+		}
+		if o := owners(t, s, other)[other.EC2EventsRuleName()+" (rule)"]; o.stack != "someone-else" {
+			t.Errorf("rule now %s", o)
+		}
+		for _, l := range r.Lines {
+			if l.Kind == KindRuleTarget || l.Kind == KindEventsQueue {
+				t.Errorf("up went on past the refused rule: %+v", l)
+			}
+		}
+		if targets, err := listTargets(ctx, s.c.EventBridge, other.EC2EventsRuleName()); err != nil || len(targets) != 0 {
+			t.Errorf("the other stack's rule got targets %+v (%v)", targets, err)
+		}
+	})
 
 	t.Run("another stack's bucket of the same name: an error, left as it is", func(t *testing.T) {
 		other := bus.Topology{Prefix: uniquePrefix(t)}
@@ -135,11 +166,15 @@ func TestDownDeletesOnlyWhatCarriesItsStack(t *testing.T) {
 	if _, err := s.s3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(topo.BucketName())}); err != nil {
 		t.Fatal(err)
 	}
+	putRule(t, s, topo.EC2EventsRuleName(), "someone-else")
 	r, err := Down(ctx, s.c, topo)
 	if err != nil {
 		t.Fatalf("Down: %v\n%s", err, r)
 	}
-	for _, name := range []string{timer, topic, topo.BucketName()} {
+	if _, err := s.c.EventBridge.DescribeRule(ctx, &eventbridge.DescribeRuleInput{Name: aws.String(topo.EC2EventsRuleName())}); err != nil {
+		t.Errorf("the other stack's rule was deleted: %v", err)
+	}
+	for _, name := range []string{timer, topic, topo.BucketName(), topo.EC2EventsRuleName()} {
 		kept := false
 		for _, l := range r.Lines {
 			kept = kept || (l.Name == name && l.Action == Kept && strings.Contains(l.Detail, "not this stack's"))

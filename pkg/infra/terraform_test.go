@@ -299,6 +299,7 @@ func TestTerraformMatchesGenerators(t *testing.T) {
 		for _, svc := range bus.TimerServices {
 			want[topo.TimerQueueName(svc)] = bus.DLQName(topo.TimerQueueName(svc))
 		}
+		want[topo.EC2EventsQueueName()] = bus.DLQName(topo.EC2EventsQueueName())
 		dlqs := make(map[string]tfInstance)
 		for _, i := range m.instances(t, "aws_sqs_queue", "dlq") {
 			dlqs[i.key] = i

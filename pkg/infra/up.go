@@ -41,9 +41,10 @@ type UpOptions struct {
 	VisibilityTimeout time.Duration
 }
 
-// Up creates every topic, queue, DLQ, subscription and the log bucket of topo, and corrects
-// the settings of those that exist: running it twice changes nothing the second time. The
-// report lists what it did so far even when it returns an error.
+// Up creates every topic, queue, DLQ, subscription, the EC2 notices' rule and queue, the
+// ledger table and the buckets of topo, and corrects the settings of those that exist:
+// running it twice changes nothing the second time. The report lists what it did so far
+// even when it returns an error.
 func Up(ctx context.Context, c Clients, topo bus.Topology, opts ...UpOptions) (Report, error) {
 	if len(opts) > 1 {
 		return Report{}, errors.New("more than one UpOptions")
@@ -96,7 +97,9 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 
 	for _, s := range topo.Subscriptions() {
 		topicARN := topicARNs[s.Topic]
-		queueARN, err := u.ensureQueuePair(ctx, KindQueue, s.Queue, s.DLQ, topicARN)
+		queueARN, err := u.ensureQueuePair(ctx, KindQueue, s.Queue, s.DLQ, func(queueARN string) ([]byte, error) {
+			return QueuePolicy(queueARN, topicARN)
+		})
 		if err != nil {
 			return err
 		}
@@ -107,9 +110,13 @@ func (u *upper) run(ctx context.Context, topo bus.Topology) error {
 
 	for _, svc := range bus.TimerServices {
 		q := topo.TimerQueueName(svc)
-		if _, err := u.ensureQueuePair(ctx, KindTimerQueue, q, bus.DLQName(q), ""); err != nil {
+		if _, err := u.ensureQueuePair(ctx, KindTimerQueue, q, bus.DLQName(q), nil); err != nil {
 			return err
 		}
+	}
+
+	if err := u.ensureEC2Events(ctx, topo); err != nil {
+		return err
 	}
 
 	if err := u.ensureTable(ctx, topo.LedgerTableName(), topo.Prefix); err != nil {
@@ -209,9 +216,10 @@ func (u *upper) ensureTopicPolicy(ctx context.Context, topo bus.Topology, eventT
 	return nil
 }
 
-// ensureQueuePair makes the DLQ, then the queue redriving to it; with a topicARN the
-// queue's policy lets that topic send to it. It returns the queue's ARN.
-func (u *upper) ensureQueuePair(ctx context.Context, kind Kind, queue, dlq, topicARN string) (string, error) {
+// ensureQueuePair makes the DLQ, then the queue redriving to it, with the queue policy
+// policy makes of the queue's ARN (nil: none, as timer queues have). It returns the
+// queue's ARN.
+func (u *upper) ensureQueuePair(ctx context.Context, kind Kind, queue, dlq string, policy func(queueARN string) ([]byte, error)) (string, error) {
 	dlqARN, err := u.ensureQueue(ctx, KindDLQ, dlq, u.dlqAttributes())
 	if err != nil {
 		return "", err
@@ -219,7 +227,7 @@ func (u *upper) ensureQueuePair(ctx context.Context, kind Kind, queue, dlq, topi
 	// Both queues live in one account and region, so the queue's ARN is the DLQ's with
 	// the last field swapped: the policy can go into CreateQueue itself.
 	queueARN := dlqARN[:strings.LastIndex(dlqARN, ":")+1] + queue
-	attrs, err := u.queueAttributes(dlqARN, queueARN, topicARN)
+	attrs, err := u.queueAttributes(dlqARN, queueARN, policy)
 	if err != nil {
 		return "", err
 	}
@@ -241,9 +249,9 @@ func (u *upper) dlqAttributes() map[string]string {
 	}
 }
 
-// queueAttributes are a consuming queue's attributes; topicARN "" (timer queues) means no
+// queueAttributes are a consuming queue's attributes; a nil policy (timer queues) means no
 // queue policy.
-func (u *upper) queueAttributes(dlqARN, queueARN, topicARN string) (map[string]string, error) {
+func (u *upper) queueAttributes(dlqARN, queueARN string, policy func(queueARN string) ([]byte, error)) (map[string]string, error) {
 	redrive, err := RedrivePolicy(dlqARN, bus.MaxReceiveCount)
 	if err != nil {
 		return nil, err
@@ -254,12 +262,12 @@ func (u *upper) queueAttributes(dlqARN, queueARN, topicARN string) (map[string]s
 		string(sqstypes.QueueAttributeNameReceiveMessageWaitTimeSeconds): strconv.Itoa(receiveWaitTime),
 		string(sqstypes.QueueAttributeNameRedrivePolicy):                 string(redrive),
 	}
-	if topicARN != "" {
-		policy, err := QueuePolicy(queueARN, topicARN)
+	if policy != nil {
+		p, err := policy(queueARN)
 		if err != nil {
 			return nil, err
 		}
-		attrs[string(sqstypes.QueueAttributeNamePolicy)] = string(policy)
+		attrs[string(sqstypes.QueueAttributeNamePolicy)] = string(p)
 	}
 	return attrs, nil
 }

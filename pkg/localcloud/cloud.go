@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/sivchari/kumo"
 
@@ -97,13 +99,15 @@ type Cloud struct {
 	sqsQuery  *sqsquery.Handler // SQS's Query protocol, translated to kumo's JSON
 	transport *http.Transport   // the proxy's, to kumo
 	sts       roleAssumer
+	rules     ruleReader  // kumo's EventBridge, for EC2's notices
+	queues    queueSender // kumo's SQS, for EC2's notices
 	ln        net.Listener
 	server    *http.Server
 	url       string
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // instance boot and shutdown goroutines
+	wg     sync.WaitGroup // instance boot and shutdown goroutines, notice deliveries, interruptions
 
 	mu           sync.Mutex
 	closed       bool
@@ -199,6 +203,8 @@ func New(opts Options) (*Cloud, error) {
 	c.proxy = newProxy(target, c.transport, logger)
 	c.sqsQuery = sqsquery.New(c.kumo.URL, &http.Client{Transport: c.transport}, logger)
 	c.sts = sts.NewFromConfig(awsx.ForEndpoint(c.kumo.URL))
+	c.rules = eventbridge.NewFromConfig(awsx.ForEndpoint(c.kumo.URL))
+	c.queues = sqs.NewFromConfig(awsx.ForEndpoint(c.kumo.URL))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
 	c.server = &http.Server{Handler: c, ReadHeaderTimeout: 30 * time.Second}
@@ -278,7 +284,7 @@ func (c *Cloud) Close() error {
 	c.closed = true
 	c.cancel()
 	for _, inst := range c.order {
-		c.terminateLocked(inst)
+		c.terminateLocked(inst, userShutdown())
 	}
 	c.mu.Unlock()
 
@@ -317,9 +323,13 @@ const (
 )
 
 // ServeHTTP answers EC2 itself (an action it does not implement gets EC2's InvalidAction),
-// translates SQS Query requests to kumo's SQS JSON protocol, and proxies every other request
-// to kumo.
+// translates SQS Query requests to kumo's SQS JSON protocol, serves the admin endpoint
+// (AdminPath) and proxies every other request to kumo.
 func (c *Cloud) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, AdminPath) {
+		c.serveAdmin(w, r)
+		return
+	}
 	service := signingName(r)
 	if service != "" && service != "ec2" && service != "sqs" {
 		c.proxy.ServeHTTP(w, r)

@@ -63,6 +63,8 @@ type instance struct {
 	state       xmlState
 	stateReason *xmlStateReason
 	reason      string
+	lastNotice  <-chan struct{} // closed once the instance's latest EC2 notice is delivered
+	interrupted bool            // a spot interruption is under way
 	tags        map[string]string
 	hostKey     ssh.PublicKey
 	host        sshServer
@@ -500,22 +502,46 @@ func (c *Cloud) terminateInstances(requestID string, form url.Values) (any, *api
 	resp := terminateInstancesResponse{responseMeta: meta(requestID)}
 	for _, inst := range insts {
 		prev := inst.state
-		c.terminateLocked(inst)
+		c.terminateLocked(inst, userShutdown())
 		resp.Changes = append(resp.Changes, xmlStateChange{InstanceID: inst.id, PreviousState: prev, CurrentState: inst.state})
 	}
 	return resp, nil
 }
 
-// terminateLocked moves a pending or running instance to shutting-down and starts the
-// goroutine that closes its SSH host and finishes the termination.
-func (c *Cloud) terminateLocked(inst *instance) {
+// termination is why an instance is terminated: its state reason and transition reason.
+type termination struct {
+	stateReason xmlStateReason
+	reason      string
+}
+
+// userShutdown is a TerminateInstances call's (or anyone else's who terminates it).
+func userShutdown() termination {
+	return termination{
+		stateReason: xmlStateReason{Code: "Client.UserInitiatedShutdown", Message: "Client.UserInitiatedShutdown: User initiated shutdown"},
+		reason:      "User initiated (" + time.Now().UTC().Format("2006-01-02 15:04:05 MST") + ")",
+	}
+}
+
+// spotInterruption is EC2's when it takes a spot instance back.
+func spotInterruption() termination {
+	return termination{
+		stateReason: xmlStateReason{Code: "Server.SpotInstanceTermination", Message: "Server.SpotInstanceTermination: Spot instance termination"},
+		reason:      "Service initiated (" + time.Now().UTC().Format("2006-01-02 15:04:05 MST") + ")",
+	}
+}
+
+// terminateLocked moves a pending or running instance to shutting-down, sends the state
+// change notice and starts the goroutine that closes its SSH host and finishes the
+// termination.
+func (c *Cloud) terminateLocked(inst *instance, why termination) {
 	if inst.state != statePending && inst.state != stateRunning {
 		return
 	}
 	inst.state = stateShuttingDown
-	inst.stateReason = &xmlStateReason{Code: "Client.UserInitiatedShutdown", Message: "Client.UserInitiatedShutdown: User initiated shutdown"}
-	inst.reason = "User initiated (" + time.Now().UTC().Format("2006-01-02 15:04:05 MST") + ")"
+	inst.stateReason = &why.stateReason
+	inst.reason = why.reason
 	close(inst.stop)
+	c.stateNoticeLocked(inst)
 	c.wg.Add(1)
 	go c.shutdown(inst, time.Now().Add(max(c.opts.ShutdownDelay, 0)))
 }

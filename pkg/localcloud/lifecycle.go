@@ -56,6 +56,7 @@ func (c *Cloud) boot(inst *instance) {
 		inst.state = stateTerminated
 		inst.stateReason = &xmlStateReason{Code: "Server.InternalError", Message: "Server.InternalError: Internal error on launch"}
 		close(inst.stop)
+		c.stateNoticeLocked(inst)
 		c.mu.Unlock()
 		c.log.Error("instance failed to boot", "instance", inst.id, "err", err)
 		return
@@ -69,7 +70,8 @@ func (c *Cloud) boot(inst *instance) {
 }
 
 // shutdown finishes a termination: it closes the SSH host (killing its processes) and
-// marks the instance terminated once the shutdown delay has passed.
+// marks the instance terminated (with its state change notice) once the shutdown delay
+// has passed.
 func (c *Cloud) shutdown(inst *instance, deadline time.Time) {
 	defer c.wg.Done()
 	<-inst.booted
@@ -92,6 +94,7 @@ func (c *Cloud) shutdown(inst *instance, deadline time.Time) {
 	}
 	c.mu.Lock()
 	inst.state = stateTerminated
+	c.stateNoticeLocked(inst)
 	c.mu.Unlock()
 	c.log.Info("instance terminated", "instance", inst.id)
 }

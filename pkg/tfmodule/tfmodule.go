@@ -412,6 +412,8 @@ func (m *Module) standIn(kind, typ, name, key string, attrs map[string]cty.Value
 		set("id", "arn:aws:ecs:"+R+":"+A+":service/"+s("name"))
 	case "aws_cloudwatch_log_group":
 		set("arn", "arn:aws:logs:"+R+":"+A+":log-group:"+s("name"), "id", s("name"))
+	case "aws_cloudwatch_event_rule": // on the default bus, whose rules' ARNs do not name it
+		set("arn", "arn:aws:events:"+R+":"+A+":rule/"+s("name"), "id", s("name"))
 	case "aws_dynamodb_table":
 		set("arn", "arn:aws:dynamodb:"+R+":"+A+":table/"+s("name"), "id", s("name"))
 	case "random_bytes":
