@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
@@ -107,15 +108,17 @@ type stage struct {
 	runner        *runner
 }
 
-// handle: FleetLaunched → bootstrap every instance → FleetBootstrapped.
+// handle: FleetLaunched → bootstrap every instance → FleetBootstrapped. Each plan
+// revision claims its own bootstrapped stage (ledger.StageAt): a replacement fleet of
+// revision n > 1 is bootstrapped like the first, once.
 func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	ev, err := events.DecodeFleetLaunched(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered at once
 	}
-	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.Bootstrapped)
+	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.StageAt(ledger.Bootstrapped, ev.PlanRevision))
 	if errors.Is(err, ledger.ErrTaken) {
-		bus.Logger(ctx).Debug("duplicate FleetLaunched: nothing to do", "fleet_id", ev.FleetID, "reason", err.Error())
+		bus.Logger(ctx).Debug("duplicate FleetLaunched: nothing to do", "fleet_id", ev.FleetID, "plan_revision", ev.PlanRevision, "reason", err.Error())
 		return nil
 	}
 	if err != nil {
@@ -138,10 +141,21 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 			ok++
 		}
 	}
-	if err := claim.Done(ctx, ledger.Fields{"bootstrapped_ok": ok, "bootstrapped_failed": len(out.Instances) - ok}); err != nil {
+	if err := claim.Done(ctx, bootstrapFields(ev.PlanRevision, ok, len(out.Instances)-ok)); err != nil {
 		bus.Logger(ctx).Error("recording the bootstrap in the ledger", "error", err.Error())
 	}
 	return nil
+}
+
+// bootstrapFields are what the ledger records of a bootstrap: "bootstrapped_ok" and
+// "bootstrapped_failed" for the first plan revision, "rev<n>_bootstrapped_ok" and
+// "rev<n>_bootstrapped_failed" for a replacement, which must not overwrite the first's.
+func bootstrapFields(rev, ok, failed int) ledger.Fields {
+	p := ""
+	if rev > 1 {
+		p = "rev" + strconv.Itoa(rev) + "_"
+	}
+	return ledger.Fields{p + "bootstrapped_ok": ok, p + "bootstrapped_failed": failed}
 }
 
 // bootstrapFleet runs the recipe on every instance of ev and returns the event that
@@ -169,15 +183,16 @@ func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (ev
 	s.tagBootstrapped(ctx, log, results)
 
 	out := events.FleetBootstrapped{
-		Header:     events.NewHeader(ev.JobID, ev.CorrelationID, s.deps.Now()),
-		FleetID:    ev.FleetID,
-		Template:   ev.Template,
-		Recipe:     ev.Recipe,
-		Params:     ev.Params, // the monitor renders the start steps' log paths with them
-		DeadlineAt: ev.DeadlineAt,
-		HostKey:    ev.HostKey,
-		KeyName:    ev.KeyName,
-		Instances:  results,
+		Header:       events.NewHeader(ev.JobID, ev.CorrelationID, s.deps.Now()),
+		FleetID:      ev.FleetID,
+		PlanRevision: ev.PlanRevision,
+		Template:     ev.Template,
+		Recipe:       ev.Recipe,
+		Params:       ev.Params, // the monitor renders the start steps' log paths with them
+		DeadlineAt:   ev.DeadlineAt,
+		HostKey:      ev.HostKey,
+		KeyName:      ev.KeyName,
+		Instances:    results,
 	}
 	ok := 0
 	for _, r := range results {
