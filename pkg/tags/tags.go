@@ -12,9 +12,6 @@ const (
 	JobID = "sortie:job-id"
 	// Fleet is the fleet (job id and plan revision) an instance belongs to.
 	Fleet = "sortie:fleet"
-	// PlanRevision is the plan revision that launched an instance: "1" for a fleet's first
-	// plan, higher for the replacements of lost instances (the fleet tag stays the same).
-	PlanRevision = "sortie:plan-revision"
 	// Template is the ops template a fleet was launched from (the sweep reads its user and TTL).
 	Template = "sortie:template"
 	// LeaseExpires is when the sweep may reap an instance (RFC 3339).
