@@ -919,12 +919,26 @@ func TestHandleReplacement(t *testing.T) {
 					t.Errorf("published %+v, want revision 2's FleetLaunched with 1 instance", pub.Published[0])
 				}
 			}
+			if !tt.cancelled { // the revision is done, launched or failed: its plan again does nothing
+				if err := h.handle(ctx, &bus.Message{Payload: cloudtest.Encode(t, fp)}); err != nil {
+					t.Fatalf("handle again: %v", err)
+				}
+				if len(pub.Published) != tt.wantPub || len(f.runs) != tt.wantRuns {
+					t.Errorf("the plan again: %d events, %d RunInstances; want %d and %d", len(pub.Published), len(f.runs), tt.wantPub, tt.wantRuns)
+				}
+			}
 			rec, err := l.Get(ctx, "job-42")
 			if err != nil {
 				t.Fatal(err)
 			}
 			if st := rec.RevisionState(2); !strings.HasPrefix(st, tt.wantState) {
 				t.Errorf("revision 2's state %q, want %q…", st, tt.wantState)
+			}
+			if w := rec.Attrs["waiting_for_capacity"]; w != "" {
+				t.Errorf("the job is noted waiting for capacity (%q): only its replacement may be", w)
+			}
+			if waited := rec.Attrs["rev2_waiting_for_capacity"] != ""; waited != strings.Contains(tt.wantState, "no capacity within") {
+				t.Errorf("rev2_waiting_for_capacity %q: want it noted only while the replacement waits", rec.Attrs["rev2_waiting_for_capacity"])
 			}
 			if rec.DoneAt(ledger.Rejected) != "" || rec.DoneAt(ledger.Launched) != "" {
 				t.Errorf("the job's own stages were touched: rejected %q, launched %q", rec.DoneAt(ledger.Rejected), rec.DoneAt(ledger.Launched))
