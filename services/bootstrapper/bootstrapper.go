@@ -34,9 +34,11 @@ type PresignAPI interface {
 
 // Claimer is the ledger call the bootstrapper makes: the job's bootstrapped stage, claimed
 // (and renewed while the bootstrap runs) so that a fleet is never bootstrapped twice at
-// once, even when its FleetLaunched is delivered again meanwhile.
+// once, even when its FleetLaunched is delivered again meanwhile; and the state of a
+// replacement revision that cannot be bootstrapped.
 type Claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+	SetRevisionState(ctx context.Context, jobID string, rev int, state string) error
 }
 
 var (
@@ -110,7 +112,8 @@ type stage struct {
 
 // handle: FleetLaunched → bootstrap every instance → FleetBootstrapped. Each plan
 // revision claims its own bootstrapped stage (ledger.StageAt): a replacement fleet of
-// revision n > 1 is bootstrapped like the first, once.
+// revision n > 1 is bootstrapped like the first, once; one that cannot be is recorded
+// failed instead of dead-lettered (replacementFailed).
 func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	ev, err := events.DecodeFleetLaunched(m.Payload)
 	if err != nil {
@@ -127,13 +130,20 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	defer claim.Release(ctx)
 	out, err := s.bootstrapFleet(claim.Context(), ev)
 	if err != nil {
+		if ev.PlanRevision > 1 && (bus.IsPermanent(err) || lastDelivery(m)) {
+			return s.replacementFailed(ctx, ev, claim, err, m)
+		}
 		return err
 	}
 	if err := claim.Checkpoint(); err != nil {
 		return err
 	}
 	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
-		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		err = fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		if ev.PlanRevision > 1 && lastDelivery(m) {
+			return s.replacementFailed(ctx, ev, claim, err, m)
+		}
+		return err
 	}
 	ok := 0
 	for _, r := range out.Instances {
@@ -143,6 +153,29 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	}
 	if err := claim.Done(ctx, bootstrapFields(ev.PlanRevision, ok, len(out.Instances)-ok)); err != nil {
 		bus.Logger(ctx).Error("recording the bootstrap in the ledger", "error", err.Error())
+	}
+	return nil
+}
+
+// lastDelivery says whether m is its queue's last delivery: failing it dead-letters it.
+func lastDelivery(m *bus.Message) bool { return m.ReceiveCount >= bus.MaxReceiveCount }
+
+// replacementFailed answers a replacement revision (plan revision > 1) that cannot be
+// bootstrapped — a permanent error, or a last delivery that failed — without ending the
+// job, as a dead letter would: the first revision's instances still run and may finish
+// it. The revision is recorded failed (the monitor stops waiting for it; its instances are
+// reaped with the job's), the stage done, and the message acknowledged.
+func (s *stage) replacementFailed(ctx context.Context, ev events.FleetLaunched, claim *ledger.Claim, cause error, m *bus.Message) error {
+	why := cause.Error()
+	if !bus.IsPermanent(cause) {
+		why = fmt.Sprintf("gave up after %d deliveries: %s", m.ReceiveCount, why)
+	}
+	bus.Logger(ctx).Warn("replacement fleet not bootstrapped: the job goes on without it", "fleet_id", ev.FleetID, "plan_revision", ev.PlanRevision, "reason", why)
+	if err := s.ledger.SetRevisionState(ctx, ev.JobID, ev.PlanRevision, ledger.RevFailed+": "+why); err != nil {
+		return fmt.Errorf("fleet %s revision %d: %w", ev.FleetID, ev.PlanRevision, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"rev" + strconv.Itoa(ev.PlanRevision) + "_bootstrap_failed": why}); err != nil {
+		bus.Logger(ctx).Error("recording the failed bootstrap in the ledger", "error", err.Error())
 	}
 	return nil
 }

@@ -188,6 +188,36 @@ func TestBootstrapper(t *testing.T) {
 		}
 	})
 
+	t.Run("a replacement revision that cannot be bootstrapped is recorded failed, not dead-lettered", func(t *testing.T) {
+		ev3 := e.fleetLaunched("job-main", hostKey, insts[:1])
+		ev3.PlanRevision, ev3.Recipe = 3, "nope"
+		e.Publish(t, ev3)
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			rec, err := e.Ledger().Get(t.Context(), "job-main")
+			if err != nil {
+				return err
+			}
+			if st := rec.RevisionState(3); !strings.HasPrefix(st, ledger.RevFailed+": ") || !strings.Contains(st, `unknown recipe "nope"`) {
+				return fmt.Errorf("revision 3's state %q, want failed with the reason", st)
+			}
+			return nil
+		})
+		rec, err := e.Ledger().Get(t.Context(), "job-main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.DoneAt(ledger.Rejected) != "" {
+			t.Errorf("the job was rejected: %s", rec.Attrs["reason"])
+		}
+		dlq := bus.DLQName(e.Topology.QueueName(bus.Bootstrapper, bus.FleetLaunched))
+		if got := cloudtest.Collect(t, e.SQS, cloudtest.QueueURL(t, e.SQS, dlq), 2*time.Second, nil)["job-main"]; len(got) != 0 {
+			t.Errorf("revision 3 dead-lettered: %d messages", len(got))
+		}
+		if extra := cloudtest.Collect(t, e.SQS, out, time.Second, nil)["job-main"]; len(extra) != 0 {
+			t.Errorf("%d FleetBootstrapped for revision 3, want none", len(extra))
+		}
+	})
+
 	t.Run("bootstrap on bootstrapped instances runs no step again", func(t *testing.T) {
 		ev := ev
 		ev.JobID = "job-main-again" // a claim of its own: the recipe's state on the instances decides

@@ -866,7 +866,12 @@ func TestHandleReplacement(t *testing.T) {
 		plan      func(fp *events.FleetPlanned)
 		ops       *opsconfig.Config
 		cancelled bool
-		wantState string // the revision's state, a prefix
+		runErr    error // RunInstances' answer
+		// receiveCount is the message's delivery (0: the first); wantErr: handle returns an
+		// error for a retry.
+		receiveCount int
+		wantErr      bool
+		wantState    string // the revision's state, a prefix
 		wantRuns  int
 		wantPub   int
 	}{
@@ -878,6 +883,9 @@ func TestHandleReplacement(t *testing.T) {
 		{name: "a type the template does not have", ops: opsconfig.Default(), plan: func(fp *events.FleetPlanned) { fp.InstanceType = "t3.micro" },
 			wantState: ledger.RevFailed + `: instance type "t3.micro" is not one of template "demo"'s`},
 		{name: "cancelled", ops: capped, cancelled: true, wantState: ledger.RevFailed + ": cancelled by ops: wrong input"},
+		{name: "EC2 failing: retried", ops: capped, runErr: apiError("InternalError"), receiveCount: 1, wantErr: true, wantRuns: 1},
+		{name: "EC2 failing on the last delivery: given up", ops: capped, runErr: apiError("InternalError"), receiveCount: bus.MaxReceiveCount,
+			wantState: ledger.RevFailed + ": gave up after 5 deliveries", wantRuns: 1},
 	}
 	cloud := cloudtest.NewCloud(t, localcloud.Options{})
 	for _, tt := range tests {
@@ -885,6 +893,9 @@ func TestHandleReplacement(t *testing.T) {
 			pub := &cloudtest.Recorder{}
 			l := cloudtest.NewStack(t, cloud).Ledger()
 			f := &fakeEC2{}
+			if tt.runErr != nil {
+				f.runErrs = []error{tt.runErr}
+			}
 			h := handler{launcher: &launcher{
 				stack: "sortie", ec2: f, ops: tt.ops, secret: testSecret, now: time.Now,
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
@@ -908,7 +919,20 @@ func TestHandleReplacement(t *testing.T) {
 			if tt.plan != nil {
 				tt.plan(&fp)
 			}
-			if err := h.handle(ctx, &bus.Message{Payload: cloudtest.Encode(t, fp)}); err != nil {
+			err := h.handle(ctx, &bus.Message{Payload: cloudtest.Encode(t, fp), ReceiveCount: tt.receiveCount})
+			if tt.wantErr {
+				if err == nil || bus.IsPermanent(err) {
+					t.Fatalf("handle: %v, want a transient error (a retry)", err)
+				}
+				if len(pub.Published) != 0 || len(f.runs) != tt.wantRuns {
+					t.Errorf("published %d events after %d RunInstances, want none after %d", len(pub.Published), len(f.runs), tt.wantRuns)
+				}
+				if n, _, _, err := l.InUse(ctx); err != nil || n != 4 {
+					t.Errorf("%d instances reserved (%v), want revision 2's kept for the retry", n, err)
+				}
+				return
+			}
+			if err != nil {
 				t.Fatalf("handle: %v, want the plan acknowledged", err)
 			}
 			if len(pub.Published) != tt.wantPub || len(f.runs) != tt.wantRuns {

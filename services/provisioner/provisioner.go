@@ -123,7 +123,8 @@ type handler struct {
 // "launched@n", reserves capacity under the revision's own id, and records the
 // revision's state in the ledger. Such a replacement that cannot be launched does not end
 // the job (the first revision's instances still run and may finish it): its failure is
-// recorded as the revision's state and the message acknowledged, with no terminal event.
+// recorded as the revision's state and the message acknowledged, with no terminal event;
+// so is one whose last delivery (the queue would dead-letter it next) fails.
 func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	fp, err := events.DecodeFleetPlanned(m.Payload)
 	if err != nil {
@@ -159,6 +160,14 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 		}
 		return nil
 	}
+	if rev > 1 && err != nil && !bus.IsPermanent(err) && lastDelivery(m) {
+		// Its queue would dead-letter it next, which ends a job: a replacement gives up
+		// here instead, and gives its capacity back.
+		if rerr := h.ledger.Release(ctx, ledger.ReservationID(fp.JobID, rev)); rerr != nil {
+			bus.Logger(ctx).Error("releasing the fleet's capacity", "plan_revision", rev, "error", rerr.Error())
+		}
+		return h.replacementFailed(ctx, fp, claim, fmt.Errorf("gave up after %d deliveries: %w", m.ReceiveCount, err))
+	}
 	if rev > 1 && bus.IsPermanent(err) {
 		return h.replacementFailed(ctx, fp, claim, err)
 	}
@@ -177,7 +186,11 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 		}
 	}
 	if err := h.pub.Publish(ctx, launched); err != nil {
-		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, rev, err)
+		err = fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, rev, err)
+		if rev > 1 && lastDelivery(m) { // its instances are reaped with the job's
+			return h.replacementFailed(ctx, fp, claim, fmt.Errorf("gave up after %d deliveries: %w", m.ReceiveCount, err))
+		}
+		return err
 	}
 	ids := make([]string, len(launched.Instances))
 	for i, in := range launched.Instances {
@@ -200,6 +213,9 @@ func launchFields(rev int, ids []string, instanceType string) ledger.Fields {
 	p := "rev" + strconv.Itoa(rev) + "_"
 	return ledger.Fields{p + "instances_launched": strings.Join(ids, ","), p + "launched_type": instanceType}
 }
+
+// lastDelivery says whether m is its queue's last delivery: failing it dead-letters it.
+func lastDelivery(m *bus.Message) bool { return m.ReceiveCount >= bus.MaxReceiveCount }
 
 // replacementFailed records that a replacement revision could not be launched (err says
 // why: no capacity within the deadline, a plan the template refuses, ...), with its
