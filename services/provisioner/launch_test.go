@@ -872,8 +872,8 @@ func TestHandleReplacement(t *testing.T) {
 		receiveCount int
 		wantErr      bool
 		wantState    string // the revision's state, a prefix
-		wantRuns  int
-		wantPub   int
+		wantRuns     int
+		wantPub      int
 	}{
 		{name: "launched", ops: capped, wantState: ledger.RevLaunched, wantRuns: 1, wantPub: 1},
 		{name: "no capacity within the deadline", ops: capped, plan: func(fp *events.FleetPlanned) { fp.Count = 2 },
