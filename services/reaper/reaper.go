@@ -205,8 +205,12 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 // event lists them or not. An instance the event lists that does not match is refused:
 // never archived, never terminated, and listed in FleetTerminated.Refused with the reason.
 // An instance whose logs cannot be archived is terminated all the same (nothing is leaked
-// for a log) and listed in ArchiveFailures. Its errors (EC2 calls that failed) are
-// transient; running it again is safe.
+// for a log) and listed in ArchiveFailures; one that is gone (a spot instance EC2
+// reclaimed) is listed with the archive made while it ran, if any (see
+// handleInstanceLost). A listed instance is pinned with its own host key when the event
+// gives one (an instance of a later plan revision), else the fleet's; an unlisted one with
+// the key its console shows. Its errors (EC2 calls that failed) are transient; running it
+// again is safe.
 func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTerminated, error) {
 	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
 	var fleetKey ssh.PublicKey
