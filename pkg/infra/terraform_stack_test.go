@@ -324,6 +324,15 @@ func TestTerraformLeastPrivilege(t *testing.T) {
 		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.BucketName()+"/logs/job/i-1.tar.gz", nil), true},
 		{topo.RoleName(bus.Reaper), rq("s3:PutObject", "arn:aws:s3:::"+topo.SecretsBucketName()+"/keys/sortie-dev.pem", nil), false},
 		{topo.RoleName(bus.Reaper), rq("s3:DeleteObject", "arn:aws:s3:::"+topo.BucketName()+"/logs/job/i-1.tar.gz", nil), false},
+		// InstanceLost: the reaper and the planner each read their own queue (and dead-letter
+		// into its DLQ); neither reads the other's.
+		{topo.RoleName(bus.Reaper), rq("sqs:ReceiveMessage", queue(topo.QueueName(bus.Reaper, bus.InstanceLost)), nil), true},
+		{topo.RoleName(bus.Reaper), rq("sqs:SendMessage", queue(bus.DLQName(topo.QueueName(bus.Reaper, bus.InstanceLost))), nil), true},
+		{topo.RoleName(bus.Planner), rq("sqs:ReceiveMessage", queue(topo.QueueName(bus.Planner, bus.InstanceLost)), nil), true},
+		{topo.RoleName(bus.Planner), rq("sqs:ReceiveMessage", queue(topo.QueueName(bus.Reaper, bus.InstanceLost)), nil), false},
+		{topo.RoleName(bus.Monitor), rq("sqs:ReceiveMessage", queue(topo.QueueName(bus.Reaper, bus.InstanceLost)), nil), false},
+		{topo.RoleName(bus.Monitor), rq("sns:Publish", topic(bus.InstanceLost), nil), true},
+		{topo.RoleName(bus.Reaper), rq("sns:Publish", topic(bus.InstanceLost), nil), false},
 
 		{topo.WorkerRoleName(), rq("sns:Publish", topic(bus.TaskReported), nil), true},
 		{topo.WorkerRoleName(), rq("sns:Publish", topic(bus.JobFinished), nil), false},

@@ -434,3 +434,43 @@ func TestExhaustedDeadLetterReason(t *testing.T) {
 		t.Errorf("rejections %+v, want the job rejected with the reason", pub.got)
 	}
 }
+
+// TestDeadLetterRejects: a dead-lettered message ends its job with a rejection, except a
+// task report or a lost instance's notice, which the job's other instances outlive; an
+// exhausted one's reason is recorded either way.
+func TestDeadLetterRejects(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	for _, tt := range []struct {
+		eventType  string
+		exhausted  bool
+		wantReject bool
+	}{
+		{bus.FleetPlanned, false, true},
+		{bus.FleetLaunched, true, true},
+		{bus.TaskReported, false, false},
+		{bus.InstanceLost, false, false},
+		{bus.InstanceLost, true, false},
+	} {
+		name := fmt.Sprintf("%s-exhausted-%t", tt.eventType, tt.exhausted)
+		t.Run(name, func(t *testing.T) {
+			pub := &recorder{}
+			rej := ledger.Rejecter{Ledger: l, Publisher: pub, Service: "reaper"}
+			job, msg := "job-dl-"+strings.ToLower(name), "m-"+name
+			err := rej.OnDeadLetter(t.Context(), bus.DeadLetter{MessageID: msg, JobID: job, CorrelationID: "c", EventType: tt.eventType,
+				Queue: "q", DLQ: "q-dlq", Reason: "bad input", Exhausted: tt.exhausted})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, err := l.Get(t.Context(), job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rejected := rec.DoneAt(ledger.Rejected) != ""; rejected != tt.wantReject || (len(pub.got) == 1) != tt.wantReject {
+				t.Errorf("rejected %t, published %+v; want rejected %t", rejected, pub.got, tt.wantReject)
+			}
+			if r, err := l.DeadLetterReason(t.Context(), msg); err != nil || (r != "") != tt.exhausted {
+				t.Errorf("recorded reason %q (%v), want one only when exhausted (%t)", r, err, tt.exhausted)
+			}
+		})
+	}
+}

@@ -105,7 +105,9 @@ func (r Rejecter) end(ctx context.Context, jobID, correlationID, outcome, reason
 }
 
 // OnDeadLetter is a bus.Config.OnDeadLetter: a job whose message reaches a DLQ is rejected
-// with the reason. TaskReported is the exception: one bad task report does not end a job.
+// with the reason. TaskReported and InstanceLost are the exceptions: one bad task report
+// does not end a job, nor does a lost instance's notice that could not be handled (the
+// job's other instances still run and may finish it).
 //
 // A message SQS itself moves to the DLQ (its last delivery failed) carries no reason
 // attribute, so its last error is recorded in the ledger by message id first, for `sortie
@@ -120,7 +122,7 @@ func (r Rejecter) OnDeadLetter(ctx context.Context, d bus.DeadLetter) error {
 			}
 		}
 	}
-	if d.EventType == bus.TaskReported || d.JobID == "" {
+	if d.EventType == bus.TaskReported || d.EventType == bus.InstanceLost || d.JobID == "" {
 		return nil
 	}
 	return r.Reject(ctx, d.JobID, d.CorrelationID, r.Service+": "+reason)

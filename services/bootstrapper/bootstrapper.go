@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
@@ -33,9 +34,11 @@ type PresignAPI interface {
 
 // Claimer is the ledger call the bootstrapper makes: the job's bootstrapped stage, claimed
 // (and renewed while the bootstrap runs) so that a fleet is never bootstrapped twice at
-// once, even when its FleetLaunched is delivered again meanwhile.
+// once, even when its FleetLaunched is delivered again meanwhile; and the state of a
+// replacement revision that cannot be bootstrapped.
 type Claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
+	SetRevisionState(ctx context.Context, jobID string, rev int, state string) error
 }
 
 var (
@@ -107,15 +110,18 @@ type stage struct {
 	runner        *runner
 }
 
-// handle: FleetLaunched → bootstrap every instance → FleetBootstrapped.
+// handle: FleetLaunched → bootstrap every instance → FleetBootstrapped. Each plan
+// revision claims its own bootstrapped stage (ledger.StageAt): a replacement fleet of
+// revision n > 1 is bootstrapped like the first, once; one that cannot be is recorded
+// failed instead of dead-lettered (replacementFailed).
 func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	ev, err := events.DecodeFleetLaunched(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered at once
 	}
-	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.Bootstrapped)
+	claim, err := s.ledger.Claim(ctx, ev.JobID, ledger.StageAt(ledger.Bootstrapped, ev.PlanRevision))
 	if errors.Is(err, ledger.ErrTaken) {
-		bus.Logger(ctx).Debug("duplicate FleetLaunched: nothing to do", "fleet_id", ev.FleetID, "reason", err.Error())
+		bus.Logger(ctx).Debug("duplicate FleetLaunched: nothing to do", "fleet_id", ev.FleetID, "plan_revision", ev.PlanRevision, "reason", err.Error())
 		return nil
 	}
 	if err != nil {
@@ -124,13 +130,20 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 	defer claim.Release(ctx)
 	out, err := s.bootstrapFleet(claim.Context(), ev)
 	if err != nil {
+		if ev.PlanRevision > 1 && (bus.IsPermanent(err) || lastDelivery(m)) {
+			return s.replacementFailed(ctx, ev, claim, err, m)
+		}
 		return err
 	}
 	if err := claim.Checkpoint(); err != nil {
 		return err
 	}
 	if err := s.deps.Publisher.Publish(ctx, out); err != nil {
-		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		err = fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		if ev.PlanRevision > 1 && lastDelivery(m) {
+			return s.replacementFailed(ctx, ev, claim, err, m)
+		}
+		return err
 	}
 	ok := 0
 	for _, r := range out.Instances {
@@ -138,10 +151,44 @@ func (s *stage) handle(ctx context.Context, m *bus.Message) error {
 			ok++
 		}
 	}
-	if err := claim.Done(ctx, ledger.Fields{"bootstrapped_ok": ok, "bootstrapped_failed": len(out.Instances) - ok}); err != nil {
+	if err := claim.Done(ctx, bootstrapFields(ev.PlanRevision, ok, len(out.Instances)-ok)); err != nil {
 		bus.Logger(ctx).Error("recording the bootstrap in the ledger", "error", err.Error())
 	}
 	return nil
+}
+
+// lastDelivery says whether m is its queue's last delivery: failing it dead-letters it.
+func lastDelivery(m *bus.Message) bool { return m.ReceiveCount >= bus.MaxReceiveCount }
+
+// replacementFailed answers a replacement revision (plan revision > 1) that cannot be
+// bootstrapped — a permanent error, or a last delivery that failed — without ending the
+// job, as a dead letter would: the first revision's instances still run and may finish
+// it. The revision is recorded failed (the monitor stops waiting for it; its instances are
+// reaped with the job's), the stage done, and the message acknowledged.
+func (s *stage) replacementFailed(ctx context.Context, ev events.FleetLaunched, claim *ledger.Claim, cause error, m *bus.Message) error {
+	why := cause.Error()
+	if !bus.IsPermanent(cause) {
+		why = fmt.Sprintf("gave up after %d deliveries: %s", m.ReceiveCount, why)
+	}
+	bus.Logger(ctx).Warn("replacement fleet not bootstrapped: the job goes on without it", "fleet_id", ev.FleetID, "plan_revision", ev.PlanRevision, "reason", why)
+	if err := s.ledger.SetRevisionState(ctx, ev.JobID, ev.PlanRevision, ledger.RevFailed+": "+why); err != nil {
+		return fmt.Errorf("fleet %s revision %d: %w", ev.FleetID, ev.PlanRevision, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"rev" + strconv.Itoa(ev.PlanRevision) + "_bootstrap_failed": why}); err != nil {
+		bus.Logger(ctx).Error("recording the failed bootstrap in the ledger", "error", err.Error())
+	}
+	return nil
+}
+
+// bootstrapFields are what the ledger records of a bootstrap: "bootstrapped_ok" and
+// "bootstrapped_failed" for the first plan revision, "rev<n>_bootstrapped_ok" and
+// "rev<n>_bootstrapped_failed" for a replacement, which must not overwrite the first's.
+func bootstrapFields(rev, ok, failed int) ledger.Fields {
+	p := ""
+	if rev > 1 {
+		p = "rev" + strconv.Itoa(rev) + "_"
+	}
+	return ledger.Fields{p + "bootstrapped_ok": ok, p + "bootstrapped_failed": failed}
 }
 
 // bootstrapFleet runs the recipe on every instance of ev and returns the event that
@@ -169,15 +216,16 @@ func (s *stage) bootstrapFleet(ctx context.Context, ev events.FleetLaunched) (ev
 	s.tagBootstrapped(ctx, log, results)
 
 	out := events.FleetBootstrapped{
-		Header:     events.NewHeader(ev.JobID, ev.CorrelationID, s.deps.Now()),
-		FleetID:    ev.FleetID,
-		Template:   ev.Template,
-		Recipe:     ev.Recipe,
-		Params:     ev.Params, // the monitor renders the start steps' log paths with them
-		DeadlineAt: ev.DeadlineAt,
-		HostKey:    ev.HostKey,
-		KeyName:    ev.KeyName,
-		Instances:  results,
+		Header:       events.NewHeader(ev.JobID, ev.CorrelationID, s.deps.Now()),
+		FleetID:      ev.FleetID,
+		PlanRevision: ev.PlanRevision,
+		Template:     ev.Template,
+		Recipe:       ev.Recipe,
+		Params:       ev.Params, // the monitor renders the start steps' log paths with them
+		DeadlineAt:   ev.DeadlineAt,
+		HostKey:      ev.HostKey,
+		KeyName:      ev.KeyName,
+		Instances:    results,
 	}
 	ok := 0
 	for _, r := range results {

@@ -22,6 +22,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/recipe"
 	"github.com/sortie-fleet/sortie/pkg/remote"
@@ -129,7 +130,7 @@ func TestBootstrapper(t *testing.T) {
 	})
 
 	t.Run("event carries the fleet's fields", func(t *testing.T) {
-		if got.FleetID != ev.FleetID || got.Recipe != ev.Recipe || got.Template != ev.Template ||
+		if got.FleetID != ev.FleetID || got.PlanRevision != 1 || got.Recipe != ev.Recipe || got.Template != ev.Template ||
 			got.HostKey != ev.HostKey || got.KeyName != ev.KeyName || !got.DeadlineAt.Equal(ev.DeadlineAt) ||
 			got.CorrelationID != ev.CorrelationID || !maps.Equal(got.Params, ev.Params) || len(got.Params) == 0 {
 			t.Fatalf("FleetBootstrapped %+v does not carry FleetLaunched %+v", got, ev)
@@ -146,6 +147,74 @@ func TestBootstrapper(t *testing.T) {
 		})
 		if extra := cloudtest.Collect(t, e.SQS, out, 2*time.Second, nil)["job-main"]; len(extra) != 0 {
 			t.Errorf("%d FleetBootstrapped after the duplicate, want none", len(extra))
+		}
+	})
+
+	t.Run("a replacement revision of a bootstrapped job is bootstrapped, once", func(t *testing.T) {
+		hk2 := cloudtest.NewHostKey(t) // a later revision's fleet has a key of its own
+		repl := e.launch("job-main", 1, hk2.UserData)
+		ev2 := e.fleetLaunched("job-main", hk2.Authorized, repl)
+		ev2.PlanRevision = 2
+		ev2.Params = maps.Clone(ev.Params)
+		e.Publish(t, ev2)
+		got := e.receive(t, out, "job-main")
+		if got.PlanRevision != 2 || got.Revision() != 2 || got.HostKey != hk2.Authorized {
+			t.Errorf("FleetBootstrapped plan revision %d, host key %q: want revision 2's", got.PlanRevision, got.HostKey)
+		}
+		if len(got.Instances) != 1 || got.Instances[0].ID != repl[0].ID || !got.Instances[0].OK ||
+			stepSummary(got.Instances[0]) != "tool:0 config:0 check:0 count:0 worker:0" {
+			t.Fatalf("FleetBootstrapped instances %+v, want %s bootstrapped with every step", got.Instances, repl[0].ID)
+		}
+		rec, err := e.Ledger().Get(t.Context(), "job-main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.DoneAt(ledger.StageAt(ledger.Bootstrapped, 2)) == "" || rec.Attrs["rev2_bootstrapped_ok"] != "1" || rec.Attrs["bootstrapped_ok"] != "2" {
+			t.Errorf("ledger: bootstrapped@2 at %q, rev2_bootstrapped_ok %q, bootstrapped_ok %q: want revision 2 done with 1, revision 1's 2 kept",
+				rec.DoneAt(ledger.StageAt(ledger.Bootstrapped, 2)), rec.Attrs["rev2_bootstrapped_ok"], rec.Attrs["bootstrapped_ok"])
+		}
+
+		e.Publish(t, ev2) // delivered again
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			for _, line := range strings.Split(e.Logs.String(), "\n") {
+				if strings.Contains(line, `"duplicate FleetLaunched: nothing to do"`) && strings.Contains(line, `"plan_revision":2`) {
+					return nil
+				}
+			}
+			return errors.New("the duplicate of revision 2 is not handled yet")
+		})
+		if extra := cloudtest.Collect(t, e.SQS, out, 2*time.Second, nil)["job-main"]; len(extra) != 0 {
+			t.Errorf("%d FleetBootstrapped after revision 2's duplicate, want none", len(extra))
+		}
+	})
+
+	t.Run("a replacement revision that cannot be bootstrapped is recorded failed, not dead-lettered", func(t *testing.T) {
+		ev3 := e.fleetLaunched("job-main", hostKey, insts[:1])
+		ev3.PlanRevision, ev3.Recipe = 3, "nope"
+		e.Publish(t, ev3)
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			rec, err := e.Ledger().Get(t.Context(), "job-main")
+			if err != nil {
+				return err
+			}
+			if st := rec.RevisionState(3); !strings.HasPrefix(st, ledger.RevFailed+": ") || !strings.Contains(st, `unknown recipe "nope"`) {
+				return fmt.Errorf("revision 3's state %q, want failed with the reason", st)
+			}
+			return nil
+		})
+		rec, err := e.Ledger().Get(t.Context(), "job-main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.DoneAt(ledger.Rejected) != "" {
+			t.Errorf("the job was rejected: %s", rec.Attrs["reason"])
+		}
+		dlq := bus.DLQName(e.Topology.QueueName(bus.Bootstrapper, bus.FleetLaunched))
+		if got := cloudtest.Collect(t, e.SQS, cloudtest.QueueURL(t, e.SQS, dlq), 2*time.Second, nil)["job-main"]; len(got) != 0 {
+			t.Errorf("revision 3 dead-lettered: %d messages", len(got))
+		}
+		if extra := cloudtest.Collect(t, e.SQS, out, time.Second, nil)["job-main"]; len(extra) != 0 {
+			t.Errorf("%d FleetBootstrapped for revision 3, want none", len(extra))
 		}
 	})
 

@@ -372,6 +372,7 @@ func fleetTags(stack string, fp events.FleetPlanned, leaseExpires time.Time) []t
 		tag(tags.Stack, stack),
 		tag(tags.JobID, fp.JobID),
 		tag(tags.Fleet, fp.FleetID),
+		tag(tags.PlanRevision, strconv.Itoa(fp.PlanRevision)),
 		tag(tags.LeaseExpires, leaseExpires.UTC().Format(time.RFC3339)),
 		tag(tags.Stage, stageLaunched),
 		tag(tags.CorrelationID, fp.CorrelationID),
@@ -384,7 +385,7 @@ func volumeTags(fleet []types.Tag) []types.Tag {
 	var out []types.Tag
 	for _, t := range fleet {
 		switch aws.ToString(t.Key) {
-		case tags.Name, tags.Stack, tags.JobID, tags.Fleet, tags.Template:
+		case tags.Name, tags.Stack, tags.JobID, tags.Fleet, tags.PlanRevision, tags.Template:
 			out = append(out, t)
 		}
 	}
@@ -408,6 +409,8 @@ type fleet struct {
 
 // find returns the live (pending or running) instances of the fleet launched with one of
 // tokens, the tokens of this plan revision. errFleetEnded: there were some, none is live.
+// The tokens are the revision's own (the revision is part of each), so a replacement
+// revision never finds the instances of the revisions before it.
 func (l *launcher) find(ctx context.Context, fleetID string, tokens []string) (fleet, error) {
 	pages := ec2.NewDescribeInstancesPaginator(l.ec2, &ec2.DescribeInstancesInput{Filters: []types.Filter{
 		{Name: aws.String("tag:" + tags.Stack), Values: []string{l.stack}},

@@ -213,8 +213,8 @@ func TestRunInput(t *testing.T) {
 	for _, tag := range in.TagSpecifications[1].Tags {
 		volume[aws.ToString(tag.Key)] = aws.ToString(tag.Value)
 	}
-	if volume[tags.Stack] != "sortie" || volume[tags.Fleet] != "job-42" || volume[tags.JobID] != "job-42" {
-		t.Errorf("volume tags %v: want the stack, job and fleet", volume)
+	if volume[tags.Stack] != "sortie" || volume[tags.Fleet] != "job-42" || volume[tags.JobID] != "job-42" || volume[tags.PlanRevision] != "1" {
+		t.Errorf("volume tags %v: want the stack, job, fleet and plan revision", volume)
 	}
 	got := map[string]string{}
 	for _, tag := range in.TagSpecifications[0].Tags {
@@ -225,6 +225,7 @@ func TestRunInput(t *testing.T) {
 		"sortie:stack":          "sortie",
 		"sortie:job-id":         "job-42",
 		"sortie:fleet":          "job-42",
+		"sortie:plan-revision":  "1",
 		"sortie:lease-expires":  "2025-03-14T09:56:56Z", // now + the template's 30 min TTL
 		"sortie:stage":          "launched",
 		"sortie:template":       "demo",
@@ -848,6 +849,136 @@ func TestLaunchAddressesFromEC2(t *testing.T) {
 			}
 			if got.Instances[0].SSHEndpoint != tt.want {
 				t.Errorf("endpoint %s, want %s (the tag says 127.0.0.1:2201)", got.Instances[0].SSHEndpoint, tt.want)
+			}
+		})
+	}
+}
+
+// TestHandleReplacement: a plan of revision 2 (replacing lost instances of a running job)
+// launches under its own stage and reservation; one that cannot be launched — no capacity
+// within the deadline, a plan the template refuses, a cancelled job — is recorded as the
+// revision's failure and acknowledged, with nothing published and its capacity released.
+func TestHandleReplacement(t *testing.T) {
+	capped := opsconfig.Default()
+	capped.Caps = opsconfig.Caps{MaxInstances: 4}
+	tests := []struct {
+		name      string
+		plan      func(fp *events.FleetPlanned)
+		ops       *opsconfig.Config
+		cancelled bool
+		runErr    error // RunInstances' answer
+		// receiveCount is the message's delivery (0: the first); wantErr: handle returns an
+		// error for a retry.
+		receiveCount int
+		wantErr      bool
+		wantState    string // the revision's state, a prefix
+		wantRuns     int
+		wantPub      int
+	}{
+		{name: "launched", ops: capped, wantState: ledger.RevLaunched, wantRuns: 1, wantPub: 1},
+		{name: "no capacity within the deadline", ops: capped, plan: func(fp *events.FleetPlanned) { fp.Count = 2 },
+			wantState: ledger.RevFailed + ": no capacity within its deadline"},
+		{name: "larger than a cap", ops: capped, plan: func(fp *events.FleetPlanned) { fp.Count = 5 },
+			wantState: ledger.RevFailed + ": reserving 5 instances"},
+		{name: "a type the template does not have", ops: opsconfig.Default(), plan: func(fp *events.FleetPlanned) { fp.InstanceType = "t3.micro" },
+			wantState: ledger.RevFailed + `: instance type "t3.micro" is not one of template "demo"'s`},
+		{name: "cancelled", ops: capped, cancelled: true, wantState: ledger.RevFailed + ": cancelled by ops: wrong input"},
+		{name: "EC2 failing: retried", ops: capped, runErr: apiError("InternalError"), receiveCount: 1, wantErr: true, wantRuns: 1},
+		{name: "EC2 failing on the last delivery: given up", ops: capped, runErr: apiError("InternalError"), receiveCount: bus.MaxReceiveCount,
+			wantState: ledger.RevFailed + ": gave up after 5 deliveries", wantRuns: 1},
+	}
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pub := &cloudtest.Recorder{}
+			l := cloudtest.NewStack(t, cloud).Ledger()
+			f := &fakeEC2{}
+			if tt.runErr != nil {
+				f.runErrs = []error{tt.runErr}
+			}
+			h := handler{launcher: &launcher{
+				stack: "sortie", ec2: f, ops: tt.ops, secret: testSecret, now: time.Now,
+				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: time.Second,
+			}, pub: pub, ledger: l, cancels: ledger.Rejecter{Ledger: l, Publisher: pub, Service: bus.Provisioner}, poll: 100 * time.Millisecond}
+			ctx := t.Context()
+			// Revision 1 runs its 3 instances: the stack's cap of 4 leaves room for 1.
+			if ok, err := l.Reserve(ctx, "job-42", ledger.Reservation{Instances: 3, Template: "demo"}, ledger.Limits{Instances: 4}); !ok || err != nil {
+				t.Fatalf("reserving revision 1: %t %v", ok, err)
+			}
+			if tt.cancelled {
+				if _, err := l.Submit(ctx, "job-42", "digest"); err != nil {
+					t.Fatal(err)
+				}
+				if err := l.CancelJob(ctx, "job-42", ledger.Cancel{By: "ops", Reason: "wrong input"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fp := plan()
+			fp.PlanRevision, fp.Count = 2, 1
+			fp.SubmittedAt, fp.DeadlineSeconds, fp.EstimatedSeconds = time.Now().UTC(), 3, 1
+			if tt.plan != nil {
+				tt.plan(&fp)
+			}
+			err := h.handle(ctx, &bus.Message{Payload: cloudtest.Encode(t, fp), ReceiveCount: tt.receiveCount})
+			if tt.wantErr {
+				if err == nil || bus.IsPermanent(err) {
+					t.Fatalf("handle: %v, want a transient error (a retry)", err)
+				}
+				if len(pub.Published) != 0 || len(f.runs) != tt.wantRuns {
+					t.Errorf("published %d events after %d RunInstances, want none after %d", len(pub.Published), len(f.runs), tt.wantRuns)
+				}
+				if n, _, _, err := l.InUse(ctx); err != nil || n != 4 {
+					t.Errorf("%d instances reserved (%v), want revision 2's kept for the retry", n, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("handle: %v, want the plan acknowledged", err)
+			}
+			if len(pub.Published) != tt.wantPub || len(f.runs) != tt.wantRuns {
+				t.Errorf("published %+v after %d RunInstances, want %d events and %d launches", pub.Published, len(f.runs), tt.wantPub, tt.wantRuns)
+			}
+			if tt.wantPub == 1 {
+				if fl, ok := pub.Published[0].(events.FleetLaunched); !ok || fl.PlanRevision != 2 || len(fl.Instances) != 1 {
+					t.Errorf("published %+v, want revision 2's FleetLaunched with 1 instance", pub.Published[0])
+				}
+			}
+			if !tt.cancelled { // the revision is done, launched or failed: its plan again does nothing
+				if err := h.handle(ctx, &bus.Message{Payload: cloudtest.Encode(t, fp)}); err != nil {
+					t.Fatalf("handle again: %v", err)
+				}
+				if len(pub.Published) != tt.wantPub || len(f.runs) != tt.wantRuns {
+					t.Errorf("the plan again: %d events, %d RunInstances; want %d and %d", len(pub.Published), len(f.runs), tt.wantPub, tt.wantRuns)
+				}
+			}
+			rec, err := l.Get(ctx, "job-42")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := rec.RevisionState(2); !strings.HasPrefix(st, tt.wantState) {
+				t.Errorf("revision 2's state %q, want %q…", st, tt.wantState)
+			}
+			if w := rec.Attrs["waiting_for_capacity"]; w != "" {
+				t.Errorf("the job is noted waiting for capacity (%q): only its replacement may be", w)
+			}
+			if waited := rec.Attrs["rev2_waiting_for_capacity"] != ""; waited != strings.Contains(tt.wantState, "no capacity within") {
+				t.Errorf("rev2_waiting_for_capacity %q: want it noted only while the replacement waits", rec.Attrs["rev2_waiting_for_capacity"])
+			}
+			if rec.DoneAt(ledger.Rejected) != "" || rec.DoneAt(ledger.Launched) != "" {
+				t.Errorf("the job's own stages were touched: rejected %q, launched %q", rec.DoneAt(ledger.Rejected), rec.DoneAt(ledger.Launched))
+			}
+			wantInUse := 3 // revision 1's, kept
+			if tt.wantPub == 1 {
+				wantInUse = 4 // and revision 2's, held until the job's release
+			}
+			if n, _, _, err := l.InUse(ctx); err != nil || n != wantInUse {
+				t.Errorf("%d instances reserved (%v), want %d", n, err, wantInUse)
+			}
+			if err := l.ReleaseAll(ctx, "job-42", 2); err != nil {
+				t.Fatal(err)
+			}
+			if n, _, _, err := l.InUse(ctx); err != nil || n != 0 {
+				t.Errorf("after releasing every revision: %d instances reserved (%v), want 0", n, err)
 			}
 		})
 	}

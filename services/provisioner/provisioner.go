@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,14 +83,16 @@ type publisher interface {
 	Publish(ctx context.Context, e events.Event) error
 }
 
-// claimer is the ledger calls the handler makes: the job's launched stage, claimed before
-// launching, and the fleet's capacity reservation against the stack's caps.
+// claimer is the ledger calls the handler makes: the plan revision's launched stage,
+// claimed before launching, the fleet's capacity reservation against the stack's caps,
+// and a replacement revision's state.
 type claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
 	Reserve(ctx context.Context, jobID string, r ledger.Reservation, lim ledger.Limits) (bool, error)
 	Release(ctx context.Context, jobID string) error
 	Note(ctx context.Context, jobID string, fields ledger.Fields) error
 	Get(ctx context.Context, jobID string) (ledger.Record, error)
+	SetRevisionState(ctx context.Context, jobID string, rev int, state string) error
 }
 
 // canceller answers a job an operator cancelled before its launch with its terminal event.
@@ -112,21 +115,29 @@ type handler struct {
 	poll time.Duration
 }
 
-// handle decodes a FleetPlanned, claims the job's launched stage in the ledger, launches
-// the fleet and publishes FleetLaunched. A duplicate FleetPlanned whose job is launched
-// (or being launched by another replica) does nothing.
+// handle decodes a FleetPlanned, claims its revision's launched stage in the ledger,
+// launches the fleet and publishes FleetLaunched. A duplicate FleetPlanned whose revision
+// is launched (or being launched by another replica) does nothing.
+//
+// A plan of revision n > 1 replaces lost instances of a running job: it claims
+// "launched@n", reserves capacity under the revision's own id, and records the
+// revision's state in the ledger. Such a replacement that cannot be launched does not end
+// the job (the first revision's instances still run and may finish it): its failure is
+// recorded as the revision's state and the message acknowledged, with no terminal event;
+// so is one whose last delivery (the queue would dead-letter it next) fails.
 func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	fp, err := events.DecodeFleetPlanned(m.Payload)
 	if err != nil {
 		return err // wraps events.ErrInvalid: dead-lettered with the reason
 	}
-	claim, err := h.ledger.Claim(ctx, fp.JobID, ledger.Launched)
+	rev := fp.PlanRevision
+	claim, err := h.ledger.Claim(ctx, fp.JobID, ledger.StageAt(ledger.Launched, rev))
 	if errors.Is(err, ledger.ErrTaken) {
-		bus.Logger(ctx).Debug("duplicate FleetPlanned: nothing to do", "fleet_id", fp.FleetID, "reason", err.Error())
+		bus.Logger(ctx).Debug("duplicate FleetPlanned: nothing to do", "fleet_id", fp.FleetID, "plan_revision", rev, "reason", err.Error())
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
+		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, rev, err)
 	}
 	defer claim.Release(ctx)
 	if c, ok := h.cancelled(ctx, fp.JobID); ok {
@@ -138,32 +149,105 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 		return h.answerCancel(ctx, fp, ce.c)
 	}
 	if errors.Is(err, errFleetEnded) || bus.IsPermanent(err) {
-		if rerr := h.ledger.Release(ctx, fp.JobID); rerr != nil {
-			bus.Logger(ctx).Error("releasing the fleet's capacity", "error", rerr.Error())
+		if rerr := h.ledger.Release(ctx, ledger.ReservationID(fp.JobID, rev)); rerr != nil {
+			bus.Logger(ctx).Error("releasing the fleet's capacity", "plan_revision", rev, "error", rerr.Error())
 		}
 	}
 	if errors.Is(err, errFleetEnded) {
-		bus.Logger(ctx).Info("duplicate FleetPlanned for a fleet that has ended: nothing to do", "fleet_id", fp.FleetID, "plan_revision", fp.PlanRevision)
+		bus.Logger(ctx).Info("duplicate FleetPlanned for a fleet that has ended: nothing to do", "fleet_id", fp.FleetID, "plan_revision", rev)
+		if rev > 1 {
+			h.replacementEnded(ctx, fp)
+		}
 		return nil
 	}
+	if rev > 1 && err != nil && !bus.IsPermanent(err) && lastDelivery(m) {
+		// Its queue would dead-letter it next, which ends a job: a replacement gives up
+		// here instead, and gives its capacity back.
+		if rerr := h.ledger.Release(ctx, ledger.ReservationID(fp.JobID, rev)); rerr != nil {
+			bus.Logger(ctx).Error("releasing the fleet's capacity", "plan_revision", rev, "error", rerr.Error())
+		}
+		return h.replacementFailed(ctx, fp, claim, fmt.Errorf("gave up after %d deliveries: %w", m.ReceiveCount, err))
+	}
+	if rev > 1 && bus.IsPermanent(err) {
+		return h.replacementFailed(ctx, fp, claim, err)
+	}
 	if err != nil {
-		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, fp.PlanRevision, err)
+		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, rev, err)
 	}
 	if err := claim.Checkpoint(); err != nil {
 		return err
 	}
+	if rev > 1 {
+		// Recorded before the publish: once FleetLaunched is out, the revision goes on to
+		// bootstrapped, which this must never overwrite. A publish that fails is retried
+		// (the revision is launched; only its event is missing).
+		if err := h.ledger.SetRevisionState(ctx, fp.JobID, rev, ledger.RevLaunched); err != nil {
+			return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, rev, err)
+		}
+	}
 	if err := h.pub.Publish(ctx, launched); err != nil {
-		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, fp.PlanRevision, err)
+		err = fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, rev, err)
+		if rev > 1 && lastDelivery(m) { // its instances are reaped with the job's
+			return h.replacementFailed(ctx, fp, claim, fmt.Errorf("gave up after %d deliveries: %w", m.ReceiveCount, err))
+		}
+		return err
 	}
 	ids := make([]string, len(launched.Instances))
 	for i, in := range launched.Instances {
 		ids[i] = in.ID
 	}
-	if err := claim.Done(ctx, ledger.Fields{"instances": strings.Join(ids, ","), "launched_type": launchedType(launched)}); err != nil {
+	if err := claim.Done(ctx, launchFields(rev, ids, launchedType(launched))); err != nil {
 		bus.Logger(ctx).Error("recording the launch in the ledger", "error", err.Error())
 	}
-	bus.Logger(ctx).Info("fleet launched", "fleet_id", fp.FleetID, "instances", ids, "host_key", launched.HostKey)
+	bus.Logger(ctx).Info("fleet launched", "fleet_id", fp.FleetID, "plan_revision", rev, "instances", ids, "host_key", launched.HostKey)
 	return nil
+}
+
+// launchFields are what the ledger records of a launch: "instances" and "launched_type"
+// for the first revision, "rev<n>_instances_launched" and "rev<n>_launched_type" for a
+// replacement, which must not overwrite the first's.
+func launchFields(rev int, ids []string, instanceType string) ledger.Fields {
+	if rev <= 1 {
+		return ledger.Fields{"instances": strings.Join(ids, ","), "launched_type": instanceType}
+	}
+	p := "rev" + strconv.Itoa(rev) + "_"
+	return ledger.Fields{p + "instances_launched": strings.Join(ids, ","), p + "launched_type": instanceType}
+}
+
+// lastDelivery says whether m is its queue's last delivery: failing it dead-letters it.
+func lastDelivery(m *bus.Message) bool { return m.ReceiveCount >= bus.MaxReceiveCount }
+
+// replacementFailed records that a replacement revision could not be launched (err says
+// why: no capacity within the deadline, a plan the template refuses, ...), with its
+// capacity released already, and acknowledges the plan: the job goes on with the
+// instances it has. The stage is recorded done, so a duplicate plan does not try again.
+func (h handler) replacementFailed(ctx context.Context, fp events.FleetPlanned, claim *ledger.Claim, cause error) error {
+	why := cause.Error()
+	bus.Logger(ctx).Warn("replacement fleet not launched: the job goes on without it", "fleet_id", fp.FleetID, "plan_revision", fp.PlanRevision, "reason", why)
+	if err := h.ledger.SetRevisionState(ctx, fp.JobID, fp.PlanRevision, ledger.RevFailed+": "+why); err != nil {
+		return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, fp.PlanRevision, err)
+	}
+	if err := claim.Done(ctx, ledger.Fields{"rev" + strconv.Itoa(fp.PlanRevision) + "_launch_failed": why}); err != nil {
+		bus.Logger(ctx).Error("recording the failed launch in the ledger", "error", err.Error())
+	}
+	return nil
+}
+
+// replacementEnded answers a replacement revision whose instances were launched by an
+// earlier delivery and are all gone: unless the revision reached bootstrapped (or failed),
+// nothing will ever bootstrap it, so it is recorded failed and the job stops waiting for it.
+func (h handler) replacementEnded(ctx context.Context, fp events.FleetPlanned) {
+	rec, err := h.ledger.Get(ctx, fp.JobID)
+	if err != nil {
+		bus.Logger(ctx).Warn("reading the job's record", "error", err.Error())
+		return
+	}
+	if s := rec.RevisionState(fp.PlanRevision); s == ledger.RevBootstrapped || strings.HasPrefix(s, ledger.RevFailed) {
+		return
+	}
+	if err := h.ledger.SetRevisionState(ctx, fp.JobID, fp.PlanRevision, ledger.RevFailed+": "+errFleetEnded.Error()); err != nil {
+		bus.Logger(ctx).Error("recording the replacement revision failed", "error", err.Error())
+	}
 }
 
 // cancelled reads whether an operator cancelled the job. A record that cannot be read is
@@ -182,12 +266,20 @@ type cancelledError struct{ c ledger.Cancel }
 
 func (e *cancelledError) Error() string { return e.c.Text() }
 
-// answerCancel does not launch a cancelled job: it gives back any capacity the job
-// reserved and ends it with a FleetTerminated whose outcome is cancelled.
+// answerCancel does not launch a cancelled job: it gives back any capacity the plan
+// revision reserved and, for a first plan, ends the job with a FleetTerminated whose
+// outcome is cancelled. A replacement revision publishes nothing (the monitor ends a
+// cancelled job that runs); its state records the cancel.
 func (h handler) answerCancel(ctx context.Context, fp events.FleetPlanned, c ledger.Cancel) error {
-	bus.Logger(ctx).Info("job cancelled before its launch: not launching", "fleet_id", fp.FleetID, "cancelled_by", c.By, "reason", c.Reason)
-	if err := h.ledger.Release(ctx, fp.JobID); err != nil {
+	bus.Logger(ctx).Info("job cancelled before its launch: not launching", "fleet_id", fp.FleetID, "plan_revision", fp.PlanRevision, "cancelled_by", c.By, "reason", c.Reason)
+	if err := h.ledger.Release(ctx, ledger.ReservationID(fp.JobID, fp.PlanRevision)); err != nil {
 		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
+	}
+	if fp.PlanRevision > 1 {
+		if err := h.ledger.SetRevisionState(ctx, fp.JobID, fp.PlanRevision, ledger.RevFailed+": "+c.Text()); err != nil {
+			return fmt.Errorf("provisioning fleet %s revision %d: %w", fp.FleetID, fp.PlanRevision, err)
+		}
+		return nil
 	}
 	if err := h.cancels.AnswerCancel(ctx, fp.JobID, fp.CorrelationID, c); err != nil {
 		return fmt.Errorf("provisioning fleet %s: %w", fp.FleetID, err)
@@ -209,7 +301,9 @@ func launchedType(e events.FleetLaunched) string {
 // (InstanceLimitExceeded, VcpuLimitExceeded: other instances must end first, so no other
 // type is tried), it waits, noting so in the ledger (state "waiting for capacity"), and
 // tries again every poll; once the fleet could no longer meet its deadline if it started
-// now, the job is rejected (a permanent error: dead-lettered, and answered).
+// now, the job is rejected (a permanent error: dead-lettered, and answered; for a
+// replacement revision, recorded as the revision's failure). Each revision reserves under
+// its own id (ledger.ReservationID).
 func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (events.FleetLaunched, error) {
 	ops := h.launcher.ops.Current() // one configuration for the whole wait
 	caps := ops.Caps
@@ -221,7 +315,7 @@ func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (even
 		if since.IsZero() {
 			since = now
 			log.Info("waiting for capacity", "reason", why, "deadline", fp.DeadlineAt())
-			if err := h.ledger.Note(ctx, fp.JobID, ledger.Fields{"waiting_for_capacity": why, "waiting_since": now}); err != nil {
+			if err := h.ledger.Note(ctx, fp.JobID, waitFields(fp.PlanRevision, why, now)); err != nil {
 				log.Warn("noting the wait in the ledger", "error", err.Error())
 			}
 		}
@@ -248,7 +342,7 @@ func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (even
 		r := ledger.Reservation{Instances: fp.Count, VCPUs: caps.FleetVCPUs(t, fp.Count), Template: fp.Template}
 		lim := ledger.Limits{Instances: caps.MaxInstances, VCPUs: caps.MaxVCPUs, TemplateInstances: caps.Templates[fp.Template]}
 		for {
-			ok, err := h.ledger.Reserve(ctx, fp.JobID, r, lim)
+			ok, err := h.ledger.Reserve(ctx, ledger.ReservationID(fp.JobID, fp.PlanRevision), r, lim)
 			if errors.Is(err, ledger.ErrNeverFits) {
 				return events.FleetLaunched{}, bus.Permanent(err)
 			}
@@ -272,4 +366,16 @@ func (h handler) launchWithin(ctx context.Context, fp events.FleetPlanned) (even
 			return events.FleetLaunched{}, err
 		}
 	}
+}
+
+// waitFields note a wait for capacity: "waiting_for_capacity" and "waiting_since" for a
+// first plan (`sortie status` shows them), "rev<n>_waiting_for_capacity" and
+// "rev<n>_waiting_since" for a replacement, which the job's own wait must not be confused
+// with.
+func waitFields(rev int, why string, since time.Time) ledger.Fields {
+	if rev <= 1 {
+		return ledger.Fields{"waiting_for_capacity": why, "waiting_since": since}
+	}
+	p := "rev" + strconv.Itoa(rev) + "_"
+	return ledger.Fields{p + "waiting_for_capacity": why, p + "waiting_since": since}
 }

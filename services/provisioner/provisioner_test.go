@@ -44,6 +44,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 	}
 
 	launchedQ := s.Subscribe(t, bus.FleetLaunched)
+	terminatedQ := s.Subscribe(t, bus.FleetTerminated)
 	serve(t, s, 20*time.Second)
 
 	fleet := func(id string) events.FleetPlanned {
@@ -127,6 +128,7 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 				"Name": "sortie-fleet-a", "sortie:job-id": "fleet-a", "sortie:fleet": "fleet-a", "sortie:stage": "launched", "sortie:template": "demo",
 				"sortie:correlation-id": "corr-fleet-a", "sortie:ssh-endpoint": in.SSHEndpoint, "sortie:stack": s.Topology.Prefix,
 				"sortie:hostkey-nonce": nonceA, "sortie:host-key": fl.HostKey, "sortie:market": "on-demand", "sortie:hourly-price": "0.067",
+				"sortie:plan-revision": "1",
 			}
 			if in.Market != events.MarketOnDemand || in.HourlyPrice != 0.067 {
 				t.Errorf("%s: market %q at $%v an hour in FleetLaunched, want on-demand at the profile's $0.067", in.ID, in.Market, in.HourlyPrice)
@@ -247,6 +249,117 @@ func TestProvisionerOnLocalCloud(t *testing.T) {
 			if out := sshRun(t, in.SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo ok"); out != "ok\n" {
 				t.Errorf("%s: ssh printed %q", in.ID, out)
 			}
+		}
+	})
+
+	t.Run("a replacement revision launches only its count, with its own token, key and tag", func(t *testing.T) {
+		id := "fleet-r"
+		s.Publish(t, fleet(id))
+		first := launchedEvents(t, id, 1)[0]
+		rev2 := fleet(id)
+		rev2.PlanRevision, rev2.Count = 2, 1
+		s.Publish(t, rev2)
+		fl := launchedEvents(t, id, 1)[0]
+		if fl.PlanRevision != 2 || len(fl.Instances) != 1 || fl.PlannedCount != 1 {
+			t.Fatalf("FleetLaunched revision %d with %v (planned %d), want revision 2 with 1 instance", fl.PlanRevision, idsOf(fl), fl.PlannedCount)
+		}
+		if slices.Contains(idsOf(first), fl.Instances[0].ID) {
+			t.Fatalf("revision 2 reused %s of revision 1", fl.Instances[0].ID)
+		}
+		if fl.HostKey == first.HostKey {
+			t.Error("revision 2 pins revision 1's host key, want its own")
+		}
+		instances := tagged(t, id)
+		if len(instances) != 4 {
+			t.Fatalf("%d instances tagged %s, want revision 1's 3 and revision 2's 1", len(instances), id)
+		}
+		for iid, in := range instances {
+			rev, token := "1", clientToken(s.Topology.Prefix, id, "1")
+			if iid == fl.Instances[0].ID {
+				rev, token = "2", clientToken(s.Topology.Prefix, id, "2")
+			}
+			if got := cloudtest.Tags(in)[tags.PlanRevision]; got != rev {
+				t.Errorf("%s: %s = %q, want %s", iid, tags.PlanRevision, got, rev)
+			}
+			if got := aws.ToString(in.ClientToken); got != token {
+				t.Errorf("%s: client token %s, want revision %s's %s", iid, got, rev, token)
+			}
+		}
+		pinned, _, _, _, err := ssh.ParseAuthorizedKey([]byte(fl.HostKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := sshRun(t, fl.Instances[0].SSHEndpoint, login, ssh.FixedHostKey(pinned), "echo ok"); out != "ok\n" {
+			t.Errorf("ssh printed %q", out)
+		}
+		cloudtest.Eventually(t, 10*time.Second, func() error {
+			rec, err := s.Ledger().Get(t.Context(), id)
+			switch {
+			case err != nil:
+				return err
+			case rec.DoneAt(ledger.StageAt(ledger.Launched, 2)) == "":
+				return errors.New("revision 2 not marked launched yet")
+			case rec.RevisionState(2) != ledger.RevLaunched:
+				return fmt.Errorf("revision 2's state %q, want launched", rec.RevisionState(2))
+			case !slices.Equal(slices.Sorted(slices.Values(strings.Split(rec.Attrs["instances"], ","))), idsOf(first)):
+				return fmt.Errorf("instances %q, want revision 1's %v", rec.Attrs["instances"], idsOf(first))
+			case rec.Attrs["rev2_instances_launched"] != fl.Instances[0].ID:
+				return fmt.Errorf("rev2_instances_launched %q, want %s", rec.Attrs["rev2_instances_launched"], fl.Instances[0].ID)
+			}
+			return nil
+		})
+
+		// The replacement plan delivered again: nothing new.
+		s.Publish(t, rev2)
+		handledDuplicate(t, id)
+		if n := len(tagged(t, id)); n != 4 {
+			t.Errorf("%d instances tagged %s after the duplicate, want 4", n, id)
+		}
+
+		// A replacement EC2 has no capacity for, in any type: recorded failed, nothing
+		// terminal, nothing dead-lettered, the first revisions' instances untouched.
+		s.Cloud.SetCapacityFault("m3.medium", true)
+		s.Cloud.SetCapacityFault("c5.large", true)
+		defer s.Cloud.SetCapacityFault("m3.medium", false)
+		defer s.Cloud.SetCapacityFault("c5.large", false)
+		rev3 := fleet(id)
+		rev3.PlanRevision, rev3.Count = 3, 2
+		s.Publish(t, rev3)
+		cloudtest.Eventually(t, 30*time.Second, func() error {
+			rec, err := s.Ledger().Get(t.Context(), id)
+			if err != nil {
+				return err
+			}
+			if st := rec.RevisionState(3); !strings.HasPrefix(st, ledger.RevFailed+": ") || !strings.Contains(st, "InsufficientInstanceCapacity") {
+				return fmt.Errorf("revision 3's state %q, want failed for want of capacity", st)
+			}
+			return nil
+		})
+		if extra := cloudtest.Collect(t, s.SQS, launchedQ, 2*time.Second, nil)[id]; len(extra) != 0 {
+			t.Errorf("%d FleetLaunched after the failed replacement, want none", len(extra))
+		}
+		if got := cloudtest.Collect(t, s.SQS, terminatedQ, time.Second, nil)[id]; len(got) != 0 {
+			t.Errorf("%d FleetTerminated after the failed replacement, want none", len(got))
+		}
+		dlq := bus.DLQName(s.Topology.QueueName(bus.Provisioner, bus.FleetPlanned))
+		if got := cloudtest.Collect(t, s.SQS, cloudtest.QueueURL(t, s.SQS, dlq), time.Second, nil)[id]; len(got) != 0 {
+			t.Errorf("the failed replacement is dead-lettered: %d messages", len(got))
+		}
+		rec, err := s.Ledger().Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.DoneAt(ledger.Rejected) != "" {
+			t.Errorf("the job was rejected: %s", rec.Attrs["reason"])
+		}
+		live := 0
+		for _, in := range tagged(t, id) {
+			if in.State.Name == types.InstanceStateNameRunning {
+				live++
+			}
+		}
+		if live != 4 {
+			t.Errorf("%d instances of %s running, want the 4 launched before", live, id)
 		}
 	})
 

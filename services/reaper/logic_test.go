@@ -263,3 +263,27 @@ func TestSweepChain(t *testing.T) {
 		}
 	}
 }
+
+func TestArchiveWindow(t *testing.T) {
+	tests := []struct {
+		name     string
+		notice   time.Time
+		want     time.Duration
+		wantWhy  string
+		timeout  time.Duration
+		disallow bool // the notice has run out
+	}{
+		{name: "no notice: the archive timeout", timeout: 2 * time.Minute, want: 2 * time.Minute, wantWhy: "the archive timeout"},
+		{name: "notice later than the timeout", notice: t0.Add(2 * time.Minute), timeout: time.Minute, want: time.Minute, wantWhy: "the archive timeout"},
+		{name: "notice sooner than the timeout", notice: t0.Add(90 * time.Second), timeout: 2 * time.Minute, want: 90 * time.Second, wantWhy: "the notice deadline"},
+		{name: "notice passed", notice: t0.Add(-time.Second), timeout: 2 * time.Minute, want: -time.Second, wantWhy: "the notice deadline", disallow: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := archiveWindow(tt.timeout, tt.notice, t0)
+			if got != tt.want || why != tt.wantWhy || (got <= 0) != tt.disallow {
+				t.Errorf("archiveWindow = %s, %q; want %s, %q", got, why, tt.want, tt.wantWhy)
+			}
+		})
+	}
+}

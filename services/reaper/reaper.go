@@ -90,17 +90,18 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		return fmt.Errorf("reaper: %w", err)
 	}
 	router.Handle(bus.JobFinished, st.handleJobFinished)
+	router.Handle(bus.InstanceLost, st.handleInstanceLost)
 	router.HandleTimers(st.handleTimer)
 	router.OnReady(st.armSweep) // once the timer queue exists
 	return router.Run(ctx)
 }
 
 // Claimer is the ledger call the reaper makes: the job's terminated stage, claimed before
-// reaping, so that FleetTerminated is published once per job; and the fleet's capacity,
-// released once it is terminated.
+// reaping, so that FleetTerminated is published once per job; and the capacity of every
+// plan revision of the fleet, released once it is terminated.
 type Claimer interface {
 	Claim(ctx context.Context, jobID string, stage ledger.Stage) (*ledger.Claim, error)
-	Release(ctx context.Context, jobID string) error
+	ReleaseAll(ctx context.Context, jobID string, revs int) error
 	Get(ctx context.Context, jobID string) (ledger.Record, error)
 }
 
@@ -176,9 +177,14 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 	if err != nil {
 		return err
 	}
-	// The fleet is terminated: its capacity goes back to the stack (once, however often
-	// this runs) before the job's end is told.
-	if err := s.ledger.Release(ctx, ev.JobID); err != nil {
+	// The fleet is terminated: the capacity of every plan revision (the first and the
+	// replacements of lost instances) goes back to the stack (once, however often this
+	// runs) before the job's end is told. The record is read again: a replacement may have
+	// been planned while the fleet was reaped.
+	if rec, err = s.ledger.Get(ctx, ev.JobID); err != nil {
+		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+	}
+	if err := s.ledger.ReleaseAll(ctx, ev.JobID, rec.PlanRevision()); err != nil {
 		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
 	if err := claim.Checkpoint(); err != nil {
@@ -199,8 +205,12 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 // event lists them or not. An instance the event lists that does not match is refused:
 // never archived, never terminated, and listed in FleetTerminated.Refused with the reason.
 // An instance whose logs cannot be archived is terminated all the same (nothing is leaked
-// for a log) and listed in ArchiveFailures. Its errors (EC2 calls that failed) are
-// transient; running it again is safe.
+// for a log) and listed in ArchiveFailures; one that is gone (a spot instance EC2
+// reclaimed) is listed with the archive made while it ran, if any (see
+// handleInstanceLost). A listed instance is pinned with its own host key when the event
+// gives one (an instance of a later plan revision), else the fleet's; an unlisted one with
+// the key its console shows. Its errors (EC2 calls that failed) are transient; running it
+// again is safe.
 func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTerminated, error) {
 	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
 	var fleetKey ssh.PublicKey
@@ -211,10 +221,19 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 		}
 		fleetKey = k
 	}
-	listed := map[string]bool{}
+	// The key to pin for each listed instance: its own (an instance of a later plan
+	// revision), else the fleet's. An unlisted one's is read from its console.
+	listed := map[string]ssh.PublicKey{}
 	var ids []string
 	for _, in := range ev.Instances {
-		listed[in.ID] = true
+		listed[in.ID] = fleetKey
+		if in.HostKey != "" {
+			k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(in.HostKey))
+			if err != nil {
+				log.Error("instance host key does not parse: its key is read from its console", "instance", in.ID, "error", err.Error())
+			}
+			listed[in.ID] = k
+		}
 		ids = append(ids, in.ID)
 	}
 	stack := s.cfg.Prefix
@@ -238,11 +257,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	for i, in := range owned {
 		g.Go(func() error {
 			id := aws.ToString(in.InstanceId)
-			var key ssh.PublicKey
-			if listed[id] {
-				key = fleetKey
-			}
-			results[i] = s.archiveInstance(ctx, log.With("instance", id), ev, in, key)
+			results[i] = s.archiveInstance(ctx, log.With("instance", id), ev, in, listed[id])
 			return nil
 		})
 	}
