@@ -104,6 +104,9 @@ func (c *Cloud) deliver(ctx context.Context, env ec2events.Envelope) {
 	}
 	sent := 0
 	for _, r := range rules {
+		if ctx.Err() != nil { // closing: the rest would fail as well
+			return
+		}
 		name := aws.ToString(r.Name)
 		if r.State != ebtypes.RuleStateEnabled || aws.ToString(r.EventPattern) == "" {
 			continue
