@@ -16,9 +16,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/google/uuid"
 
 	"github.com/sortie-fleet/sortie/pkg/ec2events"
+	"github.com/sortie-fleet/sortie/pkg/iampolicy"
 )
 
 // EC2's notices, delivered as AWS delivers them: when an instance moves to shutting-down
@@ -31,10 +33,14 @@ import (
 // process may own 4566). The cloud reads the rules and targets from kumo's EventBridge and
 // sends through kumo's SQS at the in-process server's own URL.
 //
+// As on AWS, a queue gets a rule's notices only when its policy lets events.amazonaws.com
+// send to it with aws:SourceArn the rule's ARN (evaluated with pkg/iampolicy; kumo stores
+// queue policies without enforcing them): a queue without that policy gets nothing, and
+// the refusal is logged.
+//
 // Delivery is asynchronous (a goroutine per notice, stopped by Close) and never blocks or
 // fails the EC2 call that caused it; failures are logged. The notices of one instance are
-// delivered in the order they happened. Queue policies are not checked (kumo stores them
-// without enforcing them).
+// delivered in the order they happened.
 
 // ruleReader lists the default bus's rules and a rule's targets.
 type ruleReader interface {
@@ -42,9 +48,10 @@ type ruleReader interface {
 	ListTargetsByRule(ctx context.Context, params *eventbridge.ListTargetsByRuleInput, optFns ...func(*eventbridge.Options)) (*eventbridge.ListTargetsByRuleOutput, error)
 }
 
-// queueSender sends a notice to a target queue.
+// queueSender sends a notice to a target queue whose policy admits it.
 type queueSender interface {
 	GetQueueUrl(ctx context.Context, params *sqs.GetQueueUrlInput, optFns ...func(*sqs.Options)) (*sqs.GetQueueUrlOutput, error)
+	GetQueueAttributes(ctx context.Context, params *sqs.GetQueueAttributesInput, optFns ...func(*sqs.Options)) (*sqs.GetQueueAttributesOutput, error)
 	SendMessage(ctx context.Context, params *sqs.SendMessageInput, optFns ...func(*sqs.Options)) (*sqs.SendMessageOutput, error)
 }
 
@@ -104,6 +111,9 @@ func (c *Cloud) deliver(ctx context.Context, env ec2events.Envelope) {
 	}
 	sent := 0
 	for _, r := range rules {
+		if ctx.Err() != nil { // closing: the rest would fail as well
+			return
+		}
 		name := aws.ToString(r.Name)
 		if r.State != ebtypes.RuleStateEnabled || aws.ToString(r.EventPattern) == "" {
 			continue
@@ -122,7 +132,7 @@ func (c *Cloud) deliver(ctx context.Context, env ec2events.Envelope) {
 			continue
 		}
 		for _, t := range targets {
-			if err := c.sendToTarget(ctx, t, body); err != nil {
+			if err := c.sendToTarget(ctx, aws.ToString(r.Arn), t, body); err != nil {
 				c.deliveryFailed(ctx, log.With("rule", name, "target", aws.ToString(t.Arn)), "delivering EC2 notice", err)
 				continue
 			}
@@ -179,8 +189,8 @@ func (c *Cloud) listTargets(ctx context.Context, rule string) ([]ebtypes.Target,
 var errUnsupportedTarget = errors.New("not delivered by the local cloud")
 
 // sendToTarget sends body (or the target's constant Input) to an SQS target in the cloud's
-// region and account.
-func (c *Cloud) sendToTarget(ctx context.Context, t ebtypes.Target, body []byte) error {
+// region and account whose policy admits the rule ruleARN.
+func (c *Cloud) sendToTarget(ctx context.Context, ruleARN string, t ebtypes.Target, body []byte) error {
 	arn := aws.ToString(t.Arn)
 	parts := strings.Split(arn, ":")
 	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "sqs" {
@@ -200,10 +210,63 @@ func (c *Cloud) sendToTarget(ctx context.Context, t ebtypes.Target, body []byte)
 	if err != nil {
 		return fmt.Errorf("looking up queue %s: %w", parts[5], err)
 	}
+	attrs, err := c.queues.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl: url.QueueUrl, AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNamePolicy},
+	})
+	if err != nil {
+		return fmt.Errorf("reading the policy of queue %s: %w", parts[5], err)
+	}
+	if err := admitsRule(attrs.Attributes[string(sqstypes.QueueAttributeNamePolicy)], arn, ruleARN); err != nil {
+		return fmt.Errorf("queue %s: %w: not delivered, as on AWS", parts[5], err)
+	}
 	if _, err := c.queues.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: url.QueueUrl, MessageBody: aws.String(msg)}); err != nil {
 		return fmt.Errorf("sending to queue %s: %w", parts[5], err)
 	}
 	return nil
+}
+
+// admitsRule checks that a queue's policy lets EventBridge send to queueARN on behalf of
+// the rule ruleARN: an Allow of sqs:SendMessage whose principal admits
+// events.amazonaws.com and whose conditions hold with aws:SourceArn = ruleARN (and
+// aws:SourceAccount the cloud's), and no Deny that applies.
+func admitsRule(policy, queueARN, ruleARN string) error {
+	if policy == "" {
+		return errors.New("no queue policy lets events.amazonaws.com send")
+	}
+	p, err := iampolicy.Parse([]byte(policy))
+	if err != nil {
+		return fmt.Errorf("queue policy: %w", err)
+	}
+	var forEvents iampolicy.Policy
+	for _, st := range p.Statement {
+		if admitsService(st.Principal, "events.amazonaws.com") {
+			forEvents.Statement = append(forEvents.Statement, st)
+		}
+	}
+	d := forEvents.Decide(iampolicy.Request{Action: "sqs:SendMessage", Resource: queueARN, Context: map[string][]string{
+		"aws:SourceArn": {ruleARN}, "aws:SourceAccount": {ownerID},
+	}})
+	if !d.Allowed {
+		return fmt.Errorf("the queue policy does not let events.amazonaws.com send for rule %s", ruleARN)
+	}
+	return nil
+}
+
+// admitsService reports whether a policy statement's Principal ("*", {"AWS": "*"} or
+// {"Service": ...}) covers the AWS service principal service.
+func admitsService(principal json.RawMessage, service string) bool {
+	var one string
+	if json.Unmarshal(principal, &one) == nil {
+		return one == "*"
+	}
+	var p struct {
+		AWS     iampolicy.Strings
+		Service iampolicy.Strings
+	}
+	if json.Unmarshal(principal, &p) != nil {
+		return false
+	}
+	return slices.Contains(p.AWS, "*") || slices.Contains(p.Service, service)
 }
 
 // matchPattern reports whether the event (a JSON object) matches the EventBridge event

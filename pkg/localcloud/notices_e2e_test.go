@@ -1,6 +1,7 @@
 package localcloud_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -118,18 +119,15 @@ func TestTerminationDeliversStateChanges(t *testing.T) {
 	}
 }
 
-// Only matching rules get notices: a rule of another source gets none, and a stack whose
-// rule is gone gets none, while the termination itself goes on as usual.
-func TestNoticesOnlyForMatchingRules(t *testing.T) {
-	t.Parallel()
+// ruleToQueue makes a rule with pattern on the default bus whose one target is a new queue,
+// with, when withPolicy, the policy infra gives the EC2 events queue (admitting the rule).
+// It returns the queue's name; the rule goes at cleanup.
+func ruleToQueue(t *testing.T, s *cloudtest.Stack, pattern string, withPolicy bool) string {
+	t.Helper()
 	ctx := t.Context()
-	cloud := cloudtest.NewCloud(t, localcloud.Options{})
-	s := cloudtest.NewStack(t, cloud)
 	eb := eventbridge.NewFromConfig(s.AWS)
-
-	// A rule for S3's events, targeting a queue of its own.
-	other := cloudtest.Unique("t")
-	q, err := s.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(other)})
+	name := cloudtest.Unique("t")
+	q, err := s.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(name)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,23 +135,51 @@ func TestNoticesOnlyForMatchingRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String(other), EventPattern: aws.String(`{"source":["aws.s3"]}`)}); err != nil {
+	queueARN := attrs.Attributes[string(sqstypes.QueueAttributeNameQueueArn)]
+	rule, err := eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String(name), EventPattern: aws.String(pattern)})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String(other), Targets: []ebtypes.Target{
-		{Id: aws.String("q"), Arn: aws.String(attrs.Attributes[string(sqstypes.QueueAttributeNameQueueArn)])},
+	if _, err := eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String(name), Targets: []ebtypes.Target{
+		{Id: aws.String("q"), Arn: aws.String(queueARN)},
 	}}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_, _ = eb.RemoveTargets(ctx, &eventbridge.RemoveTargetsInput{Rule: aws.String(other), Ids: []string{"q"}})
-		_, _ = eb.DeleteRule(ctx, &eventbridge.DeleteRuleInput{Name: aws.String(other)})
+		ctx := context.Background()
+		_, _ = eb.RemoveTargets(ctx, &eventbridge.RemoveTargetsInput{Rule: aws.String(name), Ids: []string{"q"}})
+		_, _ = eb.DeleteRule(ctx, &eventbridge.DeleteRuleInput{Name: aws.String(name)})
 	})
+	if withPolicy {
+		policy, err := infra.RuleQueuePolicy(queueARN, aws.ToString(rule.RuleArn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.SQS.SetQueueAttributes(ctx, &sqs.SetQueueAttributesInput{QueueUrl: q.QueueUrl, Attributes: map[string]string{"Policy": string(policy)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return name
+}
+
+// Only matching rules get notices, and only into queues that let them in: a rule of
+// another source gets none, a matching rule whose queue has no policy admitting it gets
+// none (as on AWS), a stack whose rule is gone gets none, while the termination itself goes
+// on as usual.
+func TestNoticesOnlyForMatchingRules(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cloud := cloudtest.NewCloud(t, localcloud.Options{})
+	s := cloudtest.NewStack(t, cloud)
+	eb := eventbridge.NewFromConfig(s.AWS)
+
+	otherSource := ruleToQueue(t, s, `{"source":["aws.s3"]}`, true)
+	noPolicy := ruleToQueue(t, s, ec2events.Pattern(), false)
+	admitted := ruleToQueue(t, s, ec2events.Pattern(), true)
 
 	// A second stack whose rule was taken away: its queue is nobody's target.
 	ruleless := bus.Topology{Prefix: cloudtest.Unique("t")}
-	clients := infra.NewClients(s.AWS)
-	if _, err := infra.Up(ctx, clients, ruleless); err != nil {
+	if _, err := infra.Up(ctx, infra.NewClients(s.AWS), ruleless); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := eb.RemoveTargets(ctx, &eventbridge.RemoveTargetsInput{Rule: aws.String(ruleless.EC2EventsRuleName()), Ids: []string{infra.EC2EventsTargetID}}); err != nil {
@@ -167,15 +193,18 @@ func TestNoticesOnlyForMatchingRules(t *testing.T) {
 	if _, err := s.EC2.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
 		t.Fatalf("TerminateInstances: %v", err)
 	}
-	// The stack with the rule gets both notices. A notice goes to every target before the
-	// instance's next one is sent, so by then shutting-down reached every queue it would.
-	got := cloudtest.EC2Notices(t, s.SQS, cloudtest.QueueURL(t, s.SQS, s.Topology.EC2EventsQueueName()), noticeTimeout, cloudtest.HasNotices(2, id))[id]
-	if want := []string{"shutting-down", "terminated"}; !slices.Equal(kinds(got), want) {
-		t.Fatalf("notices %v, want %v", kinds(got), want)
+	// The stack with the rule, and the queue admitting its matching rule, get both notices.
+	// A notice goes to every target before the instance's next one is sent, so by then
+	// shutting-down reached every queue it would.
+	for _, q := range []string{s.Topology.EC2EventsQueueName(), admitted} {
+		got := cloudtest.EC2Notices(t, s.SQS, cloudtest.QueueURL(t, s.SQS, q), noticeTimeout, cloudtest.HasNotices(2, id))[id]
+		if want := []string{"shutting-down", "terminated"}; !slices.Equal(kinds(got), want) {
+			t.Fatalf("%s: notices %v, want %v", q, kinds(got), want)
+		}
 	}
-	for _, queue := range []string{other, ruleless.EC2EventsQueueName()} {
+	for _, queue := range []string{otherSource, noPolicy, ruleless.EC2EventsQueueName()} {
 		if n := cloudtest.QueueDepth(t, s.SQS, queue); n != 0 {
-			t.Errorf("queue %s, whose rule does not match, holds %d messages", queue, n)
+			t.Errorf("queue %s holds %d messages, want none", queue, n)
 		}
 	}
 	if in := onlyInstance(t, s.EC2, id); in.State.Name != ec2types.InstanceStateNameTerminated {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sortie-fleet/sortie/pkg/ec2events"
+	"github.com/sortie-fleet/sortie/pkg/infra"
 )
 
 func TestMatchPattern(t *testing.T) {
@@ -46,6 +47,42 @@ func TestMatchPattern(t *testing.T) {
 			}
 			if got != tt.want {
 				t.Errorf("matched %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A queue gets a rule's notices only when its policy lets EventBridge send for that rule.
+func TestAdmitsRule(t *testing.T) {
+	const (
+		queue = "arn:aws:sqs:us-east-1:000000000000:t-ec2-events"
+		rule  = "arn:aws:events:us-east-1:000000000000:rule/default/t-ec2-events"
+	)
+	sortie, _ := infra.RuleQueuePolicy(queue, rule)
+	other, _ := infra.RuleQueuePolicy(queue, "arn:aws:events:us-east-1:000000000000:rule/default/other")
+	fromTopic, _ := infra.QueuePolicy(queue, "arn:aws:sns:us-east-1:000000000000:t-job-submitted")
+	policy := func(statements string) string { return `{"Version":"2012-10-17","Statement":[` + statements + `]}` }
+	tests := []struct {
+		name   string
+		policy string
+		ok     bool
+	}{
+		{"infra up's policy", string(sortie), true},
+		{"no policy", "", false},
+		{"another rule's", string(other), false},
+		{"a topic's", string(fromTopic), false},
+		{"open to everyone", policy(`{"Effect":"Allow","Principal":"*","Action":"sqs:SendMessage","Resource":"` + queue + `"}`), true},
+		{"for another queue", policy(`{"Effect":"Allow","Principal":{"Service":"events.amazonaws.com"},"Action":"sqs:SendMessage","Resource":"` + queue + `-dlq"}`), false},
+		{"another action", policy(`{"Effect":"Allow","Principal":{"Service":"events.amazonaws.com"},"Action":"sqs:ReceiveMessage","Resource":"` + queue + `"}`), false},
+		{"allowed, then denied", policy(`{"Effect":"Allow","Principal":{"Service":"events.amazonaws.com"},"Action":"sqs:SendMessage","Resource":"` + queue + `"},` +
+			`{"Effect":"Deny","Principal":"*","Action":"sqs:*","Resource":"*"}`), false},
+		{"allowed without a condition", policy(`{"Effect":"Allow","Principal":{"Service":["sns.amazonaws.com","events.amazonaws.com"]},"Action":"sqs:SendMessage","Resource":"` + queue + `"}`), true},
+		{"not JSON", "{", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := admitsRule(tt.policy, queue, rule); (err == nil) != tt.ok {
+				t.Errorf("admitsRule = %v, want admitted %v", err, tt.ok)
 			}
 		})
 	}
