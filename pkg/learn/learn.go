@@ -66,6 +66,8 @@ type Policy struct {
 	// 98 % of them for k = 2 under normal noise), because a deadline missed costs more than
 	// an instance more; 0 sizes with the mean.
 	SpreadFactor float64
+	// Off keeps the configured rates whatever was learned.
+	Off bool
 }
 
 // Choice is the rate the planner sizes with for one (profile, instance type) and why.
@@ -86,7 +88,7 @@ type Choice struct {
 // p.MinSamples samples, then the conservative learned rate.
 func Choose(configured float64, e Estimate, p Policy) Choice {
 	c := Choice{Rate: configured, Estimate: e, Policy: p}
-	if e.Samples < max(p.MinSamples, 1) || !(e.Mean > 0) {
+	if p.Off || e.Samples < max(p.MinSamples, 1) || !(e.Mean > 0) {
 		return c
 	}
 	c.Learned = true
@@ -113,6 +115,11 @@ func (c Choice) Source() string {
 	switch {
 	case c.Unreadable != nil:
 		return "configured; learned rates unreadable: " + c.Unreadable.Error()
+	case c.Policy.Off:
+		if e.Samples > 0 {
+			return fmt.Sprintf("configured; learning off (%d samples learned: %s ± %s/min)", e.Samples, num(e.Mean), num(e.Spread()))
+		}
+		return "configured; learning off"
 	case c.Learned:
 		s := fmt.Sprintf("learned: %s ± %s/min over %d samples, planned at ", num(e.Mean), num(e.Spread()), e.Samples)
 		switch {

@@ -139,6 +139,7 @@ func TestChoose(t *testing.T) {
 		{"spread factor 0: the mean", Estimate{Mean: 8, Variance: 0.25, Samples: 9}, Policy{MinSamples: 5}, 8, true, []string{"planned at the mean"}, ""},
 		{"a huge spread is floored at half the mean", Estimate{Mean: 8, Variance: 9, Samples: 9}, p, 4, true, []string{"half the mean"}, ""},
 		{"min samples 0 counts as 1", Estimate{Mean: 8, Samples: 1}, Policy{}, 8, true, []string{"over 1 samples"}, ""},
+		{"learning off: configured", Estimate{Mean: 8, Variance: 0.25, Samples: 9}, Policy{MinSamples: 5, Off: true}, 10, false, []string{"configured; learning off (9 samples learned: 8 ± 0.5/min)"}, "planned at"},
 		{"a learned rate faster than configured is used too", Estimate{Mean: 30, Variance: 1, Samples: 6}, p, 28, true, []string{"learned: 30 ± 1/min"}, ""},
 	}
 	for _, tt := range tests {
