@@ -176,7 +176,12 @@ func TestObserve(t *testing.T) {
 	if err != nil || s.Rate != 10 || s.InstanceType != "m3.medium" || s.Profile != "batch" || s.Instances != 2 || s.Window != 10*time.Minute {
 		t.Fatalf("Observe = %+v, %v; want 10/min on m3.medium over 2 instances, 10 min", s, err)
 	}
-	if s, err := Observe(with(func(j *Job) { j.Launched = nil; j.TasksSucceeded = 1 })); err != nil || s.Rate != 10 {
+	if s, err := Observe(with(func(j *Job) {
+		j.Launched = nil
+		j.TasksSucceeded = 1
+		// terminated by the reaper after the end (EC2's whole second), or still running
+		j.Stopped = []time.Time{start.Add(10 * time.Minute), {}}
+	})); err != nil || s.Rate != 10 {
 		t.Fatalf("Observe with one task report and no launch times = %+v, %v; want the same rate (items count, not tasks)", s, err)
 	}
 	bad := []struct {
@@ -195,6 +200,7 @@ func TestObserve(t *testing.T) {
 		{"untyped", "has no type", with(func(j *Job) { j.Types = []string{"", ""} })},
 		{"bootstrap failed", "1 instances were not bootstrapped", with(func(j *Job) { j.BootstrapFailed = 1 })},
 		{"replacement", "launched after", with(func(j *Job) { j.Launched = []time.Time{start, start.Add(time.Second)} })},
+		{"lost", "stopped before the job finished", with(func(j *Job) { j.Stopped = []time.Time{{}, start.Add(5 * time.Minute)} })},
 		{"no start", "unknown", with(func(j *Job) { j.Start = time.Time{} })},
 		{"end before start", "before its fleet was bootstrapped", with(func(j *Job) { j.End = start })},
 	}

@@ -18,8 +18,9 @@ type Job struct {
 	TasksFailed    int
 	// Types are the fleet's instances' types, one per instance, as EC2 describes them.
 	Types []string
-	// Launched are the instances' launch times, one per instance.
-	Launched []time.Time
+	// Launched are the instances' launch times, and Stopped when each stopped running
+	// (zero while it runs), one per instance.
+	Launched, Stopped []time.Time
 	// BootstrapFailed is how many of the fleet's instances the bootstrapper could not start.
 	BootstrapFailed int
 	// Start is when the fleet was bootstrapped (its workloads started: the ledger's
@@ -45,8 +46,8 @@ var ErrNoSample = errors.New("no rate sample")
 // (boot time is the profile's and is not in the window). Only a job whose number is
 // meaningful gives one: it succeeded (every item was done), reported at least one
 // succeeded task and none failed, ran on one instance type, every instance bootstrapped,
-// none launched after the start (a replaced instance makes the instance-minutes other
-// than instances × window), and the window is positive. Any other job returns an error
+// none launched after the start nor stopped before the end (a lost or replaced instance
+// makes the instance-minutes other than instances × window), and the window is positive. Any other job returns an error
 // wrapping ErrNoSample that says why.
 func Observe(j Job) (Sample, error) {
 	no := func(format string, args ...any) (Sample, error) {
@@ -85,6 +86,12 @@ func Observe(j Job) (Sample, error) {
 	for _, at := range j.Launched {
 		if at.After(j.Start) {
 			return no("an instance was launched after the fleet was bootstrapped (a replacement)")
+		}
+	}
+	for _, at := range j.Stopped {
+		// EC2 states a termination in whole seconds: within End's second is not before it.
+		if !at.IsZero() && at.Before(j.End.Truncate(time.Second)) {
+			return no("an instance stopped before the job finished (lost)")
 		}
 	}
 	window := j.End.Sub(j.Start)
