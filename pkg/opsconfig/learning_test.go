@@ -16,11 +16,11 @@ func TestLearning(t *testing.T) {
 		alpha   float64
 		err     string
 	}{
-		{name: "unset: defaults", want: learn.Policy{MinSamples: 5, SpreadFactor: 2}, alpha: 0.3},
+		{name: "unset: defaults", want: learn.Policy{MinSamples: 5, SpreadFactor: 2.5}, alpha: 0.2},
 		{name: "set", section: "learning: {min_samples: 3, alpha: 0.5, spread_factor: 1.5}", want: learn.Policy{MinSamples: 3, SpreadFactor: 1.5}, alpha: 0.5},
-		{name: "spread factor 0 plans on the mean", section: "learning: {spread_factor: 0}", want: learn.Policy{MinSamples: 5}, alpha: 0.3},
-		{name: "off", section: "learning: {off: true}", want: learn.Policy{MinSamples: 5, SpreadFactor: 2, Off: true}, alpha: 0.3},
-		{name: "alpha 1", section: "learning: {alpha: 1}", want: learn.Policy{MinSamples: 5, SpreadFactor: 2}, alpha: 1},
+		{name: "spread factor 0 plans on the mean", section: "learning: {spread_factor: 0}", want: learn.Policy{MinSamples: 5}, alpha: 0.2},
+		{name: "off", section: "learning: {off: true}", want: learn.Policy{MinSamples: 5, SpreadFactor: 2.5, Off: true}, alpha: 0.2},
+		{name: "alpha 1", section: "learning: {alpha: 1}", want: learn.Policy{MinSamples: 5, SpreadFactor: 2.5}, alpha: 1},
 		{name: "alpha over 1", section: "learning: {alpha: 1.5}", err: "learning.alpha: must be within (0, 1]"},
 		{name: "alpha negative", section: "learning: {alpha: -0.1}", err: "learning.alpha: must be within (0, 1]"},
 		{name: "min samples negative", section: "learning: {min_samples: -1}", err: "learning.min_samples: must be within [1, 1000000]"},

@@ -85,7 +85,7 @@ func TestWithLearned(t *testing.T) {
 // TestPlanMovesWithLearnedRates: the seed's job (202 files, 10 minutes, the files profile
 // configured at 10/min on m3.medium with a 60 s boot) is planned on 3 instances while the
 // ledger holds fewer than min_samples samples, the rationale saying "configured"; once
-// the reaper's samples of a slower true rate (6/min ± 0.3, seeded) reach min_samples, it
+// the reaper's samples of a slower true rate (6/min ± 0.3, seeded) pass min_samples, it
 // is planned on more instances at the learned rate, the rationale saying "learned" with
 // the samples and the spread. The ledger is kumo's DynamoDB through the local cloud.
 func TestPlanMovesWithLearnedRates(t *testing.T) {
@@ -135,13 +135,13 @@ func TestPlanMovesWithLearnedRates(t *testing.T) {
 		t.Fatalf("estimate after 12 samples %+v, want a mean within 0.5 of 6", est)
 	}
 	learned := planJob("job-learned")
-	rate := est.Mean - 2*est.Spread()
+	rate := est.Mean - opsconfig.DefaultSpreadFactor*est.Spread()
 	// The count the sizing gives at the learned rate: 202 items in 540 s of work.
 	want := int(math.Ceil(202 / (rate * 9)))
 	if learned.Count != want || learned.Count <= 3 || !learned.MeetsDeadline {
 		t.Fatalf("plan after 12 samples: %d instances (meets %t), want %d at %.2f/min: %s", learned.Count, learned.MeetsDeadline, want, rate, learned.Rationale)
 	}
-	for _, s := range []string{"per m3.medium (learned: ", "over 12 samples", "planned at mean − 2σ", fmt.Sprintf("± %s/min", strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", est.Spread()), "0"), "."))} {
+	for _, s := range []string{"per m3.medium (learned: ", "over 12 samples", "planned at mean − 2.5σ", fmt.Sprintf("± %s/min", strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", est.Spread()), "0"), "."))} {
 		if !strings.Contains(learned.Rationale, s) {
 			t.Errorf("rationale %q lacks %q", learned.Rationale, s)
 		}
