@@ -215,6 +215,20 @@ func (r *Router) Handle(eventType string, h HandlerFunc) {
 	}
 }
 
+// HandleQueue registers h for a queue that is not one of the stack's topic subscriptions:
+// one another AWS service writes to (EventBridge's EC2 notices, see
+// Topology.EC2EventsQueueName). Its bodies are not Sortie events; its DLQ is DLQName(queue).
+func (r *Router) HandleQueue(queue string, h HandlerFunc) {
+	switch {
+	case h == nil:
+		r.errs = append(r.errs, fmt.Errorf("handler for queue %s is nil", queue))
+	case queue == "":
+		r.errs = append(r.errs, errors.New("HandleQueue: no queue named"))
+	default:
+		r.add(route{queue: queue, h: h})
+	}
+}
+
 // HandleTimers registers h for the service's own timer queue (see Publisher.After).
 // Chained timers reach h once, when they are due.
 func (r *Router) HandleTimers(h HandlerFunc) {

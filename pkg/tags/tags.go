@@ -38,4 +38,7 @@ const (
 	HourlyPrice = "sortie:hourly-price"
 	// PlannedCost is the cost, in dollars, the plan of an instance's fleet estimated.
 	PlannedCost = "sortie:planned-cost"
+	// PlanRevision is the plan revision that launched the instance: 1, or the revision of
+	// the replacement plan that replaced lost instances.
+	PlanRevision = "sortie:plan-revision"
 )
