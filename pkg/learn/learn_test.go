@@ -177,6 +177,7 @@ func TestObserve(t *testing.T) {
 		t.Fatalf("Observe = %+v, %v; want 10/min on m3.medium over 2 instances, 10 min", s, err)
 	}
 	if s, err := Observe(with(func(j *Job) {
+		j.Revisions = 1
 		j.Launched = nil
 		j.TasksSucceeded = 1
 		// terminated by the reaper after the end (EC2's whole second), or still running
@@ -198,6 +199,7 @@ func TestObserve(t *testing.T) {
 		{"no instance", "no instance", with(func(j *Job) { j.Types = nil })},
 		{"mixed types", "mixes instance types ([c5.large m3.medium])", with(func(j *Job) { j.Types[1] = "c5.large" })},
 		{"untyped", "has no type", with(func(j *Job) { j.Types = []string{"", ""} })},
+		{"replanned", "replanned (revision 2)", with(func(j *Job) { j.Revisions = 2 })},
 		{"bootstrap failed", "1 instances were not bootstrapped", with(func(j *Job) { j.BootstrapFailed = 1 })},
 		{"replacement", "launched after", with(func(j *Job) { j.Launched = []time.Time{start, start.Add(time.Second)} })},
 		{"lost", "stopped before the job finished", with(func(j *Job) { j.Stopped = []time.Time{{}, start.Add(5 * time.Minute)} })},

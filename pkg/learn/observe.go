@@ -21,6 +21,9 @@ type Job struct {
 	// Launched are the instances' launch times, and Stopped when each stopped running
 	// (zero while it runs), one per instance.
 	Launched, Stopped []time.Time
+	// Revisions is the job's plan revisions: 1 (or 0, unknown) unless lost instances were
+	// replaced by a later plan.
+	Revisions int
 	// BootstrapFailed is how many of the fleet's instances the bootstrapper could not start.
 	BootstrapFailed int
 	// Start is when the fleet was bootstrapped (its workloads started: the ledger's
@@ -45,7 +48,8 @@ var ErrNoSample = errors.New("no rate sample")
 // rate = items / (instances × (End − Start) in minutes), the quantity sizing plans with
 // (boot time is the profile's and is not in the window). Only a job whose number is
 // meaningful gives one: it succeeded (every item was done), reported at least one
-// succeeded task and none failed, ran on one instance type, every instance bootstrapped,
+// succeeded task and none failed, was never replanned, ran on one instance type, every
+// instance bootstrapped,
 // none launched after the start nor stopped before the end (a lost or replaced instance
 // makes the instance-minutes other than instances × window), and the window is positive. Any other job returns an error
 // wrapping ErrNoSample that says why.
@@ -66,6 +70,8 @@ func Observe(j Job) (Sample, error) {
 		return no("%d tasks failed", j.TasksFailed)
 	case len(j.Types) == 0:
 		return no("no instance")
+	case j.Revisions > 1:
+		return no("the job was replanned (revision %d): lost instances were replaced", j.Revisions)
 	case j.BootstrapFailed > 0:
 		return no("%d instances were not bootstrapped", j.BootstrapFailed)
 	case j.Start.IsZero() || j.End.IsZero():

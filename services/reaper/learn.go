@@ -72,6 +72,7 @@ func observedJob(rec ledger.Record, ev events.JobFinished, insts []ec2types.Inst
 		Items:           atoi("items"),
 		TasksSucceeded:  max(ev.TasksSucceeded, rec.Tasks(events.OutcomeSucceeded)),
 		TasksFailed:     max(ev.TasksFailed, rec.Tasks(events.OutcomeFailed)),
+		Revisions:       atoi(ledger.AttrPlanRevision),
 		BootstrapFailed: atoi("bootstrapped_failed"),
 		End:             ev.Time,
 	}
