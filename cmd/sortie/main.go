@@ -29,6 +29,7 @@ type CLI struct {
 	Logs       LogsCmd       `cmd:"" help:"Print a job's logs from the archives the reaper stored in S3; --follow streams them live from the instances."`
 	SSH        SSHCmd        `cmd:"" name:"ssh" help:"Log in to (or run a command on) one of a job's instances with OpenSSH, the pinned host key and the fleet's login key."`
 	SSHConfig  SSHConfigCmd  `cmd:"" name:"ssh-config" help:"Print ssh_config Host blocks and known_hosts lines for a job's instances (pinned host keys only)."`
+	Profiles   ProfilesCmd   `cmd:"" help:"Show each capacity profile's configured and learned rates (items per instance-minute) and which one the planner sizes with now."`
 	Simulate   SimulateCmd   `cmd:"" help:"Replay a synthetic trace of jobs against Sortie's sizing and two baseline autoscaling policies (--trace FILE), or generate one (--generate N --seed S)."`
 	Dlq        DlqCmd        `cmd:"" help:"List the stack's dead letters with their reasons, or move them back to their queue."`
 	Watch      WatchCmd      `cmd:"" help:"Follow a job, running or finished: its history from the ledger, then its live events with a progress line; exit non-zero unless it succeeded."`
@@ -67,6 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		kong.Writers(stdout, stderr),
 		kong.BindTo(ctx, (*context.Context)(nil)),
 		kong.UsageOnError(),
+		learningDefaults,
 	)
 	if err != nil {
 		return err

@@ -14,7 +14,7 @@ func TestSimulateCommand(t *testing.T) {
 	if err != nil {
 		t.Fatalf("simulate --generate: %v\n%s", err, direct)
 	}
-	for _, want := range []string{"300 jobs (seed 5), scored on the 270 after 30 calibration jobs", "sortie (calibrated)", "keda ceil(items / target)", "aws backlog per instance", "oracle (true throughput)"} {
+	for _, want := range []string{"300 jobs (seed 5), scored on the 270 after 30 calibration jobs", "sortie (learned rates)", "keda ceil(items / target)", "aws backlog per instance", "oracle (true throughput)"} {
 		if !strings.Contains(direct, want) {
 			t.Errorf("table lacks %q:\n%s", want, direct)
 		}

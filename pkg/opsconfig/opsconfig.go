@@ -31,6 +31,7 @@ type Config struct {
 	Profiles  map[string]Profile  `yaml:"profiles"`
 	Recipes   map[string]Recipe   `yaml:"recipes"`
 	Caps      Caps                `yaml:"caps"`
+	Learning  Learning            `yaml:"learning"`
 }
 
 // Template is a fleet template: everything about the instances a job may not choose itself.

@@ -60,6 +60,7 @@ func (c *Config) Validate() error {
 		c.Recipes[name].validate(&p, "recipes."+name, name)
 	}
 	c.Caps.validate(&p, c.Templates)
+	c.Learning.validate(&p)
 	return errors.Join(p...)
 }
 

@@ -8,22 +8,31 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sortie-fleet/sortie/pkg/learn"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/sizing"
 )
 
 // Options tune a replay.
 type Options struct {
 	// CalibrationJobs are the trace's first jobs, run in turn on each instance type with the
-	// profile's configured rates; their observed throughputs calibrate the rates Sortie
-	// plans with for the rest. Scores count only the jobs after them.
+	// profile's configured rates; their observed throughputs are the first samples of the
+	// learned rates. Scores count only the jobs after them.
 	CalibrationJobs int
-	// Quantile is the share of jobs the calibrated rate should be slow enough for: Sortie
-	// plans with the Quantile-th lowest throughput a fitted log-normal predicts.
-	Quantile float64
+	// Learning is the planner's use of learned rates (the ops config's `learning`): Sortie
+	// sizes with learn.Choose on the estimates, which learn from every job as the reaper's
+	// samples do (pkg/learn, the planner's and reaper's own code).
+	Learning learn.Policy
+	// Alpha weighs each new sample (learn.Estimate.Update).
+	Alpha float64
 }
 
-// DefaultOptions calibrate on the first 100 jobs for 99.5 % of jobs.
-var DefaultOptions = Options{CalibrationJobs: 100, Quantile: 0.995}
+// DefaultOptions calibrate on the first 100 jobs and learn as the ops config's defaults do.
+var DefaultOptions = Options{
+	CalibrationJobs: 100,
+	Learning:        learn.Policy{MinSamples: opsconfig.DefaultMinSamples, SpreadFactor: opsconfig.DefaultSpreadFactor},
+	Alpha:           opsconfig.DefaultAlpha,
+}
 
 // Score is how one policy did on the scored jobs.
 type Score struct {
@@ -46,13 +55,14 @@ type choice struct {
 	count int
 }
 
-// policy sizes one job.
+// policy sizes one job, and learns from its run when it learns.
 type policy struct {
-	name string
-	size func(j Job) choice
+	name    string
+	size    func(j Job) choice
+	observe func(j Job, c choice, r outcome)
 }
 
-// Run replays the trace against Sortie's sizing (calibrated and as configured), the
+// Run replays the trace against Sortie's sizing (with learned rates and as configured), the
 // baselines and the oracle, and returns one score per policy, the oracle last.
 func Run(t Trace, o Options) ([]Score, error) {
 	if err := t.Validate(); err != nil {
@@ -61,10 +71,13 @@ func Run(t Trace, o Options) ([]Score, error) {
 	if o.CalibrationJobs < 0 || o.CalibrationJobs >= len(t.Jobs) {
 		return nil, fmt.Errorf("calibration jobs: need 0 ≤ n < %d jobs, got %d", len(t.Jobs), o.CalibrationJobs)
 	}
-	if !(o.Quantile > 0 && o.Quantile < 1) {
-		return nil, fmt.Errorf("quantile: need 0 < q < 1, got %v", o.Quantile)
+	if err := learn.CheckAlpha(o.Alpha); err != nil {
+		return nil, err
 	}
-	calibrated := calibrate(t, t.Jobs[:o.CalibrationJobs], o.Quantile)
+	if !(o.Learning.SpreadFactor >= 0) || o.Learning.MinSamples < 0 {
+		return nil, fmt.Errorf("learning: need spread factor ≥ 0 and min samples ≥ 0, got %v and %d", o.Learning.SpreadFactor, o.Learning.MinSamples)
+	}
+	learned := calibrate(t, t.Jobs[:o.CalibrationJobs], o)
 	configured := make([]sizing.Candidate, len(t.Types))
 	for i, ty := range t.Types {
 		configured[i] = sizing.Candidate{InstanceType: ty.InstanceType, ItemsPerMinute: ty.ConfiguredItemsPerMinute,
@@ -84,18 +97,18 @@ func Run(t Trace, o Options) ([]Score, error) {
 	kedaTarget := means[base] * (median(t.Jobs, func(j Job) float64 { return j.DeadlineSeconds }) - t.Types[base].BootSeconds) / 60
 
 	policies := []policy{
-		{"sortie (calibrated)", func(j Job) choice { return sortie(t, calibrated, j) }},
-		{"sortie (profile as configured)", func(j Job) choice { return sortie(t, configured, j) }},
-		{"keda ceil(items / target)", func(j Job) choice {
+		{name: "sortie (learned rates)", size: func(j Job) choice { return sortie(t, learned.candidates(), j) }, observe: learned.observe},
+		{name: "sortie (profile as configured)", size: func(j Job) choice { return sortie(t, configured, j) }},
+		{name: "keda ceil(items / target)", size: func(j Job) choice {
 			return choice{base, clamp(t, int(math.Ceil(float64(j.Items)/kedaTarget)))}
 		}},
 		// AWS's queue-depth scaling example: acceptable backlog per instance = acceptable
 		// latency (the job's deadline) / processing time per message (the measured mean).
-		{"aws backlog per instance", func(j Job) choice {
+		{name: "aws backlog per instance", size: func(j Job) choice {
 			backlog := j.DeadlineSeconds / (60 / means[base])
 			return choice{base, clamp(t, int(math.Ceil(float64(j.Items)/backlog)))}
 		}},
-		{"oracle (true throughput)", func(j Job) choice { return oracle(t, j) }},
+		{name: "oracle (true throughput)", size: func(j Job) choice { return oracle(t, j) }},
 	}
 	scored := t.Jobs[o.CalibrationJobs:]
 	scores := make([]Score, len(policies))
@@ -104,6 +117,9 @@ func Run(t Trace, o Options) ([]Score, error) {
 		for _, j := range scored {
 			c := p.size(j)
 			r := run(t, j, c)
+			if p.observe != nil {
+				p.observe(j, c, r)
+			}
 			if r.finish <= j.DeadlineSeconds*(1+1e-9) {
 				s.Met++
 			}
@@ -177,6 +193,7 @@ type outcome struct {
 	finish          float64 // seconds from submission to the last item
 	instanceSeconds float64
 	cost            float64
+	interrupted     bool // an instance was lost: the job gives no rate sample
 }
 
 // run plays fleet c on job j: the instances boot, share the items (a queue keeps them
@@ -208,6 +225,7 @@ func run(t Trace, j Job, c choice) outcome {
 			finish:          j.WaitSeconds + per,
 			instanceSeconds: (n-1)*per + lost,
 			cost:            ((n-1)*billed(per) + billed(lost)) * price,
+			interrupted:     true,
 		}
 	}
 	repl := ty.BootSeconds + left/rate
@@ -215,31 +233,47 @@ func run(t Trace, j Job, c choice) outcome {
 		finish:          j.WaitSeconds + lost + repl,
 		instanceSeconds: lost + repl,
 		cost:            (billed(lost) + billed(repl)) * price,
+		interrupted:     true,
 	}
 }
 
-// calibrate returns the candidates Sortie plans with after the calibration jobs: per type,
-// the q-quantile from below of a log-normal fitted to the observed throughputs (the
-// configured rate for a type with fewer than two observations).
-func calibrate(t Trace, jobs []Job, q float64) []sizing.Candidate {
-	z := normalQuantile(q)
-	out := make([]sizing.Candidate, len(t.Types))
-	for i, ty := range t.Types {
-		var logs []float64
-		for k, j := range jobs {
-			if k%len(t.Types) == i { // calibration jobs run on each type in turn
-				logs = append(logs, math.Log(ty.TrueItemsPerMinute*j.Speed[i]))
-			}
-		}
-		rate := ty.ConfiguredItemsPerMinute
-		if len(logs) >= 2 {
-			m, sd := meanSD(logs)
-			rate = math.Exp(m - z*sd)
-		}
-		out[i] = sizing.Candidate{InstanceType: ty.InstanceType, ItemsPerMinute: rate,
+// learner is the planner's learned rates in a replay: one estimate per type, fed as the
+// reaper feeds the ledger's and read as the planner reads them.
+type learner struct {
+	t   Trace
+	o   Options
+	est []learn.Estimate
+}
+
+// calibrate starts the learned rates with the calibration jobs, run on each type in turn:
+// each one's observed throughput is a sample of its type.
+func calibrate(t Trace, jobs []Job, o Options) *learner {
+	l := &learner{t: t, o: o, est: make([]learn.Estimate, len(t.Types))}
+	for k, j := range jobs {
+		i := k % len(t.Types)
+		l.est[i] = l.est[i].Update(t.Types[i].TrueItemsPerMinute*j.Speed[i], o.Alpha, time.Time{})
+	}
+	return l
+}
+
+// candidates are the types at the rates the planner sizes with now (learn.Choose).
+func (l *learner) candidates() []sizing.Candidate {
+	out := make([]sizing.Candidate, len(l.t.Types))
+	for i, ty := range l.t.Types {
+		ch := learn.Choose(ty.ConfiguredItemsPerMinute, l.est[i], l.o.Learning)
+		out[i] = sizing.Candidate{InstanceType: ty.InstanceType, ItemsPerMinute: ch.Rate,
 			BootSeconds: ty.BootSeconds, HourlyPrice: ty.HourlyPrice}
 	}
 	return out
+}
+
+// observe learns from a job's run as the reaper does: a fleet that lost an instance gives
+// no sample (learn.Observe), any other gives its type's throughput on the job.
+func (l *learner) observe(j Job, c choice, r outcome) {
+	if r.interrupted {
+		return
+	}
+	l.est[c.typ] = l.est[c.typ].Update(l.t.Types[c.typ].TrueItemsPerMinute*j.Speed[c.typ], l.o.Alpha, time.Time{})
 }
 
 // meanRates are the mean observed throughputs per type over the calibration jobs (the
@@ -262,22 +296,6 @@ func meanRates(t Trace, jobs []Job) []float64 {
 	return out
 }
 
-func meanSD(xs []float64) (float64, float64) {
-	m := 0.0
-	for _, x := range xs {
-		m += x
-	}
-	m /= float64(len(xs))
-	v := 0.0
-	for _, x := range xs {
-		v += (x - m) * (x - m)
-	}
-	return m, math.Sqrt(v / float64(len(xs)-1))
-}
-
-// normalQuantile is the standard normal's q-quantile.
-func normalQuantile(q float64) float64 { return math.Sqrt2 * math.Erfinv(2*q-1) }
-
 func median(jobs []Job, f func(Job) float64) float64 {
 	xs := make([]float64, len(jobs))
 	for i, j := range jobs {
@@ -293,8 +311,8 @@ func seconds(s float64) time.Duration { return time.Duration(math.Round(s * floa
 
 // WriteTable prints the scores as the README's table.
 func WriteTable(w io.Writer, t Trace, o Options, scores []Score) error {
-	fmt.Fprintf(w, "%d jobs (seed %d), scored on the %d after %d calibration jobs; quantile %.3g\n\n",
-		len(t.Jobs), t.Seed, len(t.Jobs)-o.CalibrationJobs, o.CalibrationJobs, o.Quantile)
+	fmt.Fprintf(w, "%d jobs (seed %d), scored on the %d after %d calibration jobs; learned rates: alpha %g, mean − %g × spread after %d samples\n\n",
+		len(t.Jobs), t.Seed, len(t.Jobs)-o.CalibrationJobs, o.CalibrationJobs, o.Alpha, o.Learning.SpreadFactor, o.Learning.MinSamples)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "policy\tdeadlines met\tinstance-minutes\tvs oracle\tcost\tvs oracle")
 	for _, s := range scores {

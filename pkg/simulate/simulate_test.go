@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/sortie-fleet/sortie/pkg/learn"
 )
 
 func table(t *testing.T, tr Trace) string {
@@ -40,27 +42,27 @@ func TestTableReproducibleFromSeed(t *testing.T) {
 	if c := table(t, Generate(1000, 8)); a == c {
 		t.Fatalf("seeds 7 and 8 print the same table:\n%s", a)
 	}
-	for _, p := range []string{"sortie (calibrated)", "keda", "aws backlog per instance", "oracle"} {
+	for _, p := range []string{"sortie (learned rates)", "keda", "aws backlog per instance", "oracle"} {
 		if !strings.Contains(a, p) {
 			t.Errorf("table lacks %q:\n%s", p, a)
 		}
 	}
 }
 
-// The target of the calibrated sizing on generated traces: ≥ 99 % of deadlines met with
+// The target of the sizing with learned rates (pkg/learn, the ops config's defaults) on generated traces: ≥ 99 % of deadlines met with
 // ≤ 10 % instance-minutes over the oracle; the baselines miss far more deadlines.
-func TestCalibratedSizingMeetsTarget(t *testing.T) {
+func TestLearnedSizingMeetsTarget(t *testing.T) {
 	for _, seed := range []uint64{1, 2, 3} {
 		scores, err := Run(Generate(1000, seed), DefaultOptions)
 		if err != nil {
 			t.Fatal(err)
 		}
 		s := scores[0]
-		if s.Policy != "sortie (calibrated)" || s.Jobs != 900 {
+		if s.Policy != "sortie (learned rates)" || s.Jobs != 900 {
 			t.Fatalf("seed %d: first score %+v", seed, s)
 		}
 		if s.MetShare() < 0.99 || s.OverOracle > 0.10 {
-			t.Errorf("seed %d: calibrated sizing met %.3f, %.3f over the oracle", seed, s.MetShare(), s.OverOracle)
+			t.Errorf("seed %d: sizing with learned rates met %.3f, %.3f over the oracle", seed, s.MetShare(), s.OverOracle)
 		}
 		for _, b := range scores[2:4] {
 			if b.MetShare() > 0.9 {
@@ -78,13 +80,14 @@ func TestRunRejectsBadInput(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{"no jobs", func(t *Trace) { t.Jobs = nil }, Options{Quantile: 0.9}, "jobs: none"},
-		{"speeds", func(t *Trace) { t.Jobs[3].Speed = t.Jobs[3].Speed[:1] }, Options{Quantile: 0.9}, "1 speeds for 2 types"},
-		{"zero items", func(t *Trace) { t.Jobs[0].Items = 0 }, Options{Quantile: 0.9}, "items ≥ 1"},
-		{"draw", func(t *Trace) { t.Jobs[0].InterruptDraw = 0 }, Options{Quantile: 0.9}, "interrupt_draw"},
-		{"bounds", func(t *Trace) { t.MinInstances = 5; t.MaxInstances = 2 }, Options{Quantile: 0.9}, "0 ≤ min ≤ max"},
-		{"calibration", func(*Trace) {}, Options{CalibrationJobs: 10, Quantile: 0.9}, "calibration jobs"},
-		{"quantile", func(*Trace) {}, Options{Quantile: 1}, "quantile"},
+		{"no jobs", func(t *Trace) { t.Jobs = nil }, Options{Alpha: 0.2}, "jobs: none"},
+		{"speeds", func(t *Trace) { t.Jobs[3].Speed = t.Jobs[3].Speed[:1] }, Options{Alpha: 0.2}, "1 speeds for 2 types"},
+		{"zero items", func(t *Trace) { t.Jobs[0].Items = 0 }, Options{Alpha: 0.2}, "items ≥ 1"},
+		{"draw", func(t *Trace) { t.Jobs[0].InterruptDraw = 0 }, Options{Alpha: 0.2}, "interrupt_draw"},
+		{"bounds", func(t *Trace) { t.MinInstances = 5; t.MaxInstances = 2 }, Options{Alpha: 0.2}, "0 ≤ min ≤ max"},
+		{"calibration", func(*Trace) {}, Options{CalibrationJobs: 10, Alpha: 0.2}, "calibration jobs"},
+		{"alpha", func(*Trace) {}, Options{Alpha: 1.5}, "alpha"},
+		{"spread factor", func(*Trace) {}, Options{Alpha: 0.2, Learning: learn.Policy{SpreadFactor: -1}}, "spread factor ≥ 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,7 +99,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Run(good, Options{CalibrationJobs: 2, Quantile: 0.9}); err != nil {
+	if _, err := Run(good, Options{CalibrationJobs: 2, Alpha: 0.2}); err != nil {
 		t.Fatalf("good trace: %v", err)
 	}
 	if _, err := Read(strings.NewReader(`{"seed":1,"surprise":2}`)); err == nil || !strings.Contains(err.Error(), "surprise") {

@@ -35,6 +35,9 @@ type Candidate struct {
 	ItemsPerMinute float64
 	BootSeconds    float64
 	HourlyPrice    float64
+	// RateSource says where ItemsPerMinute comes from ("configured", "learned: …"); when
+	// set, the rationale gives it after each candidate's rate.
+	RateSource string
 }
 
 // Request is the work to size: Items within what is left of Deadline once Waited has
@@ -246,7 +249,7 @@ func validate(req Request) error {
 func rationale(req Request, opts []option, chosen int) string {
 	o := opts[chosen]
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s, %s/min per %s", plural(req.Items, "item"), num(o.c.ItemsPerMinute), o.c.InstanceType)
+	fmt.Fprintf(&b, "%s, %s/min per %s%s", plural(req.Items, "item"), num(o.c.ItemsPerMinute), o.c.InstanceType, source(o.c))
 	if o.c.BootSeconds > 0 {
 		fmt.Fprintf(&b, ", %s s boot", num(o.c.BootSeconds))
 	}
@@ -266,7 +269,7 @@ func rationale(req Request, opts []option, chosen int) string {
 func rationaleLate(req Request, opts []option, chosen int) string {
 	o := opts[chosen]
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s, %s/min per %s", plural(req.Items, "item"), num(o.c.ItemsPerMinute), o.c.InstanceType)
+	fmt.Fprintf(&b, "%s, %s/min per %s%s", plural(req.Items, "item"), num(o.c.ItemsPerMinute), o.c.InstanceType, source(o.c))
 	if o.c.BootSeconds > 0 {
 		fmt.Fprintf(&b, ", %s s boot", num(o.c.BootSeconds))
 	}
@@ -300,6 +303,14 @@ func deadlineText(req Request) string {
 	return fmt.Sprintf("%s deadline, %s left after %s waiting", span(req.Deadline.Seconds()), approx(left), approx(req.Waited.Seconds()))
 }
 
+// source is " (the rate's source)" when the candidate names one.
+func source(c Candidate) string {
+	if c.RateSource == "" {
+		return ""
+	}
+	return " (" + c.RateSource + ")"
+}
+
 // alternatives summarises the candidates not chosen.
 func alternatives(opts []option, chosen int) string {
 	var parts []string
@@ -307,13 +318,17 @@ func alternatives(opts []option, chosen int) string {
 		if i == chosen {
 			continue
 		}
+		name := o.c.InstanceType
+		if o.c.RateSource != "" {
+			name = fmt.Sprintf("%s at %s/min%s", o.c.InstanceType, num(o.c.ItemsPerMinute), source(o.c))
+		}
 		switch {
 		case o.noTime:
-			parts = append(parts, fmt.Sprintf("%s: boot %s s leaves no time", o.c.InstanceType, num(o.c.BootSeconds)))
+			parts = append(parts, fmt.Sprintf("%s: boot %s s leaves no time", name, num(o.c.BootSeconds)))
 		case !o.meets:
-			parts = append(parts, fmt.Sprintf("%s: %s needed, over max", o.c.InstanceType, neededText(o.needed)))
+			parts = append(parts, fmt.Sprintf("%s: %s needed, over max", name, neededText(o.needed)))
 		default:
-			parts = append(parts, fmt.Sprintf("%s: %s, ≈%s, $%s", o.c.InstanceType, instances(o.count),
+			parts = append(parts, fmt.Sprintf("%s: %s, ≈%s, $%s", name, instances(o.count),
 				approx(work(o)), money(o.cost)))
 		}
 	}

@@ -236,6 +236,20 @@ func TestPlan(t *testing.T) {
 			rationale: "202 items, 600/min per m3.medium, 1 s boot, 10 s deadline → 3 instances, ≈6.7 s + 1 s boot, $0.0034; " +
 				"also considered c5.large: 2 instances, ≈5.0 s, $0.0057",
 		},
+		{
+			name: "rate sources are named per candidate",
+			req: Request{Items: 202, Deadline: 10 * time.Minute, Min: 1, Max: 10, Candidates: []Candidate{
+				{InstanceType: "m3.medium", ItemsPerMinute: 5, HourlyPrice: 0.067, RateSource: "learned: 6 ± 0.5/min over 9 samples"},
+				{InstanceType: "c5.large", ItemsPerMinute: 20, HourlyPrice: 0.17, RateSource: "configured"},
+			}},
+			wantType:  "c5.large",
+			wantCount: 2,
+			wantSec:   202.0 / 40 * 60,
+			wantCost:  2 * 0.17 * 303 / 3600,
+			wantMeets: true,
+			rationale: "202 items, 20/min per c5.large (configured), 10 min deadline → 2 instances, ≈5.0 min, $0.0286; " +
+				"also considered m3.medium at 5/min (learned: 6 ± 0.5/min over 9 samples): 5 instances, ≈8.1 min, $0.0451",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -48,12 +48,15 @@ type planner struct {
 	queues        QueueAPI
 	objects       BucketAPI
 	now           func() time.Time
+	// rates reads the learned rates (the ledger); nil sizes with the configured ones.
+	rates rateReader
 }
 
 // plan checks the job against the ops config before touching AWS, measures its work and
 // sizes its fleet. Errors that no retry can fix are marked bus.Permanent.
 func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.FleetPlanned, error) {
-	sel, err := resolve(p.ops.Current(), job, p.secretsBucket)
+	ops := p.ops.Current()
+	sel, err := resolve(ops, job, p.secretsBucket)
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}
@@ -61,6 +64,7 @@ func (p *planner) plan(ctx context.Context, job events.JobSubmitted) (events.Fle
 	if err != nil {
 		return events.FleetPlanned{}, err
 	}
+	sel.Candidates = withLearned(ctx, p.rates, ops.Learning.Policy(), job.Profile, sel.Candidates)
 	plan, err := buildPlan(job, sel, items, p.now())
 	if err != nil {
 		return events.FleetPlanned{}, err

@@ -48,6 +48,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			queues:        sqs.NewFromConfig(deps.AWS),
 			objects:       s3.NewFromConfig(deps.AWS, awsx.S3Options(deps.AWS)),
 			now:           deps.Now,
+			rates:         deps.LedgerFor(cfg.Base),
 		},
 		pub:     deps.Publisher,
 		metrics: deps.Telemetry,

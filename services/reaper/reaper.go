@@ -83,6 +83,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 		chain:  &sweepChain{},
 		ledger: deps.LedgerFor(cfg.Base),
 	}
+	st.learner = deps.LedgerFor(cfg.Base)
 	router, err := bus.NewRouter(deps.Bus(bus.Config{
 		Topology: cfg.Topology(), Service: bus.Reaper, OnDeadLetter: deps.Rejecter(cfg.Base, bus.Reaper).OnDeadLetter, AWS: deps.AWS, Logger: deps.Logger, WaitTime: cfg.PollWait,
 	}))
@@ -117,6 +118,7 @@ type stage struct {
 	term    terminator
 	chain   *sweepChain
 	ledger  Claimer
+	learner rateLearner // nil learns nothing
 }
 
 // metricsSink takes the reaper's CloudWatch data points.
@@ -197,6 +199,7 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 		"instance_seconds": out.InstanceSeconds, "archives": len(out.Archives)}); err != nil {
 		bus.Logger(ctx).Error("recording FleetTerminated in the ledger", "error", err.Error())
 	}
+	s.learnRate(ctx, ev, out)
 	return nil
 }
 
