@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -189,7 +190,7 @@ func startE2EInterval(t testing.TB, interval time.Duration) *e2e {
 
 // startE2EOpts starts the stack with the given SSH server on the instances and monitor
 // check interval.
-func startE2EOpts(t testing.TB, sshServer string, interval time.Duration) *e2e {
+func startE2EOpts(t testing.TB, sshServer string, interval time.Duration, mods ...func(*opsconfig.Config)) *e2e {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts the whole stack")
@@ -201,9 +202,27 @@ func startE2EOpts(t testing.TB, sshServer string, interval time.Duration) *e2e {
 	e := &e2e{t: t, calls: awsx.NewRecorder(localcloud.Account), workerCalls: filepath.Join(t.TempDir(), "worker-calls.jsonl")}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	ops := e2eOps(t)
+	for _, m := range mods {
+		m(ops)
+	}
+	if err := ops.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// SORTIE_E2E_LOG names a file for the services' logs (debugging a failing scenario).
+	logger := slog.New(slog.DiscardHandler)
+	if p := os.Getenv("SORTIE_E2E_LOG"); p != "" {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		logger = slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	st, err := Start(ctx, Options{
 		Prefix:          "e2e",
-		Ops:             e2eOps(t),
+		Logger:          logger,
+		Ops:             ops,
 		SSH:             sshServer,
 		MonitorInterval: interval,
 		WorkerCommand:   []string{"/usr/bin/env", workerEnv + "=1", exe},

@@ -376,7 +376,7 @@ func (c *Claim) Done(ctx context.Context, fields Fields) error {
 		if err != nil {
 			return fmt.Errorf("recording %s of job %s: field %s: %w", c.Stage, c.JobID, k, err)
 		}
-		n, p := fmt.Sprintf("#f%d", i), fmt.Sprintf(":f%d", i)
+		n, p := fieldNames(i)
 		names[n], values[p] = k, av
 		expr += ", " + n + " = " + p
 		i++
@@ -499,7 +499,7 @@ func (l *Ledger) Note(ctx context.Context, jobID string, fields Fields) error {
 		if err != nil {
 			return fmt.Errorf("noting on job %s: field %s: %w", jobID, k, err)
 		}
-		n, p := fmt.Sprintf("#f%d", i), fmt.Sprintf(":f%d", i)
+		n, p := fieldNames(i)
 		names[n], values[p] = k, av
 		expr += ", " + n + " = " + p
 		i++

@@ -91,7 +91,7 @@ func (l *Ledger) set(ctx context.Context, jobID string, fields map[string]string
 	values := map[string]types.AttributeValue{":job": str(jobID)}
 	expr := "SET #job = :job"
 	for i, k := range slices.Sorted(maps.Keys(fields)) {
-		n, p := fmt.Sprintf("#f%d", i), fmt.Sprintf(":f%d", i)
+		n, p := fieldNames(i)
 		names[n], values[p] = k, str(fields[k])
 		if ifAbsent {
 			expr += fmt.Sprintf(", %s = if_not_exists(%s, %s)", n, n, p)
@@ -231,4 +231,11 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// fieldNames are the expression placeholders of the i-th field an update writes, of one
+// width ("#f007", ":f007") so that no placeholder is a prefix of another: kumo substitutes
+// placeholders as text, and "#f1" would rewrite the start of "#f10".
+func fieldNames(i int) (name, value string) {
+	return fmt.Sprintf("#f%03d", i), fmt.Sprintf(":f%03d", i)
 }

@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -97,5 +98,29 @@ func TestLostInstancesAndRevisions(t *testing.T) {
 	must(l.SetRevisionState(ctx, job, 3, ledger.RevFailed+": no capacity within its deadline"))
 	if pending, why := get().ReplacementPending(); pending {
 		t.Errorf("a failed revision is pending: %s", why)
+	}
+}
+
+// TestManyFieldsInOneUpdate: an update of more than ten fields keeps every one (kumo
+// substitutes expression placeholders as text: "#f1" used to rewrite "#f10").
+func TestManyFieldsInOneUpdate(t *testing.T) {
+	l, _, _ := newLedger(t, ledger.Config{})
+	ctx := context.Background()
+	job := cloudtest.Unique("job-fields")
+	fields := ledger.Fields{}
+	for i := range 25 {
+		fields[fmt.Sprintf("field_%02d", i)] = fmt.Sprintf("value %d", i)
+	}
+	if err := l.Note(ctx, job, fields); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := l.Get(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range fields {
+		if rec.Attrs[k] != v {
+			t.Errorf("%s = %q, want %q", k, rec.Attrs[k], v)
+		}
 	}
 }

@@ -1,0 +1,197 @@
+package devstack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/events"
+	"github.com/sortie-fleet/sortie/pkg/ledger"
+	"github.com/sortie-fleet/sortie/pkg/localcloud"
+	"github.com/sortie-fleet/sortie/pkg/opsconfig"
+	"github.com/sortie-fleet/sortie/pkg/tags"
+	"github.com/sortie-fleet/sortie/services/reaper"
+)
+
+// TestSpotInterruptionReplaced: a one-instance spot fleet is interrupted mid-job (the local
+// cloud sends EC2's two-minute warning — here a few seconds — through the stack's
+// EventBridge rule and queue, then terminates it). The instance's logs are archived while
+// it still runs, the planner plans a replacement (plan revision 2, its own ClientToken),
+// the replacement does the work and the job succeeds within its deadline.
+func TestSpotInterruptionReplaced(t *testing.T) {
+	e := startE2EOpts(t, localcloud.SSHEmbedded, 0, func(ops *opsconfig.Config) {
+		spot := ops.Templates["demo"]
+		spot.MaxInstances = 1
+		spot.Spot = &opsconfig.Spot{Fallback: []string{opsconfig.FallbackOnDemand}}
+		ops.Templates["demo-spot"] = spot
+		// gated: the demo worker, started once the test opens a gate shared by the
+		// instances (their directories are siblings), so the interrupted instance cannot
+		// finish the work before it is taken away.
+		r := ops.Recipes["demo-worker"]
+		r.Steps = slices.Clone(r.Steps)
+		r.Steps[len(r.Steps)-1] = opsconfig.Step{Name: "worker", Start: &opsconfig.Start{
+			Argv: []string{"sh", "-c", `while [ ! -e ../gate ]; do echo "waiting for the gate"; sleep 0.2; done; exec sortie-worker --bucket "$1" --queue "$2"`, "sh", "{{bucket}}", "{{queue}}"},
+			Log:  ".sortie/worker/worker.log",
+		}}
+		ops.Recipes["gated-worker"] = r
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d, err := SeedDemo(ctx, e.S3, e.SQS, cloudtest.Unique("rpl"), 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobID := cloudtest.Unique("job-spot")
+	job := DemoJob(d, jobID, "corr-"+jobID, time.Now())
+	job.Template, job.Recipe, job.DeadlineSeconds = "demo-spot", "gated-worker", 60
+	if err := e.Publisher.Publish(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		plans    []events.FleetPlanned
+		launches []events.FleetLaunched
+		lost     []events.InstanceLost
+		finished *events.JobFinished
+		term     *events.FleetTerminated
+		first    string
+	)
+	gate := ""
+	for term == nil {
+		ev, err := e.w.Next(ctx)
+		if err != nil {
+			t.Fatalf("following %s: %v (services: %v)", jobID, err, e.Err())
+		}
+		if id, _ := ev.IDs(); id != jobID {
+			continue
+		}
+		switch ev := ev.(type) {
+		case events.FleetPlanned:
+			plans = append(plans, ev)
+		case events.FleetLaunched:
+			launches = append(launches, ev)
+		case events.FleetBootstrapped:
+			if ev.Revision() == 1 {
+				// The workload waits at its gate: interrupt the instance now.
+				first = ev.Instances[0].ID
+				gate = filepath.Join(filepath.Dir(e.Cloud.InstanceDir(first)), "gate")
+				if err := e.Cloud.InterruptSpot(first, 4*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				// The replacement is up. Once EC2 has taken the interrupted instance, its
+				// logs must already be in S3; then the gate opens for the replacement.
+				cloudtest.Eventually(t, 30*time.Second, func() error {
+					if st := e.instances(jobID); !terminated(st, first) {
+						return fmt.Errorf("%s not terminated yet", first)
+					}
+					return nil
+				})
+				if _, err := e.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(e.Topology.BucketName()), Key: aws.String(reaper.ArchiveKey(jobID, first))}); err != nil {
+					t.Fatalf("the interrupted instance is gone and its logs are not archived: %v", err)
+				}
+				if err := os.WriteFile(gate, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case events.InstanceLost:
+			lost = append(lost, ev)
+		case events.JobFinished:
+			finished = &ev
+		case events.FleetTerminated:
+			term = &ev
+		}
+	}
+
+	if len(plans) != 2 || plans[1].PlanRevision != 2 || plans[1].Count != 1 || plans[1].Items != 20 ||
+		!strings.Contains(plans[1].Rationale, "replan 2 after "+first+" was lost (spot-interruption)") {
+		t.Fatalf("plans %+v, want the first and a replacement of revision 2 for the 20 items left", plans)
+	}
+	if len(lost) != 1 || lost[0].InstanceID != first || lost[0].Cause != events.LostSpotInterruption || lost[0].NoticeDeadline.IsZero() {
+		t.Errorf("InstanceLost %+v, want one spot interruption of %s", lost, first)
+	}
+	if len(launches) != 2 || launches[1].PlanRevision != 2 || len(launches[1].Instances) != 1 || launches[1].Instances[0].ID == first {
+		t.Fatalf("launches %+v, want a replacement instance of revision 2", launches)
+	}
+	second := launches[1].Instances[0].ID
+	if launches[1].Instances[0].Market != events.MarketSpot {
+		t.Errorf("replacement market %q, want spot", launches[1].Instances[0].Market)
+	}
+	for _, in := range e.instances(jobID) {
+		want := map[string]string{first: "1", second: "2"}[aws.ToString(in.InstanceId)]
+		if got := tagOf(in.Tags, tags.PlanRevision); got != want {
+			t.Errorf("%s: %s=%q, want %q", aws.ToString(in.InstanceId), tags.PlanRevision, got, want)
+		}
+	}
+	if finished == nil || finished.Outcome != events.OutcomeSucceeded || finished.TasksSucceeded != 20 {
+		t.Fatalf("JobFinished %+v, want success with the 20 tasks", finished)
+	}
+	if deadline := job.Time.Add(job.Deadline()); finished.Time.After(deadline) {
+		t.Errorf("finished at %s, after the deadline %s", finished.Time, deadline)
+	}
+	if !strings.Contains(finished.Reason, first+" (spot-interruption, replaced by revision 2)") {
+		t.Errorf("reason %q does not name the interruption and its replacement", finished.Reason)
+	}
+	// The interrupted instance's archive holds its log: it was read over SSH while the
+	// instance ran, on the warning (the instance was gone before the job finished:
+	// FleetTerminated found that archive).
+	var got []string
+	for _, a := range term.Archives {
+		got = append(got, a.InstanceID)
+		if a.InstanceID == first {
+			files := e.archive(a)
+			if !strings.Contains(files[".sortie/worker/worker.log"], "waiting for the gate") {
+				t.Errorf("the interrupted instance's archive holds no worker log: %v", keys(files))
+			}
+		}
+	}
+	if slices.Sort(got); !slices.Equal(got, sorted(first, second)) || len(term.ArchiveFailures) != 0 {
+		t.Errorf("archives of %v (failures %+v), want both instances'", got, term.ArchiveFailures)
+	}
+	rec, err := e.Ledger.Get(ctx, jobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.PlanRevision() != 2 || rec.LostBy(first) != "2" || rec.RevisionState(2) != ledger.RevBootstrapped {
+		t.Errorf("ledger: revision %d, %s lost by %q, revision 2 %q", rec.PlanRevision(), first, rec.LostBy(first), rec.RevisionState(2))
+	}
+}
+
+func tagOf(ts []ec2types.Tag, key string) string {
+	for _, t := range ts {
+		if aws.ToString(t.Key) == key {
+			return aws.ToString(t.Value)
+		}
+	}
+	return ""
+}
+
+func terminated(insts []ec2types.Instance, id string) bool {
+	for _, in := range insts {
+		if aws.ToString(in.InstanceId) == id {
+			return in.State != nil && in.State.Name == ec2types.InstanceStateNameTerminated
+		}
+	}
+	return false
+}
+
+func sorted(s ...string) []string { slices.Sort(s); return s }
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
