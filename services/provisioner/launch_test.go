@@ -866,6 +866,7 @@ func TestHandleReplacement(t *testing.T) {
 		plan      func(fp *events.FleetPlanned)
 		ops       *opsconfig.Config
 		cancelled bool
+		finished  bool  // the job's JobFinished is out
 		runErr    error // RunInstances' answer
 		// receiveCount is the message's delivery (0: the first); wantErr: handle returns an
 		// error for a retry.
@@ -883,6 +884,7 @@ func TestHandleReplacement(t *testing.T) {
 		{name: "a type the template does not have", ops: opsconfig.Default(), plan: func(fp *events.FleetPlanned) { fp.InstanceType = "t3.micro" },
 			wantState: ledger.RevFailed + `: instance type "t3.micro" is not one of template "demo"'s`},
 		{name: "cancelled", ops: capped, cancelled: true, wantState: ledger.RevFailed + ": cancelled by ops: wrong input"},
+		{name: "the job finished meanwhile", ops: capped, finished: true, wantState: ledger.RevFailed + ": the job finished before its replacement was launched"},
 		{name: "EC2 failing: retried", ops: capped, runErr: apiError("InternalError"), receiveCount: 1, wantErr: true, wantRuns: 1},
 		{name: "EC2 failing on the last delivery: given up", ops: capped, runErr: apiError("InternalError"), receiveCount: bus.MaxReceiveCount,
 			wantState: ledger.RevFailed + ": gave up after 5 deliveries", wantRuns: 1},
@@ -910,6 +912,15 @@ func TestHandleReplacement(t *testing.T) {
 					t.Fatal(err)
 				}
 				if err := l.CancelJob(ctx, "job-42", ledger.Cancel{By: "ops", Reason: "wrong input"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.finished {
+				c, err := l.Claim(ctx, "job-42", ledger.Finished)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Done(ctx, nil); err != nil {
 					t.Fatal(err)
 				}
 			}

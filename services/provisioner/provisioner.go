@@ -143,6 +143,10 @@ func (h handler) handle(ctx context.Context, m *bus.Message) error {
 	if c, ok := h.cancelled(ctx, fp.JobID); ok {
 		return h.answerCancel(ctx, fp, c)
 	}
+	if rev > 1 && h.finished(ctx, fp.JobID) {
+		// Its instances would outlive the job until their lease ran out.
+		return h.replacementFailed(ctx, fp, claim, errors.New("the job finished before its replacement was launched"))
+	}
 	launched, err := h.launchWithin(claim.Context(), fp)
 	var ce *cancelledError
 	if errors.As(err, &ce) {
@@ -259,6 +263,17 @@ func (h handler) cancelled(ctx context.Context, jobID string) (ledger.Cancel, bo
 		return ledger.Cancel{}, false
 	}
 	return rec.Cancelled()
+}
+
+// finished reads whether the job's JobFinished is out. A record that cannot be read is not
+// finished (the launch goes on; the sweep reaps what outlives its job).
+func (h handler) finished(ctx context.Context, jobID string) bool {
+	rec, err := h.ledger.Get(ctx, jobID)
+	if err != nil {
+		bus.Logger(ctx).Warn("reading the job's record before a replacement launch", "error", err.Error())
+		return false
+	}
+	return rec.DoneAt(ledger.Finished) != "" || rec.DoneAt(ledger.Terminated) != ""
 }
 
 // cancelledError stops a wait for capacity: the job was cancelled.
