@@ -138,10 +138,12 @@ func (p *planner) replan(ctx context.Context, rec ledger.Record, rev int, lost e
 		return nil, "", bus.Permanent(err)
 	}
 	job.CorrelationID = lost.CorrelationID
-	sel, err := resolve(p.ops.Current(), job, p.secretsBucket)
+	ops := p.ops.Current()
+	sel, err := resolve(ops, job, p.secretsBucket)
 	if err != nil {
 		return nil, "", err
 	}
+	sel.Candidates = withLearned(ctx, p.rates, ops.Learning.Policy(), job.Profile, sel.Candidates)
 	now := p.now()
 	left, err := p.remaining(ctx, job, items, rec)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/cost"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/learn"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/sizing"
 	"github.com/sortie-fleet/sortie/pkg/sshaddr"
@@ -59,6 +60,9 @@ type launcher struct {
 	now    func() time.Time
 	// metrics counts the instances launched; nil counts nothing.
 	metrics *telemetry.Telemetry
+	// rates reads the rates learned from finished jobs (the ledger), for re-sizing a
+	// fallback type; nil sizes with the configured ones.
+	rates learn.Reader
 
 	waiterMinDelay, waiterMaxDelay, timeout time.Duration
 }
@@ -195,7 +199,7 @@ func price(ops *opsconfig.Config, fp events.FleetPlanned, instanceType, market s
 // and price) on the plan's items and the time left now, within the template's bounds.
 // ok is false when the re-sized fleet cannot meet a deadline the plan met; why says why,
 // or gives the re-sizing's arithmetic.
-func (l *launcher) sizeFor(ops *opsconfig.Config, fp events.FleetPlanned, t opsconfig.Template, instanceType string) (count int, why string, ok bool) {
+func (l *launcher) sizeFor(ctx context.Context, ops *opsconfig.Config, fp events.FleetPlanned, t opsconfig.Template, instanceType string) (count int, why string, ok bool) {
 	if instanceType == fp.InstanceType || fp.Items < 1 {
 		return fp.Count, "", true
 	}
@@ -212,6 +216,8 @@ func (l *launcher) sizeFor(ops *opsconfig.Config, fp events.FleetPlanned, t opsc
 	if len(cand) == 0 {
 		return 0, fmt.Sprintf("%s: profile %q has no capacity for it", instanceType, fp.Profile), false
 	}
+	// The rate the planner would size this type with: learned once it has the samples.
+	cand = learn.Apply(ctx, l.rates, ops.Learning.Policy(), fp.Profile, cand)
 	res, err := sizing.Plan(sizing.Request{
 		Items:      fp.Items,
 		Deadline:   time.Duration(fp.DeadlineSeconds) * time.Second,
@@ -449,7 +455,7 @@ func (l *launcher) run(ctx context.Context, ops *opsconfig.Config, fp events.Fle
 	var short []error
 	var notes []string // what failed before, for FleetLaunched.Fallback
 	for _, at := range atts {
-		count, why, ok := l.sizeFor(ops, fp, t, at.InstanceType)
+		count, why, ok := l.sizeFor(ctx, ops, fp, t, at.InstanceType)
 		if !ok {
 			bus.Logger(ctx).Warn("fallback type skipped", "instance_type", at.InstanceType, "reason", why)
 			short = append(short, errors.New(why))

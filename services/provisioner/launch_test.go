@@ -21,6 +21,7 @@ import (
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
 	"github.com/sortie-fleet/sortie/pkg/events"
 	"github.com/sortie-fleet/sortie/pkg/hostkey"
+	"github.com/sortie-fleet/sortie/pkg/learn"
 	"github.com/sortie-fleet/sortie/pkg/ledger"
 	"github.com/sortie-fleet/sortie/pkg/localcloud"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
@@ -456,7 +457,8 @@ func TestLaunch(t *testing.T) {
 		wantErr   string
 		permanent bool
 		ended     bool
-		wantTerm  int // instances terminated
+		wantTerm  int       // instances terminated
+		rates     fakeRates // learned rates by "profile/type"
 	}{
 		{
 			name: "fresh launch: one RunInstances with the plan's token", ec2: &fakeEC2{bootPolls: 1},
@@ -505,7 +507,16 @@ func TestLaunch(t *testing.T) {
 			name:     "no capacity for the planned type: falls back to the next, re-sized for it, with its own token",
 			ec2:      &fakeEC2{noCapacity: map[string]bool{"m3.medium": true}},
 			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large", wantCount: 4,
-			wantFall: "m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity; re-sized for c5.large: 202 items, 600/min per c5.large, 1 s boot, 10 s deadline, 7.0 s left after 3.0 s waiting → 4 instances",
+			wantFall: "m3.medium in subnet-0123456789abcdef0: InsufficientInstanceCapacity; re-sized for c5.large: 202 items, 600/min per c5.large (configured; 0 of 5 samples learned), 1 s boot, 10 s deadline, 7.0 s left after 3.0 s waiting → 4 instances",
+		},
+		{
+			// The same, but the ledger has learned c5.large does 300/min (12 samples): 30
+			// items each in the 6 s, so 7 of them.
+			name:     "the fallback type is re-sized with its learned rate",
+			ec2:      &fakeEC2{noCapacity: map[string]bool{"m3.medium": true}},
+			rates:    fakeRates{"demo-fast/c5.large": {Mean: 300, Samples: 12}},
+			wantRuns: []string{"m3.medium@" + baseToken[:8], "c5.large@" + fallbackToken[:8]}, wantType: "c5.large", wantCount: 7,
+			wantFall: "re-sized for c5.large: 202 items, 300/min per c5.large (learned",
 		},
 		{
 			name: "fallback type that cannot meet the deadline is not launched",
@@ -582,6 +593,9 @@ func TestLaunch(t *testing.T) {
 			l := &launcher{
 				stack: "sortie", local: true, ec2: tt.ec2, ops: ops, secret: testSecret, now: func() time.Time { return now },
 				waiterMinDelay: time.Millisecond, waiterMaxDelay: 5 * time.Millisecond, timeout: 300 * time.Millisecond,
+			}
+			if tt.rates != nil {
+				l.rates = tt.rates
 			}
 			got, err := l.launch(context.Background(), fp)
 
@@ -993,4 +1007,11 @@ func TestHandleReplacement(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeRates are learned rates by "profile/type"; a pair it lacks has no samples.
+type fakeRates map[string]learn.Estimate
+
+func (f fakeRates) LearnedRate(_ context.Context, profile, instanceType string) (learn.Estimate, error) {
+	return f[profile+"/"+instanceType], nil
 }

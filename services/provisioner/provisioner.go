@@ -53,6 +53,7 @@ func Run(ctx context.Context, cfg Config, deps service.Deps) error {
 			waiterMaxDelay: cfg.WaiterMaxDelay,
 			timeout:        cfg.LaunchTimeout,
 			metrics:        deps.Telemetry,
+			rates:          deps.LedgerFor(cfg.Base),
 		},
 		pub:     deps.Publisher,
 		ledger:  deps.LedgerFor(cfg.Base),
