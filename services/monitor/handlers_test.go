@@ -107,7 +107,7 @@ func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstances
 		if st == "" {
 			st = ec2types.InstanceStateNameRunning
 		}
-		inst := ec2types.Instance{InstanceId: aws.String(id), State: &ec2types.InstanceState{Name: st}, PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", i+10))}
+		inst := ec2types.Instance{InstanceId: aws.String(id), State: &ec2types.InstanceState{Name: st}, PrivateIpAddress: aws.String(fmt.Sprintf("10.0.0.%d", i+10)), KeyName: aws.String("sortie-test")}
 		for _, k := range []string{tags.Stack, tags.Fleet} {
 			if v := filters["tag:"+k]; len(v) == 1 {
 				inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v[0])})
@@ -287,10 +287,18 @@ func TestCheckVerdictSettles(t *testing.T) {
 	}
 }
 
-// watched starts watching e's job as handleBootstrapped does (the watching stage done,
-// with what InstanceLost carries), and returns the armed check's body.
+// watched starts watching e's planned job as handleBootstrapped does (the watching stage
+// done, with what InstanceLost carries), and returns the armed check's body.
 func watched(t *testing.T, f fakes, e events.FleetBootstrapped) []byte {
 	t.Helper()
+	// The planner planned the job first.
+	c, err := f.m.ledger.Claim(context.Background(), e.JobID, ledger.Planned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Done(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
 	b := cloudtest.Encode(t, e)
 	if err := f.m.handleBootstrapped(context.Background(), &bus.Message{Payload: b, ReceiveCount: 1}); err != nil {
 		t.Fatal(err)
@@ -777,5 +785,42 @@ func TestExitReportInvalid(t *testing.T) {
 				t.Error("an invalid report published a JobFinished")
 			}
 		})
+	}
+}
+
+// TestWarningDuringBootstrap: a spot warning that comes before the job is watched is told
+// at once, and the bootstrap of the warned instance failing does not fail the job.
+func TestWarningDuringBootstrap(t *testing.T) {
+	t.Parallel()
+	const b = "i-0000000000000000b"
+	f := newFakes(t, fakeProber{})
+	e := fleetEvent()
+	e.JobID = cloudtest.Unique("job-early")
+	e.FleetID = e.JobID
+	e.Instances[1] = events.InstanceResult{ID: b, SSHEndpoint: "127.0.0.1:2202", Error: "connection reset by peer"}
+	ctx := context.Background()
+	c, err := f.m.ledger.Claim(ctx, e.JobID, ledger.Planned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Done(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.ec2.extra = map[string]string{tags.JobID: e.JobID, tags.Fleet: e.FleetID}
+	body, err := json.Marshal(ec2events.SpotWarning(ec2events.Where{Region: "us-east-1", Account: "000000000000"}, "e1", b, clock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.handleEC2Notice(ctx, &bus.Message{Payload: body, ReceiveCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.lost) != 1 || f.pub.lost[0].InstanceID != b || f.pub.lost[0].KeyName != "sortie-test" {
+		t.Fatalf("lost %+v, want b told before the job is watched, with the key pair EC2 names", f.pub.lost)
+	}
+	if err := f.m.handleBootstrapped(ctx, &bus.Message{Payload: cloudtest.Encode(t, e), ReceiveCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pub.published) != 0 || len(f.pub.timers) != 1 || f.pub.timers[0].attrs[AttrTimer] != TimerCheck {
+		t.Fatalf("published %+v, timers %+v: want the job watched, not failed", f.pub.published, f.pub.timers)
 	}
 }

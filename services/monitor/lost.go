@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -83,7 +84,7 @@ func (m *monitor) handleEC2Notice(ctx context.Context, msg *bus.Message) error {
 	case n.State == "stopping" || n.State == "stopped":
 		cause = events.LostStopped
 	}
-	lost := lostInstance{ID: n.InstanceID, Revision: revisionOf(tg), Cause: cause, Detail: detail, Deadline: n.Deadline()}
+	lost := lostInstance{ID: n.InstanceID, Revision: revisionOf(tg), Cause: cause, Detail: detail, Deadline: n.Deadline(), Instance: in}
 	return m.lose(bus.WithIDs(ctx, jobID, bus.CorrelationID(ctx)), jobID, fleetID, lost)
 }
 
@@ -94,11 +95,14 @@ type lostInstance struct {
 	Cause    string
 	Detail   string
 	Deadline time.Time // a spot warning's interruption time; zero when gone
+	Instance ec2types.Instance
 }
 
-// lose records the loss of an instance of a job being watched and publishes its
-// InstanceLost, once: a job that is not watched yet (its bootstrap decides), has finished
-// (Sortie's own reaping) or was cancelled is left alone, as is an instance already told of.
+// lose records the loss of an instance of a running job and publishes its InstanceLost,
+// once: a job that has finished (Sortie's own reaping) or was cancelled is left alone, as
+// is an instance already told of. A job still being bootstrapped counts: a warning may
+// come at any time, and the instance must be archived and replaced all the same (its
+// bootstrap result no longer decides the job: see handleBootstrapped).
 func (m *monitor) lose(ctx context.Context, jobID, fleetID string, l lostInstance) error {
 	log := bus.Logger(ctx).With("job_id", jobID, "instance_id", l.ID, "cause", l.Cause)
 	rec, err := m.ledger.Get(ctx, jobID)
@@ -107,8 +111,8 @@ func (m *monitor) lose(ctx context.Context, jobID, fleetID string, l lostInstanc
 	}
 	_, cancelled := rec.Cancelled()
 	switch {
-	case rec.DoneAt(ledger.Watching) == "":
-		log.Info("instance lost before its job is watched: the bootstrap's result decides")
+	case rec.DoneAt(ledger.Planned) == "":
+		log.Info("instance lost of a job the ledger has no plan for: nothing to replace")
 		return nil
 	case rec.DoneAt(ledger.Finished) != "" || rec.DoneAt(ledger.Terminated) != "" || cancelled:
 		log.Debug("instance of a finished or cancelled job: nothing to replace")
@@ -138,6 +142,16 @@ func (m *monitor) lose(ctx context.Context, jobID, fleetID string, l lostInstanc
 	for _, p := range strings.Split(rec.Attrs[fieldWatchLogs], "\n") {
 		if p != "" {
 			e.Logs = append(e.Logs, p)
+		}
+	}
+	if rec.DoneAt(ledger.Watching) == "" {
+		// Lost during the bootstrap: what the watch would have recorded, from EC2 and
+		// the plan.
+		tg := tagMap(l.Instance.Tags)
+		e.Template, e.KeyName, e.HostKey = tg[tags.Template], aws.ToString(l.Instance.KeyName), tg[tags.HostKey]
+		e.Logs = m.planLogs(rec)
+		if t, err := m.ops.Current().Template(e.Template); err == nil && e.KeyName == "" {
+			e.KeyName = t.KeyName
 		}
 	}
 	if l.Revision > 1 {
@@ -322,4 +336,24 @@ func withReplacements(v verdict, watched int, pending bool, why string, pastDead
 		v.Reason += "; instances lost on the way: " + lost
 	}
 	return v
+}
+
+// planLogs are the workload logs of the job's recipe rendered with its parameters, as the
+// planner recorded them; none when they cannot be read.
+func (m *monitor) planLogs(rec ledger.Record) []string {
+	r, err := m.ops.Current().Recipe(rec.Attrs["recipe"])
+	if err != nil {
+		return nil
+	}
+	var params map[string]string
+	if s := rec.Attrs["params"]; s != "" {
+		if err := json.Unmarshal([]byte(s), &params); err != nil {
+			return nil
+		}
+	}
+	wl, err := workloads(r, params)
+	if err != nil {
+		return nil
+	}
+	return logPaths(wl)
 }

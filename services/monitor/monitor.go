@@ -283,7 +283,15 @@ func (m *monitor) handleBootstrapped(ctx context.Context, msg *bus.Message) erro
 	}
 	defer claim.Release(ctx)
 	wl, wlErr := m.workloadsOf(e)
-	switch v, failed := bootstrapVerdict(e); {
+	// An instance lost meanwhile (a spot warning during the bootstrap) is replaced, not a
+	// failed bootstrap; the check leaves it out.
+	judged := e
+	if rec, err := m.ledger.Get(ctx, e.JobID); err != nil {
+		return fmt.Errorf("watching fleet %s: %w", e.FleetID, err)
+	} else if lost := rec.Lost(); len(lost) > 0 {
+		judged.Instances = slices.DeleteFunc(slices.Clone(e.Instances), func(in events.InstanceResult) bool { _, ok := lost[in.ID]; return ok })
+	}
+	switch v, failed := bootstrapVerdict(judged); {
 	case failed:
 		log.Warn("bootstrap failed: finishing the job", "reason", v.Reason)
 		err = m.finish(ctx, jobFinished(e, v, wl, m.now()), msg.ReceiveCount)
@@ -401,7 +409,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 			if st.state == ec2types.InstanceStateNameStopping || st.state == ec2types.InstanceStateNameStopped {
 				cause = events.LostStopped
 			}
-			l := lostInstance{ID: id, Revision: revisionOf(tagMap(st.instance.Tags)), Cause: cause,
+			l := lostInstance{ID: id, Revision: revisionOf(tagMap(st.instance.Tags)), Cause: cause, Instance: st.instance,
 				Detail: fmt.Sprintf("found %s by the monitor's check before its workloads finished", st.state)}
 			if err := m.lose(ctx, e.JobID, e.FleetID, l); err != nil {
 				return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)

@@ -78,7 +78,8 @@ func (h handler) handleLost(ctx context.Context, m *bus.Message) error {
 		log.Debug("lost instance answered for before", "by", rec.LostBy(lost.InstanceID))
 		return nil
 	case rec.DoneAt(ledger.Planned) == "":
-		return bus.Permanent(fmt.Errorf("replanning job %s: the job has no plan in the ledger", lost.JobID))
+		// Planned moments ago (published, not yet recorded), or not this stack's job: retried.
+		return fmt.Errorf("replanning job %s: the job has no plan in the ledger yet", lost.JobID)
 	}
 	rev := rec.PlanRevision() + 1
 	if rev > events.MaxPlanRevision {
@@ -96,6 +97,11 @@ func (h handler) handleLost(ctx context.Context, m *bus.Message) error {
 	defer claim.Release(ctx)
 	uncovered := rec.Uncovered()
 	plan, why, err := h.planner.replan(ctx, rec, rev, lost)
+	if bus.IsPermanent(err) {
+		// No retry can plan it: the job goes on with what runs, and says why.
+		log.Error("no replacement can be planned", "error", err.Error())
+		return h.coverNone(ctx, rec, "cannot be replanned: "+err.Error())
+	}
 	if err != nil {
 		return fmt.Errorf("replanning job %s: %w", lost.JobID, err)
 	}
