@@ -1,7 +1,8 @@
 // Package audit checks that a Sortie stack's AWS resources enforce Sortie's rules — buckets
 // (TLS only, SSE-KMS, no public access), topics (only producers publish), the stack's IAM
 // roles (no wildcard or untagged mutating grants), the templates' security groups (no SSH
-// from the internet) and the stack's instances (IMDSv2) — for `sortie audit`.
+// from the internet), the stack's instances (IMDSv2) and the routing of EC2's notices to
+// the monitor (rule, target, queue, DLQ, queue policy) — for `sortie audit`.
 package audit
 
 import (
@@ -14,10 +15,12 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
@@ -66,6 +69,10 @@ type Clients struct {
 	SNS SNSAPI
 	IAM IAMAPI
 	EC2 EC2API
+	// EventBridge and SQS read the routing of EC2's notices; both must be set for it to
+	// be checked.
+	EventBridge EventBridgeAPI
+	SQS         SQSAPI
 }
 
 // NewClients builds the clients from cfg (S3 path-style when an endpoint override is set).
@@ -75,6 +82,9 @@ func NewClients(cfg aws.Config) Clients {
 		SNS: sns.NewFromConfig(cfg),
 		IAM: iam.NewFromConfig(cfg),
 		EC2: ec2.NewFromConfig(cfg),
+
+		EventBridge: eventbridge.NewFromConfig(cfg),
+		SQS:         sqs.NewFromConfig(cfg),
 	}
 }
 
@@ -96,7 +106,7 @@ const (
 	RuleDenyUnencryptedPuts Rule = "deny-unencrypted-puts"
 	// RulePublicAccessBlock: the bucket's public access block has all four settings on.
 	RulePublicAccessBlock Rule = "public-access-block"
-	// RuleExists is the one finding about a bucket or topic the stack uses that does not
+	// RuleExists is the one finding about a bucket, topic, rule or queue the stack uses that does not
 	// exist: NON_COMPLIANT.
 	RuleExists Rule = "exists"
 	// RuleProducersOnly: the topic's policy lets only the event type's producers publish
@@ -132,8 +142,8 @@ type Target struct {
 
 // Audit checks the target's resources and returns one evaluation per resource and rule: the
 // stack's log and secrets buckets and the target's other buckets (a bucket that does not
-// exist is NON_COMPLIANT), the stack's topics, its roles, the templates' security groups and
-// the stack's instances. An error means something could not be read (access denied,
+// exist is NON_COMPLIANT), the stack's topics, its roles, the templates' security groups,
+// the stack's instances and the EC2 events rule and queue. An error means something could not be read (access denied,
 // network, an unparsable answer); the report then holds what was checked before it.
 func Audit(ctx context.Context, c Clients, t Target) (Report, error) {
 	if err := t.Topology.Validate(); err != nil {
@@ -144,7 +154,7 @@ func Audit(ctx context.Context, c Clients, t Target) (Report, error) {
 		now = time.Now()
 	}
 	a := auditor{c: c, now: now}
-	steps := []func(context.Context, Target) error{a.buckets, a.topics, a.roles, a.securityGroups, a.instances}
+	steps := []func(context.Context, Target) error{a.buckets, a.topics, a.roles, a.securityGroups, a.instances, a.ec2Events}
 	for _, step := range steps {
 		if err := step(ctx, t); err != nil {
 			return a.report, err

@@ -30,6 +30,8 @@ const (
 	TypeRole          ResourceType = "AWS::IAM::Role"
 	TypeSecurityGroup ResourceType = "AWS::EC2::SecurityGroup"
 	TypeInstance      ResourceType = "AWS::EC2::Instance"
+	TypeRule          ResourceType = "AWS::Events::Rule"
+	TypeQueue         ResourceType = "AWS::SQS::Queue"
 )
 
 // short names for the text report.
@@ -39,6 +41,8 @@ var shortTypes = map[ResourceType]string{
 	TypeRole:          "role",
 	TypeSecurityGroup: "security-group",
 	TypeInstance:      "instance",
+	TypeRule:          "rule",
+	TypeQueue:         "queue",
 }
 
 // Finding is one rule's outcome on one resource, with the reason.
