@@ -13,14 +13,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/sortie-fleet/sortie/pkg/audit"
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/ec2events"
+	"github.com/sortie-fleet/sortie/pkg/infra"
 	"github.com/sortie-fleet/sortie/pkg/opsconfig"
 	"github.com/sortie-fleet/sortie/pkg/tags"
 )
@@ -77,6 +82,18 @@ func TestAudit(t *testing.T) {
 		for _, role := range audit.StackRoles(topo) {
 			if st, _ := finding(out, "role", role, audit.RuleLeastPrivilege); st != audit.NotApplicable {
 				t.Errorf("role %s is %q, want NOT_APPLICABLE (infra up creates no roles):\n%s", role, st, out)
+			}
+		}
+		for _, f := range []struct {
+			typ, id string
+			rule    audit.Rule
+		}{
+			{"rule", topo.EC2EventsRuleName(), audit.RuleEnabled}, {"rule", topo.EC2EventsRuleName(), audit.RuleEC2EventsPattern},
+			{"rule", topo.EC2EventsRuleName(), audit.RuleTargetsQueue}, {"queue", topo.EC2EventsQueueName(), audit.RuleDeadLetterQueue},
+			{"queue", topo.EC2EventsQueueName(), audit.RuleRuleSendsOnly},
+		} {
+			if st, _ := finding(out, f.typ, f.id, f.rule); st != audit.Compliant {
+				t.Errorf("%s %s %s is %q, want COMPLIANT:\n%s", f.typ, f.id, f.rule, st, out)
 			}
 		}
 		if strings.Contains(out, "NON_COMPLIANT") {
@@ -153,6 +170,82 @@ func TestAudit(t *testing.T) {
 		failsWith(t, "topic", topo.TopicName(bus.TaskReported), audit.RuleExists, "topic does not exist")
 		topicARN(t, bus.TaskReported) // back, with SNS's default policy
 		failsWith(t, "topic", topo.TopicName(bus.TaskReported), audit.RuleProducersOnly, "default policy: any principal of the account may publish")
+		infraUp(t)
+	})
+
+	eb, sqsc := eventbridge.NewFromConfig(cfg), sqs.NewFromConfig(cfg)
+	rule, queue := topo.EC2EventsRuleName(), topo.EC2EventsQueueName()
+	ruleARN := func(t *testing.T) string {
+		t.Helper()
+		out, err := eb.DescribeRule(ctx, &eventbridge.DescribeRuleInput{Name: aws.String(rule)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(out.Arn)
+	}
+	removeTarget := func(t *testing.T) {
+		t.Helper()
+		if _, err := eb.RemoveTargets(ctx, &eventbridge.RemoveTargetsInput{Rule: aws.String(rule), Ids: []string{infra.EC2EventsTargetID}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setQueuePolicy := func(t *testing.T, doc string) {
+		t.Helper()
+		u, err := sqsc.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: aws.String(queue)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sqsc.SetQueueAttributes(ctx, &sqs.SetQueueAttributesInput{QueueUrl: u.QueueUrl, Attributes: map[string]string{"Policy": doc}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("the EC2 events rule deleted", func(t *testing.T) {
+		removeTarget(t) // AWS refuses to delete a rule with targets; kumo does not
+		if _, err := eb.DeleteRule(ctx, &eventbridge.DeleteRuleInput{Name: aws.String(rule)}); err != nil {
+			t.Fatal(err)
+		}
+		failsWith(t, "rule", rule, audit.RuleExists, "rule does not exist: EC2's notices reach no queue; the monitor will not hear of spot interruptions or lost instances (run `sortie infra up`")
+
+		var stdout, stderr bytes.Buffer
+		if err := run(ctx, []string{"--prefix", prefix, "audit", "--json"}, &stdout, &stderr); err == nil {
+			t.Fatal("--json: want an error for the missing rule")
+		}
+		var r struct{ Evaluations []map[string]string }
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatalf("stdout is not JSON: %v\n%s", err, stdout.String())
+		}
+		var bad []map[string]string
+		for _, e := range r.Evaluations {
+			if e["ComplianceType"] == "NON_COMPLIANT" {
+				bad = append(bad, e)
+			}
+		}
+		if len(bad) != 1 || bad[0]["ComplianceResourceType"] != "AWS::Events::Rule" || bad[0]["ComplianceResourceId"] != rule || bad[0]["ConfigRuleName"] != "exists" {
+			t.Errorf("--json: non-compliant %v, want only AWS::Events::Rule %s exists\n%s", bad, rule, stdout.String())
+		}
+		infraUp(t)
+	})
+	t.Run("the EC2 events rule disabled", func(t *testing.T) {
+		// kumo has no DisableRule: PutRule with the state.
+		if _, err := eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String(rule), EventPattern: aws.String(ec2events.Pattern()), State: ebtypes.RuleStateDisabled}); err != nil {
+			t.Fatal(err)
+		}
+		failsWith(t, "rule", rule, audit.RuleEnabled, "state DISABLED, want ENABLED")
+		infraUp(t)
+	})
+	t.Run("the EC2 events rule without its target", func(t *testing.T) {
+		removeTarget(t)
+		failsWith(t, "rule", rule, audit.RuleTargetsQueue, "no targets: the monitor will not hear of spot interruptions")
+		infraUp(t)
+	})
+	t.Run("the EC2 events queue open to anyone", func(t *testing.T) {
+		setQueuePolicy(t, `{"Version":"2012-10-17","Statement":[{"Sid":"Open","Effect":"Allow","Principal":"*","Action":"sqs:SendMessage","Resource":"*"}]}`)
+		failsWith(t, "queue", queue, audit.RuleRuleSendsOnly, "Open: lets any principal (*) send")
+		infraUp(t)
+	})
+	t.Run("the EC2 events queue's policy without aws:SourceArn", func(t *testing.T) {
+		setQueuePolicy(t, `{"Version":"2012-10-17","Statement":[{"Sid":"AnyRule","Effect":"Allow","Principal":{"Service":"events.amazonaws.com"},"Action":"sqs:SendMessage","Resource":"*"}]}`)
+		failsWith(t, "queue", queue, audit.RuleRuleSendsOnly, "AnyRule: no condition aws:SourceArn = "+ruleARN(t))
 		infraUp(t)
 	})
 
