@@ -21,7 +21,8 @@ type AuditCmd struct {
 }
 
 // Run audits the stack (its buckets, topics, roles and instances, the templates' security
-// groups) and any --bucket, prints the report, and fails when an evaluation is
+// groups, the EventBridge rule and queue bringing EC2's notices to the monitor) and any
+// --bucket, prints the report, and fails when an evaluation is
 // NON_COMPLIANT, a bucket or topic the stack uses does not exist included.
 func (c *AuditCmd) Run(ctx context.Context, g *Globals) error {
 	base := service.Base{Prefix: g.Prefix, OpsConfig: c.Config}
