@@ -99,6 +99,8 @@ func sampleReport() Report {
 	r.add(TypeRole, "sortie-planner", auditTime, Finding{RuleLeastPrivilege, NotApplicable, "role does not exist"})
 	r.add(TypeSecurityGroup, "sg-0123456789abcdef0", auditTime, Finding{RuleRestrictedSSH, Compliant, "port 22 not open to 0.0.0.0/0 or ::/0"})
 	r.add(TypeInstance, "i-0123456789abcdef0", auditTime, Finding{RuleIMDSv2, Compliant, "HttpTokens required, hop limit 1"})
+	r.add(TypeRule, "sortie-ec2-events", auditTime, Finding{RuleEnabled, Compliant, "state ENABLED"})
+	r.add(TypeQueue, "sortie-ec2-events", auditTime, Finding{RuleRuleSendsOnly, NotApplicable, "rule sortie-ec2-events does not exist"})
 	return r
 }
 
@@ -124,8 +126,8 @@ func TestReportGolden(t *testing.T) {
 	if n := r.NonCompliant(); n != 6 {
 		t.Errorf("NonCompliant() = %d, want 6", n)
 	}
-	if n := r.Count(NotApplicable); n != 1 {
-		t.Errorf("Count(NotApplicable) = %d, want 1", n)
+	if n := r.Count(NotApplicable); n != 2 {
+		t.Errorf("Count(NotApplicable) = %d, want 2", n)
 	}
 	want := []string{"bucket sortie-secrets", "bucket scratch", "topic sortie-job-submitted"}
 	if got := r.NonCompliantResources(); !slices.Equal(got, want) {

@@ -1,12 +1,17 @@
 package audit
 
 import (
+	"context"
 	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
 	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/smithy-go"
 
+	"github.com/sortie-fleet/sortie/pkg/bus"
 	"github.com/sortie-fleet/sortie/pkg/ec2events"
 	"github.com/sortie-fleet/sortie/pkg/infra"
 )
@@ -168,5 +173,76 @@ func TestCheckRuleState(t *testing.T) {
 		if f := CheckRuleState(s); f.Rule != RuleEnabled || f.Status != want {
 			t.Errorf("state %q: %+v, want %s", s, f, want)
 		}
+	}
+}
+
+// routingFake answers the audit's EventBridge and SQS reads for a healthy routing, except
+// that the call named by fail answers AccessDenied; ListTargetsByRule always returns the
+// same NextToken, as an emulator that ignores it would.
+type routingFake struct {
+	fail  string
+	pages int
+}
+
+const fakeRuleARN = "arn:aws:events:us-east-1:000000000000:rule/t-ec2-events"
+
+func (f *routingFake) err(call string) error {
+	if f.fail == call {
+		return &smithy.GenericAPIError{Code: "AccessDenied", Message: "Access Denied"}
+	}
+	return nil
+}
+
+func (f *routingFake) DescribeRule(context.Context, *eventbridge.DescribeRuleInput, ...func(*eventbridge.Options)) (*eventbridge.DescribeRuleOutput, error) {
+	return &eventbridge.DescribeRuleOutput{Arn: aws.String(fakeRuleARN), State: ebtypes.RuleStateEnabled, EventPattern: aws.String(ec2events.Pattern())}, f.err("DescribeRule")
+}
+
+func (f *routingFake) ListTargetsByRule(context.Context, *eventbridge.ListTargetsByRuleInput, ...func(*eventbridge.Options)) (*eventbridge.ListTargetsByRuleOutput, error) {
+	f.pages++
+	return &eventbridge.ListTargetsByRuleOutput{NextToken: aws.String("same"),
+		Targets: []ebtypes.Target{{Id: aws.String("q"), Arn: aws.String("arn:aws:sqs:us-east-1:000000000000:t-ec2-events")}}}, f.err("ListTargetsByRule")
+}
+
+func (f *routingFake) GetQueueUrl(_ context.Context, in *sqs.GetQueueUrlInput, _ ...func(*sqs.Options)) (*sqs.GetQueueUrlOutput, error) {
+	return &sqs.GetQueueUrlOutput{QueueUrl: aws.String("http://q/" + aws.ToString(in.QueueName))}, f.err("GetQueueUrl")
+}
+
+func (f *routingFake) GetQueueAttributes(_ context.Context, in *sqs.GetQueueAttributesInput, _ ...func(*sqs.Options)) (*sqs.GetQueueAttributesOutput, error) {
+	name := strings.TrimPrefix(aws.ToString(in.QueueUrl), "http://q/")
+	arn := "arn:aws:sqs:us-east-1:000000000000:" + name
+	policy, _ := infra.RuleQueuePolicy(arn, fakeRuleARN)
+	redrive, _ := infra.RedrivePolicy(arn+"-dlq", 5)
+	return &sqs.GetQueueAttributesOutput{Attributes: map[string]string{"QueueArn": arn, "Policy": string(policy), "RedrivePolicy": string(redrive)}}, f.err("GetQueueAttributes")
+}
+
+// TestAuditEC2EventsReadErrors: a read of the routing that is refused fails the audit,
+// naming the resource and the error, rather than passing what it could not see; a
+// NextToken that repeats ends the listing of targets.
+func TestAuditEC2EventsReadErrors(t *testing.T) {
+	target := Target{Topology: bus.Topology{Prefix: "t"}}
+	t.Run("healthy", func(t *testing.T) {
+		f := &routingFake{}
+		r, err := Audit(context.Background(), Clients{EventBridge: f, SQS: f}, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Count(Compliant) != 5 || r.NonCompliant() != 0 {
+			t.Errorf("want 5 compliant findings:\n%s", r)
+		}
+		if f.pages != 2 {
+			t.Errorf("ListTargetsByRule called %d times, want 2 (the token repeated)", f.pages)
+		}
+	})
+	for call, resource := range map[string]string{
+		"DescribeRule": "rule t-ec2-events", "ListTargetsByRule": "rule t-ec2-events",
+		"GetQueueUrl": "queue t-ec2-events", "GetQueueAttributes": "queue t-ec2-events",
+	} {
+		t.Run(call, func(t *testing.T) {
+			f := &routingFake{fail: call}
+			_, err := Audit(context.Background(), Clients{EventBridge: f, SQS: f}, target)
+			if err == nil || !strings.Contains(err.Error(), "auditing "+resource) || !strings.Contains(err.Error(), "AccessDenied") {
+				t.Fatalf("want an error naming %s and AccessDenied, got %v", resource, err)
+			}
+		})
 	}
 }
