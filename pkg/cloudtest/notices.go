@@ -37,41 +37,23 @@ type Notices = map[string][]ReceivedNotice
 // test. A nil done drains until the timeout.
 func EC2Notices(tb testing.TB, client *sqs.Client, queueURL string, timeout time.Duration, done func(Notices) bool) Notices {
 	tb.Helper()
-	ctx := tb.Context()
 	got := Notices{}
-	for deadline := time.Now().Add(timeout); (done == nil || !done(got)) && time.Now().Before(deadline); {
-		out, err := client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
-			QueueUrl:                    aws.String(queueURL),
-			MaxNumberOfMessages:         10,
-			WaitTimeSeconds:             1,
-			MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameSentTimestamp},
-		})
-		if err != nil {
-			tb.Fatalf("receiving from %s: %v", queueURL, err)
-		}
-		for _, m := range out.Messages {
-			n, err := ec2events.Parse([]byte(aws.ToString(m.Body)))
-			if err != nil {
-				tb.Fatalf("a message of %s is not an EC2 notice: %v\n%s", queueURL, err, aws.ToString(m.Body))
-			}
-			ms, _ := strconv.ParseInt(m.Attributes[string(sqstypes.MessageSystemAttributeNameSentTimestamp)], 10, 64)
-			got[n.InstanceID] = append(got[n.InstanceID], ReceivedNotice{Notice: n, Sent: time.UnixMilli(ms)})
-			if _, err := client.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(queueURL), ReceiptHandle: m.ReceiptHandle}); err != nil {
-				tb.Fatalf("deleting from %s: %v", queueURL, err)
-			}
-		}
+	in := &sqs.ReceiveMessageInput{
+		QueueUrl:                    aws.String(queueURL),
+		MessageSystemAttributeNames: []sqstypes.MessageSystemAttributeName{sqstypes.MessageSystemAttributeNameSentTimestamp},
 	}
+	drain(tb, client, in, timeout, func() bool { return done != nil && done(got) }, func(m sqstypes.Message) {
+		n, err := ec2events.Parse([]byte(aws.ToString(m.Body)))
+		if err != nil {
+			tb.Fatalf("a message of %s is not an EC2 notice: %v\n%s", queueURL, err, aws.ToString(m.Body))
+		}
+		ms, _ := strconv.ParseInt(m.Attributes[string(sqstypes.MessageSystemAttributeNameSentTimestamp)], 10, 64)
+		got[n.InstanceID] = append(got[n.InstanceID], ReceivedNotice{Notice: n, Sent: time.UnixMilli(ms)})
+	})
 	return got
 }
 
 // HasNotices returns an EC2Notices predicate satisfied once every instance has n notices.
 func HasNotices(n int, instanceIDs ...string) func(Notices) bool {
-	return func(got Notices) bool {
-		for _, id := range instanceIDs {
-			if len(got[id]) < n {
-				return false
-			}
-		}
-		return true
-	}
+	return hasN[Notices](n, instanceIDs...)
 }

@@ -22,34 +22,44 @@ type Messages = map[string][]sqstypes.Message
 // timeout passes, and returns them grouped by job id. A nil done drains until the timeout.
 func Collect(tb testing.TB, client *sqs.Client, queueURL string, timeout time.Duration, done func(Messages) bool) Messages {
 	tb.Helper()
-	ctx := tb.Context()
 	got := Messages{}
-	for deadline := time.Now().Add(timeout); (done == nil || !done(got)) && time.Now().Before(deadline); {
-		out, err := client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
-			QueueUrl:              aws.String(queueURL),
-			MaxNumberOfMessages:   10,
-			WaitTimeSeconds:       1,
-			MessageAttributeNames: []string{"All"},
-		})
+	in := &sqs.ReceiveMessageInput{QueueUrl: aws.String(queueURL), MessageAttributeNames: []string{"All"}}
+	drain(tb, client, in, timeout, func() bool { return done != nil && done(got) }, func(m sqstypes.Message) {
+		id := Attr(m, bus.AttrJobID)
+		got[id] = append(got[id], m)
+	})
+	return got
+}
+
+// drain receives (and deletes) messages with in, handing each to take, until enough says
+// so or timeout passes.
+func drain(tb testing.TB, client *sqs.Client, in *sqs.ReceiveMessageInput, timeout time.Duration, enough func() bool, take func(sqstypes.Message)) {
+	tb.Helper()
+	ctx := tb.Context()
+	queueURL := aws.ToString(in.QueueUrl)
+	in.MaxNumberOfMessages, in.WaitTimeSeconds = 10, 1
+	for deadline := time.Now().Add(timeout); !enough() && time.Now().Before(deadline); {
+		out, err := client.ReceiveMessage(ctx, in)
 		if err != nil {
 			tb.Fatalf("receiving from %s: %v", queueURL, err)
 		}
 		for _, m := range out.Messages {
-			id := Attr(m, bus.AttrJobID)
-			got[id] = append(got[id], m)
+			take(m)
 			if _, err := client.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(queueURL), ReceiptHandle: m.ReceiptHandle}); err != nil {
 				tb.Fatalf("deleting from %s: %v", queueURL, err)
 			}
 		}
 	}
-	return got
 }
 
 // HasAll returns a Collect predicate satisfied once every job id has n messages.
-func HasAll(n int, jobIDs ...string) func(Messages) bool {
-	return func(got Messages) bool {
-		for _, id := range jobIDs {
-			if len(got[id]) < n {
+func HasAll(n int, jobIDs ...string) func(Messages) bool { return hasN[Messages](n, jobIDs...) }
+
+// hasN is satisfied once every key has n values.
+func hasN[M ~map[string][]V, V any](n int, keys ...string) func(M) bool {
+	return func(got M) bool {
+		for _, k := range keys {
+			if len(got[k]) < n {
 				return false
 			}
 		}
