@@ -542,7 +542,7 @@ func TestOnDeadLetterHook(t *testing.T) {
 		return bus.Permanent(errors.New("template gpu-xl is not defined"))
 	})
 	stop := e.run(r)
-	if err := e.publisher().PublishBody(context.Background(), fakeEvent{bus.JobSubmitted, "job-h", "corr-h"}, []byte(`{"job_id":"job-h"}`)); err != nil {
+	if err := e.publisher().PublishBody(context.Background(), fakeEvent{bus.JobSubmitted, "job-h", "corr-h"}, []byte(`{"job_id":"job-h","plan_revision":2}`)); err != nil {
 		t.Fatal(err)
 	}
 	q := e.topo.QueueName(bus.Planner, bus.JobSubmitted)
@@ -554,7 +554,7 @@ func TestOnDeadLetterHook(t *testing.T) {
 	}
 	d := told[2]
 	if d.JobID != "job-h" || d.CorrelationID != "corr-h" || d.EventType != bus.JobSubmitted || d.Queue != q || d.DLQ != bus.DLQName(q) ||
-		!strings.Contains(d.Reason, "gpu-xl") || d.Exhausted {
+		!strings.Contains(d.Reason, "gpu-xl") || d.Exhausted || d.PlanRevision != 2 {
 		t.Errorf("dead letter %+v", d)
 	}
 	if err := stop(); err != nil {

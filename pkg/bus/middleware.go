@@ -160,6 +160,10 @@ type DeadLetter struct {
 	// Exhausted says SQS moves it after its last delivery failed with a transient error;
 	// otherwise a permanent error sends it at once.
 	Exhausted bool
+	// PlanRevision is the event's plan_revision when it has one (FleetPlanned,
+	// FleetLaunched, FleetBootstrapped, InstanceLost), else 0: a replacement fleet's
+	// message (revision > 1) must not end a job whose other instances still run.
+	PlanRevision int
 }
 
 // deadLetter calls Config.OnDeadLetter, if set, for a message with a job id.
@@ -172,6 +176,7 @@ func (r *Router) deadLetter(msg *message.Message, rt route, dlq string, reason e
 		MessageID: msg.UUID,
 		JobID:     JobID(ctx), CorrelationID: CorrelationID(ctx), EventType: cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType),
 		Queue: rt.queue, DLQ: dlq, Reason: reason.Error(), Exhausted: !IsPermanent(reason),
+		PlanRevision: planRevision(msg.Payload),
 	}
 	if d.JobID == "" && !d.Exhausted {
 		return nil // nothing to answer, and the DLQ message carries its reason
@@ -287,6 +292,17 @@ func headerIDs(payload []byte) (jobID, correlationID string) {
 		return "", ""
 	}
 	return h.JobID, h.CorrelationID
+}
+
+// planRevision reads an event body's plan_revision, 0 when it has none or is no event.
+func planRevision(payload []byte) int {
+	var e struct {
+		PlanRevision int `json:"plan_revision"`
+	}
+	if json.Unmarshal(payload, &e) != nil {
+		return 0
+	}
+	return e.PlanRevision
 }
 
 func cmpOr(a, b string) string {

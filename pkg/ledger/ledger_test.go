@@ -443,21 +443,24 @@ func TestDeadLetterRejects(t *testing.T) {
 	for _, tt := range []struct {
 		eventType  string
 		exhausted  bool
+		revision   int // the event's plan_revision (0: none)
 		wantReject bool
 	}{
-		{bus.FleetPlanned, false, true},
-		{bus.FleetLaunched, true, true},
-		{bus.TaskReported, false, false},
-		{bus.InstanceLost, false, false},
-		{bus.InstanceLost, true, false},
+		{bus.FleetPlanned, false, 1, true},
+		{bus.FleetLaunched, true, 1, true},
+		{bus.TaskReported, false, 0, false},
+		{bus.InstanceLost, false, 1, false},
+		{bus.InstanceLost, true, 1, false},
+		{bus.FleetPlanned, false, 2, false}, // a replacement: its revision fails, not the job
+		{bus.FleetLaunched, true, 3, false},
 	} {
-		name := fmt.Sprintf("%s-exhausted-%t", tt.eventType, tt.exhausted)
+		name := fmt.Sprintf("%s-exhausted-%t-rev%d", tt.eventType, tt.exhausted, tt.revision)
 		t.Run(name, func(t *testing.T) {
 			pub := &recorder{}
 			rej := ledger.Rejecter{Ledger: l, Publisher: pub, Service: "reaper"}
 			job, msg := "job-dl-"+strings.ToLower(name), "m-"+name
 			err := rej.OnDeadLetter(t.Context(), bus.DeadLetter{MessageID: msg, JobID: job, CorrelationID: "c", EventType: tt.eventType,
-				Queue: "q", DLQ: "q-dlq", Reason: "bad input", Exhausted: tt.exhausted})
+				Queue: "q", DLQ: "q-dlq", Reason: "bad input", Exhausted: tt.exhausted, PlanRevision: tt.revision})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -467,6 +470,9 @@ func TestDeadLetterRejects(t *testing.T) {
 			}
 			if rejected := rec.DoneAt(ledger.Rejected) != ""; rejected != tt.wantReject || (len(pub.got) == 1) != tt.wantReject {
 				t.Errorf("rejected %t, published %+v; want rejected %t", rejected, pub.got, tt.wantReject)
+			}
+			if st := rec.RevisionState(tt.revision); tt.revision > 1 && !strings.HasPrefix(st, ledger.RevFailed+": reaper: dead-lettered: ") {
+				t.Errorf("revision %d's state %q, want failed, dead-lettered", tt.revision, st)
 			}
 			if r, err := l.DeadLetterReason(t.Context(), msg); err != nil || (r != "") != tt.exhausted {
 				t.Errorf("recorded reason %q (%v), want one only when exhausted (%t)", r, err, tt.exhausted)

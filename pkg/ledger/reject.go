@@ -107,7 +107,8 @@ func (r Rejecter) end(ctx context.Context, jobID, correlationID, outcome, reason
 // OnDeadLetter is a bus.Config.OnDeadLetter: a job whose message reaches a DLQ is rejected
 // with the reason. TaskReported and InstanceLost are the exceptions: one bad task report
 // does not end a job, nor does a lost instance's notice that could not be handled (the
-// job's other instances still run and may finish it).
+// job's other instances still run and may finish it); nor does a replacement fleet's
+// message (plan revision > 1), whose revision is recorded failed instead.
 //
 // A message SQS itself moves to the DLQ (its last delivery failed) carries no reason
 // attribute, so its last error is recorded in the ledger by message id first, for `sortie
@@ -124,6 +125,11 @@ func (r Rejecter) OnDeadLetter(ctx context.Context, d bus.DeadLetter) error {
 	}
 	if d.EventType == bus.TaskReported || d.EventType == bus.InstanceLost || d.JobID == "" {
 		return nil
+	}
+	if d.PlanRevision > 1 {
+		// A replacement fleet's message: the job goes on with the instances it has; the
+		// revision is recorded failed so the monitor does not wait for it.
+		return r.Ledger.SetRevisionState(ctx, d.JobID, d.PlanRevision, RevFailed+": "+r.Service+": dead-lettered: "+reason)
 	}
 	return r.Reject(ctx, d.JobID, d.CorrelationID, r.Service+": "+reason)
 }
