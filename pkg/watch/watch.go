@@ -338,19 +338,27 @@ func (w *Watcher) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// revision names a plan revision after the first: "revision 2: ".
+func revision(rev int) string {
+	if rev <= 1 {
+		return ""
+	}
+	return fmt.Sprintf("revision %d: ", rev)
+}
+
 // Describe is a one-line human summary of an event for progress output.
 func Describe(ev events.Event) string {
 	switch e := ev.(type) {
 	case events.JobSubmitted:
 		return fmt.Sprintf("JobSubmitted       template=%s profile=%s recipe=%s deadline=%ds", e.Template, e.Profile, e.Recipe, e.DeadlineSeconds)
 	case events.FleetPlanned:
-		return fmt.Sprintf("FleetPlanned       %s", e.Rationale)
+		return fmt.Sprintf("FleetPlanned       %s%s", revision(e.PlanRevision), e.Rationale)
 	case events.FleetLaunched:
 		ids := make([]string, len(e.Instances))
 		for i, in := range e.Instances {
 			ids[i] = in.ID + "@" + in.SSHEndpoint
 		}
-		return fmt.Sprintf("FleetLaunched      %d instances: %s", len(e.Instances), strings.Join(ids, " "))
+		return fmt.Sprintf("FleetLaunched      %s%d instances: %s", revision(e.PlanRevision), len(e.Instances), strings.Join(ids, " "))
 	case events.FleetBootstrapped:
 		ok := 0
 		for _, in := range e.Instances {
@@ -358,7 +366,13 @@ func Describe(ev events.Event) string {
 				ok++
 			}
 		}
-		return fmt.Sprintf("FleetBootstrapped  %d/%d instances bootstrapped", ok, len(e.Instances))
+		return fmt.Sprintf("FleetBootstrapped  %s%d/%d instances bootstrapped", revision(e.PlanRevision), ok, len(e.Instances))
+	case events.InstanceLost:
+		s := fmt.Sprintf("InstanceLost       %s (plan revision %d): %s", e.InstanceID, e.PlanRevision, e.Cause)
+		if !e.NoticeDeadline.IsZero() {
+			s += ", taken at " + e.NoticeDeadline.UTC().Format(time.RFC3339)
+		}
+		return s
 	case events.TaskReported:
 		if e.Exited() && e.ExitCode != nil {
 			return fmt.Sprintf("TaskReported       workload %s exited %d on %s", e.TaskID, *e.ExitCode, e.InstanceID)

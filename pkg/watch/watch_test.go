@@ -115,3 +115,23 @@ func TestDescribeFleetTerminated(t *testing.T) {
 		}
 	}
 }
+
+func TestDescribeReplacements(t *testing.T) {
+	at := time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		ev   events.Event
+		want string
+	}{
+		{events.FleetPlanned{PlanRevision: 1, Rationale: "3 instances"}, "FleetPlanned       3 instances"},
+		{events.FleetPlanned{PlanRevision: 2, Rationale: "replan 2 …"}, "FleetPlanned       revision 2: replan 2 …"},
+		{events.FleetLaunched{PlanRevision: 2, Instances: []events.Instance{{ID: "i-0b", SSHEndpoint: "10.0.0.2:22"}}}, "FleetLaunched      revision 2: 1 instances: i-0b@10.0.0.2:22"},
+		{events.FleetBootstrapped{PlanRevision: 2, Instances: []events.InstanceResult{{ID: "i-0b", OK: true}}}, "FleetBootstrapped  revision 2: 1/1 instances bootstrapped"},
+		{events.InstanceLost{InstanceID: "i-0a", PlanRevision: 1, Cause: events.LostSpotInterruption, NoticeDeadline: at},
+			"InstanceLost       i-0a (plan revision 1): spot-interruption, taken at 2026-12-02T16:00:00Z"},
+		{events.InstanceLost{InstanceID: "i-0a", PlanRevision: 1, Cause: events.LostTerminated}, "InstanceLost       i-0a (plan revision 1): terminated"},
+	} {
+		if got := watch.Describe(tt.ev); got != tt.want {
+			t.Errorf("Describe(%T) = %q, want %q", tt.ev, got, tt.want)
+		}
+	}
+}
