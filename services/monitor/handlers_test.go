@@ -87,6 +87,7 @@ type fakeEC2 struct {
 	stage   string
 	foreign map[string]bool
 	extra   map[string]string // tags every instance carries besides the filters'
+	spot    bool              // every instance is a spot instance
 	tags    []*ec2.CreateTagsInput
 }
 
@@ -115,6 +116,9 @@ func (f *fakeEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstances
 		}
 		if f.stage != "" {
 			inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(tags.Stage), Value: aws.String(f.stage)})
+		}
+		if f.spot {
+			inst.InstanceLifecycle = ec2types.InstanceLifecycleTypeSpot
 		}
 		for k, v := range f.extra {
 			inst.Tags = append(inst.Tags, ec2types.Tag{Key: aws.String(k), Value: aws.String(v)})
@@ -462,6 +466,8 @@ func TestEC2Notices(t *testing.T) {
 		name      string
 		msg       *bus.Message
 		foreign   bool
+		onDemand  bool                       // EC2 describes the instance as on demand
+		state     ec2types.InstanceStateName // EC2's state of it ("" running)
 		wantLost  int
 		permanent bool
 	}{
@@ -469,11 +475,17 @@ func TestEC2Notices(t *testing.T) {
 		{name: "another stack's instance", msg: notice(ec2events.SpotWarning(w, "e1", a, warned)), foreign: true},
 		{name: "not an EC2 notice: dropped", msg: &bus.Message{Payload: []byte(`{"source":"aws.s3","detail-type":"Object Created","detail":{}}`)}},
 		{name: "garbage: dead-lettered", msg: &bus.Message{Payload: []byte(`{{{`)}, permanent: true},
-		{name: "spot warning", msg: notice(ec2events.SpotWarning(w, "e2", a, warned)), wantLost: 1},
-		{name: "its termination after the warning: told once", msg: notice(ec2events.StateChange(w, "e3", a, "terminated", warned.Add(2*time.Minute))), wantLost: 1},
+		{name: "larger than any EventBridge event: dead-lettered", msg: &bus.Message{Payload: []byte(`{"source":"aws.ec2","detail":"` + strings.Repeat("x", 300<<10) + `"}`)}, permanent: true},
+		{name: "forged: a spot warning for an on-demand instance", msg: notice(ec2events.SpotWarning(w, "e2", a, warned)), onDemand: true},
+		{name: "forged: a termination of an instance EC2 says runs", msg: notice(ec2events.StateChange(w, "e3", a, "terminated", warned))},
+		{name: "spot warning", msg: notice(ec2events.SpotWarning(w, "e4", a, warned)), wantLost: 1},
+		{name: "its termination after the warning: told once", msg: notice(ec2events.StateChange(w, "e5", a, "terminated", warned.Add(2*time.Minute))),
+			state: ec2types.InstanceStateNameTerminated, wantLost: 1},
 	}
 	for _, tt := range tests {
 		f.ec2.foreign = map[string]bool{a: tt.foreign}
+		f.ec2.spot = !tt.onDemand
+		f.ec2.states = map[string]ec2types.InstanceStateName{a: tt.state}
 		err := f.m.handleEC2Notice(ctx, tt.msg)
 		if bus.IsPermanent(err) != tt.permanent || (err != nil && !tt.permanent) {
 			t.Fatalf("%s: err = %v, permanent want %v", tt.name, err, tt.permanent)
@@ -807,6 +819,7 @@ func TestWarningDuringBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.ec2.extra = map[string]string{tags.JobID: e.JobID, tags.Fleet: e.FleetID}
+	f.ec2.spot = true
 	body, err := json.Marshal(ec2events.SpotWarning(ec2events.Where{Region: "us-east-1", Account: "000000000000"}, "e1", b, clock))
 	if err != nil {
 		t.Fatal(err)

@@ -71,6 +71,12 @@ func (m *monitor) handleEC2Notice(ctx context.Context, msg *bus.Message) error {
 		log.Debug("EC2 notice for an instance that is not this stack's: dropped")
 		return nil
 	}
+	if why := disagrees(n, in); why != "" {
+		// The queue admits only the stack's rule, but a notice is acted on only when EC2
+		// itself bears it out: a forged one must not buy a replacement fleet.
+		log.Warn("EC2 notice not borne out by EC2: dropped", "reason", why)
+		return nil
+	}
 	tg := tagMap(in.Tags)
 	jobID, fleetID := tg[tags.JobID], tg[tags.Fleet]
 	if jobID == "" || fleetID == "" {
@@ -356,4 +362,25 @@ func (m *monitor) planLogs(rec ledger.Record) []string {
 		return nil
 	}
 	return logPaths(wl)
+}
+
+// disagrees says why EC2's description of an instance contradicts a notice about it ("" when
+// it does not): a spot warning for an instance that is not spot, a state change to a state
+// the instance is not in, nor past.
+func disagrees(n ec2events.Notice, in ec2types.Instance) string {
+	var state ec2types.InstanceStateName
+	if in.State != nil {
+		state = in.State.Name
+	}
+	switch n.Kind {
+	case ec2events.KindSpotWarning:
+		if in.InstanceLifecycle != ec2types.InstanceLifecycleTypeSpot {
+			return "a spot interruption warning for an instance that is not a spot instance"
+		}
+	case ec2events.KindStateChange:
+		if !gone(state) {
+			return fmt.Sprintf("a notice that the instance is %s, but EC2 says it is %s", n.State, cmpOr(string(state), "in no state"))
+		}
+	}
+	return ""
 }
