@@ -24,6 +24,8 @@ import (
 
 	"github.com/sortie-fleet/sortie/pkg/awsx"
 	"github.com/sortie-fleet/sortie/pkg/cloudtest"
+	"github.com/sortie-fleet/sortie/pkg/ec2events"
+	"github.com/sortie-fleet/sortie/pkg/infra"
 )
 
 // Third-party clients against `sortie localcloud`: Debian's aws CLI (v2.9, which speaks
@@ -240,6 +242,58 @@ func TestAWSCLIAgainstLocalcloud(t *testing.T) {
 		if err == nil || !strings.Contains(stderr, "InvalidAction") {
 			t.Errorf("an action the local cloud lacks: %v %s", err, stderr)
 		}
+	})
+
+	// EC2's notices as a stack's EventBridge rule routes them, with the rule, its target and
+	// the queue policy set up by the aws CLI: an instance the CLI terminates is announced on
+	// the queue, read back with the CLI.
+	t.Run("ec2 notices through an eventbridge rule", func(t *testing.T) {
+		aws := aws.on(t)
+		name := cloudtest.Unique("cli-notices-")
+		var q struct{ QueueUrl string }
+		aws.json(&q, "sqs", "create-queue", "--queue-name", name)
+		var qa struct{ Attributes map[string]string }
+		aws.json(&qa, "sqs", "get-queue-attributes", "--queue-url", q.QueueUrl, "--attribute-names", "QueueArn")
+		var rule struct{ RuleArn string }
+		aws.json(&rule, "events", "put-rule", "--name", name, "--event-pattern", ec2events.Pattern())
+		policy, err := infra.RuleQueuePolicy(qa.Attributes["QueueArn"], rule.RuleArn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs, err := json.Marshal(map[string]string{"Policy": string(policy)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		aws.run("sqs", "set-queue-attributes", "--queue-url", q.QueueUrl, "--attributes", string(attrs))
+		aws.run("events", "put-targets", "--rule", name, "--targets", "Id=queue,Arn="+qa.Attributes["QueueArn"])
+
+		var launched struct{ Instances []struct{ InstanceId string } }
+		aws.json(&launched, "ec2", "run-instances", "--image-id", "ami-0123456789abcdef0", "--instance-type", "t3.micro", "--count", "1")
+		id := launched.Instances[0].InstanceId
+		aws.run("ec2", "wait", "instance-running", "--instance-ids", id)
+		aws.run("ec2", "terminate-instances", "--instance-ids", id)
+		var states []string
+		for deadline := time.Now().Add(30 * time.Second); len(states) < 2 && time.Now().Before(deadline); {
+			var got struct {
+				Messages []struct{ Body, ReceiptHandle string }
+			}
+			aws.json(&got, "sqs", "receive-message", "--queue-url", q.QueueUrl, "--wait-time-seconds", "2", "--max-number-of-messages", "10")
+			for _, m := range got.Messages {
+				n, err := ec2events.Parse([]byte(m.Body))
+				if err != nil {
+					t.Fatalf("not an EC2 notice: %v\n%s", err, m.Body)
+				}
+				if n.InstanceID == id {
+					states = append(states, n.State)
+				}
+				aws.run("sqs", "delete-message", "--queue-url", q.QueueUrl, "--receipt-handle", m.ReceiptHandle)
+			}
+		}
+		if !slices.Equal(states, []string{"shutting-down", "terminated"}) {
+			t.Errorf("notices of %s: %v, want shutting-down then terminated", id, states)
+		}
+		aws.run("events", "remove-targets", "--rule", name, "--ids", "queue")
+		aws.run("events", "delete-rule", "--name", name)
 	})
 
 	t.Run("sqs", func(t *testing.T) {
