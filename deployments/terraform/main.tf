@@ -208,20 +208,31 @@ resource "aws_s3_bucket" "logs" {
   force_destroy = false
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
-  bucket = aws_s3_bucket.logs.id
+# Both of the stack's buckets (logs here, secrets in secrets.tf) are hardened alike: SSE-KMS
+# with their own key, no public access, TLS only and SSE-KMS uploads only.
+locals {
+  hardened_buckets = {
+    logs    = { id = aws_s3_bucket.logs.id, arn = aws_s3_bucket.logs.arn, kms_key_arn = aws_kms_key.logs.arn }
+    secrets = { id = aws_s3_bucket.secrets.id, arn = aws_s3_bucket.secrets.arn, kms_key_arn = aws_kms_key.secrets.arn }
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "hardened" {
+  for_each = local.hardened_buckets
+  bucket   = each.value.id
 
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.logs.arn
+      kms_master_key_id = each.value.kms_key_arn
     }
     bucket_key_enabled = true
   }
 }
 
-resource "aws_s3_bucket_public_access_block" "logs" {
-  bucket = aws_s3_bucket.logs.id
+resource "aws_s3_bucket_public_access_block" "hardened" {
+  for_each = local.hardened_buckets
+  bucket   = each.value.id
 
   block_public_acls       = true
   ignore_public_acls      = true
@@ -231,8 +242,9 @@ resource "aws_s3_bucket_public_access_block" "logs" {
 
 # Deny plain HTTP, and uploads that do not ask for SSE-KMS (wrong header, or none).
 # The statements and Sids are pkg/infra BucketPolicy's.
-resource "aws_s3_bucket_policy" "logs" {
-  bucket = aws_s3_bucket.logs.id
+resource "aws_s3_bucket_policy" "hardened" {
+  for_each = local.hardened_buckets
+  bucket   = each.value.id
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -241,7 +253,7 @@ resource "aws_s3_bucket_policy" "logs" {
         Effect    = "Deny"
         Principal = "*"
         Action    = "s3:*"
-        Resource  = [aws_s3_bucket.logs.arn, "${aws_s3_bucket.logs.arn}/*"]
+        Resource  = [each.value.arn, "${each.value.arn}/*"]
         Condition = { Bool = { "aws:SecureTransport" = "false" } }
       },
       {
@@ -249,7 +261,7 @@ resource "aws_s3_bucket_policy" "logs" {
         Effect    = "Deny"
         Principal = "*"
         Action    = "s3:PutObject"
-        Resource  = "${aws_s3_bucket.logs.arn}/*"
+        Resource  = "${each.value.arn}/*"
         Condition = { StringNotEquals = { "s3:x-amz-server-side-encryption" = "aws:kms" } }
       },
       {
@@ -257,14 +269,14 @@ resource "aws_s3_bucket_policy" "logs" {
         Effect    = "Deny"
         Principal = "*"
         Action    = "s3:PutObject"
-        Resource  = "${aws_s3_bucket.logs.arn}/*"
+        Resource  = "${each.value.arn}/*"
         Condition = { Null = { "s3:x-amz-server-side-encryption" = "true" } }
       },
     ]
   })
 
   # S3 rejects a bucket policy while the public access block is being changed.
-  depends_on = [aws_s3_bucket_public_access_block.logs]
+  depends_on = [aws_s3_bucket_public_access_block.hardened]
 }
 
 # --- Only producers publish -------------------------------------------------------------------

@@ -27,62 +27,8 @@ resource "aws_s3_bucket" "secrets" {
   force_destroy = false
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "secrets" {
-  bucket = aws_s3_bucket.secrets.id
-
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.secrets.arn
-    }
-    bucket_key_enabled = true
-  }
-}
-
-resource "aws_s3_bucket_public_access_block" "secrets" {
-  bucket = aws_s3_bucket.secrets.id
-
-  block_public_acls       = true
-  ignore_public_acls      = true
-  block_public_policy     = true
-  restrict_public_buckets = true
-}
-
-# The same statements as the log bucket's (pkg/infra BucketPolicy): TLS only, SSE-KMS puts only.
-resource "aws_s3_bucket_policy" "secrets" {
-  bucket = aws_s3_bucket.secrets.id
-  policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [
-      {
-        Sid       = "DenyInsecureTransport"
-        Effect    = "Deny"
-        Principal = "*"
-        Action    = "s3:*"
-        Resource  = [aws_s3_bucket.secrets.arn, "${aws_s3_bucket.secrets.arn}/*"]
-        Condition = { Bool = { "aws:SecureTransport" = "false" } }
-      },
-      {
-        Sid       = "DenyIncorrectEncryptionHeader"
-        Effect    = "Deny"
-        Principal = "*"
-        Action    = "s3:PutObject"
-        Resource  = "${aws_s3_bucket.secrets.arn}/*"
-        Condition = { StringNotEquals = { "s3:x-amz-server-side-encryption" = "aws:kms" } }
-      },
-      {
-        Sid       = "DenyUnencryptedObjectUploads"
-        Effect    = "Deny"
-        Principal = "*"
-        Action    = "s3:PutObject"
-        Resource  = "${aws_s3_bucket.secrets.arn}/*"
-        Condition = { Null = { "s3:x-amz-server-side-encryption" = "true" } }
-      },
-    ]
-  })
-
-  depends_on = [aws_s3_bucket_public_access_block.secrets]
-}
+# Encryption, public access block and bucket policy: main.tf's "hardened" resources, as the
+# log bucket's.
 
 # The ops configuration, when given: the services read it through SORTIE_CONFIG.
 resource "aws_s3_object" "ops_config" {

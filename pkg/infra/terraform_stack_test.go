@@ -466,3 +466,91 @@ func TestTerraformTaskDefinitions(t *testing.T) {
 		t.Errorf("services scaled on their queues: %v, want all five", slices.Sorted(maps.Keys(scaled)))
 	}
 }
+
+// TestTerraformBucketsHardened: both of the stack's buckets (logs, secrets) get SSE-KMS with
+// their own rotating key, a full public access block and pkg/infra's BucketPolicy (TLS only,
+// SSE-KMS uploads only), from the same for_each resources.
+func TestTerraformBucketsHardened(t *testing.T) {
+	m := loadStack(t, "sortie", nil)
+	topo := bus.Topology{Prefix: "sortie"}
+	str := func(t *testing.T, i tfmodule.Instance, attr string) string {
+		t.Helper()
+		s, err := i.String(attr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	boolean := func(t *testing.T, i tfmodule.Instance, attr string) bool {
+		t.Helper()
+		v, err := i.Value(attr)
+		if err != nil || v.Type() != cty.Bool {
+			t.Fatalf("%v.%s: %v (%s)", i, attr, err, v.GoString())
+		}
+		return v.True()
+	}
+	keyed := func(t *testing.T, typ, name, key string) tfmodule.Instance {
+		t.Helper()
+		for _, i := range m.Instances(typ, name) {
+			if i.Key == key {
+				return i
+			}
+		}
+		t.Fatalf("no %s.%s[%q]", typ, name, key)
+		return tfmodule.Instance{}
+	}
+	one := func(t *testing.T, typ, name string) tfmodule.Instance {
+		t.Helper()
+		is := m.Instances(typ, name)
+		if len(is) != 1 {
+			t.Fatalf("%s.%s: %d instances, want 1", typ, name, len(is))
+		}
+		return is[0]
+	}
+	for _, bt := range []struct{ key, name string }{{"logs", topo.BucketName()}, {"secrets", topo.SecretsBucketName()}} {
+		t.Run(bt.key, func(t *testing.T) {
+			b := one(t, "aws_s3_bucket", bt.key)
+			if got := str(t, b, "bucket"); got != bt.name {
+				t.Errorf("bucket %s, want %s", got, bt.name)
+			}
+			if boolean(t, b, "force_destroy") {
+				t.Error("force_destroy would delete the bucket's objects")
+			}
+			want, err := BucketPolicy(bt.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := str(t, keyed(t, "aws_s3_bucket_policy", "hardened", bt.key), "policy"); !sameJSON(p, string(want)) {
+				t.Errorf("bucket policy:\n%s\nwant\n%s", p, want)
+			}
+			enc := keyed(t, "aws_s3_bucket_server_side_encryption_configuration", "hardened", bt.key)
+			if got := str(t, enc, "bucket"); got != bt.name {
+				t.Errorf("encryption of bucket %s, want %s", got, bt.name)
+			}
+			rules := enc.Blocks("rule")
+			if len(rules) != 1 {
+				t.Fatalf("%d encryption rules", len(rules))
+			}
+			def := rules[0].Blocks("apply_server_side_encryption_by_default")
+			if len(def) != 1 || str(t, def[0], "sse_algorithm") != "aws:kms" || !boolean(t, rules[0], "bucket_key_enabled") {
+				t.Fatalf("encryption rule is not SSE-KMS with a bucket key")
+			}
+			key := one(t, "aws_kms_key", bt.key)
+			if got, want := str(t, def[0], "kms_master_key_id"), str(t, key, "arn"); got != want {
+				t.Errorf("kms_master_key_id %s, want the bucket's own key %s", got, want)
+			}
+			if !boolean(t, key, "enable_key_rotation") {
+				t.Error("KMS key rotation off")
+			}
+			if a := str(t, one(t, "aws_kms_alias", bt.key), "name"); a != "alias/"+bt.name {
+				t.Errorf("KMS alias %s", a)
+			}
+			pab := keyed(t, "aws_s3_bucket_public_access_block", "hardened", bt.key)
+			for _, a := range []string{"block_public_acls", "ignore_public_acls", "block_public_policy", "restrict_public_buckets"} {
+				if !boolean(t, pab, a) {
+					t.Errorf("public access block %s off", a)
+				}
+			}
+		})
+	}
+}

@@ -424,51 +424,6 @@ func TestTerraformMatchesGenerators(t *testing.T) {
 		}
 	})
 
-	t.Run("bucket", func(t *testing.T) {
-		b := m.instances(t, "aws_s3_bucket", "logs")[0]
-		bucket := b.str(t, "bucket")
-		if bucket != topo.BucketName() {
-			t.Errorf("bucket %s, want %s", bucket, topo.BucketName())
-		}
-		if b.boolean(t, "force_destroy") {
-			t.Error("force_destroy would delete archived logs")
-		}
-
-		want, err := BucketPolicy(bucket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p := m.instances(t, "aws_s3_bucket_policy", "logs")[0].str(t, "policy"); !sameJSON(p, string(want)) {
-			t.Errorf("bucket policy:\n%s\nwant\n%s", p, want)
-		}
-
-		rule := m.instances(t, "aws_s3_bucket_server_side_encryption_configuration", "logs")[0].nested(t, "rule")
-		def := rule.nested(t, "apply_server_side_encryption_by_default")
-		if alg := def.str(t, "sse_algorithm"); alg != "aws:kms" {
-			t.Errorf("sse_algorithm %s", alg)
-		}
-		key := m.instances(t, "aws_kms_key", "logs")[0]
-		if k := def.str(t, "kms_master_key_id"); !strings.HasSuffix(k, ":key/test-key") {
-			t.Errorf("kms_master_key_id %s, want the aws_kms_key's ARN", k)
-		}
-		if !rule.boolean(t, "bucket_key_enabled") {
-			t.Error("bucket_key_enabled off")
-		}
-		if !key.boolean(t, "enable_key_rotation") {
-			t.Error("KMS key rotation off")
-		}
-		if a := m.instances(t, "aws_kms_alias", "logs")[0].str(t, "name"); a != "alias/"+topo.BucketName() {
-			t.Errorf("KMS alias %s", a)
-		}
-
-		pab := m.instances(t, "aws_s3_bucket_public_access_block", "logs")[0]
-		for _, a := range []string{"block_public_acls", "ignore_public_acls", "block_public_policy", "restrict_public_buckets"} {
-			if !pab.boolean(t, a) {
-				t.Errorf("public access block %s off", a)
-			}
-		}
-	})
-
 	t.Run("prefix validation", func(t *testing.T) {
 		v := m.blocksOf("variable", "prefix")
 		if len(v) != 1 {
