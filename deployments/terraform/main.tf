@@ -217,6 +217,37 @@ locals {
   }
 }
 
+# Stacks applied before the buckets shared these resources keep them: moved, not replaced.
+moved {
+  from = aws_s3_bucket_server_side_encryption_configuration.logs
+  to   = aws_s3_bucket_server_side_encryption_configuration.hardened["logs"]
+}
+
+moved {
+  from = aws_s3_bucket_server_side_encryption_configuration.secrets
+  to   = aws_s3_bucket_server_side_encryption_configuration.hardened["secrets"]
+}
+
+moved {
+  from = aws_s3_bucket_public_access_block.logs
+  to   = aws_s3_bucket_public_access_block.hardened["logs"]
+}
+
+moved {
+  from = aws_s3_bucket_public_access_block.secrets
+  to   = aws_s3_bucket_public_access_block.hardened["secrets"]
+}
+
+moved {
+  from = aws_s3_bucket_policy.logs
+  to   = aws_s3_bucket_policy.hardened["logs"]
+}
+
+moved {
+  from = aws_s3_bucket_policy.secrets
+  to   = aws_s3_bucket_policy.hardened["secrets"]
+}
+
 resource "aws_s3_bucket_server_side_encryption_configuration" "hardened" {
   for_each = local.hardened_buckets
   bucket   = each.value.id
