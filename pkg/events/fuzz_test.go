@@ -88,3 +88,4 @@ func FuzzDecodeFleetBootstrapped(f *testing.F) { fuzzDecoder(f, DecodeFleetBoots
 func FuzzDecodeTaskReported(f *testing.F)      { fuzzDecoder(f, DecodeTaskReported) }
 func FuzzDecodeJobFinished(f *testing.F)       { fuzzDecoder(f, DecodeJobFinished) }
 func FuzzDecodeFleetTerminated(f *testing.F)   { fuzzDecoder(f, DecodeFleetTerminated) }
+func FuzzDecodeInstanceLost(f *testing.F)      { fuzzDecoder(f, DecodeInstanceLost) }

@@ -630,3 +630,32 @@ func TestValidateCapsTheErrorList(t *testing.T) {
 		t.Fatalf("want the rest counted, got ...%s", err.Error()[max(0, len(err.Error())-200):])
 	}
 }
+
+func TestValidateInstanceLost(t *testing.T) {
+	type T = InstanceLost
+	rules := []rule[T]{
+		{"plan_revision zero", func(v *T) { v.PlanRevision = 0 }, "plan_revision", false},
+		{"plan_revision over the most", func(v *T) { v.PlanRevision = MaxPlanRevision + 1 }, "plan_revision", false},
+		{"cause unknown", func(v *T) { v.Cause = "bored" }, "cause", false},
+		{"cause empty", func(v *T) { v.Cause = "" }, "cause", false},
+		{"every cause ok", func(v *T) { v.Cause = LostStopped }, "", false},
+		{"no notice deadline ok", func(v *T) { v.NoticeDeadline = time.Time{} }, "", false},
+		{"detail NUL", func(v *T) { v.Detail = "\x00" }, "detail", false},
+		{"detail too long", func(v *T) { v.Detail = repeat("d", MaxTextBytes+1) }, "detail", false},
+		{"template bad", func(v *T) { v.Template = "a b" }, "template", false},
+		{"host_key two keys", func(v *T) { v.HostKey = testHostKey + "\n" + otherHostKey }, "host_key", false},
+		{"host_key empty ok", func(v *T) { v.HostKey = "" }, "", false},
+		{"key_name empty", func(v *T) { v.KeyName = "" }, "key_name", false},
+		{"log outside the login directory", func(v *T) { v.Logs = []string{"../../etc/shadow"} }, "logs[0]", false},
+		{"log absolute", func(v *T) { v.Logs = []string{"/var/log/syslog"} }, "logs[0]", false},
+		{"logs over the most", func(v *T) {
+			v.Logs = make([]string, MaxLogs+1)
+			for i := range v.Logs {
+				v.Logs[i] = "l"
+			}
+		}, "logs", false},
+	}
+	rules = append(rules, fleetIDRules(func(v *T, s string) { v.FleetID = s })...)
+	rules = append(rules, instanceIDRules("instance_id", func(v *T, s string) { v.InstanceID = s })...)
+	checkRules(t, validInstanceLost, DecodeInstanceLost, func(v *T) *Header { return &v.Header }, rules)
+}
