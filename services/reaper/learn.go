@@ -17,9 +17,8 @@ import (
 )
 
 // rateLearner is the ledger calls the reaper makes to learn a job's rate: the job's
-// record and the sample's conditional write.
+// sample's conditional write.
 type rateLearner interface {
-	Get(ctx context.Context, jobID string) (ledger.Record, error)
 	Learn(ctx context.Context, jobID string, s learn.Sample, alpha float64) (ledger.Recorded, error)
 }
 
@@ -28,25 +27,15 @@ var _ rateLearner = (*ledger.Ledger)(nil)
 // learnRate records the finished job's observed rate (learn.Observe: items per
 // instance-minute between its fleet's bootstrap and its end) in the ledger's estimate of
 // its profile on its instance type, once per job however often this runs. The inputs are
-// the ledger's record (profile, items, when the fleet was bootstrapped and whether every
-// instance was), JobFinished (outcome, task counts, the end) and EC2 (each instance's type,
-// launch and end). Learning is best effort: a job that gives no sample, or a sample that
+// the ledger's record as read after the reap (profile, items, when the fleet was
+// bootstrapped and whether every instance was), JobFinished (outcome, task counts, the end)
+// and the instances as the reap last described them (each one's type, launch and end). Learning is best effort: a job that gives no sample, or a sample that
 // cannot be written, is logged and the job's end goes on.
-func (s *stage) learnRate(ctx context.Context, ev events.JobFinished, out events.FleetTerminated) {
+func (s *stage) learnRate(ctx context.Context, ev events.JobFinished, rec ledger.Record, insts []ec2types.Instance) {
 	if s.learner == nil {
 		return
 	}
 	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
-	rec, err := s.learner.Get(ctx, ev.JobID)
-	if err != nil {
-		log.Warn("rate not learned: reading the job's record", "error", err.Error())
-		return
-	}
-	insts, err := describeFleet(ctx, s.ec2, s.cfg.Prefix, ev.FleetID, out.TerminatedInstanceIDs)
-	if err != nil {
-		log.Warn("rate not learned: describing the fleet", "error", err.Error())
-		return
-	}
 	sample, err := learn.Observe(observedJob(rec, ev, insts, s.deps.Now()))
 	if errors.Is(err, learn.ErrNoSample) {
 		log.Info("no rate sample from this job", "reason", err.Error())

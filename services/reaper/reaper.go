@@ -175,7 +175,7 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 		return fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
 	defer claim.Release(ctx)
-	out, err := s.reap(claim.Context(), ev)
+	out, insts, err := s.reap(claim.Context(), ev)
 	if err != nil {
 		return err
 	}
@@ -199,11 +199,12 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 		"instance_seconds": out.InstanceSeconds, "archives": len(out.Archives)}); err != nil {
 		bus.Logger(ctx).Error("recording FleetTerminated in the ledger", "error", err.Error())
 	}
-	s.learnRate(ctx, ev, out)
+	s.learnRate(ctx, ev, rec, insts)
 	return nil
 }
 
-// reap archives the logs of the fleet's instances and terminates them: those this stack
+// reap archives the logs of the fleet's instances and terminates them, returning the
+// FleetTerminated and the instances as EC2 last described them: those this stack
 // owns and the event's fleet owns (sortie:stack and sortie:fleet both match), whether the
 // event lists them or not. An instance the event lists that does not match is refused:
 // never archived, never terminated, and listed in FleetTerminated.Refused with the reason.
@@ -214,7 +215,7 @@ func (s *stage) finishJob(ctx context.Context, ev events.JobFinished, body []byt
 // gives one (an instance of a later plan revision), else the fleet's; an unlisted one with
 // the key its console shows. Its errors (EC2 calls that failed) are transient; running it
 // again is safe.
-func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTerminated, error) {
+func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTerminated, []ec2types.Instance, error) {
 	log := bus.Logger(ctx).With("fleet_id", ev.FleetID)
 	var fleetKey ssh.PublicKey
 	if ev.HostKey != "" {
@@ -242,11 +243,11 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	stack := s.cfg.Prefix
 	owned, err := describeFleet(ctx, s.ec2, stack, ev.FleetID, ids)
 	if err != nil {
-		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		return events.FleetTerminated{}, nil, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
 	refused, err := s.refusals(ctx, stack, ev.FleetID, ids, owned)
 	if err != nil {
-		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		return events.FleetTerminated{}, nil, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
 	for _, r := range refused {
 		log.Warn("instance refused: not this fleet's in this stack; not archived, not terminated",
@@ -277,7 +278,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	}
 	done, err := s.term.terminate(ctx, live, true)
 	if err != nil {
-		return events.FleetTerminated{}, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
+		return events.FleetTerminated{}, nil, fmt.Errorf("fleet %s: %w", ev.FleetID, err)
 	}
 	for _, in := range done {
 		final[aws.ToString(in.InstanceId)] = in
@@ -319,7 +320,7 @@ func (s *stage) reap(ctx context.Context, ev events.JobFinished) (events.FleetTe
 	log.Info("fleet terminated", "terminated", len(out.TerminatedInstanceIDs), "archives", len(out.Archives),
 		"archive_failures", len(out.ArchiveFailures), "refused", len(out.Refused),
 		"instance_seconds", out.InstanceSeconds, "cost", out.Cost, "planned_cost", out.PlannedCost, "newly_terminated", len(live))
-	return out, nil
+	return out, insts, nil
 }
 
 // refusals says why each id of the event that is not among owned is refused. The ids are
