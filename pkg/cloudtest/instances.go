@@ -181,13 +181,7 @@ func DescribeInstances(tb testing.TB, client *ec2.Client, in *ec2.DescribeInstan
 }
 
 // Tags returns an instance's tags by key.
-func Tags(in ec2types.Instance) map[string]string {
-	m := make(map[string]string, len(in.Tags))
-	for _, t := range in.Tags {
-		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
-	}
-	return m
-}
+func Tags(in ec2types.Instance) map[string]string { return tags.Map(in.Tags) }
 
 // SSHHost is an in-process SSH host (commands run with /bin/sh in Dir) that accepts one
 // login key.

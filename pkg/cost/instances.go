@@ -63,10 +63,6 @@ func PlannedCost(insts []ec2types.Instance) float64 {
 }
 
 func tagOf(tg []ec2types.Tag, key string) (string, bool) {
-	for _, t := range tg {
-		if aws.ToString(t.Key) == key {
-			return aws.ToString(t.Value), true
-		}
-	}
-	return "", false
+	v, ok := tags.Map(tg)[key]
+	return v, ok
 }

@@ -145,7 +145,7 @@ func (e *e2e) runLost(t *testing.T, template, cause string, lose func(id string)
 	}
 	for _, in := range e.instances(jobID) {
 		want := map[string]string{first: "1", second: "2"}[aws.ToString(in.InstanceId)]
-		if got := tagOf(in.Tags, tags.PlanRevision); got != want {
+		if got := tags.Map(in.Tags)[tags.PlanRevision]; got != want {
 			t.Errorf("%s: %s=%q, want %q", aws.ToString(in.InstanceId), tags.PlanRevision, got, want)
 		}
 	}
@@ -189,15 +189,6 @@ func (e *e2e) runLost(t *testing.T, template, cause string, lose func(id string)
 	if rec.PlanRevision() != 2 || rec.LostBy(first) != "2" || rec.RevisionState(2) != ledger.RevBootstrapped {
 		t.Errorf("ledger: revision %d, %s lost by %q, revision 2 %q", rec.PlanRevision(), first, rec.LostBy(first), rec.RevisionState(2))
 	}
-}
-
-func tagOf(ts []ec2types.Tag, key string) string {
-	for _, t := range ts {
-		if aws.ToString(t.Key) == key {
-			return aws.ToString(t.Value)
-		}
-	}
-	return ""
 }
 
 func terminated(insts []ec2types.Instance, id string) bool {

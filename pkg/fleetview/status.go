@@ -121,7 +121,7 @@ func Group(insts []ec2types.Instance, now time.Time) []Job {
 	byJob := map[string]*Job{}
 	raw := map[string][]ec2types.Instance{}
 	for _, in := range insts {
-		tg := tagMap(in.Tags)
+		tg := tags.Map(in.Tags)
 		id, ok := tg[tags.JobID]
 		if !ok {
 			continue
@@ -222,14 +222,6 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-func tagMap(tg []ec2types.Tag) map[string]string {
-	m := make(map[string]string, len(tg))
-	for _, t := range tg {
-		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
-	}
-	return m
 }
 
 // stateOrder orders the state counts of a row.

@@ -77,7 +77,7 @@ func (m *monitor) handleEC2Notice(ctx context.Context, msg *bus.Message) error {
 		log.Warn("EC2 notice not borne out by EC2: dropped", "reason", why)
 		return nil
 	}
-	tg := tagMap(in.Tags)
+	tg := tags.Map(in.Tags)
 	jobID, fleetID := tg[tags.JobID], tg[tags.Fleet]
 	if jobID == "" || fleetID == "" {
 		log.Warn("EC2 notice for an instance of this stack without job or fleet tags: dropped")
@@ -153,7 +153,7 @@ func (m *monitor) lose(ctx context.Context, jobID, fleetID string, l lostInstanc
 	if rec.DoneAt(ledger.Watching) == "" {
 		// Lost during the bootstrap: what the watch would have recorded, from EC2 and
 		// the plan.
-		tg := tagMap(l.Instance.Tags)
+		tg := tags.Map(l.Instance.Tags)
 		e.Template, e.KeyName, e.HostKey = tg[tags.Template], aws.ToString(l.Instance.KeyName), tg[tags.HostKey]
 		e.Logs = m.planLogs(rec)
 		if t, err := m.ops.Current().Template(e.Template); err == nil && e.KeyName == "" {
@@ -191,20 +191,12 @@ func (m *monitor) ownInstance(ctx context.Context, id string) (ec2types.Instance
 	}
 	for _, r := range out.Reservations {
 		for _, in := range r.Instances {
-			if aws.ToString(in.InstanceId) == id && tagMap(in.Tags)[tags.Stack] == m.cfg.Prefix {
+			if aws.ToString(in.InstanceId) == id && tags.Map(in.Tags)[tags.Stack] == m.cfg.Prefix {
 				return in, true, nil
 			}
 		}
 	}
 	return ec2types.Instance{}, false, nil
-}
-
-func tagMap(ts []ec2types.Tag) map[string]string {
-	m := make(map[string]string, len(ts))
-	for _, t := range ts {
-		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
-	}
-	return m
 }
 
 // revisionOf reads an instance's plan revision tag (1 when it has none).

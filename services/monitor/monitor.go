@@ -409,7 +409,7 @@ func (m *monitor) check(ctx context.Context, e events.FleetBootstrapped, body []
 			if st.state == ec2types.InstanceStateNameStopping || st.state == ec2types.InstanceStateNameStopped {
 				cause = events.LostStopped
 			}
-			l := lostInstance{ID: id, Revision: revisionOf(tagMap(st.instance.Tags)), Cause: cause, Instance: st.instance,
+			l := lostInstance{ID: id, Revision: revisionOf(tags.Map(st.instance.Tags)), Cause: cause, Instance: st.instance,
 				Detail: fmt.Sprintf("found %s by the monitor's check before its workloads finished", st.state)}
 			if err := m.lose(ctx, e.JobID, e.FleetID, l); err != nil {
 				return fmt.Errorf("checking fleet %s: %w", e.FleetID, err)

@@ -588,13 +588,9 @@ func fleetInstances(out *ec2.DescribeInstancesOutput, ids []string, now time.Tim
 	return res, nil
 }
 
-func tagLookup(tags []types.Tag, key string) (string, bool) {
-	for _, t := range tags {
-		if aws.ToString(t.Key) == key {
-			return aws.ToString(t.Value), true
-		}
-	}
-	return "", false
+func tagLookup(ts []types.Tag, key string) (string, bool) {
+	v, ok := tags.Map(ts)[key]
+	return v, ok
 }
 
 // classify wraps an EC2 error: a request that can never succeed (invalid, not allowed, a

@@ -364,7 +364,7 @@ func Refusal(in ec2types.Instance, known bool, stack, fleetID string) events.Ref
 	if !known {
 		return events.RefusedInstance{Reason: events.RefusedUnknown, Detail: "EC2 does not know it"}
 	}
-	tg := tagMap(in.Tags)
+	tg := tags.Map(in.Tags)
 	gotStack, hasStack := tg[tags.Stack]
 	gotFleet, hasFleet := tg[tags.Fleet]
 	switch {
@@ -440,7 +440,7 @@ func orUnknown(s string) string {
 // only in local mode); the fleet's
 // pinned host key, else the one its console output shows.
 func (s *stage) target(ctx context.Context, log *slog.Logger, in ec2types.Instance, jobID, template string, key ssh.PublicKey) (target, error) {
-	tg := tagMap(in.Tags)
+	tg := tags.Map(in.Tags)
 	id := aws.ToString(in.InstanceId)
 	if jobID == "" {
 		jobID = tg[tags.JobID]
@@ -553,7 +553,7 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 	g.SetLimit(s.cfg.Concurrency)
 	for _, x := range expired {
 		g.Go(func() error {
-			l := log.With("instance", aws.ToString(x.Instance.InstanceId), "job_id", tagMap(x.Instance.Tags)[tags.JobID])
+			l := log.With("instance", aws.ToString(x.Instance.InstanceId), "job_id", tags.Map(x.Instance.Tags)[tags.JobID])
 			l.Warn("sweeping instance", "reason", x.Reason)
 			if !ArchiveBeforeSweep(x.ExpiredAt, now, s.cfg.SweepArchiveWindow) {
 				l.Warn("sweep: logs not archived: expired longer ago than the archive window", "window", s.cfg.SweepArchiveWindow.String())
@@ -591,7 +591,7 @@ func (s *stage) sweep(ctx context.Context, log *slog.Logger) {
 	}
 	var doomed []string
 	for _, x := range SelectExpired(fresh, s.deps.Now(), s.ttlFor) {
-		if tagMap(x.Instance.Tags)[tags.Stack] != stack {
+		if tags.Map(x.Instance.Tags)[tags.Stack] != stack {
 			continue // the filter said so; checked again, as a wrong answer must not reap
 		}
 		doomed = append(doomed, aws.ToString(x.Instance.InstanceId))

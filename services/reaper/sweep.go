@@ -66,15 +66,6 @@ func clipValue(s string) string {
 	return s
 }
 
-// tagMap turns EC2 tg into a map.
-func tagMap(tg []ec2types.Tag) map[string]string {
-	m := make(map[string]string, len(tg))
-	for _, t := range tg {
-		m[aws.ToString(t.Key)] = aws.ToString(t.Value)
-	}
-	return m
-}
-
 // Expired is an instance the sweep terminates, and why.
 type Expired struct {
 	Instance  ec2types.Instance
@@ -87,7 +78,7 @@ type Expired struct {
 func SelectExpired(insts []ec2types.Instance, now time.Time, ttl func(tg map[string]string) time.Duration) []Expired {
 	var out []Expired
 	for _, in := range insts {
-		tg := tagMap(in.Tags)
+		tg := tags.Map(in.Tags)
 		if l := CheckLease(tg, aws.ToTime(in.LaunchTime), now, ttl(tg)); l.Expired {
 			out = append(out, Expired{Instance: in, ExpiredAt: l.ExpiredAt, Reason: l.Reason})
 		}

@@ -72,7 +72,7 @@ func describeFleet(ctx context.Context, api EC2API, stack, fleetID string, ids [
 	var out []ec2types.Instance
 	for _, in := range found {
 		id := aws.ToString(in.InstanceId)
-		tg := tagMap(in.Tags)
+		tg := tags.Map(in.Tags)
 		if seen[id] || tg[tags.Stack] != stack || tg[tags.Fleet] != fleetID {
 			continue // the filters said so; checked again, as a wrong answer must not reap
 		}
