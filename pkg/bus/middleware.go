@@ -2,6 +2,7 @@ package bus
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,8 +62,8 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 			correlationID := msg.Metadata.Get(AttrCorrelationID)
 			if jobID == "" || correlationID == "" {
 				hj, hc := headerIDs(msg.Payload)
-				jobID = cmpOr(jobID, hj)
-				correlationID = cmpOr(correlationID, hc)
+				jobID = cmp.Or(jobID, hj)
+				correlationID = cmp.Or(correlationID, hc)
 			}
 			if correlationID == "" {
 				correlationID = watermill.NewUUID()
@@ -74,7 +75,7 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 			}
 			d := deliveryFrom(msg.Context())
 			attrs := []any{"job_id", jobID, "correlation_id", correlationID, "queue", rt.queue, "message_uuid", msg.UUID, "receive_count", d.receiveCount}
-			if et := cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType); et != "" {
+			if et := cmp.Or(msg.Metadata.Get(AttrEventType), rt.eventType); et != "" {
 				attrs = append(attrs, "event_type", et)
 			}
 			logger := r.cfg.Logger.With(attrs...)
@@ -107,7 +108,7 @@ func (r *Router) correlate(rt route) message.HandlerMiddleware {
 // it set).
 func (r *Router) observe(rt route) message.HandlerMiddleware {
 	o := r.cfg.Observer
-	eventType := cmpOr(rt.eventType, TimerEventType)
+	eventType := cmp.Or(rt.eventType, TimerEventType)
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		if o == nil {
 			return h
@@ -174,7 +175,7 @@ func (r *Router) deadLetter(msg *message.Message, rt route, dlq string, reason e
 	ctx := msg.Context()
 	d := DeadLetter{
 		MessageID: msg.UUID,
-		JobID:     JobID(ctx), CorrelationID: CorrelationID(ctx), EventType: cmpOr(msg.Metadata.Get(AttrEventType), rt.eventType),
+		JobID:     JobID(ctx), CorrelationID: CorrelationID(ctx), EventType: cmp.Or(msg.Metadata.Get(AttrEventType), rt.eventType),
 		Queue: rt.queue, DLQ: dlq, Reason: reason.Error(), Exhausted: !IsPermanent(reason),
 		PlanRevision: planRevision(msg.Payload),
 	}
@@ -305,13 +306,6 @@ func planRevision(payload []byte) int {
 	return e.PlanRevision
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 // maxReasonBytes bounds the sortie_error attribute of a dead-lettered message.
 const maxReasonBytes = 1024
 
@@ -337,7 +331,7 @@ func (dlqMarshaler) Marshal(msg *message.Message) (*sqstypes.Message, error) {
 			delete(attrs, k)
 		}
 	}
-	attrs[AttrError] = stringAttr(truncate(cmpOr(msg.Metadata.Get(middleware.ReasonForPoisonedKey), "unknown"), maxReasonBytes))
+	attrs[AttrError] = stringAttr(truncate(cmp.Or(msg.Metadata.Get(middleware.ReasonForPoisonedKey), "unknown"), maxReasonBytes))
 	if src := msg.Metadata.Get(middleware.PoisonedTopicKey); src != "" {
 		attrs[AttrSourceQueue] = stringAttr(src)
 	}

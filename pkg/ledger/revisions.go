@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -220,17 +221,10 @@ func (r Record) ReplacementPending() (bool, string) {
 		switch s := r.RevisionState(rev); {
 		case s == RevBootstrapped, strings.HasPrefix(s, RevFailed):
 		default:
-			return true, fmt.Sprintf("replacement revision %d is %s", rev, cmpOr(s, "not launched yet"))
+			return true, fmt.Sprintf("replacement revision %d is %s", rev, cmp.Or(s, "not launched yet"))
 		}
 	}
 	return false, ""
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // fieldNames are the expression placeholders of the i-th field an update writes, of one

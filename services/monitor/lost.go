@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -275,20 +276,13 @@ func (m *monitor) recordReplacement(ctx context.Context, e events.FleetBootstrap
 	log := bus.Logger(ctx).With("fleet_id", e.FleetID, "plan_revision", e.Revision())
 	insts := make([]ledger.RevisionInstance, len(e.Instances))
 	for i, in := range e.Instances {
-		insts[i] = ledger.RevisionInstance{ID: in.ID, Endpoint: in.SSHEndpoint, HostKey: cmpOr(in.HostKey, e.HostKey), OK: in.OK, Error: clipText(in.Error, 512)}
+		insts[i] = ledger.RevisionInstance{ID: in.ID, Endpoint: in.SSHEndpoint, HostKey: cmp.Or(in.HostKey, e.HostKey), OK: in.OK, Error: clipText(in.Error, 512)}
 	}
 	if err := m.ledger.RecordBootstrapped(ctx, e.JobID, e.Revision(), insts); err != nil {
 		return fmt.Errorf("recording replacement revision %d of fleet %s: %w", e.Revision(), e.FleetID, err)
 	}
 	log.Info("replacement instances bootstrapped: watched with the job's other instances", "instances", len(insts))
 	return nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // goneInstances returns, in fleet order, the instances that are shutting down, stopped or
@@ -371,7 +365,7 @@ func disagrees(n ec2events.Notice, in ec2types.Instance) string {
 		}
 	case ec2events.KindStateChange:
 		if !gone(state) {
-			return fmt.Sprintf("a notice that the instance is %s, but EC2 says it is %s", n.State, cmpOr(string(state), "in no state"))
+			return fmt.Sprintf("a notice that the instance is %s, but EC2 says it is %s", n.State, cmp.Or(string(state), "in no state"))
 		}
 	}
 	return ""

@@ -1,6 +1,7 @@
 package provisioner
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -465,7 +466,7 @@ func (l *launcher) run(ctx context.Context, ops *opsconfig.Config, fp events.Fle
 		a := launch{attempt: at, Count: count}
 		a.HourlyPrice = price(ops, fp, a.InstanceType, a.Market)
 		if len(notes) > 0 {
-			a.Fallback = strings.Join(append(slices.Clone(notes), cmpOr(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
+			a.Fallback = strings.Join(append(slices.Clone(notes), cmp.Or(why, fmt.Sprintf("launched %d × %s", count, at.InstanceType))), "; ")
 		}
 		log := bus.Logger(ctx).With("instance_type", a.InstanceType, "market", a.Market, "subnet", a.Subnet, "count", a.Count)
 		out, err := l.ec2.RunInstances(ctx, runInput(l.stack, fp, t, a, key, l.now()))
@@ -488,7 +489,7 @@ func (l *launcher) run(ctx context.Context, ops *opsconfig.Config, fp events.Fle
 			return fleet{}, fmt.Errorf("launching fleet %s: %w", fp.FleetID, err)
 		case awsx.IsCapacity(err):
 			log.Warn("no capacity: falling back", "error", err)
-			e := fmt.Errorf("%s%s in %s: %s", a.InstanceType, marketNote(a.Market), cmpOr(a.Subnet, "the default subnet"), awsx.ErrorCode(err))
+			e := fmt.Errorf("%s%s in %s: %s", a.InstanceType, marketNote(a.Market), cmp.Or(a.Subnet, "the default subnet"), awsx.ErrorCode(err))
 			short = append(short, e)
 			notes = append(notes, e.Error())
 		case awsx.ErrorCode(err) == "IdempotentParameterMismatch":
@@ -623,11 +624,4 @@ func marketNote(market string) string {
 		return " (spot)"
 	}
 	return ""
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
